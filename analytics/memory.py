@@ -1,0 +1,151 @@
+"""The memory ledger: predicted bytes for inference and for one training step.
+
+Every figure is in bytes (integers). A ledger is an ordered list of named terms whose sum is the
+predicted peak; terms that later measurements show to matter (allocator workspace, framework
+overhead) are terms of the same ledger, not a separate fudge factor.
+
+Training terms: parameters, gradients (one per parameter), optimizer state (momentum: 1 slot per
+parameter, adam: 2), activations kept for backward (every layer's output that is not a view, the
+input batch and the labels), and the largest pair of activation gradients alive at once during the
+backward pass. Inference terms: parameters, the input batch, and the largest pair of consecutive
+activations (the working set when each layer frees its input once the next is computed).
+
+The textbook lower bound (HOML ch14 ex2) is its own line, not the prediction:
+
+* inference: the two largest consecutive layer outputs + parameters;
+* training: the sum of all layer outputs x batch + the input batch + parameters (no gradients).
+
+"Layer outputs" there are the outputs of layers that compute something (not Flatten, Dropout or a
+separate activation, which frameworks do as views or in place).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from analytics.shapes import infer_shapes
+from analytics.spec import Activation, Dropout, Flatten, ModelSpec
+from analytics.weights import output_kind
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Named byte terms (in order) whose sum is ``peak_bytes``."""
+
+    phase: str  # "inference" | "training"
+    terms: tuple[tuple[str, int], ...]
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(v for _, v in self.terms)
+
+    def term(self, name: str) -> int:
+        return dict(self.terms)[name]
+
+    def as_dict(self) -> dict[str, int]:
+        return {**dict(self.terms), "peak": self.peak_bytes}
+
+
+def dtype_bytes(dtype: str) -> int:
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
+
+
+def _is_view(layer: object) -> bool:
+    return isinstance(layer, (Flatten, Dropout, Activation))
+
+
+def layer_output_elements(spec: ModelSpec) -> list[int]:
+    """Per-sample element count of each layer's output."""
+    return [math.prod(s) for s in infer_shapes(spec)]
+
+
+def _batch_bytes(spec: ModelSpec, batch_size: int, width: int) -> tuple[int, int]:
+    """(input bytes, label bytes) of one batch: float inputs in ``width`` bytes, int64 labels."""
+    x_elems = batch_size * math.prod(spec.input_shape)
+    x_bytes = x_elems * (8 if spec.input_dtype == "int64" else width)
+    if output_kind(spec) == "regression":
+        y_bytes = batch_size * math.prod(infer_shapes(spec)[-1]) * width
+    else:
+        y_bytes = batch_size * math.prod(infer_shapes(spec)[-1][:-1]) * 8
+    return x_bytes, y_bytes
+
+
+def _largest_consecutive_pair(sizes: list[int]) -> int:
+    if len(sizes) == 1:
+        return sizes[0]
+    return max(a + b for a, b in itertools.pairwise(sizes))
+
+
+def inference_ledger(spec: ModelSpec, params: int, batch_size: int, dtype: str = "float32") -> Ledger:
+    width = dtype_bytes(dtype)
+    x_bytes, _ = _batch_bytes(spec, batch_size, width)
+    outs = [e * batch_size * width for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]
+    # The caller holds the input for the whole call; among the layer outputs, each layer frees its input
+    # once the next output exists, so at most two consecutive outputs are alive.
+    live = max(outs[0], _largest_consecutive_pair(outs)) if outs else 0
+    return Ledger(
+        "inference",
+        (
+            ("parameters", params * width),
+            ("input_batch", x_bytes),
+            ("activations", live),
+            ("workspace", 0),
+            ("framework_overhead", 0),
+        ),
+    )
+
+
+def training_ledger(
+    spec: ModelSpec, params: int, batch_size: int, dtype: str = "float32", optimizer: str = "sgd"
+) -> Ledger:
+    width = dtype_bytes(dtype)
+    if optimizer not in OPTIMIZER_SLOTS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZER_SLOTS)}")
+    x_bytes, y_bytes = _batch_bytes(spec, batch_size, width)
+    outs = [e * batch_size * width for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]
+    return Ledger(
+        "training",
+        (
+            ("parameters", params * width),
+            ("gradients", params * width),
+            ("optimizer_state", OPTIMIZER_SLOTS[optimizer] * params * width),
+            ("input_batch", x_bytes + y_bytes),
+            ("activations", sum(outs)),
+            ("activation_gradients", _largest_consecutive_pair(outs) if outs else 0),
+            ("workspace", 0),
+            ("framework_overhead", 0),
+        ),
+    )
+
+
+def textbook_inference_bytes(spec: ModelSpec, params: int, batch_size: int = 1, dtype: str = "float32") -> int:
+    """HOML ch14 ex2 (b): the two largest consecutive layer outputs + parameters."""
+    width = dtype_bytes(dtype)
+    outs = [e * batch_size * width for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]
+    return (_largest_consecutive_pair(outs) if outs else 0) + params * width
+
+
+def textbook_training_bytes(spec: ModelSpec, params: int, batch_size: int, dtype: str = "float32") -> int:
+    """HOML ch14 ex2 (c): sum of layer outputs x batch + the input batch + parameters."""
+    width = dtype_bytes(dtype)
+    outs = [e for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]
+    return sum(outs) * batch_size * width + batch_size * math.prod(spec.input_shape) * width + params * width
+
+
+__all__ = [
+    "DTYPE_BYTES",
+    "OPTIMIZER_SLOTS",
+    "Ledger",
+    "dtype_bytes",
+    "inference_ledger",
+    "textbook_inference_bytes",
+    "textbook_training_bytes",
+    "training_ledger",
+]

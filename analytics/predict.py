@@ -1,0 +1,210 @@
+"""Analytic predictions for a model: shapes, parameters, FLOPs and the memory ledger.
+
+FLOPs are for the whole batch, 2 per multiply-accumulate (see :mod:`analytics.costs` for the terms).
+Memory is in bytes (see :mod:`analytics.memory`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from analytics.costs import backward_flops, canonical_framework, has_weights, layer_cost, needs_input_grad
+from analytics.memory import (
+    Ledger,
+    dtype_bytes,
+    inference_ledger,
+    textbook_inference_bytes,
+    textbook_training_bytes,
+    training_ledger,
+)
+from analytics.shapes import floored_padding_notes, infer_shapes, input_shapes
+from analytics.spec import LSTM, ModelSpec
+
+COUNTERS = ("torch", "tensorflow", "mxnet")
+
+
+@dataclass(frozen=True)
+class LayerPrediction:
+    index: int
+    name: str
+    type: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    params: int
+    forward_flops: int  # matmul/conv/LSTM, whole batch
+    bias_flops: int
+    activation_flops: int
+    pool_flops: int
+    other_flops: int
+    backward_flops: int  # matmul terms: weight gradient + input gradient where needed
+    activation_bytes: int  # this layer's output for the whole batch
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["input_shape"] = list(self.input_shape)
+        d["output_shape"] = list(self.output_shape)
+        return d
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str
+    framework: str
+    batch_size: int
+    dtype: str
+    optimizer: str
+    layers: tuple[LayerPrediction, ...]
+    inference: Ledger
+    training: Ledger
+    textbook_inference_bytes: int
+    textbook_training_bytes: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def params(self) -> int:
+        return sum(lp.params for lp in self.layers)
+
+    def total(self, field: str) -> int:
+        return sum(getattr(lp, field) for lp in self.layers)
+
+    @property
+    def forward_flops(self) -> int:
+        return self.total("forward_flops")
+
+    @property
+    def forward_flops_with_bias(self) -> int:
+        return self.forward_flops + self.total("bias_flops")
+
+    @property
+    def backward_flops(self) -> int:
+        return self.total("backward_flops")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "framework": self.framework,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "optimizer": self.optimizer,
+            "params": self.params,
+            "forward_flops": self.forward_flops,
+            "forward_flops_with_bias": self.forward_flops_with_bias,
+            "bias_flops": self.total("bias_flops"),
+            "activation_flops": self.total("activation_flops"),
+            "pool_flops": self.total("pool_flops"),
+            "other_flops": self.total("other_flops"),
+            "backward_flops": self.backward_flops,
+            "training_flops": self.forward_flops + self.backward_flops,
+            "flops_convention": "2 FLOPs per multiply-accumulate; forward_flops counts conv/dense/LSTM matmuls only",
+            "layers": [lp.as_dict() for lp in self.layers],
+            "memory": {
+                "inference_bytes": self.inference.peak_bytes,
+                "training_bytes": self.training.peak_bytes,
+                "textbook_inference_bytes": self.textbook_inference_bytes,
+                "textbook_training_bytes": self.textbook_training_bytes,
+                "inference_ledger": self.inference.as_dict(),
+                "training_ledger": self.training.as_dict(),
+            },
+            "notes": list(self.notes),
+        }
+
+
+def count_params(spec: ModelSpec, framework: str = "tensorflow") -> int:
+    fw = canonical_framework(framework)
+    return sum(
+        layer_cost(layer, i, o, fw).params for layer, i, o in zip(spec.layers, input_shapes(spec), infer_shapes(spec))
+    )
+
+
+def predict(
+    spec: ModelSpec,
+    batch_size: int = 1,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    framework: str = "tensorflow",
+) -> Prediction:
+    """Predicts shapes, parameters, FLOPs and memory. Raises ``ValueError``/``SpecError`` on bad input."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    width = dtype_bytes(dtype)
+    fw = canonical_framework(framework)
+    outs = infer_shapes(spec)
+    ins = [tuple(spec.input_shape), *outs[:-1]]
+    grads = needs_input_grad(spec)
+    layers = []
+    for i, (layer, in_shape, out_shape) in enumerate(zip(spec.layers, ins, outs)):
+        cost = layer_cost(layer, in_shape, out_shape, fw)
+        layers.append(
+            LayerPrediction(
+                index=i,
+                name=layer.label if layer.label != layer.type else f"{layer.type.lower()}{i}",
+                type=layer.type,
+                input_shape=in_shape,
+                output_shape=out_shape,
+                params=cost.params,
+                forward_flops=cost.matmul * batch_size,
+                bias_flops=cost.bias * batch_size,
+                activation_flops=cost.activation * batch_size,
+                pool_flops=cost.pool * batch_size,
+                other_flops=cost.other * batch_size,
+                backward_flops=backward_flops(cost, grads[i]) * batch_size if has_weights(layer) else 0,
+                activation_bytes=math.prod(out_shape) * batch_size * width,
+            )
+        )
+    params = sum(lp.params for lp in layers)
+    notes = tuple(f"layer {i}: {msg}" for i, msg in floored_padding_notes(spec))
+    return Prediction(
+        model=spec.name,
+        framework=fw,
+        batch_size=batch_size,
+        dtype=dtype,
+        optimizer=optimizer,
+        layers=tuple(layers),
+        inference=inference_ledger(spec, params, batch_size, dtype),
+        training=training_ledger(spec, params, batch_size, dtype, optimizer),
+        textbook_inference_bytes=textbook_inference_bytes(spec, params, batch_size, dtype),
+        textbook_training_bytes=textbook_training_bytes(spec, params, batch_size, dtype),
+        notes=notes,
+    )
+
+
+def counter_prediction(
+    spec: ModelSpec, batch_size: int, counter: str, phase: str = "inference", skip_layers: tuple[int, ...] = ()
+) -> int:
+    """What a framework's FLOP counter should report, under that counter's convention.
+
+    * ``torch`` (``FlopCounterMode``): matmul FLOPs, bias ignored; training adds the backward matmuls.
+    * ``tensorflow`` (profiler ``float_ops``): matmul FLOPs + bias adds (forward); training adds the
+      backward matmuls and the bias gradients (a sum over the batch: one add per biased output element).
+    * ``mxnet`` (our count from its symbol graph): matmul FLOPs, bias separate; training adds backward.
+
+    ``skip_layers`` are layer indices the counter does not support (their work is not in its total).
+    """
+    if counter not in COUNTERS:
+        raise ValueError(f"unknown counter {counter!r}; allowed: {', '.join(COUNTERS)}")
+    if phase not in ("inference", "training"):
+        raise ValueError(f"unknown phase {phase!r}; allowed: inference, training")
+    pred = predict(spec, batch_size, framework=counter)
+    total = 0
+    for lp in pred.layers:
+        if lp.index in skip_layers:
+            continue
+        total += lp.forward_flops
+        if counter == "tensorflow":
+            total += lp.bias_flops
+        if phase == "training":
+            total += lp.backward_flops
+            if counter == "tensorflow":
+                total += lp.bias_flops
+    return total
+
+
+def unsupported_layer_indices(spec: ModelSpec, unsupported: tuple[str, ...]) -> tuple[int, ...]:
+    """Layer indices from a counter's ``unsupported`` list (``"3:LSTM"``)."""
+    return tuple(int(u.split(":", 1)[0]) for u in unsupported)
+
+
+def lstm_layers(spec: ModelSpec) -> tuple[int, ...]:
+    return tuple(i for i, layer in enumerate(spec.layers) if isinstance(layer, LSTM))

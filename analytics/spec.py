@@ -1,0 +1,363 @@
+"""The framework-neutral model spec: a sequential list of layers.
+
+Conventions (every backend and every prediction follows them):
+
+* Shapes are per sample, without the batch dimension. Images are channels-first ``(C, H, W)``,
+  sequences are ``(T, F)`` (time, features), token sequences for :class:`Embedding` are ``(T,)``.
+* ``padding`` is ``"valid"``, ``"same"`` (TensorFlow's rule: output ``ceil(W / S)``, total padding
+  ``max((ceil(W/S) - 1) * S + F - W, 0)``, the smaller half before, the larger half after) or an
+  explicit non-negative int applied symmetrically (output ``floor((W + 2P - F) / S) + 1``).
+* ``activation`` on :class:`Conv2D` and :class:`Dense` is applied to the layer's output, as in Keras.
+* :class:`LocalResponseNorm` follows PyTorch's definition: ``x / (k + alpha / size * sum(x^2))^beta``
+  over ``size`` neighbouring channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax")
+PaddingT = str | int
+
+
+class SpecError(ValueError):
+    """A model spec is invalid. The message names the layer index, the field and the value."""
+
+    def __init__(self, message: str, *, layer: int | None = None, field: str | None = None, value: Any = None):
+        self.layer = layer
+        self.field = field
+        self.value = value
+        prefix = ""
+        if layer is not None:
+            prefix = f"layer {layer}"
+            if field is not None:
+                prefix += f" field '{field}'={value!r}"
+            prefix += ": "
+        elif field is not None:
+            prefix = f"field '{field}'={value!r}: "
+        super().__init__(prefix + message)
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"expected an int or a pair, got {v!r}")
+        return (int(v[0]), int(v[1]))
+    return (int(v), int(v))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Base class of all layers. ``name`` is optional; predictions name unnamed layers by type."""
+
+    @property
+    def label(self) -> str:
+        """The layer's ``name`` (every subclass declares ``name: str = ""`` last), or its type."""
+        return str(getattr(self, "name", "")) or self.type
+
+    @property
+    def type(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None or (f.name == "name" and not v):
+                continue
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+@dataclass(frozen=True)
+class Conv2D(Layer):
+    filters: int
+    kernel: tuple[int, int] | int
+    stride: tuple[int, int] | int = 1
+    padding: PaddingT = "valid"
+    use_bias: bool = True
+    activation: str | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel", _pair(self.kernel))
+        object.__setattr__(self, "stride", _pair(self.stride))
+
+
+@dataclass(frozen=True)
+class _Pool(Layer):
+    pool: tuple[int, int] | int
+    stride: tuple[int, int] | int | None = None
+    padding: PaddingT = "valid"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pool", _pair(self.pool))
+        object.__setattr__(self, "stride", _pair(self.stride if self.stride is not None else self.pool))
+
+
+@dataclass(frozen=True)
+class MaxPool2D(_Pool):
+    pass
+
+
+@dataclass(frozen=True)
+class AvgPool2D(_Pool):
+    """Average pooling; explicit padding zeros count in the average (PyTorch ``count_include_pad``)."""
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool2D(Layer):
+    """Mean over H and W: ``(C, H, W) -> (C,)``."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Dense(Layer):
+    """Affine map on the last axis: ``(F,) -> (units,)`` or ``(T, F) -> (T, units)``."""
+
+    units: int
+    use_bias: bool = True
+    activation: str | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """Flattens in channels-first (C, H, W) order."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Activation(Layer):
+    kind: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Dropout(Layer):
+    rate: float = 0.5
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class LocalResponseNorm(Layer):
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 2.0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class LSTM(Layer):
+    """Single-layer LSTM, zero initial state, gates i, f, g(c), o; sigmoid gates, tanh cell."""
+
+    units: int
+    return_sequences: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Embedding(Layer):
+    """Integer tokens ``(T,) -> (T, dim)``."""
+
+    vocab: int
+    dim: int
+    name: str = ""
+
+
+LAYER_TYPES: dict[str, type[Layer]] = {
+    cls.__name__: cls
+    for cls in (
+        Conv2D,
+        MaxPool2D,
+        AvgPool2D,
+        GlobalAvgPool2D,
+        Dense,
+        Flatten,
+        Activation,
+        Dropout,
+        LocalResponseNorm,
+        LSTM,
+        Embedding,
+    )
+}
+# Short aliases accepted in spec files.
+_ALIASES = {
+    "conv2d": "Conv2D",
+    "conv": "Conv2D",
+    "maxpool2d": "MaxPool2D",
+    "maxpool": "MaxPool2D",
+    "avgpool2d": "AvgPool2D",
+    "avgpool": "AvgPool2D",
+    "globalavgpool2d": "GlobalAvgPool2D",
+    "dense": "Dense",
+    "linear": "Dense",
+    "flatten": "Flatten",
+    "activation": "Activation",
+    "dropout": "Dropout",
+    "localresponsenorm": "LocalResponseNorm",
+    "lrn": "LocalResponseNorm",
+    "lstm": "LSTM",
+    "embedding": "Embedding",
+    # activations as layer types
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "softmax": "softmax",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A sequential model: ``input_shape`` (per sample) followed by ``layers``."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    layers: tuple[Layer, ...]
+    source: str = ""
+    input_dtype: str = "float32"  # "int64" for token inputs (Embedding)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "input_shape": list(self.input_shape),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def layer_from_dict(index: int, raw: Any) -> Layer:
+    """Builds one layer from a mapping such as ``{"type": "Conv2D", "filters": 8, "kernel": 3}``."""
+    if not isinstance(raw, dict):
+        raise SpecError("a layer must be a mapping with a 'type' key", layer=index, field="layer", value=raw)
+    data = dict(raw)
+    type_name = data.pop("type", None)
+    if not isinstance(type_name, str):
+        raise SpecError(
+            f"missing or non-string layer type; allowed: {', '.join(LAYER_TYPES)}",
+            layer=index,
+            field="type",
+            value=type_name,
+        )
+    canonical = _ALIASES.get(type_name.lower(), type_name)
+    if canonical in ACTIVATIONS:
+        data.setdefault("kind", canonical)
+        canonical = "Activation"
+    cls = LAYER_TYPES.get(canonical)
+    if cls is None:
+        raise SpecError(
+            f"unknown layer type; allowed: {', '.join(LAYER_TYPES)}", layer=index, field="type", value=type_name
+        )
+    allowed = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in allowed:
+            raise SpecError(
+                f"unknown field for {canonical}; allowed: {', '.join(sorted(allowed))}",
+                layer=index,
+                field=key,
+                value=data[key],
+            )
+    try:
+        layer = cls(**data)
+    except TypeError as exc:  # missing required field
+        raise SpecError(f"{canonical}: {exc}", layer=index) from None
+    except ValueError as exc:  # bad kernel/stride pair
+        raise SpecError(f"{canonical}: {exc}", layer=index) from None
+    validate_layer(index, layer)
+    return layer
+
+
+def _check_positive_int(index: int, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SpecError("must be a positive integer", layer=index, field=name, value=value)
+
+
+def validate_layer(index: int, layer: Layer) -> None:
+    """Checks a layer's own fields (not shapes). Raises :class:`SpecError`."""
+    if isinstance(layer, Conv2D):
+        _check_positive_int(index, "filters", layer.filters)
+        for fname in ("kernel", "stride"):
+            for v in getattr(layer, fname):
+                _check_positive_int(index, fname, v)
+        _check_padding(index, layer.padding)
+        _check_activation(index, layer.activation)
+    elif isinstance(layer, _Pool):
+        for fname in ("pool", "stride"):
+            for v in getattr(layer, fname):
+                _check_positive_int(index, fname, v)
+        _check_padding(index, layer.padding)
+    elif isinstance(layer, Dense):
+        _check_positive_int(index, "units", layer.units)
+        _check_activation(index, layer.activation)
+    elif isinstance(layer, Activation):
+        if layer.kind not in ACTIVATIONS:
+            raise SpecError(f"allowed: {', '.join(ACTIVATIONS)}", layer=index, field="kind", value=layer.kind)
+    elif isinstance(layer, Dropout):
+        if not isinstance(layer.rate, (int, float)) or not 0 <= layer.rate < 1:
+            raise SpecError("must be in [0, 1)", layer=index, field="rate", value=layer.rate)
+    elif isinstance(layer, LocalResponseNorm):
+        _check_positive_int(index, "size", layer.size)
+    elif isinstance(layer, LSTM):
+        _check_positive_int(index, "units", layer.units)
+    elif isinstance(layer, Embedding):
+        _check_positive_int(index, "vocab", layer.vocab)
+        _check_positive_int(index, "dim", layer.dim)
+
+
+def _check_padding(index: int, padding: Any) -> None:
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise SpecError(
+                "allowed: 'same', 'valid' or a non-negative integer", layer=index, field="padding", value=padding
+            )
+    elif isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise SpecError(
+            "allowed: 'same', 'valid' or a non-negative integer", layer=index, field="padding", value=padding
+        )
+
+
+def _check_activation(index: int, activation: Any) -> None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise SpecError(f"allowed: {', '.join(ACTIVATIONS)} or null", layer=index, field="activation", value=activation)
+
+
+def spec_from_dict(data: Any, *, default_name: str = "custom") -> ModelSpec:
+    """Builds a :class:`ModelSpec` from parsed JSON/YAML (see README, "Custom models")."""
+    if not isinstance(data, dict):
+        raise SpecError("a model spec must be a mapping with 'input_shape' and 'layers'")
+    unknown = set(data) - {"name", "source", "input_shape", "layers", "input_dtype"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(
+            "unknown top-level key; allowed: name, source, input_shape, input_dtype, layers",
+            field=key,
+            value=data[key],
+        )
+    shape = data.get("input_shape")
+    if not isinstance(shape, (list, tuple)) or not shape:
+        raise SpecError("must be a non-empty list of positive integers", field="input_shape", value=shape)
+    for v in shape:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise SpecError("must be a non-empty list of positive integers", field="input_shape", value=shape)
+    raw_layers = data.get("layers")
+    if not isinstance(raw_layers, list) or not raw_layers:
+        raise SpecError("must be a non-empty list of layers", field="layers", value=raw_layers)
+    layers = tuple(layer_from_dict(i, raw) for i, raw in enumerate(raw_layers))
+    input_dtype = data.get("input_dtype")
+    if input_dtype is None:
+        input_dtype = "int64" if isinstance(layers[0], Embedding) else "float32"
+    if input_dtype not in ("float32", "int64"):
+        raise SpecError("allowed: float32, int64", field="input_dtype", value=input_dtype)
+    return ModelSpec(
+        name=str(data.get("name", default_name)),
+        input_shape=tuple(int(v) for v in shape),
+        layers=layers,
+        source=str(data.get("source", "")),
+        input_dtype=input_dtype,
+    )

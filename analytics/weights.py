@@ -1,0 +1,122 @@
+"""The neutral weight format and deterministic test data.
+
+Weights are one numpy array per parameter, in spec order, with this layout:
+
+=================  ==========================================  ===========================
+layer              arrays                                      layout
+=================  ==========================================  ===========================
+Conv2D             kernel, bias (if ``use_bias``)              kernel ``(out, in, kh, kw)`` (OIHW)
+Dense              kernel, bias (if ``use_bias``)              kernel ``(in, out)``; after a Flatten
+                                                               the ``in`` axis is in (C, H, W) order
+LSTM               kernel, recurrent_kernel, bias              ``(in, 4h)``, ``(h, 4h)``, ``(4h,)``;
+                                                               gates in order i, f, g, o; one bias
+                                                               (PyTorch/MXNet's two biases are summed
+                                                               on export, put in ``bias_ih`` on import)
+Embedding          embeddings                                  ``(vocab, dim)``
+=================  ==========================================  ===========================
+
+All other layers have no weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from analytics.shapes import infer_shapes, input_shapes
+from analytics.spec import LSTM, Activation, Conv2D, Dense, Embedding, ModelSpec
+
+
+@dataclass(frozen=True)
+class WeightSlot:
+    layer: int
+    layer_name: str
+    param: str  # "kernel", "bias", "recurrent_kernel", "embeddings"
+    shape: tuple[int, ...]
+
+
+def weight_slots(spec: ModelSpec) -> list[WeightSlot]:
+    """The neutral weight list's entries, in order."""
+    slots: list[WeightSlot] = []
+    for i, (layer, in_shape) in enumerate(zip(spec.layers, input_shapes(spec))):
+        lname = layer.label if layer.label != layer.type else f"{layer.type.lower()}{i}"
+        if isinstance(layer, Conv2D):
+            kh, kw = layer.kernel  # type: ignore[misc]
+            slots.append(WeightSlot(i, lname, "kernel", (layer.filters, in_shape[0], kh, kw)))
+            if layer.use_bias:
+                slots.append(WeightSlot(i, lname, "bias", (layer.filters,)))
+        elif isinstance(layer, Dense):
+            slots.append(WeightSlot(i, lname, "kernel", (in_shape[-1], layer.units)))
+            if layer.use_bias:
+                slots.append(WeightSlot(i, lname, "bias", (layer.units,)))
+        elif isinstance(layer, LSTM):
+            h = layer.units
+            slots.append(WeightSlot(i, lname, "kernel", (in_shape[-1], 4 * h)))
+            slots.append(WeightSlot(i, lname, "recurrent_kernel", (h, 4 * h)))
+            slots.append(WeightSlot(i, lname, "bias", (4 * h,)))
+        elif isinstance(layer, Embedding):
+            slots.append(WeightSlot(i, lname, "embeddings", (layer.vocab, layer.dim)))
+    return slots
+
+
+def random_weights(spec: ModelSpec, seed: int = 0, dtype: str = "float32") -> list[np.ndarray]:
+    """Random weights in the neutral format, scaled (He/Glorot-like) so activations stay O(1)."""
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    for slot in weight_slots(spec):
+        if slot.param == "bias":
+            arr = rng.uniform(-0.1, 0.1, size=slot.shape)
+        elif slot.param == "embeddings":
+            arr = rng.normal(0.0, 1.0, size=slot.shape)
+        else:
+            fan_in = math.prod(slot.shape[1:]) if len(slot.shape) == 4 else slot.shape[0]
+            arr = rng.normal(0.0, math.sqrt(2.0 / fan_in), size=slot.shape)
+        out.append(arr.astype(dtype))
+    return out
+
+
+def output_kind(spec: ModelSpec) -> str:
+    """How a training step computes its loss from the model output.
+
+    * ``"probs"``: the model ends in a softmax; sparse categorical cross-entropy on probabilities;
+    * ``"logits"``: the output is ``(K,)`` or ``(T, K)`` class scores; softmax cross-entropy from logits;
+    * ``"regression"``: anything else (feature maps, e.g. cnn3); mean squared error against a target.
+    """
+    last = spec.layers[-1]
+    out_shape = infer_shapes(spec)[-1]
+    if (isinstance(last, Activation) and last.kind == "softmax") or (
+        isinstance(last, Dense) and last.activation == "softmax"
+    ):
+        return "probs"
+    if len(out_shape) in (1, 2) and not isinstance(last, Activation):
+        return "logits"
+    return "regression"
+
+
+def make_batch(spec: ModelSpec, batch_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random input batch ``x`` and target ``y`` (never zeros: some kernels are faster on zeros).
+
+    ``x``: float32 normal of shape ``(N, *input_shape)`` (int64 tokens for Embedding models).
+    ``y``: int64 class labels ``(N,)`` or ``(N, T)`` for classifiers, float32 of the output shape
+    for regression outputs (see :func:`output_kind`).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    rng = np.random.default_rng(seed)
+    x: np.ndarray
+    y: np.ndarray
+    if spec.input_dtype == "int64":
+        first = spec.layers[0]
+        vocab = first.vocab if isinstance(first, Embedding) else 2
+        x = rng.integers(0, vocab, size=(batch_size, *spec.input_shape), dtype=np.int64)
+    else:
+        x = rng.standard_normal((batch_size, *spec.input_shape)).astype(np.float32)
+    out_shape = infer_shapes(spec)[-1]
+    kind = output_kind(spec)
+    if kind == "regression":
+        y = rng.standard_normal((batch_size, *out_shape)).astype(np.float32)
+    else:
+        y = rng.integers(0, out_shape[-1], size=(batch_size, *out_shape[:-1]), dtype=np.int64)
+    return x, y

@@ -1,0 +1,61 @@
+"""Framework adapters. Importing this package imports no framework.
+
+>>> from backends import available_backends, get_backend
+>>> tb = get_backend("torch")          # imports torch now, or raises BackendUnavailable
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from functools import cache
+from types import ModuleType
+
+from backends.base import BackendUnavailable, DeviceUnavailable, NotSupported
+
+BACKENDS = ("torch", "tensorflow", "mxnet")
+_MODULE = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
+_INSTALL_HINT = {
+    "torch": "pip install 'xfbench[torch]' (or run: tox -e torch)",
+    "tensorflow": "pip install 'xfbench[tensorflow]' (or run: tox -e tensorflow)",
+    "mxnet": "pip install 'xfbench[mxnet]' with numpy<1.24 (or run: tox -e mxnet)",
+}
+ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet"}
+
+
+def canonical_name(name: str) -> str:
+    """Backend name from a user's spelling; raises ``ValueError`` naming the allowed values."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(BACKENDS)}")
+    return key
+
+
+@cache
+def is_available(name: str) -> bool:
+    """Whether the framework is installed (a cached ``find_spec`` probe; nothing is imported)."""
+    return importlib.util.find_spec(_MODULE[canonical_name(name)]) is not None
+
+
+def available_backends() -> list[str]:
+    return [b for b in BACKENDS if is_available(b)]
+
+
+def get_backend(name: str) -> ModuleType:
+    """The adapter module ``backends.<name>``; imports the framework."""
+    key = canonical_name(name)
+    if not is_available(key):
+        raise BackendUnavailable(f"backend {key!r} is not installed: {_INSTALL_HINT[key]}")
+    return importlib.import_module(f"backends.{key}")
+
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "DeviceUnavailable",
+    "NotSupported",
+    "available_backends",
+    "canonical_name",
+    "get_backend",
+    "is_available",
+]
