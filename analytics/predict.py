@@ -176,8 +176,10 @@ def counter_prediction(
     """What a framework's FLOP counter should report, under that counter's convention.
 
     * ``torch`` (``FlopCounterMode``): matmul FLOPs, bias ignored; training adds the backward matmuls.
-    * ``tensorflow`` (profiler ``float_ops``): matmul FLOPs + bias adds (forward); training adds the
-      backward matmuls and the bias gradients (a sum over the batch: one add per biased output element).
+    * ``tensorflow`` (profiler ``float_ops``): matmul FLOPs + bias adds + pooling (one per window element);
+      training adds the backward matmuls and the bias gradients (one add per biased output element).
+      The profiler also counts element-wise Add/Mul and Softmax (5 per element), which this leaves out:
+      compare its Conv2D + MatMul + BiasAdd + pool ops with this figure.
     * ``mxnet`` (our count from its symbol graph): matmul FLOPs, bias separate; training adds backward.
 
     ``skip_layers`` are layer indices the counter does not support (their work is not in its total).
@@ -193,7 +195,7 @@ def counter_prediction(
             continue
         total += lp.forward_flops
         if counter == "tensorflow":
-            total += lp.bias_flops
+            total += lp.bias_flops + lp.pool_flops
         if phase == "training":
             total += lp.backward_flops
             if counter == "tensorflow":

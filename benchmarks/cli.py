@@ -146,6 +146,118 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_list(text: str) -> list[str]:
+    from backends import canonical_name
+
+    try:
+        return [canonical_name(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    from backends import BACKENDS, is_available
+    from benchmarks.parity import TOLERANCE, check_parity
+
+    wanted = args.backend or list(BACKENDS)
+    present = [b for b in wanted if is_available(b)]
+    for b in wanted:
+        if b not in present:
+            print(f"skipped {b}: not installed in this environment (tox -e {b})", file=sys.stderr)
+    if not present:
+        raise UsageError(f"none of the backends {', '.join(wanted)} is installed here; try tox -e parity")
+    specs = [load_model(m, args) for m in (args.model or list(CATALOG))]
+    rows, failed = [], 0
+    for b in present:
+        for spec in specs:
+            print(f"parity {b} {spec.name} ...", file=sys.stderr, flush=True)
+            r = check_parity(b, spec, batch_size=args.batch)
+            failed += not r.passed
+            rows.append(
+                [
+                    r.model,
+                    r.backend,
+                    fmt_count(r.params_predicted),
+                    fmt_count(r.params_counted),
+                    "-" if r.max_rel_error is None else f"{r.max_rel_error:.2e}",
+                    "pass" if r.passed else "FAIL" + (f" ({r.error})" if r.error else ""),
+                ]
+            )
+    print(render_table(["model", "backend", "params predicted", "params counted", "max rel error", "result"], rows))
+    print(f"tolerance: relative error < {TOLERANCE:g} (float32 vs float64 reference, CPU); {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    """Drives the same pytest run as ``pytest benchmarks --benchmark-only`` (one implementation)."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "pytest", str(repo / "benchmarks"), "--benchmark-only", "-p", "no:cacheprovider"]
+    for opt in ("backend", "device", "models", "batch", "phase", "profile", "optimizer", "dtype", "report_dir"):
+        value = getattr(args, opt)
+        if value is not None:
+            cmd += [f"--{opt.replace('_', '-')}", str(value)]
+    if args.rounds is not None:
+        cmd += ["--rounds", str(args.rounds)]
+    if args.no_memory:
+        cmd.append("--no-memory")
+    cmd += extra
+    print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd, cwd=repo)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from reports.compare import compare, format_text
+    from reports.writer import SchemaError
+
+    try:
+        result = compare(args.files, args.out)
+    except (SchemaError, ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(format_text(result))
+    print(f"wrote {result.csv_path}, {result.md_path}" + "".join(f", {p}" for p in result.plot_paths))
+    return 0
+
+
+def latest_per_backend(directory: str) -> list[str]:
+    """The newest report CSV of each backend in ``directory`` (what one ``tox -m bench`` just wrote)."""
+    import csv
+    from pathlib import Path
+
+    newest: dict[str, tuple[float, str]] = {}
+    for path in Path(directory).glob("*.csv"):
+        with open(path, newline="") as fh:
+            rows = csv.DictReader(line for line in fh if not line.startswith("#"))
+            backends = {r.get("backend", "") for r in rows}
+        for backend in backends:
+            mtime = path.stat().st_mtime
+            if backend and (backend not in newest or newest[backend][0] < mtime):
+                newest[backend] = (mtime, str(path))
+    return sorted({p for _, p in newest.values()})
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from reports.writer import SchemaError, merge_reports
+
+    files = list(args.files)
+    if args.latest:
+        files += latest_per_backend(args.latest)
+    if not files:
+        raise UsageError("nothing to merge: give report files or --latest DIR with report CSVs in it")
+    try:
+        df = merge_reports(files, args.out)
+    except (SchemaError, ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(f"merged {len(files)} files ({', '.join(files)}), {len(df)} rows -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xfbench", description="Deep-learning benchmarks beside analytic predictions.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -163,13 +275,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mib", action="store_true", help="binary units (MiB) instead of decimal MB")
     _add_model_overrides(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("parity", help="check that every backend computes the numpy reference's function")
+    p.add_argument("--backend", type=_backend_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
+    p.add_argument("--model", type=_model_list, help="comma-separated catalog names or spec files (default: all)")
+    p.add_argument("--batch", type=_positive_int, default=2)
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser(
+        "run", help="the benchmark suite (same as: pytest benchmarks --benchmark-only ...); extra args go to pytest"
+    )
+    p.add_argument("--backend", help="comma-separated: torch,tensorflow,mxnet (default: all; absent ones skip)")
+    p.add_argument("--device", help="comma-separated: cpu, gpu, gpu:N (default: cpu)")
+    p.add_argument("--models", help="comma-separated catalog names or spec files (default: the catalog)")
+    p.add_argument("--batch", help="comma-separated batch sizes (default: the profile's)")
+    p.add_argument("--phase", help="inference, training or both (default: both)")
+    p.add_argument("--profile", choices=["quick", "full"], default=None)
+    p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default=None)
+    p.add_argument("--dtype", choices=list(DTYPE_BYTES), default=None)
+    p.add_argument("--rounds", type=_positive_int, default=None)
+    p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory process")
+    p.add_argument("--report-dir", dest="report_dir", default=None, help="default: reports/runs")
+    p.set_defaults(func=cmd_run, passthrough=True)
+
+    p = sub.add_parser("compare", help="compare benchmark CSVs from different machines")
+    p.add_argument("files", nargs="+", help="two or more report CSVs")
+    p.add_argument("--out", default="reports/runs/compare", help="directory for comparison.csv/.md and plots")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("merge", help="merge report CSVs (same schema version) into one")
+    p.add_argument("files", nargs="*")
+    p.add_argument("--latest", metavar="DIR", help="also merge the newest CSV of each backend in DIR")
+    p.add_argument("-o", "--out", required=True)
+    p.set_defaults(func=cmd_merge)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "passthrough", False):
+            return int(args.func(args, extra))
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args))
     except UsageError as exc:
         print(f"xfbench: error: {exc}", file=sys.stderr)

@@ -1,0 +1,47 @@
+"""The TensorFlow / Keras 3 backend (contract: :mod:`backends.base`).
+
+Importing this package imports TensorFlow (with ``TF_CPP_MIN_LOG_LEVEL=2`` unless already set, so its C++
+start-up messages stay quiet) and Keras 3 on the TensorFlow backend.
+"""
+
+from __future__ import annotations
+
+from backends.tensorflow._tf import keras, tf
+from backends.tensorflow.device import list_devices, resolve_device, synchronize
+from backends.tensorflow.flops import count_flops
+from backends.tensorflow.memory import is_oom_error, memory_stats, reset_peak_memory
+from backends.tensorflow.model import (
+    build_model,
+    count_params,
+    get_weights,
+    infer,
+    make_train_step,
+    set_weights,
+    to_device,
+    to_numpy,
+)
+
+NAME = "tensorflow"
+VERSION = tf.__version__
+KERAS_VERSION = keras.__version__
+
+__all__ = [
+    "KERAS_VERSION",
+    "NAME",
+    "VERSION",
+    "build_model",
+    "count_flops",
+    "count_params",
+    "get_weights",
+    "infer",
+    "is_oom_error",
+    "list_devices",
+    "make_train_step",
+    "memory_stats",
+    "reset_peak_memory",
+    "resolve_device",
+    "set_weights",
+    "synchronize",
+    "to_device",
+    "to_numpy",
+]

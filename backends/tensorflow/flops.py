@@ -1,0 +1,158 @@
+"""FLOPs from TensorFlow's own counter: the v1 profiler's ``float_ops`` over a traced graph.
+
+The model is traced into a ``tf.function`` concrete graph with a fixed batch size (the profiler needs
+static shapes) and profiled with ``ProfileOptionBuilder.float_operation()``. The profiler adds up the
+``flops`` statistics TensorFlow registers per op type; what it found on this version (TF 2.21, Keras 3):
+
+* ``Conv2D``: 2 per multiply-accumulate (``2*N*Hout*Wout*Cout*Cin*kh*kw``); ``MatMul``: ``2*M*K*N``
+  (Dense, also through ``Tensordot`` on sequences, and the LSTM's two matrix products);
+* ``BiasAdd``: 1 per output element (Keras adds Conv2D/Dense biases with ``BiasAdd``);
+* ``AvgPool`` and ``MaxPool``: one per window element per output (``kh*kw*N*Hout*Wout*C``);
+* element-wise ``AddV2``/``Mul``/... : 1 per element (the LSTM's gate arithmetic);
+* ``Softmax``: 5 per element;
+* not counted: ReLU, Sigmoid, Tanh, Pad, Transpose (the NCHW<->NHWC boundary), Reshape, LRN.
+
+The training phase traces forward (``training=True``), loss and gradients (no optimizer update) and adds
+the gradient ops (``Conv2DBackpropInput``/``Conv2DBackpropFilter``, ``BiasAddGrad``, ...).
+
+Keras runs an LSTM as a ``tf.while_loop`` (or a cuDNN kernel on GPU); the profiler does not look inside
+the loop body and would count one step out of ``T``. For counting, each LSTM is traced unrolled
+(``unroll=True``: the same per-step ops, once per step); should a loop remain anyway, that layer goes to
+``unsupported`` and its ops are left out of ``total``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from analytics.spec import LSTM, ModelSpec
+from analytics.weights import make_batch
+from backends.base import FlopCount
+from backends.tensorflow._tf import keras, tf
+from backends.tensorflow.model import _info, loss_fn
+
+COUNTER = "tf.compat.v1.profiler float_operation"
+CONVENTION = (
+    "TF profiler float_ops: multiply and add counted separately (2 per MAC in Conv2D/MatMul), bias adds "
+    "included (BiasAdd, 1 per element), pooling 1 per window element, element-wise ops 1 per element, "
+    "Softmax 5 per element; ReLU/sigmoid/tanh, padding and transposes not counted; LSTM counted unrolled"
+)
+_LOOP_OPS = ("While", "StatelessWhile")
+
+
+@contextlib.contextmanager
+def _lstms_unrolled(model: Any) -> Iterator[None]:
+    """Sets ``unroll=True`` on the model's Keras LSTMs while tracing, restoring the old values after."""
+    saved = [(layer, layer.unroll) for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+    try:
+        for layer, _ in saved:
+            layer.unroll = True
+        yield
+    finally:
+        for layer, old in saved:
+            layer.unroll = old
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    """Silences the profiler's v1 deprecation warnings, where TensorFlow offers a switch for them."""
+    try:
+        from tensorflow.python.util import deprecation
+
+        return deprecation.silence()
+    except (ImportError, AttributeError):  # pragma: no cover - private module moved
+        return contextlib.nullcontext()
+
+
+def _trace(model: Any, spec: ModelSpec, batch_size: int, phase: str) -> Any:
+    info = _info(model)
+    in_dtype = tf.int64 if spec.input_dtype == "int64" else tf.as_dtype(info.dtype)
+    x_spec = tf.TensorSpec([batch_size, *spec.input_shape], in_dtype)
+    if phase == "inference":
+
+        def forward(x: Any) -> Any:
+            return model(x, training=False)
+
+        with tf.device(info.tf_device):
+            return tf.function(forward).get_concrete_function(x_spec).graph
+    _, y = make_batch(spec, 1)
+    y_dtype = tf.int64 if y.dtype == np.int64 else tf.as_dtype(info.dtype)
+    y_spec = tf.TensorSpec([batch_size, *y.shape[1:]], y_dtype)
+    loss = loss_fn(spec)
+    variables = model.trainable_variables
+
+    def train(x: Any, y: Any) -> Any:
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x, training=True))
+        return value, tape.gradient(value, variables)
+
+    with tf.device(info.tf_device):
+        return tf.function(train).get_concrete_function(x_spec, y_spec).graph
+
+
+def _node_flops(graph: Any) -> dict[str, int]:
+    """``{op name: float_ops}`` for every graph op the profiler gives a non-zero count."""
+    builder = tf.compat.v1.profiler.ProfileOptionBuilder
+    options = builder(builder.float_operation()).with_empty_output().build()
+    with _quiet():
+        root = tf.compat.v1.profiler.profile(graph, cmd="scope", options=options)
+    out: dict[str, int] = {}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.float_ops:
+            out[node.name] = out.get(node.name, 0) + int(node.float_ops)
+        stack.extend(node.children)
+    return out
+
+
+def _layer_of(op_name: str, n_layers: int, model_name: str) -> int | None:
+    """The spec layer index of a graph op, from the ``l<i>_`` Keras layer-name scope in its name."""
+    for part in op_name.split("/"):
+        if part == model_name or part.startswith(model_name + "_"):  # the model's own scope, e.g. "lenet_1"
+            continue
+        if part.startswith("l") and "_" in part:
+            head = part[1 : part.index("_")]
+            if head.isdigit() and int(head) < n_layers:
+                return int(head)
+    return None
+
+
+def count_flops(model: Any, spec: ModelSpec, batch_size: int, phase: str = "inference") -> FlopCount:
+    """FLOPs of one batch of ``batch_size`` as the TensorFlow profiler counts them (see module docstring).
+
+    ``by_op`` splits ``total`` by TensorFlow op type (``Conv2D``, ``MatMul``, ``BiasAdd``, ``AvgPool``, ...).
+    """
+    if phase not in ("inference", "training"):
+        raise ValueError(f"unknown phase {phase!r}; allowed: inference, training")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    with _lstms_unrolled(model):
+        graph = _trace(model, spec, batch_size, phase)
+    n_layers = len(spec.layers)
+    looped: set[int] = set()
+    for op in graph.get_operations():
+        if op.type in _LOOP_OPS:
+            index = _layer_of(op.name, n_layers, model.name)
+            if index is not None and isinstance(spec.layers[index], LSTM):
+                looped.add(index)
+    by_op: dict[str, int] = {}
+    for name, flops in _node_flops(graph).items():
+        if _layer_of(name, n_layers, model.name) in looped:
+            continue
+        try:
+            op_type = graph.get_operation_by_name(name).type
+        except (KeyError, ValueError):
+            op_type = name.rsplit("/", 1)[-1]
+        by_op[op_type] = by_op.get(op_type, 0) + flops
+    unsupported = tuple(f"{i}:{spec.layers[i].type}" for i in sorted(looped))
+    return FlopCount(
+        counter=COUNTER,
+        convention=CONVENTION,
+        total=sum(by_op.values()),
+        by_op=dict(sorted(by_op.items())),
+        unsupported=unsupported,
+    )

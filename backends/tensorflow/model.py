@@ -1,0 +1,431 @@
+"""Builds a Keras 3 model from a :class:`~analytics.spec.ModelSpec`, and moves weights in and out of it.
+
+Keras runs channels-last (NHWC) on every device here, so the model itself transposes at its boundary:
+the input is ``(N, C, H, W)`` as the contract says, a ``Permute`` turns it into NHWC before the first
+image layer, and a ``Permute`` turns an image-shaped output back into NCHW. No transpose is inserted in
+front of a Flatten that feeds a Dense: Keras then flattens in (H, W, C) order, and the Dense kernel's rows
+are permuted from the neutral (C, H, W) order on import and back on export.
+
+Layer mapping (spec -> Keras, channels-last):
+
+* Conv2D ``same`` -> ``Conv2D(padding="same")`` (TensorFlow's rule, which is the spec's);
+  explicit ``P`` -> ``ZeroPadding2D(P)`` + ``valid``.
+* MaxPool2D ``same`` -> ``MaxPooling2D(padding="same")`` (padded cells never win);
+  explicit ``P`` -> a ``-inf`` constant pad + ``valid``.
+* AvgPool2D ``same`` -> ``AveragePooling2D(padding="same")`` (padded cells excluded from the mean);
+  explicit ``P`` -> ``ZeroPadding2D(P)`` + ``valid`` (the zeros count, as PyTorch's ``count_include_pad``).
+* LocalResponseNorm (odd ``size``) -> ``tf.nn.local_response_normalization(depth_radius=size//2,
+  bias=k, alpha=alpha/size, beta=beta)``; even sizes and float64 use an equivalent sum of shifted squares.
+* LSTM -> ``keras.layers.LSTM`` (gate order i, f, c, o = the neutral i, f, g, o; one bias of ``4h``).
+* softmax on an image tensor is taken over the spec's last axis (W), which is axis 2 in NHWC.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from analytics.shapes import infer_shapes, input_shapes
+from analytics.spec import (
+    LSTM,
+    Activation,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    LocalResponseNorm,
+    MaxPool2D,
+    ModelSpec,
+)
+from analytics.weights import output_kind, random_weights, weight_slots
+from backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
+from backends.tensorflow._tf import keras, tf
+from backends.tensorflow.device import resolve_device
+
+DTYPES = ("float32", "float64", "float16")
+# Keras's Adam default epsilon is 1e-7; PyTorch and MXNet use 1e-8. One value keeps the backends' steps equal.
+ADAM_EPSILON = 1e-8
+
+
+@dataclass(frozen=True)
+class _WeightEntry:
+    """One spec layer with weights: its Keras layer and, for a Dense fed by a Flatten of an NHWC tensor,
+    the (C, H, W) shape whose flattening order differs between the spec and Keras."""
+
+    index: int
+    kind: str  # "conv", "dense", "lstm", "embedding"
+    layer: Any
+    flatten_chw: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    spec: ModelSpec
+    tf_device: str
+    dtype: str
+    entries: tuple[_WeightEntry, ...]
+
+
+class _ConstantPad2D(keras.layers.Layer):
+    """Pads H and W of an NHWC tensor with a constant (``-inf`` for max pooling, so padding never wins)."""
+
+    def __init__(self, padding: int, value: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+        self.value = float(value)
+
+    def call(self, x: Any) -> Any:
+        p = self.padding
+        return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], constant_values=tf.cast(self.value, x.dtype))
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        n, h, w, c = input_shape
+        p = 2 * self.padding
+        return (n, None if h is None else h + p, None if w is None else w + p, c)
+
+
+class _LocalResponseNorm(keras.layers.Layer):
+    """PyTorch's LRN on an NHWC tensor: ``x / (k + alpha/size * sum_window x^2)^beta`` over channels.
+
+    The window of channel ``c`` is ``[c - size//2, c + (size-1)//2]`` (zeros outside), as in PyTorch.
+    """
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+
+    def call(self, x: Any) -> Any:
+        if self.size % 2 == 1 and x.dtype in (tf.float32, tf.float16, tf.bfloat16):
+            return tf.nn.local_response_normalization(
+                x, depth_radius=self.size // 2, bias=self.k, alpha=self.alpha / self.size, beta=self.beta
+            )
+        # tf.nn.lrn has only a symmetric (odd) window and no float64 kernel: sum the shifted squares instead.
+        sq = tf.square(x)
+        channels = x.shape[-1]
+        padded = tf.pad(sq, [[0, 0], [0, 0], [0, 0], [self.size // 2, (self.size - 1) // 2]])
+        window = tf.add_n([padded[..., j : j + channels] for j in range(self.size)])
+        return x / tf.pow(self.k + (self.alpha / self.size) * window, self.beta)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+
+def _keras_name(index: int, layer: Any, suffix: str = "") -> str:
+    base = re.sub(r"[^A-Za-z0-9_]", "_", layer.name or layer.type.lower())
+    return f"l{index}_{base}{suffix}"
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported with tensorflow; allowed: {', '.join(DTYPES)}")
+    return dtype
+
+
+def _info(model: Any) -> _ModelInfo:
+    info = getattr(model, "_xf_info", None)
+    if not isinstance(info, _ModelInfo):
+        raise ValueError("this model was not built by backends.tensorflow.build_model")
+    return info
+
+
+def _flatten_feeds_dense(spec: ModelSpec, flatten_index: int) -> bool:
+    """Whether the Flatten's output reaches a Dense through element-wise layers only."""
+    for layer in spec.layers[flatten_index + 1 :]:
+        if isinstance(layer, Dense):
+            return True
+        if isinstance(layer, Dropout) or (isinstance(layer, Activation) and layer.kind != "softmax"):
+            continue
+        return False
+    return False
+
+
+def _build_graph(spec: ModelSpec, dtype: str, seed: int) -> tuple[Any, tuple[_WeightEntry, ...]]:
+    in_dtype = "int64" if spec.input_dtype == "int64" else dtype
+    inputs = keras.Input(shape=tuple(spec.input_shape), dtype=in_dtype, name="input")
+    x = inputs
+    channels_last = False  # whether the current 3-D-per-sample tensor is NHWC
+    pending_chw: tuple[int, int, int] | None = None  # set by a Flatten of an NHWC tensor until a Dense uses it
+    entries: list[_WeightEntry] = []
+    in_shapes = input_shapes(spec)
+    common = {"dtype": dtype}
+
+    def to_nhwc(t: Any, i: int) -> Any:
+        return keras.layers.Permute((2, 3, 1), name=f"l{i}_to_nhwc", **common)(t)
+
+    for i, (layer, shape) in enumerate(zip(spec.layers, in_shapes)):
+        image_in = len(shape) == 3
+        if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, LocalResponseNorm)) and not channels_last:
+            x = to_nhwc(x, i)
+            channels_last = True
+        name = _keras_name(i, layer)
+        if isinstance(layer, Conv2D):
+            pad = layer.padding
+            if isinstance(pad, int) and pad > 0:
+                x = keras.layers.ZeroPadding2D(pad, name=_keras_name(i, layer, "_pad"), **common)(x)
+            softmax = layer.activation == "softmax"
+            conv = keras.layers.Conv2D(
+                layer.filters,
+                layer.kernel,
+                strides=layer.stride,
+                padding="same" if pad == "same" else "valid",
+                use_bias=layer.use_bias,
+                activation=None if softmax else layer.activation,
+                kernel_initializer="zeros",
+                name=name,
+                **common,
+            )
+            x = conv(x)
+            if softmax:
+                x = keras.layers.Softmax(axis=2, name=_keras_name(i, layer, "_softmax"), **common)(x)
+            entries.append(_WeightEntry(i, "conv", conv))
+        elif isinstance(layer, (MaxPool2D, AvgPool2D)):
+            pad = layer.padding
+            is_max = isinstance(layer, MaxPool2D)
+            if isinstance(pad, int) and pad > 0:
+                pad_name = _keras_name(i, layer, "_pad")
+                if is_max:
+                    x = _ConstantPad2D(pad, float("-inf"), name=pad_name, **common)(x)
+                else:
+                    x = keras.layers.ZeroPadding2D(pad, name=pad_name, **common)(x)
+            cls = keras.layers.MaxPooling2D if is_max else keras.layers.AveragePooling2D
+            x = cls(
+                layer.pool, strides=layer.stride, padding="same" if pad == "same" else "valid", name=name, **common
+            )(x)
+        elif isinstance(layer, GlobalAvgPool2D):
+            x = keras.layers.GlobalAveragePooling2D(name=name, **common)(x)
+            channels_last = False
+        elif isinstance(layer, LocalResponseNorm):
+            x = _LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k, name=name, **common)(x)
+        elif isinstance(layer, Flatten):
+            if image_in and channels_last:
+                if _flatten_feeds_dense(spec, i):
+                    pending_chw = (int(shape[0]), int(shape[1]), int(shape[2]))
+                else:  # nothing downstream can absorb the (H, W, C) order: restore (C, H, W) first
+                    x = keras.layers.Permute((3, 1, 2), name=f"l{i}_to_nchw", **common)(x)
+            x = keras.layers.Flatten(name=name, **common)(x)
+            channels_last = False
+        elif isinstance(layer, Dense):
+            dense = keras.layers.Dense(
+                layer.units,
+                use_bias=layer.use_bias,
+                activation=layer.activation,
+                kernel_initializer="zeros",
+                name=name,
+                **common,
+            )
+            x = dense(x)
+            entries.append(_WeightEntry(i, "dense", dense, pending_chw))
+            pending_chw = None
+        elif isinstance(layer, Activation):
+            if layer.kind == "softmax":
+                axis = 2 if (image_in and channels_last) else -1
+                x = keras.layers.Softmax(axis=axis, name=name, **common)(x)
+            else:
+                x = keras.layers.Activation(layer.kind, name=name, **common)(x)
+        elif isinstance(layer, Dropout):
+            x = keras.layers.Dropout(layer.rate, seed=seed + i, name=name, **common)(x)
+        elif isinstance(layer, LSTM):
+            lstm = keras.layers.LSTM(
+                layer.units,
+                return_sequences=layer.return_sequences,
+                kernel_initializer="zeros",
+                recurrent_initializer="zeros",
+                unit_forget_bias=False,
+                name=name,
+                **common,
+            )
+            x = lstm(x)
+            entries.append(_WeightEntry(i, "lstm", lstm))
+        elif isinstance(layer, Embedding):
+            emb = keras.layers.Embedding(layer.vocab, layer.dim, embeddings_initializer="zeros", name=name, **common)
+            x = emb(x)
+            entries.append(_WeightEntry(i, "embedding", emb))
+        else:
+            raise NotSupported(f"layer {i} ({layer.type}) is not supported with tensorflow")
+    if len(infer_shapes(spec)[-1]) == 3 and channels_last:
+        x = keras.layers.Permute((3, 1, 2), name="to_nchw", **common)(x)
+    model = keras.Model(inputs, x, name=re.sub(r"[^A-Za-z0-9_]", "_", spec.name) or "model")
+    return model, tuple(entries)
+
+
+def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> Any:
+    """A ``keras.Model`` for ``spec`` with its variables on ``device``.
+
+    The weights are :func:`analytics.weights.random_weights` ``(spec, seed)``, so every backend starts from
+    the same numbers for the same seed. The model takes NCHW (or ``(N, T, F)``) input and returns the
+    spec's channels-first output.
+    """
+    _check_dtype(dtype)
+    tf_device = resolve_device(device)
+    with tf.device(tf_device):
+        model, entries = _build_graph(spec, dtype, seed)
+        model._xf_info = _ModelInfo(spec=spec, tf_device=tf_device, dtype=dtype, entries=entries)
+        set_weights(model, random_weights(spec, seed=seed, dtype=dtype))
+    return model
+
+
+def _to_keras(entry: _WeightEntry, param: str, arr: np.ndarray) -> np.ndarray:
+    if entry.kind == "conv" and param == "kernel":
+        return np.transpose(arr, (2, 3, 1, 0))  # OIHW -> HWIO
+    if entry.kind == "dense" and param == "kernel" and entry.flatten_chw is not None:
+        c, h, w = entry.flatten_chw
+        return arr.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1)  # rows CHW -> HWC
+    return arr
+
+
+def _from_keras(entry: _WeightEntry, param: str, arr: np.ndarray) -> np.ndarray:
+    if entry.kind == "conv" and param == "kernel":
+        return np.transpose(arr, (3, 2, 0, 1))  # HWIO -> OIHW
+    if entry.kind == "dense" and param == "kernel" and entry.flatten_chw is not None:
+        c, h, w = entry.flatten_chw
+        return arr.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)  # rows HWC -> CHW
+    return arr
+
+
+def _layer_params(entry: _WeightEntry) -> list[tuple[str, Any]]:
+    """The Keras variables of one layer in neutral order, as ``(param, variable)``."""
+    layer = entry.layer
+    if entry.kind == "embedding":
+        return [("embeddings", layer.embeddings)]
+    if entry.kind == "lstm":
+        cell = layer.cell
+        return [("kernel", cell.kernel), ("recurrent_kernel", cell.recurrent_kernel), ("bias", cell.bias)]
+    out = [("kernel", layer.kernel)]
+    if layer.bias is not None:
+        out.append(("bias", layer.bias))
+    return out
+
+
+def set_weights(model: Any, weights: list[np.ndarray]) -> None:
+    """Loads neutral-format weights (:mod:`analytics.weights`) into ``model``; values are cast to its dtype.
+
+    Raises ``ValueError`` naming the slot when the count or a shape does not match.
+    """
+    info = _info(model)
+    slots = weight_slots(info.spec)
+    if len(weights) != len(slots):
+        raise ValueError(f"expected {len(slots)} weight arrays for {info.spec.name}, got {len(weights)}")
+    by_layer = {e.index: e for e in info.entries}
+    pos = 0
+    for entry in info.entries:
+        for param, var in _layer_params(entry):
+            slot, arr = slots[pos], np.asarray(weights[pos])
+            pos += 1
+            if slot.layer != entry.index or slot.param != param:  # the two orders are built from the same spec
+                raise AssertionError(f"weight order mismatch at {slot}")
+            if tuple(arr.shape) != tuple(slot.shape):
+                raise ValueError(
+                    f"weight {pos - 1} ({slot.layer_name}.{slot.param}) has shape {tuple(arr.shape)}, "
+                    f"expected {tuple(slot.shape)}"
+                )
+            var.assign(np.ascontiguousarray(_to_keras(by_layer[slot.layer], param, arr)).astype(info.dtype))
+
+
+def get_weights(model: Any) -> list[np.ndarray]:
+    """The model's weights in the neutral format, as numpy arrays of the model's dtype."""
+    info = _info(model)
+    out: list[np.ndarray] = []
+    for entry in info.entries:
+        for param, var in _layer_params(entry):
+            out.append(np.ascontiguousarray(_from_keras(entry, param, np.asarray(var.numpy()))))
+    return out
+
+
+def count_params(model: Any) -> int:
+    """Parameters as Keras counts them (``model.count_params()``; an LSTM has one ``4h`` bias)."""
+    return int(model.count_params())
+
+
+def to_device(array: Any, device: str) -> Any:
+    """A ``tf.Tensor`` copy of ``array`` placed on ``device``."""
+    with tf.device(resolve_device(device)):
+        return tf.identity(tf.convert_to_tensor(array))
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """A numpy array of ``tensor`` (reading it waits for the device)."""
+    if hasattr(tensor, "numpy"):
+        return np.asarray(tensor.numpy())
+    return np.asarray(tensor)
+
+
+def _forward(model: Any, x: Any) -> Any:
+    return model(x, training=False)
+
+
+def _compiled_infer(model: Any) -> Callable[[Any], Any]:
+    fn = getattr(model, "_xf_infer", None)
+    if fn is None:
+        # A partial, not a closure: tf.function counts retraces per code object, so closures of many models
+        # would add up to a spurious "excessive retracing" warning.
+        fn = tf.function(functools.partial(_forward, model))
+        model._xf_infer = fn
+    return fn
+
+
+def infer(model: Any, x: Any) -> Any:
+    """Inference (``training=False``) of a batch through a ``tf.function``; returns a channels-first tensor."""
+    info = _info(model)
+    with tf.device(info.tf_device):
+        return _compiled_infer(model)(x)
+
+
+def loss_fn(spec: ModelSpec) -> Callable[[Any, Any], Any]:
+    """The training loss of :func:`analytics.weights.output_kind` as ``loss(y, out) -> scalar`` (mean)."""
+    kind = output_kind(spec)
+    if kind == "probs":
+        return lambda y, out: tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, out))
+    if kind == "logits":
+        return lambda y, out: tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True))
+    return lambda y, out: tf.reduce_mean(tf.square(out - tf.cast(y, out.dtype)))
+
+
+def make_optimizer(optimizer: str = "sgd", lr: float | None = None) -> Any:
+    """A Keras optimizer: ``sgd``, ``momentum`` (SGD with momentum 0.9) or ``adam`` (epsilon 1e-8)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    rate = DEFAULT_LR[optimizer] if lr is None else float(lr)
+    if optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=rate)
+    if optimizer == "momentum":
+        return keras.optimizers.SGD(learning_rate=rate, momentum=MOMENTUM)
+    return keras.optimizers.Adam(learning_rate=rate, epsilon=ADAM_EPSILON)
+
+
+def _train_step(model: Any, loss: Callable[[Any, Any], Any], opt: Any, variables: list, x: Any, y: Any) -> Any:
+    with tf.GradientTape() as tape:
+        value = loss(y, model(x, training=True))
+    grads = tape.gradient(value, variables)
+    opt.apply_gradients(zip(grads, variables))
+    return value
+
+
+def make_train_step(
+    model: Any, spec: ModelSpec, optimizer: str = "sgd", lr: float | None = None
+) -> Callable[[Any, Any], Any]:
+    """``step(x, y) -> loss``: forward (``training=True``), loss, gradients, one optimizer update.
+
+    The step is a ``tf.function``; the returned loss is a scalar ``tf.Tensor`` of the model's dtype.
+    """
+    info = _info(model)
+    opt = make_optimizer(optimizer, lr)
+    loss = loss_fn(spec)
+    variables = model.trainable_variables
+    with tf.device(info.tf_device):
+        opt.build(variables)  # eagerly: creating slot variables inside the first trace is fragile
+
+    step = tf.function(functools.partial(_train_step, model, loss, opt, variables))
+
+    def run(x: Any, y: Any) -> Any:
+        with tf.device(info.tf_device):
+            return step(x, y)
+
+    return run

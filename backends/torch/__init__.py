@@ -1,0 +1,45 @@
+"""The PyTorch backend (contract: :mod:`backends.base`). Importing this module imports torch."""
+
+from __future__ import annotations
+
+import torch
+
+from backends.torch.device import available_memory, list_devices, resolve_device, synchronize
+from backends.torch.flops import count_flops
+from backends.torch.memory import is_oom_error, memory_stats, reset_peak_memory
+from backends.torch.model import (
+    TorchModel,
+    build_model,
+    count_params,
+    get_weights,
+    infer,
+    make_train_step,
+    set_weights,
+    to_device,
+    to_numpy,
+)
+
+NAME = "torch"
+VERSION = torch.__version__
+
+__all__ = [
+    "NAME",
+    "VERSION",
+    "TorchModel",
+    "available_memory",
+    "build_model",
+    "count_flops",
+    "count_params",
+    "get_weights",
+    "infer",
+    "is_oom_error",
+    "list_devices",
+    "make_train_step",
+    "memory_stats",
+    "reset_peak_memory",
+    "resolve_device",
+    "set_weights",
+    "synchronize",
+    "to_device",
+    "to_numpy",
+]

@@ -1,0 +1,72 @@
+"""FLOPs from PyTorch's own counter, ``torch.utils.flop_counter.FlopCounterMode``.
+
+The counter intercepts aten ops below autograd and has formulas for matmul-like ops only (``mm``, ``addmm``,
+``bmm``, ``convolution`` and their backward ops, attention): 2 FLOPs per multiply-accumulate, bias adds,
+activations, pooling, normalisation and element-wise ops are not counted. On the CPU ``aten.lstm`` runs as
+one fused kernel with no formula, so an LSTM layer counts 0 there; such layers are listed in
+``FlopCount.unsupported``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from analytics.spec import LSTM, Conv2D, Dense, ModelSpec
+from analytics.weights import make_batch
+from backends.base import FlopCount
+from backends.torch.model import TorchModel, loss_fn, model_placement, to_device
+
+COUNTER = f"torch.utils.flop_counter.FlopCounterMode (torch {torch.__version__})"
+CONVENTION = "2 per MAC, bias ignored (FlopCounterMode)"
+PHASES = ("inference", "training")
+# Layers whose work is multiply-accumulates the counter is expected to see; 0 for one of them means
+# the counter has no formula for its op.
+_MAC_LAYERS = (Conv2D, Dense, LSTM)
+
+
+def count_flops(model: TorchModel, spec: ModelSpec, batch_size: int, phase: str = "inference") -> FlopCount:
+    """FLOPs of one batch of ``batch_size``: the forward pass under ``no_grad`` (``"inference"``) or
+    forward + loss + backward (``"training"``; the optimizer update is not run, the model's weights and
+    existing gradients are left as they were)."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; allowed: {', '.join(PHASES)}")
+    device, dtype = model_placement(model)
+    x_np, y_np = make_batch(spec, batch_size, seed=0)
+    x = to_device(x_np, device, dtype)
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    params = list(model.parameters())
+    saved_grads = [p.grad for p in params]
+    try:
+        if phase == "inference":
+            model.eval()
+            with torch.no_grad(), counter:
+                model(x)
+        else:
+            model.train()
+            for p in params:
+                p.grad = None
+            y = to_device(y_np, device)
+            with counter:
+                loss_fn(spec)(model(x), y).backward()
+    finally:
+        model.train(was_training)
+        for p, g in zip(params, saved_grads):
+            p.grad = g
+
+    counts = counter.get_flop_counts()
+    by_op = {str(op): int(n) for op, n in counts.get("Global", {}).items()}
+    root = type(model).__name__
+    unsupported = tuple(
+        f"{i}:{layer.type}"
+        for i, layer in enumerate(spec.layers)
+        if isinstance(layer, _MAC_LAYERS) and sum(counts.get(f"{root}.layers.{i}", {}).values()) == 0
+    )
+    return FlopCount(
+        counter=COUNTER,
+        convention=CONVENTION,
+        total=int(counter.get_total_flops()),
+        by_op=by_op,
+        unsupported=unsupported,
+    )

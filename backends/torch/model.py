@@ -1,0 +1,489 @@
+"""Builds a spec as a ``torch.nn.Module`` and moves weights in and out in the neutral format.
+
+The model holds one module per spec layer in ``model.layers`` (an ``nn.ModuleList``), so spec layer ``i``
+is ``model.layers[i]``. Layouts (see :mod:`analytics.weights`): PyTorch is channels-first like the spec,
+so conv kernels (OIHW) and Flatten order need no permutation; ``nn.Linear`` stores ``kernel.T``; ``nn.LSTM``
+stores ``kernel.T`` / ``recurrent_kernel.T`` with the same gate order (i, f, g, o) and two biases
+(the neutral bias goes to ``bias_ih``, zeros to ``bias_hh``; export sums them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from analytics.shapes import infer_shapes, input_shapes, same_padding
+from analytics.spec import (
+    LSTM,
+    Activation,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Layer,
+    LocalResponseNorm,
+    MaxPool2D,
+    ModelSpec,
+    SpecError,
+)
+from analytics.weights import output_kind, weight_slots
+from backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS
+from backends.torch.device import resolve_device
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Keras clips probabilities to [eps, 1 - eps] before the log in sparse categorical cross-entropy.
+PROB_EPS = 1e-7
+
+
+def _activation_fn(kind: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if kind is None:
+        return None
+    if kind == "relu":
+        return F.relu
+    if kind == "sigmoid":
+        return torch.sigmoid
+    if kind == "tanh":
+        return torch.tanh
+    if kind == "softmax":
+        return lambda t: torch.softmax(t, dim=-1)
+    raise ValueError(f"activation {kind!r}; allowed: relu, sigmoid, tanh, softmax")
+
+
+def _same_pad(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``F.pad`` amounts ``(left, right, top, bottom)`` of TensorFlow's ``same`` rule for ``x``'s H and W."""
+    top, bottom = same_padding(int(x.shape[-2]), kernel[0], stride[0])
+    left, right = same_padding(int(x.shape[-1]), kernel[1], stride[1])
+    return (left, right, top, bottom)
+
+
+class SpecLayer(nn.Module):
+    """One spec layer. Subclasses with weights override the neutral import/export."""
+
+    def get_neutral(self) -> list[np.ndarray]:
+        return []
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        if arrays:
+            raise ValueError(f"{type(self).__name__} has no weights")
+
+    def neutral_count(self) -> int:
+        return 0
+
+
+def _export(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()  # exact upcast; numpy has no bfloat16
+    return t.cpu().numpy().copy()
+
+
+def _assign(param: torch.Tensor, array: np.ndarray) -> None:
+    with torch.no_grad():
+        param.copy_(torch.from_numpy(np.ascontiguousarray(array)).to(param.dtype))
+
+
+class ConvLayer(SpecLayer):
+    def __init__(self, layer: Conv2D, in_channels: int):
+        super().__init__()
+        kernel, stride = layer.kernel, layer.stride
+        assert isinstance(kernel, tuple) and isinstance(stride, tuple)
+        self.kernel, self.stride = kernel, stride
+        self.same = layer.padding == "same"
+        pad = 0 if layer.padding in ("same", "valid") else int(layer.padding)
+        self.conv = nn.Conv2d(in_channels, layer.filters, kernel, stride, padding=pad, bias=layer.use_bias)
+        self.act = _activation_fn(layer.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            pad = _same_pad(x, self.kernel, self.stride)
+            if any(pad):
+                x = F.pad(x, pad)
+        y = self.conv(x)
+        return self.act(y) if self.act is not None else y
+
+    def neutral_count(self) -> int:
+        return 2 if self.conv.bias is not None else 1
+
+    def get_neutral(self) -> list[np.ndarray]:
+        out = [_export(self.conv.weight)]
+        if self.conv.bias is not None:
+            out.append(_export(self.conv.bias))
+        return out
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        _assign(self.conv.weight, arrays[0])
+        if self.conv.bias is not None:
+            _assign(self.conv.bias, arrays[1])
+
+
+class PoolLayer(SpecLayer):
+    """Max or average pooling; asymmetric (``same``) or oversized padding is applied with ``F.pad`` first."""
+
+    def __init__(self, layer: MaxPool2D | AvgPool2D):
+        super().__init__()
+        pool, stride = layer.pool, layer.stride
+        assert isinstance(pool, tuple) and isinstance(stride, tuple)
+        self.pool, self.stride = pool, stride
+        self.is_max = isinstance(layer, MaxPool2D)
+        self.same = layer.padding == "same"
+        self.pad = 0 if layer.padding in ("same", "valid") else int(layer.padding)
+        # torch's pooling kernels accept padding only up to half the window.
+        self.native_pad = self.pad if all(2 * self.pad <= k for k in pool) else 0
+        self._counts: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def _window(self, x: torch.Tensor, padding: int = 0, *, summed: bool = False) -> torch.Tensor:
+        if self.is_max:
+            return F.max_pool2d(x, self.pool, self.stride, padding)
+        return F.avg_pool2d(
+            x, self.pool, self.stride, padding, count_include_pad=True, divisor_override=1 if summed else None
+        )
+
+    def _cell_count(self, x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+        """How many real (unpadded) cells each ``same`` window covers, shape ``(1, 1, Hout, Wout)``."""
+        key = (tuple(x.shape[-2:]), x.device, x.dtype)
+        count = self._counts.get(key)
+        if count is None:
+            ones = F.pad(torch.ones((1, 1, *x.shape[-2:]), device=x.device, dtype=x.dtype), pad)
+            count = self._window(ones, summed=True)
+            self._counts[key] = count
+        return count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same:
+            pad = _same_pad(x, self.pool, self.stride)
+            if not any(pad):
+                return self._window(x)
+            if self.is_max:
+                return self._window(F.pad(x, pad, value=float("-inf")))
+            # TF's `same` average excludes padded cells: window sum / number of real cells.
+            return self._window(F.pad(x, pad), summed=True) / self._cell_count(x, pad)
+        if self.pad and not self.native_pad:
+            fill = float("-inf") if self.is_max else 0.0
+            return self._window(F.pad(x, (self.pad,) * 4, value=fill))
+        return self._window(x, self.native_pad)
+
+
+class GlobalAvgPoolLayer(SpecLayer):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1))
+
+
+class DenseLayer(SpecLayer):
+    def __init__(self, layer: Dense, in_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, layer.units, bias=layer.use_bias)
+        self.act = _activation_fn(layer.activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        return self.act(y) if self.act is not None else y
+
+    def neutral_count(self) -> int:
+        return 2 if self.linear.bias is not None else 1
+
+    def get_neutral(self) -> list[np.ndarray]:
+        out = [_export(self.linear.weight).T.copy()]
+        if self.linear.bias is not None:
+            out.append(_export(self.linear.bias))
+        return out
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        _assign(self.linear.weight, np.asarray(arrays[0]).T)
+        if self.linear.bias is not None:
+            _assign(self.linear.bias, arrays[1])
+
+
+class FlattenLayer(SpecLayer):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 1)  # NCHW is already the spec's (C, H, W) order
+
+
+class ActivationLayer(SpecLayer):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        fn = _activation_fn(kind)
+        assert fn is not None
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class DropoutLayer(SpecLayer):
+    def __init__(self, rate: float):
+        super().__init__()
+        self.dropout = nn.Dropout(rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x)
+
+
+class LRNLayer(SpecLayer):
+    def __init__(self, layer: LocalResponseNorm):
+        super().__init__()
+        # nn.LocalResponseNorm is exactly the spec's definition (alpha divided by size).
+        self.lrn = nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lrn(x)
+
+
+class LSTMLayer(SpecLayer):
+    def __init__(self, layer: LSTM, in_features: int):
+        super().__init__()
+        self.return_sequences = layer.return_sequences
+        self.lstm = nn.LSTM(in_features, layer.units, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)  # zero initial state
+        return out if self.return_sequences else out[:, -1]
+
+    def neutral_count(self) -> int:
+        return 3
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0`` (gate rows in order i, f, g, o)."""
+        w_ih, w_hh, b_ih, b_hh = (
+            self.lstm.get_parameter(n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+        )
+        return w_ih, w_hh, b_ih, b_hh
+
+    def get_neutral(self) -> list[np.ndarray]:
+        w_ih, w_hh, b_ih, b_hh = self._params()
+        return [_export(w_ih).T.copy(), _export(w_hh).T.copy(), _export(b_ih) + _export(b_hh)]
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        w_ih, w_hh, b_ih, b_hh = self._params()
+        _assign(w_ih, np.asarray(arrays[0]).T)
+        _assign(w_hh, np.asarray(arrays[1]).T)
+        _assign(b_ih, arrays[2])
+        with torch.no_grad():
+            b_hh.zero_()
+
+
+class EmbeddingLayer(SpecLayer):
+    def __init__(self, layer: Embedding):
+        super().__init__()
+        self.embedding = nn.Embedding(layer.vocab, layer.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x.long())
+
+    def neutral_count(self) -> int:
+        return 1
+
+    def get_neutral(self) -> list[np.ndarray]:
+        return [_export(self.embedding.weight)]
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        _assign(self.embedding.weight, arrays[0])
+
+
+def _make_layer(index: int, layer: Layer, in_shape: tuple[int, ...]) -> SpecLayer:
+    if isinstance(layer, Conv2D):
+        return ConvLayer(layer, in_shape[0])
+    if isinstance(layer, (MaxPool2D, AvgPool2D)):
+        return PoolLayer(layer)
+    if isinstance(layer, GlobalAvgPool2D):
+        return GlobalAvgPoolLayer()
+    if isinstance(layer, Dense):
+        return DenseLayer(layer, in_shape[-1])
+    if isinstance(layer, Flatten):
+        return FlattenLayer()
+    if isinstance(layer, Activation):
+        return ActivationLayer(layer.kind)
+    if isinstance(layer, Dropout):
+        return DropoutLayer(layer.rate)
+    if isinstance(layer, LocalResponseNorm):
+        return LRNLayer(layer)
+    if isinstance(layer, LSTM):
+        return LSTMLayer(layer, in_shape[-1])
+    if isinstance(layer, Embedding):
+        return EmbeddingLayer(layer)
+    raise SpecError(f"layer type {layer.type} is not supported with torch", layer=index, field="type", value=layer.type)
+
+
+class TorchModel(nn.Module):
+    """A sequential model built from a :class:`ModelSpec`; ``layers[i]`` is spec layer ``i``."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        infer_shapes(spec)  # raises SpecError before any module is built
+        self.spec = spec
+        self.layers = nn.ModuleList(
+            _make_layer(i, layer, shape) for i, (layer, shape) in enumerate(zip(spec.layers, input_shapes(spec)))
+        )
+        self.xf_device = torch.device("cpu")
+        self.xf_dtype = torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def spec_layers(self) -> list[SpecLayer]:
+        """``layers`` typed as :class:`SpecLayer` (``nn.ModuleList`` yields plain modules)."""
+        return [cast(SpecLayer, layer) for layer in self.layers]
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        dtype = str(dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> TorchModel:
+    """The spec as a :class:`TorchModel` on ``device`` in ``dtype``, with PyTorch's default initialisation
+    drawn from a generator seeded with ``seed`` (the global RNG is left untouched).
+
+    Raises :class:`~backends.base.DeviceUnavailable`, :class:`~analytics.spec.SpecError` or ``ValueError``
+    (unknown dtype).
+    """
+    dev = resolve_device(device)
+    dt = _torch_dtype(dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = TorchModel(spec)
+    model.to(device=dev, dtype=dt)
+    model.xf_device, model.xf_dtype = dev, dt
+    return model
+
+
+def set_weights(model: TorchModel, weights: Sequence[np.ndarray]) -> None:
+    """Loads neutral-format weights (:mod:`analytics.weights`). Raises ``ValueError`` on a count or shape mismatch."""
+    slots = weight_slots(model.spec)
+    if len(weights) != len(slots):
+        raise ValueError(f"{model.spec.name}: expected {len(slots)} weight arrays, got {len(weights)}")
+    for k, (slot, arr) in enumerate(zip(slots, weights)):
+        if tuple(np.shape(arr)) != slot.shape:
+            raise ValueError(
+                f"weight {k} ({slot.layer_name} {slot.param}): expected shape {slot.shape}, got {tuple(np.shape(arr))}"
+            )
+    pos = 0
+    for layer in model.spec_layers():
+        n = layer.neutral_count()
+        layer.set_neutral(weights[pos : pos + n])
+        pos += n
+
+
+def get_weights(model: TorchModel) -> list[np.ndarray]:
+    """The model's weights in the neutral format (float16/bfloat16 models export exact float32 copies)."""
+    out: list[np.ndarray] = []
+    for layer in model.spec_layers():
+        out.extend(layer.get_neutral())
+    return out
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of scalars in ``model.parameters()`` (an LSTM counts both of PyTorch's biases, 8h)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def to_device(array: Any, device: str | torch.device, dtype: str | torch.dtype | None = None) -> torch.Tensor:
+    """A tensor on ``device`` from a numpy array (or tensor); floating data is cast to ``dtype`` if given,
+    integer data (labels, tokens) keeps its type."""
+    dev = resolve_device(device)
+    t = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+    if dtype is not None and t.is_floating_point():
+        return t.to(device=dev, dtype=_torch_dtype(dtype))
+    return t.to(device=dev)
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A host numpy copy of ``tensor`` (float16/bfloat16 are upcast to float32, exactly)."""
+    return _export(tensor)
+
+
+def model_placement(model: TorchModel) -> tuple[torch.device, torch.dtype]:
+    """Where the model's parameters live now (it may have been moved with ``.to`` since it was built)."""
+    for p in model.parameters():
+        return p.device, p.dtype
+    return model.xf_device, model.xf_dtype
+
+
+def _as_input(model: TorchModel, x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return to_device(x, *model_placement(model))
+
+
+def infer(model: TorchModel, x: Any) -> torch.Tensor:
+    """Forward pass in eval mode without autograd. ``x`` should already be on the model's device (a numpy
+    array is copied there first). Returns the output tensor without synchronizing."""
+    model.eval()
+    with torch.inference_mode():
+        return model(_as_input(model, x))
+
+
+def loss_fn(spec: ModelSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss for the spec's output kind (:func:`analytics.weights.output_kind`), a scalar mean."""
+    kind = output_kind(spec)
+    if kind == "probs":
+
+        def probs_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logp = torch.log(out.clamp(PROB_EPS, 1.0 - PROB_EPS))
+            return F.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1).long())
+
+        return probs_loss
+    if kind == "logits":
+
+        def logits_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1).long())
+
+        return logits_loss
+
+    def mse_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(out, y.to(out.dtype))
+
+    return mse_loss
+
+
+def make_optimizer(model: nn.Module, optimizer: str = "sgd", lr: float | None = None) -> torch.optim.Optimizer:
+    """``sgd`` / ``momentum`` (0.9) / ``adam`` over the model's parameters. Raises ``ValueError`` otherwise."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    rate = DEFAULT_LR[optimizer] if lr is None else float(lr)
+    params = list(model.parameters())
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=rate)
+    if optimizer == "momentum":
+        return torch.optim.SGD(params, lr=rate, momentum=MOMENTUM)
+    return torch.optim.Adam(params, lr=rate)
+
+
+def make_train_step(
+    model: TorchModel, spec: ModelSpec, optimizer: str = "sgd", lr: float | None = None
+) -> Callable[[Any, Any], torch.Tensor]:
+    """``step(x, y) -> loss``: forward (train mode), loss, backward, optimizer update.
+
+    The returned loss is a detached 0-d tensor on the model's device; the caller synchronizes.
+    ``step.optimizer`` is the ``torch.optim`` object.
+    """
+    opt = make_optimizer(model, optimizer, lr)
+    loss_of = loss_fn(spec)
+
+    def step(x: Any, y: Any) -> torch.Tensor:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        xt = _as_input(model, x)
+        yt = y if isinstance(y, torch.Tensor) else to_device(y, xt.device)
+        loss = loss_of(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    step.optimizer = opt  # type: ignore[attr-defined]
+    return step

@@ -1,0 +1,97 @@
+"""Time, FLOPs and memory of every selected (backend, model, phase, batch, device), beside predictions.
+
+Run: ``pytest benchmarks --benchmark-only`` (options in benchmarks/conftest.py). Each configuration
+appends one row to the run's CSV as soon as it finishes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from backends import get_backend, is_available
+from benchmarks.measure import flop_columns, memory_columns, memory_in_fresh_process, prediction_columns, time_columns
+from benchmarks.profiles import Plan
+from benchmarks.workload import Config, prepare
+
+
+def _base_row(cfg: Config) -> dict[str, Any]:
+    return {
+        "backend": cfg.backend,
+        "device": cfg.device,
+        "model": cfg.model,
+        "phase": cfg.phase,
+        "batch_size": cfg.batch_size,
+        "dtype": cfg.dtype,
+        "optimizer": cfg.optimizer if cfg.phase == "training" else "",
+    }
+
+
+def _finish(writer: Any, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    writer.write_row(row)
+    rows.append(row)
+
+
+def test_model_step(
+    benchmark: Any,
+    bench_config: tuple[Config, Plan],
+    xfbench_writer: Any,
+    xfbench_rows: list[dict[str, Any]],
+    rounds_override: int | None,
+    measure_memory: bool,
+) -> None:
+    cfg, plan = bench_config
+    row = _base_row(cfg)
+    if not is_available(cfg.backend):
+        reason = f"{cfg.backend} is not installed in this environment (tox -e {cfg.backend})"
+        _finish(xfbench_writer, xfbench_rows, {**row, "status": "skipped", "message": reason})
+        pytest.skip(reason)
+    b = get_backend(cfg.backend)
+    row["framework_version"] = b.VERSION
+    devices = b.list_devices()
+    if cfg.device == "all":
+        pytest.skip("--device all is expanded per backend; use explicit devices")
+    wanted = "gpu:0" if cfg.device == "gpu" else cfg.device
+    if wanted not in devices:
+        reason = f"device {cfg.device} not visible to {cfg.backend} (has: {', '.join(devices)})"
+        _finish(xfbench_writer, xfbench_rows, {**row, "status": "skipped", "message": reason})
+        pytest.skip(reason)
+
+    row.update(prediction_columns(cfg))
+    if measure_memory:
+        mem = memory_in_fresh_process(cfg)
+        if mem.get("status") == "oom":
+            _finish(xfbench_writer, xfbench_rows, {**row, "status": "oom", "message": mem.get("message", "")})
+            pytest.skip(f"out of memory: {mem.get('message', '')}")
+        if mem.get("status") == "error":
+            row["message"] = f"memory: {mem.get('message', '')}"
+        else:
+            row.update(memory_columns(mem, row["mem_predicted_bytes"]))
+
+    try:
+        work = prepare(cfg)
+        row["params_counted"] = int(b.count_params(work.model))
+        rounds = rounds_override or plan.rounds
+        benchmark.pedantic(work.step, rounds=rounds, warmup_rounds=plan.warmup_rounds, iterations=1)
+        row.update(time_columns(benchmark.stats.stats, cfg.batch_size))
+        if row.get("time_iqr_s") and row["time_iqr_s"] > 0.1 * row["time_median_s"]:
+            row["message"] = (row.get("message", "") + "; IQR > 10% of the median: noisy timing").lstrip("; ")
+        try:
+            row.update(flop_columns(work))
+        except NotImplementedError as exc:
+            row["flops_counter"] = f"unsupported: {exc}"
+        if row.get("time_median_s") and row.get("flops_predicted"):
+            row["achieved_flops_per_s"] = row["flops_predicted"] / row["time_median_s"]
+        benchmark.extra_info.update({k: v for k, v in row.items() if v is not None})
+    except Exception as exc:
+        if hasattr(b, "is_oom_error") and b.is_oom_error(exc):
+            _finish(xfbench_writer, xfbench_rows, {**row, "status": "oom", "message": str(exc).splitlines()[0]})
+            pytest.skip(f"out of memory: {exc}")
+        _finish(
+            xfbench_writer,
+            xfbench_rows,
+            {**row, "status": "error", "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]},
+        )
+        raise
+    _finish(xfbench_writer, xfbench_rows, {**row, "status": "ok"})

@@ -1,0 +1,95 @@
+"""Builds one report row for a configuration: time, FLOPs, memory, params, each beside its prediction."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from analytics.predict import counter_prediction, predict, unsupported_layer_indices
+from benchmarks.workload import Config, Workload
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER_TIMEOUT_S = 900
+COUNTER_NAMES = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
+
+
+def memory_in_fresh_process(config: Config, memory_limit: str | None = None) -> dict[str, Any]:
+    """Runs :mod:`benchmarks.worker` for ``config``; returns its JSON result (status ok/oom/error)."""
+    cmd = [sys.executable, "-m", "benchmarks.worker", *config.worker_args()]
+    if memory_limit:
+        cmd += ["--memory-limit", memory_limit]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=REPO, timeout=WORKER_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "message": f"memory worker timed out after {WORKER_TIMEOUT_S} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if lines:
+        return dict(json.loads(lines[-1]))
+    if proc.returncode in (-9, 137):
+        return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    return {"status": "error", "message": f"memory worker exited {proc.returncode}: {tail}"}
+
+
+def prediction_columns(config: Config) -> dict[str, Any]:
+    spec = config.spec()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = predict(spec, config.batch_size, config.dtype, config.optimizer, config.backend)
+    ledger = pred.training if config.phase == "training" else pred.inference
+    # What exists before the measured step (parameters, the input batch) is in the baseline.
+    step_bytes = ledger.peak_bytes - ledger.term("parameters") - ledger.term("input_batch")
+    flops = pred.forward_flops + (pred.backward_flops if config.phase == "training" else 0)
+    return {
+        "params_predicted": pred.params,
+        "flops_predicted": flops,
+        "mem_predicted_bytes": step_bytes,
+        "mem_textbook_bytes": (
+            pred.textbook_training_bytes if config.phase == "training" else pred.textbook_inference_bytes
+        ),
+    }
+
+
+def flop_columns(work: Workload) -> dict[str, Any]:
+    cfg = work.config
+    count = work.backend.count_flops(work.model, work.spec, cfg.batch_size, cfg.phase)
+    skip = unsupported_layer_indices(work.spec, tuple(count.unsupported))
+    expected = counter_prediction(work.spec, cfg.batch_size, COUNTER_NAMES[cfg.backend], cfg.phase, skip)
+    return {
+        "flops_counter": count.counter,
+        "flops_counted": count.total,
+        "flops_predicted_counter": expected,
+        "flops_rel_error": (count.total - expected) / expected if expected else None,
+        "flops_unsupported": ";".join(count.unsupported),
+    }
+
+
+def memory_columns(result: dict[str, Any], predicted: int | None) -> dict[str, Any]:
+    measured = result.get("measured_bytes")
+    return {
+        "mem_method": result.get("method", ""),
+        "mem_measured_bytes": measured,
+        "mem_baseline_bytes": result.get("baseline_bytes"),
+        "mem_second_step_bytes": result.get("second_step_bytes"),
+        "mem_allocator_peak_bytes": result.get("allocator_peak_bytes"),
+        "mem_nvml_bytes": result.get("nvml_bytes"),
+        "mem_rel_error": (predicted - measured) / measured if measured and predicted is not None else None,
+    }
+
+
+def time_columns(stats: Any, batch_size: int) -> dict[str, Any]:
+    median = float(stats.median)
+    return {
+        "time_median_s": median,
+        "time_iqr_s": float(stats.iqr),
+        "time_mean_s": float(stats.mean),
+        "time_min_s": float(stats.min),
+        "rounds": int(stats.rounds),
+        "throughput_samples_per_s": batch_size / median if median > 0 else None,
+    }

@@ -1,0 +1,109 @@
+"""One benchmark configuration and the callable that runs one step of it.
+
+The timed callable completes the device work: it synchronizes the device after the step
+(``torch.cuda.synchronize``, ``mx.nd.waitall``, TensorFlow's device sync), so asynchronous frameworks
+are timed for the work, not the launch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from analytics.catalog import resolve_model
+from analytics.spec import ModelSpec
+from analytics.weights import make_batch, random_weights
+from backends import get_backend
+
+PHASES = ("inference", "training")
+
+
+@dataclass(frozen=True)
+class Config:
+    backend: str
+    model: str
+    phase: str
+    batch_size: int
+    device: str = "cpu"
+    dtype: str = "float32"
+    optimizer: str = "sgd"
+    input_shape: tuple[int, ...] | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.model}-{self.phase}-b{self.batch_size}-{self.device}-{self.dtype}"
+
+    def spec(self) -> ModelSpec:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return resolve_model(self.model, input_shape=self.input_shape)
+
+    def worker_args(self) -> list[str]:
+        args = [
+            "--backend",
+            self.backend,
+            "--model",
+            self.model,
+            "--phase",
+            self.phase,
+            "--batch",
+            str(self.batch_size),
+            "--device",
+            self.device,
+            "--dtype",
+            self.dtype,
+            "--optimizer",
+            self.optimizer,
+        ]
+        if self.input_shape:
+            args += ["--input-shape", "x".join(map(str, self.input_shape))]
+        return args
+
+
+@dataclass
+class Workload:
+    config: Config
+    spec: ModelSpec
+    backend: ModuleType
+    model: Any
+    step: Callable[[], Any]
+
+
+def prepare(config: Config, seed: int = 0) -> Workload:
+    """Builds the model, puts a random batch on the device and returns the one-step callable."""
+    b = get_backend(config.backend)
+    spec = config.spec()
+    model = b.build_model(spec, device=config.device, dtype=config.dtype, seed=seed)
+    b.set_weights(model, random_weights(spec, seed))
+    x_np, y_np = make_batch(spec, config.batch_size, seed + 1)
+    x = b.to_device(x_np, config.device)
+    device = config.device
+    if config.phase == "inference":
+
+        def step() -> Any:
+            out = b.infer(model, x)
+            b.synchronize(device)
+            return out
+
+    elif config.phase == "training":
+        y = b.to_device(y_np, config.device)
+        train = b.make_train_step(model, spec, config.optimizer)
+
+        def step() -> Any:
+            loss = train(x, y)
+            b.synchronize(device)
+            return loss
+
+    else:
+        raise ValueError(f"unknown phase {config.phase!r}; allowed: {', '.join(PHASES)}")
+    return Workload(config, spec, b, model, step)
+
+
+def parse_list(text: str | Sequence[str] | None) -> list[str]:
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [i.strip() for i in items if i.strip()]

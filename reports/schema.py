@@ -1,0 +1,72 @@
+"""The benchmark CSV schema. One row per (machine, backend, device, model, phase, batch, dtype).
+
+History (bump SCHEMA_VERSION on any change to the columns or their meaning, and add a line):
+
+* 1 - first version: time, throughput, FLOPs counted/predicted, memory measured/predicted, params,
+  status, environment fingerprint.
+
+Units: seconds, bytes, FLOPs (2 per multiply-accumulate), samples/s. Empty cell = not applicable or not
+measured (the ``status``/``message`` columns say why).
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+HISTORY_COMMENT = "# xfbench benchmark report; schema history: 1 = first version (see reports/schema.py)"
+STATUSES = ("ok", "skipped", "oom", "error")
+
+# (column, description) - the README's column table is generated from this list.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("schema_version", "version of this schema"),
+    ("run_id", "unique id of the run (one file per run)"),
+    ("timestamp", "UTC ISO-8601 time the row was written"),
+    ("machine", "host name"),
+    ("backend", "torch, tensorflow or mxnet"),
+    ("framework_version", "version of the framework"),
+    ("device", "cpu, gpu:0, ..."),
+    ("device_name", "CPU model or GPU name of that device"),
+    ("model", "catalog name or spec file name"),
+    ("phase", "inference or training"),
+    ("batch_size", "samples per step"),
+    ("dtype", "float32, float16 or bfloat16"),
+    ("optimizer", "training: sgd, momentum or adam"),
+    ("status", "ok, skipped, oom or error"),
+    ("message", "why a row is skipped, oom or error; warnings otherwise"),
+    ("time_median_s", "median seconds per step (warm-up excluded, device synchronized)"),
+    ("time_iqr_s", "interquartile range of the step time, seconds"),
+    ("time_mean_s", "mean seconds per step"),
+    ("time_min_s", "fastest step, seconds"),
+    ("rounds", "timed steps"),
+    ("throughput_samples_per_s", "batch_size / time_median_s"),
+    ("params_counted", "parameters counted from the framework's own objects"),
+    ("params_predicted", "analytic parameter count under this framework's convention"),
+    ("flops_counter", "the framework counter used (FlopCounterMode, tf-profiler, mxnet-symbol)"),
+    ("flops_counted", "FLOPs the counter reports for one step of the whole batch"),
+    ("flops_predicted_counter", "analytic FLOPs under that counter's convention (unsupported layers excluded)"),
+    ("flops_rel_error", "(counted - predicted_counter) / predicted_counter"),
+    ("flops_unsupported", "layers the counter cannot count (index:Type; their work is not in flops_counted)"),
+    ("flops_predicted", "analytic matmul FLOPs of one step (forward, or forward + backward for training)"),
+    ("achieved_flops_per_s", "flops_predicted / time_median_s"),
+    ("mem_method", "how memory was measured: rss-hwm (CPU) or allocator+nvml (GPU)"),
+    ("mem_measured_bytes", "peak bytes above the post-import, post-build baseline during the first step"),
+    ("mem_predicted_bytes", "analytic ledger peak for this phase (see the ledger columns in the JSON)"),
+    ("mem_rel_error", "(predicted - measured) / measured"),
+    ("mem_baseline_bytes", "RSS (CPU) or allocated bytes (GPU) after import and build, before the step"),
+    ("mem_second_step_bytes", "the same peak measured for a second step in the same process"),
+    ("mem_allocator_peak_bytes", "framework allocator peak (GPU), bytes"),
+    ("mem_nvml_bytes", "GPU memory NVML reports for the process, bytes"),
+    ("mem_textbook_bytes", "the textbook lower bound (HOML ch14 ex2 method)"),
+    ("cpu_model", "CPU model name"),
+    ("cpu_cores", "logical CPU cores"),
+    ("ram_bytes", "total host RAM, bytes"),
+    ("gpu_name", "GPU model, if any"),
+    ("gpu_memory_bytes", "GPU memory, bytes"),
+    ("gpu_driver", "GPU driver version"),
+    ("os", "operating system and kernel"),
+    ("python", "Python version"),
+    ("blas", "BLAS/oneDNN the framework uses, where it says"),
+    ("suite_commit", "git commit of xfbench"),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(c for c, _ in COLUMNS)
+# The columns that identify a configuration when comparing machines.
+CONFIG_KEY = ("backend", "device", "model", "phase", "batch_size", "dtype")
