@@ -46,7 +46,13 @@ def get_backend(name: str) -> ModuleType:
     key = canonical_name(name)
     if not is_available(key):
         raise BackendUnavailable(f"backend {key!r} is not installed: {_INSTALL_HINT[key]}")
-    return importlib.import_module(f"backends.{key}")
+    try:
+        return importlib.import_module(f"backends.{key}")
+    except (ImportError, AttributeError) as exc:
+        # e.g. MXNet 1.9.1 under numpy>=1.24 dies with AttributeError (np.PZERO) at import.
+        raise BackendUnavailable(
+            f"backend {key!r} is installed but failed to import ({type(exc).__name__}: {exc}); {_INSTALL_HINT[key]}"
+        ) from exc
 
 
 __all__ = [

@@ -175,7 +175,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     for b in present:
         for spec in specs:
             print(f"parity {b} {spec.name} ...", file=sys.stderr, flush=True)
-            r = check_parity(b, spec, batch_size=args.batch)
+            r = check_parity(b, spec, batch_size=args.batch, device=args.device)
             failed += not r.passed
             rows.append(
                 [
@@ -188,7 +188,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
                 ]
             )
     print(render_table(["model", "backend", "params predicted", "params counted", "max rel error", "result"], rows))
-    print(f"tolerance: relative error < {TOLERANCE:g} (float32 vs float64 reference, CPU); {failed} failed")
+    print(f"tolerance: relative error < {TOLERANCE:g} (float32 vs float64 reference, {args.device}); {failed} failed")
     return 1 if failed else 0
 
 
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", type=_backend_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
     p.add_argument("--model", type=_model_list, help="comma-separated catalog names or spec files (default: all)")
     p.add_argument("--batch", type=_positive_int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N (TF32 is turned off for the check)")
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser(

@@ -1,0 +1,71 @@
+"""Devices as MXNet sees them: ``"cpu"``, ``"gpu"``/``"gpu:N"`` (``mx.gpu(N)``)."""
+
+from __future__ import annotations
+
+import mxnet as mx
+
+from backends.base import DeviceUnavailable, parse_device
+
+
+def _num_gpus() -> int:
+    # A CPU-only MXNet build answers 0; a CUDA build on a machine without a driver raises instead.
+    try:
+        return int(mx.context.num_gpus())
+    except mx.base.MXNetError:
+        return 0
+
+
+def list_devices() -> list[str]:
+    """``["cpu", "gpu:0", ...]``: the CPU, then every GPU MXNet can use."""
+    return ["cpu", *(f"gpu:{i}" for i in range(_num_gpus()))]
+
+
+def resolve_device(device: str | mx.Context) -> mx.Context:
+    """The ``mx.Context`` for a device string; raises :class:`DeviceUnavailable` (one line) if unusable."""
+    if isinstance(device, mx.Context):
+        device = "cpu" if device.device_type == "cpu" else f"gpu:{device.device_id}"
+    try:
+        kind, index = parse_device(device)
+    except (ValueError, AttributeError):
+        raise DeviceUnavailable(f"device {device!r} is not one of: cpu, gpu, gpu:N") from None
+    if kind == "cpu":
+        return mx.cpu()
+    count = _num_gpus()
+    if count == 0:
+        raise DeviceUnavailable(
+            f"device {device!r} is not available with mxnet {mx.__version__}: no GPU (CPU-only build or no CUDA driver)"
+        )
+    if index >= count:
+        raise DeviceUnavailable(
+            f"device {device!r} is not available with mxnet: it sees {count} GPU(s) (gpu:0..gpu:{count - 1})"
+        )
+    return mx.gpu(index)
+
+
+def synchronize(device: str | mx.Context) -> None:
+    """Blocks until all queued work has finished.
+
+    MXNet's engine is asynchronous on every device (the CPU included); ``mx.nd.waitall()`` waits for all
+    of it, there is no per-device wait.
+    """
+    resolve_device(device)
+    mx.nd.waitall()
+
+
+def available_memory(device: str | mx.Context) -> int | None:
+    """Free memory in bytes on ``device``: CUDA's free figure on a GPU, ``MemAvailable`` of the host on the CPU.
+
+    ``None`` where the figure cannot be read (e.g. no ``/proc/meminfo``).
+    """
+    ctx = resolve_device(device)
+    if ctx.device_type == "gpu":
+        free, _total = mx.context.gpu_memory_info(ctx.device_id)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file reports kB
+    except OSError:
+        pass
+    return None

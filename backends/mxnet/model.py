@@ -1,0 +1,423 @@
+"""Gluon models built from a :class:`ModelSpec`, the neutral weight format, inference and training steps.
+
+The model is an :class:`XfNet` (a ``gluon.nn.HybridSequential``) with exactly one child block per spec
+layer, named with the prefix ``l<index>_`` so every operator of the exported symbol graph can be traced
+back to its spec layer (:mod:`backends.mxnet.flops` relies on this). Layout is NCHW throughout, so
+inputs and outputs are in the spec's channels-first layout without transposes.
+
+Where MXNet differs from the spec:
+
+* ``same`` padding: MXNet pads symmetrically only. When TensorFlow's rule gives unequal halves (stride > 1
+  or an even window), an explicit ``F.pad`` (zeros for conv, ``-inf`` for max pooling) precedes a
+  ``valid`` conv/pool. ``same`` average pooling must not count padded cells (TF rule): with unequal halves
+  it is computed as ``avgpool(pad0(x)) / avgpool(pad0(ones))``; with equal halves MXNet's own
+  ``count_include_pad=False`` does it.
+* Dense is ``nn.Dense(flatten=False)`` (acts on the last axis, so ``(N, T, F)`` works); Flatten is its own
+  block. MXNet stores the Dense weight as ``(out, in)``: it is transposed on import/export.
+* LSTM is ``gluon.rnn.LSTM(layout="NTC")`` (the fused ``RNN`` operator; gate order i, f, c, o = the
+  neutral i, f, g, o). It has two biases: the neutral bias goes to ``i2h_bias``, ``h2h_bias`` is zeroed,
+  and export sums them. ``return_sequences=False`` takes the last time step.
+* LocalResponseNorm: MXNet's ``LRN`` scales ``alpha`` by ``1/nsize`` like PyTorch and matches it for odd
+  sizes; for even sizes its channel window differs, so those (and float64 models: MXNet's ``LRN`` has no
+  float64 kernel) are built from ``square``/``Pooling``.
+* Softmax (layer or fused activation) is ``softmax`` over the last axis of the channels-first tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from analytics.shapes import input_shapes, padding_amounts
+from analytics.spec import (
+    LSTM,
+    Activation,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Layer,
+    LocalResponseNorm,
+    MaxPool2D,
+    ModelSpec,
+)
+from analytics.weights import output_kind, weight_slots
+from backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
+from backends.mxnet.device import resolve_device
+
+DTYPES = ("float32", "float16", "float64")
+# Smallest normal float32: keeps log(p) finite when a probability underflows, and changes nothing else.
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+class XfNet(nn.HybridSequential):
+    """A ``HybridSequential`` that remembers its spec, context and the blocks holding each layer's weights."""
+
+    def __init__(self, spec: ModelSpec, ctx: mx.Context, dtype: str) -> None:
+        super().__init__(prefix="xf_")
+        self.xf_spec = spec
+        self.xf_ctx = ctx
+        self.xf_dtype = dtype
+        # spec layer index -> prefix of the Gluon block owning its parameters (Conv2D, Dense, LSTM, Embedding).
+        # Prefixes, not blocks: Gluon warns about blocks kept in a plain dict.
+        self.xf_param_prefix: dict[int, str] = {}
+
+
+class _Pad(nn.HybridBlock):
+    """Explicit (top, bottom, left, right) padding of an NCHW tensor with a constant."""
+
+    def __init__(self, pads: tuple[int, int, int, int], value: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pad_width = (0, 0, 0, 0, *pads)
+        self._value = value
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return F.pad(x, mode="constant", pad_width=self._pad_width, constant_value=self._value)
+
+
+class _SameAvgPool(nn.HybridBlock):
+    """Average pooling over real cells only, with asymmetric (TensorFlow ``same``) padding."""
+
+    def __init__(self, pool: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._pool = pool
+        self._stride = stride
+        self._pad_width = (0, 0, 0, 0, *pads)
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        def pooled(t: Any) -> Any:
+            padded = F.pad(t, mode="constant", pad_width=self._pad_width, constant_value=0.0)
+            return F.Pooling(
+                padded, kernel=self._pool, stride=self._stride, pool_type="avg", pooling_convention="valid"
+            )
+
+        # mean over the window including zeros / fraction of real cells in the window = mean over real cells
+        return pooled(x) / pooled(F.ones_like(x))
+
+
+class _Softmax(nn.HybridBlock):
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return F.softmax(x, axis=-1)
+
+
+class _LastStep(nn.HybridBlock):
+    """``(N, T, H) -> (N, H)``: the last time step."""
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return F.squeeze(F.slice_axis(x, axis=1, begin=-1, end=None), axis=1)
+
+
+class _LRN(nn.HybridBlock):
+    """PyTorch's LRN: ``x / (k + alpha / size * sum_{c - size//2 .. c + (size-1)//2} x^2) ** beta``."""
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, native: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._size, self._alpha, self._beta, self._k = size, alpha, beta, k
+        self._native = native
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        size = self._size
+        if size % 2 == 1 and self._native:
+            return F.LRN(x, alpha=self._alpha, beta=self._beta, knorm=self._k, nsize=size)
+        # Even window: MXNet's LRN centres it differently from PyTorch (and it has no float64 kernel), so
+        # average x^2 over channels with explicit zero padding (size//2 before, (size-1)//2 after) by
+        # pooling with the channels moved to axis 2.
+        sq = F.transpose(F.square(x), axes=(0, 2, 1, 3))  # (N, H, C, W)
+        sq = F.pad(sq, mode="constant", pad_width=(0, 0, 0, 0, size // 2, (size - 1) // 2, 0, 0), constant_value=0.0)
+        mean = F.Pooling(sq, kernel=(size, 1), stride=(1, 1), pool_type="avg", pooling_convention="valid")
+        mean = F.transpose(mean, axes=(0, 2, 1, 3))
+        return x / F.power(self._k + self._alpha * mean, self._beta)
+
+
+def _activation_block(kind: str, prefix: str) -> nn.HybridBlock:
+    if kind == "softmax":
+        return _Softmax(prefix=prefix)
+    return nn.Activation(kind, prefix=prefix)
+
+
+def _hw_pads(
+    padding: str | int, hw: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` under the spec's padding rule."""
+    top, bottom = padding_amounts(padding, hw[0], window[0], stride[0])
+    left, right = padding_amounts(padding, hw[1], window[1], stride[1])
+    return (top, bottom, left, right)
+
+
+def _layer_block(net: XfNet, i: int, layer: Layer, in_shape: tuple[int, ...]) -> nn.HybridBlock:
+    """One Gluon block for spec layer ``i`` (prefix ``l<i>_``); registers its parameter block on ``net``."""
+    prefix = f"l{i}_"
+    if isinstance(layer, Conv2D):
+        pads = _hw_pads(layer.padding, in_shape[1:], layer.kernel, layer.stride)  # type: ignore[arg-type]
+        symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+        seq = nn.HybridSequential(prefix=prefix)
+        with seq.name_scope():
+            if not symmetric:
+                seq.add(_Pad(pads, 0.0, prefix="pad_"))
+            fused = layer.activation if layer.activation in ("relu", "sigmoid", "tanh") else None
+            conv = nn.Conv2D(
+                layer.filters,
+                layer.kernel,
+                strides=layer.stride,
+                padding=(pads[0], pads[2]) if symmetric else (0, 0),
+                use_bias=layer.use_bias,
+                activation=fused,
+                in_channels=in_shape[0],
+                prefix="conv_",
+            )
+            seq.add(conv)
+            if layer.activation == "softmax":
+                seq.add(_Softmax(prefix="softmax_"))
+        net.xf_param_prefix[i] = conv.prefix
+        return seq
+    if isinstance(layer, (MaxPool2D, AvgPool2D)):
+        pads = _hw_pads(layer.padding, in_shape[1:], layer.pool, layer.stride)  # type: ignore[arg-type]
+        symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+        is_max = isinstance(layer, MaxPool2D)
+        if not symmetric and not is_max:
+            return _SameAvgPool(layer.pool, layer.stride, pads, prefix=prefix)  # type: ignore[arg-type]
+        pool_cls = nn.MaxPool2D if is_max else nn.AvgPool2D
+        kwargs: dict[str, Any] = {"pool_size": layer.pool, "strides": layer.stride, "ceil_mode": False}
+        if not is_max:
+            # explicit int padding counts the zeros (PyTorch); `same` averages real cells only (TF).
+            kwargs["count_include_pad"] = layer.padding != "same"
+        if symmetric:
+            return pool_cls(padding=(pads[0], pads[2]), prefix=prefix, **kwargs)
+        seq = nn.HybridSequential(prefix=prefix)
+        with seq.name_scope():
+            seq.add(_Pad(pads, -np.inf, prefix="pad_"))  # padded cells never win the max
+            seq.add(pool_cls(padding=(0, 0), prefix="pool_", **kwargs))
+        return seq
+    if isinstance(layer, GlobalAvgPool2D):
+        seq = nn.HybridSequential(prefix=prefix)
+        with seq.name_scope():
+            seq.add(nn.GlobalAvgPool2D(prefix="gap_"))
+            seq.add(nn.Flatten(prefix="flatten_"))
+        return seq
+    if isinstance(layer, Dense):
+        fused = layer.activation if layer.activation in ("relu", "sigmoid", "tanh") else None
+
+        def dense(block_prefix: str) -> nn.Dense:
+            blk = nn.Dense(
+                layer.units,
+                activation=fused,
+                use_bias=layer.use_bias,
+                flatten=False,
+                in_units=in_shape[-1],
+                prefix=block_prefix,
+            )
+            net.xf_param_prefix[i] = blk.prefix
+            return blk
+
+        if layer.activation != "softmax":
+            return dense(prefix)
+        seq = nn.HybridSequential(prefix=prefix)
+        with seq.name_scope():
+            seq.add(dense("dense_"))
+            seq.add(_Softmax(prefix="softmax_"))
+        return seq
+    if isinstance(layer, Flatten):
+        return nn.Flatten(prefix=prefix)
+    if isinstance(layer, Activation):
+        return _activation_block(layer.kind, prefix)
+    if isinstance(layer, Dropout):
+        return nn.Dropout(layer.rate, prefix=prefix)
+    if isinstance(layer, LocalResponseNorm):
+        native = net.xf_dtype != "float64"
+        return _LRN(layer.size, layer.alpha, layer.beta, layer.k, native=native, prefix=prefix)
+    if isinstance(layer, LSTM):
+        if layer.return_sequences:
+            lstm = gluon.rnn.LSTM(layer.units, layout="NTC", input_size=in_shape[-1], prefix=prefix)
+            net.xf_param_prefix[i] = lstm.prefix
+            return lstm
+        seq = nn.HybridSequential(prefix=prefix)
+        with seq.name_scope():
+            lstm = gluon.rnn.LSTM(layer.units, layout="NTC", input_size=in_shape[-1], prefix="lstm_")
+            seq.add(lstm)
+            seq.add(_LastStep(prefix="last_"))
+        net.xf_param_prefix[i] = lstm.prefix
+        return seq
+    if isinstance(layer, Embedding):
+        emb = nn.Embedding(layer.vocab, layer.dim, prefix=prefix)
+        net.xf_param_prefix[i] = emb.prefix
+        return emb
+    raise NotSupported(f"layer type {layer.type} is not supported with mxnet")
+
+
+def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> XfNet:
+    """A hybridized Gluon ``HybridSequential`` for ``spec``, initialized on ``device``.
+
+    Weights are Xavier-normal (fan-in, magnitude 2) with zero biases, from MXNet's global RNG seeded
+    with ``seed``. ``dtype`` is one of ``float32``, ``float16``, ``float64`` (inputs must then be cast by
+    the caller; MXNet's LRN has no float64 kernel, and float16 needs a GPU: MXNet has no CPU FP16 GEMM,
+    so it raises :class:`NotSupported` on the CPU).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+    ctx = resolve_device(device)
+    if dtype == "float16" and ctx.device_type == "cpu":
+        raise NotSupported("float16 on the CPU is not supported with mxnet (it has no CPU FP16 GEMM)")
+    net = XfNet(spec, ctx, dtype)
+    for i, (layer, in_shape) in enumerate(zip(spec.layers, input_shapes(spec))):
+        net.add(_layer_block(net, i, layer, tuple(in_shape)))
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0), ctx=ctx)
+    if dtype != "float32":
+        net.cast(dtype)
+    net.hybridize(static_alloc=True)
+    return net
+
+
+def _params_of(model: XfNet, index: int) -> dict[str, gluon.Parameter]:
+    """Spec layer ``index``'s parameters keyed by name without the block prefix (``weight``, ``l0_i2h_bias``)."""
+    prefix = model.xf_param_prefix[index]
+    return {name[len(prefix) :]: p for name, p in model.collect_params().items() if name.startswith(prefix)}
+
+
+def _mx_slots(model: XfNet) -> list[tuple[gluon.Parameter, Callable[[np.ndarray], np.ndarray]]]:
+    """``(parameter, neutral -> MXNet layout)`` per neutral slot, in :func:`weight_slots` order."""
+    out: list[tuple[gluon.Parameter, Callable[[np.ndarray], np.ndarray]]] = []
+    for slot in weight_slots(model.xf_spec):
+        layer = model.xf_spec.layers[slot.layer]
+        params = _params_of(model, slot.layer)
+        if isinstance(layer, Conv2D):
+            out.append((params["weight" if slot.param == "kernel" else "bias"], lambda a: a))
+        elif isinstance(layer, Dense):
+            if slot.param == "kernel":
+                out.append((params["weight"], lambda a: a.T))
+            else:
+                out.append((params["bias"], lambda a: a))
+        elif isinstance(layer, LSTM):
+            key = {"kernel": "l0_i2h_weight", "recurrent_kernel": "l0_h2h_weight", "bias": "l0_i2h_bias"}[slot.param]
+            out.append((params[key], (lambda a: a) if slot.param == "bias" else (lambda a: a.T)))
+        elif isinstance(layer, Embedding):
+            out.append((params["weight"], lambda a: a))
+    return out
+
+
+def set_weights(model: XfNet, weights: list[np.ndarray]) -> None:
+    """Loads neutral-format weights (:mod:`analytics.weights`); zeroes each LSTM's ``h2h_bias``."""
+    slots = weight_slots(model.xf_spec)
+    if len(weights) != len(slots):
+        raise ValueError(f"got {len(weights)} weight arrays, expected {len(slots)}")
+    for slot, arr in zip(slots, weights):
+        if tuple(np.shape(arr)) != slot.shape:
+            raise ValueError(
+                f"weight {slot.layer_name}.{slot.param} (layer {slot.layer}) has shape {tuple(np.shape(arr))}, "
+                f"expected {slot.shape}"
+            )
+    for (param, to_mx), arr in zip(_mx_slots(model), weights):
+        param.set_data(mx.nd.array(np.ascontiguousarray(to_mx(np.asarray(arr))), dtype=model.xf_dtype))
+    for i, layer in enumerate(model.xf_spec.layers):
+        if isinstance(layer, LSTM):
+            h2h_bias = _params_of(model, i)["l0_h2h_bias"]
+            h2h_bias.set_data(mx.nd.zeros(h2h_bias.shape, dtype=model.xf_dtype))
+
+
+def get_weights(model: XfNet) -> list[np.ndarray]:
+    """The model's weights in the neutral format (each LSTM's two biases summed)."""
+    out: list[np.ndarray] = []
+    for slot, (param, _) in zip(weight_slots(model.xf_spec), _mx_slots(model)):
+        arr = param.data().asnumpy()
+        layer = model.xf_spec.layers[slot.layer]
+        if slot.param in ("kernel", "recurrent_kernel") and isinstance(layer, (Dense, LSTM)):
+            arr = arr.T
+        elif slot.param == "bias" and isinstance(layer, LSTM):
+            arr = arr + _params_of(model, slot.layer)["l0_h2h_bias"].data().asnumpy()
+        out.append(np.ascontiguousarray(arr))
+    return out
+
+
+def count_params(model: nn.Block) -> int:
+    """Number of scalars in ``model.collect_params()`` (an MXNet LSTM counts both of its biases, 8h)."""
+    return int(sum(int(np.prod(p.shape)) for p in model.collect_params().values()))
+
+
+def to_device(array: Any, device: str | mx.Context) -> mx.nd.NDArray:
+    """An ``NDArray`` on ``device`` with the array's own dtype."""
+    ctx = resolve_device(device)
+    if isinstance(array, mx.nd.NDArray):
+        return array.as_in_context(ctx)
+    arr = np.asarray(array)
+    return mx.nd.array(arr, ctx=ctx, dtype=arr.dtype)
+
+
+def to_numpy(tensor: Any) -> np.ndarray:
+    """A numpy copy of an ``NDArray`` (waits for it to be computed)."""
+    if isinstance(tensor, mx.nd.NDArray):
+        return tensor.asnumpy()
+    return np.asarray(tensor)
+
+
+def _as_input(model: XfNet, x: Any) -> mx.nd.NDArray:
+    """``x`` on the model's context; float inputs in the model's dtype, integer tokens unchanged."""
+    if not isinstance(x, mx.nd.NDArray):
+        x = to_device(x, model.xf_ctx)
+    elif x.context != model.xf_ctx:
+        x = x.as_in_context(model.xf_ctx)
+    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.dtype(model.xf_dtype):
+        x = x.astype(model.xf_dtype)
+    return x
+
+
+def infer(model: XfNet, x: Any) -> mx.nd.NDArray:
+    """Inference forward pass (predict mode: Dropout is the identity; nothing is recorded for autograd).
+
+    The result is queued asynchronously; :func:`backends.mxnet.device.synchronize` or ``to_numpy`` waits.
+    """
+    with autograd.predict_mode():
+        return model(_as_input(model, x))
+
+
+def _loss_fn(kind: str) -> Callable[[mx.nd.NDArray, mx.nd.NDArray], mx.nd.NDArray]:
+    F = mx.nd
+    if kind == "probs":
+        # sparse categorical cross-entropy on probabilities, mean over every label position
+        return lambda out, y: -F.mean(F.log(F.maximum(F.pick(out, y, axis=-1), _TINY)))
+    if kind == "logits":
+        return lambda out, y: -F.mean(F.pick(F.log_softmax(out, axis=-1), y, axis=-1))
+    return lambda out, y: F.mean(F.square(out - y))
+
+
+def make_train_step(
+    model: XfNet, spec: ModelSpec, optimizer: str = "sgd", lr: float | None = None
+) -> Callable[[Any, Any], mx.nd.NDArray]:
+    """``step(x, y) -> loss``: forward in train mode (Dropout active), loss, backward, one optimizer update.
+
+    The loss is a mean over the batch (:func:`analytics.weights.output_kind`), so ``trainer.step(1)`` is
+    called: Gluon's ``step(batch_size)`` divides gradients by ``batch_size``, which would average twice.
+    Optimizers: ``sgd``, ``momentum`` (MXNet ``sgd`` with momentum 0.9), ``adam`` (MXNet defaults:
+    beta1 0.9, beta2 0.999, epsilon 1e-8). The returned loss ``NDArray`` is not yet synchronized.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    rate = DEFAULT_LR[optimizer] if lr is None else float(lr)
+    if optimizer == "adam":
+        trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": rate})
+    else:
+        momentum = MOMENTUM if optimizer == "momentum" else 0.0
+        trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": rate, "momentum": momentum})
+    loss_fn = _loss_fn(output_kind(spec))
+    regression = output_kind(spec) == "regression"
+
+    def step(x: Any, y: Any) -> mx.nd.NDArray:
+        xb = _as_input(model, x)
+        yb = y if isinstance(y, mx.nd.NDArray) else to_device(y, model.xf_ctx)
+        yb = yb.as_in_context(model.xf_ctx)
+        if regression and yb.dtype != np.dtype(model.xf_dtype):
+            yb = yb.astype(model.xf_dtype)
+        with autograd.record(train_mode=True):
+            loss = loss_fn(model(xb), yb)
+        loss.backward()
+        trainer.step(1)
+        return loss
+
+    return step
