@@ -159,9 +159,7 @@ def infer_shapes(spec: ModelSpec, *, warn: bool = False) -> list[Shape]:
         notes: list[str] = []
         shape = layer_output_shape(i, layer, shape, notes)
         if warn and notes:
-            warnings.warn(
-                f"layer {i} ({layer.label}): " + "; ".join(notes), FlooredPaddingWarning, stacklevel=2
-            )
+            warnings.warn(f"layer {i} ({layer.label}): " + "; ".join(notes), FlooredPaddingWarning, stacklevel=2)
         out.append(shape)
     return out
 

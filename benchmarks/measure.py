@@ -23,9 +23,7 @@ def memory_in_fresh_process(config: Config, memory_limit: str | None = None) -> 
     if memory_limit:
         cmd += ["--memory-limit", memory_limit]
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, cwd=REPO, timeout=WORKER_TIMEOUT_S, check=False
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=WORKER_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         return {"status": "error", "message": f"memory worker timed out after {WORKER_TIMEOUT_S} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

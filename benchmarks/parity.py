@@ -85,8 +85,8 @@ def check_parity(
         b.set_weights(model, weights)
         counted = int(b.count_params(model))
         out = b.to_numpy(b.infer(model, b.to_device(x, device)))
-        ref = reference_forward(spec, weights, x)
-    except Exception as exc:  # noqa: BLE001 - reported as a failed row, not a crash
+        ref = np.asarray(reference_forward(spec, weights, x))
+    except Exception as exc:
         return ParityResult(spec.name, backend, predicted, None, None, expected, None, f"{type(exc).__name__}: {exc}")
     shape = tuple(out.shape)
     err = float(relative_errors(out, ref).max()) if shape == expected else None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import threading
 import time
@@ -95,9 +94,9 @@ def parse_size(text: str) -> int:
     """``4GB`` -> 4e9 bytes, ``512MiB`` -> 512 * 2**20; a bare number is bytes."""
     units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
     t = text.strip().lower()
-    for suffix, factor in units.items():
+    for suffix, multiplier in units.items():
         if t.endswith(suffix):
-            number = t[: -len(suffix)].strip()
+            number, factor = t[: -len(suffix)].strip(), multiplier
             break
     else:
         number, factor = t, 1
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     except MemoryError as exc:
         result = {"status": "oom", "message": f"MemoryError: {exc}"}
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as a row
+    except Exception as exc:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         oom = "out of memory" in text.lower() or "resourceexhausted" in text.lower() or "bad_alloc" in text
         result = {"status": "oom" if oom else "error", "message": text}

@@ -49,7 +49,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("achieved_flops_per_s", "flops_predicted / time_median_s"),
     ("mem_method", "how memory was measured: rss-hwm (CPU) or allocator+nvml (GPU)"),
     ("mem_measured_bytes", "peak bytes above the post-import, post-build baseline during the first step"),
-    ("mem_predicted_bytes", "analytic ledger peak for this phase (see the ledger columns in the JSON)"),
+    (
+        "mem_predicted_bytes",
+        "analytic ledger peak for this phase minus what the baseline already holds (parameters, input batch)",
+    ),
     ("mem_rel_error", "(predicted - measured) / measured"),
     ("mem_baseline_bytes", "RSS (CPU) or allocated bytes (GPU) after import and build, before the step"),
     ("mem_second_step_bytes", "the same peak measured for a second step in the same process"),

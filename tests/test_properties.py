@@ -21,7 +21,9 @@ def conv_stacks(draw: st.DrawFn) -> ModelSpec:
     layers = []
     for _ in range(draw(st.integers(1, 4))):
         if draw(st.booleans()):
-            layers.append(Conv2D(draw(st.integers(1, 8)), draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(paddings)))
+            layers.append(
+                Conv2D(draw(st.integers(1, 8)), draw(st.integers(1, 5)), draw(st.integers(1, 3)), draw(paddings))
+            )
         else:
             layers.append(MaxPool2D(draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(paddings)))
     layers += [Flatten(), Dense(draw(st.integers(1, 10)))]
