@@ -18,6 +18,7 @@ from benchmarks.workload import Config, prepare
 
 def _base_row(cfg: Config) -> dict[str, Any]:
     return {
+        "kind": "model",
         "backend": cfg.backend,
         "device": cfg.device,
         "model": cfg.model,

@@ -304,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/runs/compare", help="directory for comparison.csv/.md and plots")
     p.set_defaults(func=cmd_compare)
 
+    # Subcommands that live beside their implementation: each module has register(sub, UsageError).
+    from benchmarks import matmul_cli, scaling_cli
+
+    matmul_cli.register(sub, UsageError)
+    scaling_cli.register(sub, UsageError)
+
     p = sub.add_parser("merge", help="merge report CSVs (same schema version) into one")
     p.add_argument("files", nargs="*")
     p.add_argument("--latest", metavar="DIR", help="also merge the newest CSV of each backend in DIR")

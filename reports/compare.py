@@ -110,6 +110,9 @@ def _cell(value: object) -> str:
 
 
 def _markdown_table(df: pd.DataFrame) -> str:
+    # Key columns that no row uses (e.g. matmul shape on model rows) only widen the table.
+    empty = [c for c in df.columns if all(_cell(v) == "" for v in df[c])]
+    df = df.drop(columns=empty)
     headers = [str(c) for c in df.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for rec in df.itertuples(index=False, name=None):

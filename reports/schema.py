@@ -4,6 +4,9 @@ History (bump SCHEMA_VERSION on any change to the columns or their meaning, and 
 
 * 1 - first version: time, throughput, FLOPs counted/predicted, memory measured/predicted, params,
   status, environment fingerprint.
+* 2 - rows of other kinds (``kind``: model, matmul, transfer, logging, concurrency, scaling, allreduce,
+  exercise) with their columns: matmul shape, transfers, GFLOP/s and fraction of a measured peak, predicted
+  time, data-parallel workers, scaling mode, speedup and efficiency measured and predicted.
 
 Units: seconds, bytes, FLOPs (2 per multiply-accumulate), samples/s. Empty cell = not applicable or not
 measured (the ``status``/``message`` columns say why).
@@ -11,8 +14,11 @@ measured (the ``status``/``message`` columns say why).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
-HISTORY_COMMENT = "# xfbench benchmark report; schema history: 1 = first version (see reports/schema.py)"
+SCHEMA_VERSION = 2
+HISTORY_COMMENT = (
+    "# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows"
+    " (see reports/schema.py)"
+)
 STATUSES = ("ok", "skipped", "oom", "error")
 
 # (column, description) - the README's column table is generated from this list.
@@ -21,7 +27,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "unique id of the run (one file per run)"),
     ("timestamp", "UTC ISO-8601 time the row was written"),
     ("machine", "host name"),
-    ("backend", "torch, tensorflow or mxnet"),
+    ("kind", "model (a model step), matmul, transfer, logging, concurrency, scaling, allreduce, exercise"),
+    ("backend", "torch, tensorflow, mxnet (or numpy for the matmul baseline)"),
     ("framework_version", "version of the framework"),
     ("device", "cpu, gpu:0, ..."),
     ("device_name", "CPU model or GPU name of that device"),
@@ -59,6 +66,19 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("mem_allocator_peak_bytes", "framework allocator peak (GPU), bytes"),
     ("mem_nvml_bytes", "GPU memory NVML reports for the process, bytes"),
     ("mem_textbook_bytes", "the textbook lower bound (HOML ch14 ex2 method)"),
+    ("shape", "matmul: MxKxN; scaling: the global batch; exercise: its id"),
+    ("transfers", "matmul: 'included' (host->device->host) or 'excluded'"),
+    ("gflops_per_s", "achieved GFLOP/s (10^9 FLOP/s, 2 per multiply-accumulate)"),
+    ("peak_fraction", "achieved / peak measured on this machine in this run (compute or bandwidth)"),
+    ("time_predicted_s", "analytic time (roofline with measured peaks, or all-reduce model)"),
+    ("time_rel_error", "(time_predicted_s - time_median_s) / time_median_s"),
+    ("prediction_basis", "what the prediction used: measured-peaks, datasheet:<device>, ring-model"),
+    ("workers", "data-parallel workers (processes or devices)"),
+    ("scaling_mode", "strong (fixed global batch) or weak (fixed per-worker batch)"),
+    ("speedup", "time(N=1) / time(N), per sample for weak scaling"),
+    ("speedup_predicted", "predicted speedup"),
+    ("efficiency", "speedup / N"),
+    ("efficiency_predicted", "predicted efficiency"),
     ("cpu_model", "CPU model name"),
     ("cpu_cores", "logical CPU cores"),
     ("ram_bytes", "total host RAM, bytes"),
@@ -72,4 +92,4 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c for c, _ in COLUMNS)
 # The columns that identify a configuration when comparing machines.
-CONFIG_KEY = ("backend", "device", "model", "phase", "batch_size", "dtype")
+CONFIG_KEY = ("kind", "backend", "device", "model", "phase", "batch_size", "dtype", "shape", "transfers", "workers")
