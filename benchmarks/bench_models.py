@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from backends import get_backend, is_available
-from benchmarks.measure import flop_columns, memory_columns, memory_in_fresh_process, prediction_columns, time_columns
+from benchmarks.measure import (
+    flop_columns,
+    framework_overhead,
+    memory_columns,
+    memory_in_fresh_process,
+    prediction_columns,
+    probe_family,
+    time_columns,
+)
 from benchmarks.profiles import Plan
 from benchmarks.workload import Config, prepare
 
@@ -61,12 +69,19 @@ def test_model_step(
 
     row.update(prediction_columns(cfg))
     if measure_memory:
+        family = probe_family(cfg.spec())
+        overhead = framework_overhead(cfg.backend, cfg.device, cfg.phase, cfg.optimizer, family)
+        if overhead is not None:
+            row["mem_predicted_bytes"] += overhead
+            row["message"] = (
+                f"ledger includes framework_overhead {overhead / 1e6:.1f} MB (measured on the {family} probe)"
+            )
         mem = memory_in_fresh_process(cfg)
         if mem.get("status") == "oom":
             _finish(xfbench_writer, xfbench_rows, {**row, "status": "oom", "message": mem.get("message", "")})
             pytest.skip(f"out of memory: {mem.get('message', '')}")
         if mem.get("status") == "error":
-            row["message"] = f"memory: {mem.get('message', '')}"
+            row["message"] = f"memory: {mem.get('message', '')}; " + row.get("message", "")
         else:
             row.update(memory_columns(mem, row["mem_predicted_bytes"]))
 

@@ -305,10 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     # Subcommands that live beside their implementation: each module has register(sub, UsageError).
-    from benchmarks import matmul_cli, scaling_cli
+    from benchmarks import exercises_cli, matmul_cli, scaling_cli
 
     matmul_cli.register(sub, UsageError)
     scaling_cli.register(sub, UsageError)
+    exercises_cli.register(sub, UsageError)
 
     p = sub.add_parser("merge", help="merge report CSVs (same schema version) into one")
     p.add_argument("files", nargs="*")

@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 import warnings
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from analytics.predict import counter_prediction, predict, unsupported_layer_indices
+from analytics.spec import ModelSpec
 from benchmarks.workload import Config, Workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +35,41 @@ def memory_in_fresh_process(config: Config, memory_limit: str | None = None) -> 
         return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
     return {"status": "error", "message": f"memory worker exited {proc.returncode}: {tail}"}
+
+
+PROBES = REPO / "benchmarks" / "probes"
+
+
+def probe_family(spec: ModelSpec) -> str:
+    """Which probe model stands for ``spec``'s kernels: ``conv``, ``lstm`` or ``dense``."""
+    types = {layer.type for layer in spec.layers}
+    return "conv" if "Conv2D" in types else "lstm" if "LSTM" in types else "dense"
+
+
+@cache
+def framework_overhead(backend: str, device: str, phase: str, optimizer: str, family: str) -> int | None:
+    """A framework's fixed first-step memory (bytes), measured on a tiny model in a fresh process.
+
+    This is the ledger's ``framework_overhead`` term: thread pools, JIT-compiled kernels, lazy
+    initialisation and the allocator's first arenas, which a first step pays whatever the model's size.
+    It depends on which kernels run, so the probe has the model's kernel family (conv, LSTM or dense
+    only: ``benchmarks/probes/``). Measured once per (backend, device, phase, optimizer, family) per run.
+    """
+    probe = Config(backend, str(PROBES / f"{family}.json"), phase, 8, device, "float32", optimizer)
+    result = memory_in_fresh_process(probe)
+    measured = result.get("measured_bytes")
+    if result.get("status") != "ok" or measured is None:
+        return None
+    return max(int(measured) - _step_bytes(probe), 0)
+
+
+def _step_bytes(config: Config) -> int:
+    spec = config.spec()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = predict(spec, config.batch_size, config.dtype, config.optimizer, config.backend)
+    ledger = pred.training if config.phase == "training" else pred.inference
+    return ledger.peak_bytes - ledger.term("parameters") - ledger.term("input_batch")
 
 
 def prediction_columns(config: Config) -> dict[str, Any]:

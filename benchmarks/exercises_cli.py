@@ -1,0 +1,96 @@
+"""``xfbench exercises [--backend ..] [--device ..] [--only ID] [--memory-budget 3GB] [--analytic-only]``.
+
+Checks the textbook exercises of :mod:`analytics.exercises`: prints a table (claim, predicted, measured,
+verdict) and writes a markdown + CSV report under ``reports/exercises/``. Backends that are not installed in
+this environment are reported as skipped (run the command once per framework environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
+    from analytics.exercises import select
+    from backends import BACKENDS, canonical_name, is_available
+    from benchmarks.exercises import TABLE_HEADERS, analytic_results, run_backend, table_rows, write_reports
+    from benchmarks.worker import parse_size
+    from reports.table import render_table
+
+    try:
+        exercises = select(args.only)
+    except KeyError as exc:
+        raise usage_error(str(exc.args[0])) from None
+    try:
+        wanted = [canonical_name(b) for b in args.backend] if args.backend else list(BACKENDS)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    for d in args.device:
+        if d not in ("cpu", "gpu") and not (d.startswith("gpu:") and d[4:].isdigit()):
+            raise usage_error(f"--device {d!r}: allowed: cpu, gpu, gpu:N")
+    if args.memory_budget not in (None, "auto"):
+        try:
+            parse_size(args.memory_budget)
+        except ValueError as exc:
+            raise usage_error(f"--memory-budget: {exc}") from None
+
+    results = analytic_results(exercises)
+    skipped: list[str] = []
+    if not args.analytic_only:
+        for backend in wanted:
+            if not is_available(backend):
+                skipped.append(f"{backend}: not installed in this environment")
+                continue
+            from backends import get_backend
+
+            try:
+                devices = get_backend(backend).list_devices()
+            except Exception as exc:
+                skipped.append(f"{backend}: {type(exc).__name__}: {exc}")
+                continue
+            for device in args.device:
+                dev = "gpu:0" if device == "gpu" else device
+                if dev not in devices:
+                    skipped.append(f"{backend}: device {device} not visible (has: {', '.join(devices)})")
+                    continue
+                print(f"running {len(exercises)} exercises on {backend}/{dev} ...", file=sys.stderr, flush=True)
+                results += run_backend(
+                    backend,
+                    dev,
+                    exercises,
+                    args.memory_budget,
+                    progress=lambda m: print(m, file=sys.stderr, flush=True),
+                )
+    order = {e.id: i for i, e in enumerate(exercises)}
+    results.sort(key=lambda r: (order[r.exercise.id], r.backend != "analytic"))
+    print(render_table(TABLE_HEADERS, table_rows(results)))
+    for s in skipped:
+        print(f"skipped: {s}")
+    command = "xfbench exercises " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "xfbench exercises"
+    if not args.no_report:
+        csv_path, md_path = write_reports(results, command)
+        print(f"report: {md_path}\nCSV: {csv_path}")
+    return 0
+
+
+def register(sub: Any, usage_error: type[Exception]) -> None:
+    """Adds the subcommand to the `xfbench` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
+
+    def _list(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    p = sub.add_parser("exercises", help="check the textbook exercises: claim, prediction, measurement, verdict")
+    p.add_argument("--backend", type=_list, default=None, help="comma-separated backends (default: all installed)")
+    p.add_argument("--device", type=_list, default=["cpu"], help="comma-separated devices: cpu, gpu, gpu:N")
+    p.add_argument("--only", type=_list, default=None, help="exercise ids or id prefixes, comma-separated")
+    p.add_argument(
+        "--memory-budget",
+        default="auto",
+        help="CPU budget for the largest-batch search, enforced on the worker with RLIMIT_AS (virtual address "
+        "space), e.g. 3GB; 'auto' = the batch-1 address space rounded up to 0.5 GiB + 0.5 GiB",
+    )
+    p.add_argument("--analytic-only", action="store_true", help="only the framework-free rows (no measurement)")
+    p.add_argument("--no-report", action="store_true", help="print the table only")
+    p.set_defaults(func=lambda args: _cmd(args, usage_error))
