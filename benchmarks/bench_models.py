@@ -49,6 +49,7 @@ def test_model_step(
     xfbench_rows: list[dict[str, Any]],
     rounds_override: int | None,
     measure_memory: bool,
+    memory_limit: str | None,
 ) -> None:
     cfg, plan = bench_config
     row = _base_row(cfg)
@@ -76,7 +77,7 @@ def test_model_step(
             row["message"] = (
                 f"ledger includes framework_overhead {overhead / 1e6:.1f} MB (measured on the {family} probe)"
             )
-        mem = memory_in_fresh_process(cfg)
+        mem = memory_in_fresh_process(cfg, memory_limit)
         if mem.get("status") == "oom":
             _finish(xfbench_writer, xfbench_rows, {**row, "status": "oom", "message": mem.get("message", "")})
             pytest.skip(f"out of memory: {mem.get('message', '')}")

@@ -199,7 +199,18 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
 
     repo = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "pytest", str(repo / "benchmarks"), "--benchmark-only", "-p", "no:cacheprovider"]
-    for opt in ("backend", "device", "models", "batch", "phase", "profile", "optimizer", "dtype", "report_dir"):
+    for opt in (
+        "backend",
+        "device",
+        "models",
+        "batch",
+        "phase",
+        "profile",
+        "optimizer",
+        "dtype",
+        "report_dir",
+        "memory_limit",
+    ):
         value = getattr(args, opt)
         if value is not None:
             cmd += [f"--{opt.replace('_', '-')}", str(value)]
@@ -296,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPE_BYTES), default=None)
     p.add_argument("--rounds", type=_positive_int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory process")
+    p.add_argument("--memory-limit", help="cap each memory process (RLIMIT_AS), e.g. 4GB")
     p.add_argument("--report-dir", dest="report_dir", default=None, help="default: reports/runs")
     p.set_defaults(func=cmd_run, passthrough=True)
 

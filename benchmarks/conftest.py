@@ -34,6 +34,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     g.addoption("--rounds", type=int, default=None, help="timed rounds per benchmark (default: the profile's)")
     g.addoption("--no-memory", action="store_true", help="skip the per-configuration memory process")
+    g.addoption(
+        "--memory-limit",
+        default=None,
+        help="cap each memory process's address space (RLIMIT_AS), e.g. 4GB: over-budget steps become oom rows",
+    )
     g.addoption("--report-dir", default=str(REPO / "reports" / "runs"), help="where the CSV run file goes")
 
 
@@ -152,6 +157,19 @@ def rounds_override(request: pytest.FixtureRequest) -> int | None:
 @pytest.fixture
 def measure_memory(request: pytest.FixtureRequest) -> bool:
     return not request.config.getoption("--no-memory")
+
+
+@pytest.fixture
+def memory_limit(request: pytest.FixtureRequest) -> str | None:
+    value = request.config.getoption("--memory-limit")
+    if value is not None:
+        from benchmarks.worker import parse_size
+
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--memory-limit: {exc}") from None
+    return value
 
 
 __all__ = ["sys"]

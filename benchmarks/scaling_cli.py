@@ -1,9 +1,116 @@
-"""`xfbench scale` (placeholder until the scaling module lands: registers nothing)."""
+"""``xfbench scale``: data-parallel scaling of a training step on N workers, beside the ring all-reduce model.
+
+``xfbench scale [--backend torch,tensorflow,mxnet] [--model lenet,mlp,cnn3] [--workers 1,2] [--batch 8]
+[--global-batch B] [--mode strong,weak] [--steps 5] [--python mxnet=/path/to/python] [--report-dir DIR]``
+
+Writes ``kind=scaling`` and ``kind=allreduce`` rows into a new report CSV and ``<csv stem>-scaling.png``
+(speedup vs N: measured, predicted, ideal) beside it.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from typing import Any
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: comma-separated positive integers, e.g. 1,2,4") from None
+    if not out or any(v <= 0 for v in out):
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: comma-separated positive integers, e.g. 1,2,4")
+    return out
+
+
+def _positive(text: str) -> int:
+    (value,) = _ints(text) if "," not in text else (0,)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: a positive integer")
+    return value
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
 def register(sub: Any, usage_error: type[Exception]) -> None:
-    """Adds the subcommand to the `xfbench` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
+    """Adds ``scale`` to the ``xfbench`` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
+    p = sub.add_parser("scale", help="data-parallel scaling (strong/weak) on N workers vs the ring all-reduce model")
+    p.add_argument("--backend", type=_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
+    p.add_argument("--model", type=_list, help="comma-separated catalog names or spec files (default: lenet,mlp,cnn3)")
+    p.add_argument("--workers", type=_ints, help="comma-separated worker counts including 1 (default: 1,2,.. cores)")
+    p.add_argument("--batch", type=_positive, default=8, help="per-worker batch of weak scaling (default 8)")
+    p.add_argument("--global-batch", type=_positive, help="global batch of strong scaling (default batch * max N)")
+    p.add_argument("--mode", type=_list, default=("strong", "weak"), help="strong, weak or both (default both)")
+    p.add_argument("--steps", type=_positive, default=5, help="timed steps per configuration (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: NCCL / one GPU per worker")
+    p.add_argument("--full-input", action="store_true", help="catalog input sizes (default: cnn3 at 3x64x96)")
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="BACKEND=PATH",
+        help="interpreter for a backend's workers (repeatable), e.g. mxnet=/venvs/mx/bin/python",
+    )
+    p.add_argument("--report-dir", default=None, help="default: reports/runs")
+
+    def run(args: argparse.Namespace) -> int:
+        from backends import BACKENDS, canonical_name, is_available
+        from benchmarks.scaling import (
+            DEFAULT_MODELS,
+            ScalingPlan,
+            default_workers,
+            format_summary,
+            plot_path,
+            plot_scaling,
+            run_scaling,
+        )
+        from reports.writer import RunWriter
+
+        try:
+            backends = [canonical_name(b) for b in args.backend] if args.backend else list(BACKENDS)
+            pythons = {}
+            for item in args.python:
+                name, sep, path = item.partition("=")
+                if not sep or not path:
+                    raise ValueError(f"--python {item!r}; allowed: BACKEND=PATH")
+                if not os.path.exists(path):
+                    raise ValueError(f"--python {item!r}: {path} does not exist")
+                pythons[canonical_name(name)] = path
+        except ValueError as exc:
+            raise usage_error(str(exc)) from None
+        plan = ScalingPlan(
+            models=tuple(args.model) if args.model else DEFAULT_MODELS,
+            workers=tuple(sorted(set(args.workers))) if args.workers else default_workers(args.device),
+            batch=args.batch,
+            global_batch=args.global_batch,
+            modes=tuple(args.mode),
+            steps=args.steps,
+            warmup=max(0, args.warmup),
+            optimizer=args.optimizer,
+            device=args.device,
+            full_input=args.full_input,
+            python=pythons,
+        )
+        from analytics.spec import SpecError
+        from benchmarks.scaling import check_plan
+
+        try:
+            check_plan(plan)
+        except (ValueError, SpecError) as exc:
+            raise usage_error(str(exc).splitlines()[0]) from None
+        with RunWriter(args.report_dir) as writer:
+            rows = run_scaling(
+                backends, plan, writer, is_available, progress=lambda m: print(m, file=sys.stderr, flush=True)
+            )
+        print(format_summary(rows))
+        png = plot_scaling(rows, plot_path(writer.path))
+        print(f"report: {writer.path}" + (f"\nplot: {png}" if png else ""))
+        return 1 if any(r["status"] == "error" for r in rows) else 0
+
+    p.set_defaults(func=run)

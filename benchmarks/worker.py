@@ -155,6 +155,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+OOM_TEXTS = ("out of memory", "resourceexhausted", "bad_alloc", "can't allocate memory", "cannot allocate memory")
+
+
+def _is_oom(backend: str, exc: BaseException, text: str) -> bool:
+    """The backend's own OOM test (CUDA, oneDNN, TF, MXNet errors), else the allocators' messages."""
+    try:
+        from backends import get_backend
+
+        if get_backend(backend).is_oom_error(exc):
+            return True
+    except Exception:
+        pass
+    return any(t in text.lower() for t in OOM_TEXTS)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.worker")
     p.add_argument("--backend", required=True)
@@ -178,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"status": "oom", "message": f"MemoryError: {exc}"}
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        oom = "out of memory" in text.lower() or "resourceexhausted" in text.lower() or "bad_alloc" in text
-        result = {"status": "oom" if oom else "error", "message": text}
+        result = {"status": "oom" if _is_oom(args.backend, exc, text) else "error", "message": text}
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
     return 0

@@ -39,8 +39,17 @@ INT_COLUMNS: tuple[str, ...] = (
     "cpu_cores",
     "ram_bytes",
     "gpu_memory_bytes",
+    "workers",
 )
 FLOAT_COLUMNS: tuple[str, ...] = (
+    "gflops_per_s",
+    "peak_fraction",
+    "time_predicted_s",
+    "time_rel_error",
+    "speedup",
+    "speedup_predicted",
+    "efficiency",
+    "efficiency_predicted",
     "time_median_s",
     "time_iqr_s",
     "time_mean_s",

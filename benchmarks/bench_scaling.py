@@ -1,0 +1,59 @@
+"""Data-parallel scaling in the benchmark suite (``pytest benchmarks --benchmark-only``): for each selected
+backend installed here, N = 1, 2, ... cores single-threaded workers of the quick models (or ``--models``),
+strong and weak scaling, rows ``kind=scaling``/``allreduce`` in the run's CSV and the plot beside it.
+
+Same code as ``xfbench scale`` (:mod:`benchmarks.scaling`); pytest-benchmark times the whole sweep of one
+backend once (its stats are the sweep's wall time; the per-step figures are in the CSV rows).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends import BACKENDS, canonical_name, is_available
+from benchmarks.scaling import DEFAULT_MODELS, ScalingPlan, default_workers, plot_path, plot_scaling, run_backend
+from benchmarks.workload import parse_list
+
+
+def _selected_backends(config: pytest.Config) -> list[str]:
+    return [canonical_name(b) for b in parse_list(config.getoption("--backend"))] or list(BACKENDS)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "scaling_backend" in metafunc.fixturenames:
+        backends = _selected_backends(metafunc.config)
+        metafunc.parametrize("scaling_backend", backends, ids=[f"scale-{b}" for b in backends])
+
+
+def test_scaling(
+    benchmark: Any,
+    scaling_backend: str,
+    request: pytest.FixtureRequest,
+    xfbench_writer: Any,
+    xfbench_rows: list[dict[str, Any]],
+) -> None:
+    if not is_available(scaling_backend):
+        pytest.skip(f"{scaling_backend} is not installed in this environment (tox -e {scaling_backend})")
+    # --models narrows the quick set; models outside it (VGG, AlexNet, ...) are opt-in via `xfbench scale --model`.
+    wanted = parse_list(request.config.getoption("--models"))
+    models = tuple(m for m in DEFAULT_MODELS if not wanted or m in wanted)
+    if not models:
+        pytest.skip(f"--models selects none of the scaling models {', '.join(DEFAULT_MODELS)} (use xfbench scale)")
+    plan = ScalingPlan(models=models, workers=default_workers())
+    rows: list[dict[str, Any]] = []
+
+    def sweep() -> None:
+        rows.extend(run_backend(scaling_backend, plan))
+
+    benchmark.pedantic(sweep, rounds=1, iterations=1, warmup_rounds=0)
+    for row in rows:
+        xfbench_writer.write_row(row)
+        xfbench_rows.append(row)
+    csv_path = Path(xfbench_writer.path)
+    png = plot_scaling(rows, plot_path(csv_path).with_name(f"{csv_path.stem}-scaling-{scaling_backend}.png"))
+    benchmark.extra_info.update({"rows": len(rows), "plot": str(png) if png else ""})
+    errors = [r["message"] for r in rows if r["status"] == "error"]
+    assert not errors, errors[0]

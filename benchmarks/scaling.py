@@ -1,0 +1,411 @@
+"""Data-parallel scaling of a training step on N workers, measured beside the ring all-reduce model.
+
+For each backend and each worker count N, one fresh run of the backend's distributed module
+(``backends.<backend>.distributed``) does, on its own engine:
+
+* an all-reduce microbenchmark (float32 arrays of a few sizes), and
+* timed training steps of each model at each per-worker batch that N needs
+  (strong scaling: global batch / N; weak scaling: the fixed per-worker batch).
+
+PyTorch runs N processes joined by ``torch.distributed`` (gloo on CPU, NCCL on GPU) with DDP, started with
+``torchrun``'s environment; TensorFlow mirrors the model over N logical CPU devices (or GPUs); MXNet uses N
+contexts and a kvstore. Every CPU worker runs one compute thread, so N workers use N cores.
+
+Prediction (:mod:`analytics.scaling`): the per-worker compute time measured at N=1 at the per-worker batch,
+plus one ring all-reduce of the gradients, with bandwidth and latency fitted to this run's microbenchmark.
+Rows: ``kind="scaling"`` (one per backend, model, mode, N) and ``kind="allreduce"`` (one per N and size).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analytics.catalog import resolve_model
+from analytics.scaling import (
+    SCALING_MODES,
+    fit_allreduce,
+    gradient_bytes,
+    per_worker_batch,
+    predict_step_time,
+    prediction_basis,
+    ring_allreduce_time,
+    speedup,
+)
+from analytics.spec import ModelSpec
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ("lenet", "mlp", "cnn3")
+# cnn3's catalog input (3x200x300) takes seconds per step on one thread; the quick sweep uses a smaller image.
+QUICK_INPUT: dict[str, tuple[int, ...]] = {"cnn3": (3, 64, 96)}
+DEFAULT_ALLREDUCE_SIZES = (4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20)
+
+
+def default_workers(device: str = "cpu") -> tuple[int, ...]:
+    """1, 2, 4, ... up to the cores (CPU: one single-threaded worker per core)."""
+    cores = os.cpu_count() or 1
+    out, n = [], 1
+    while n <= cores:
+        out.append(n)
+        n *= 2
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    """What one scaling sweep runs. ``batch``: per-worker batch of weak scaling; ``global_batch``: the fixed
+    global batch of strong scaling (default ``batch * max(workers)``, so both modes meet at the largest N)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    workers: tuple[int, ...] = (1, 2)
+    batch: int = 8
+    global_batch: int | None = None
+    modes: tuple[str, ...] = SCALING_MODES
+    steps: int = 5
+    warmup: int = 2
+    optimizer: str = "sgd"
+    device: str = "cpu"
+    full_input: bool = False
+    allreduce_sizes: tuple[int, ...] = DEFAULT_ALLREDUCE_SIZES
+    allreduce_repeats: int = 10
+    timeout_s: float = 600.0
+    python: dict[str, str] = field(default_factory=dict)  # backend -> interpreter (default: this one)
+
+    @property
+    def strong_batch(self) -> int:
+        return self.global_batch if self.global_batch is not None else self.batch * max(self.workers)
+
+    def spec(self, name: str) -> ModelSpec:
+        shape = None if self.full_input else QUICK_INPUT.get(name)
+        return resolve_model(name, input_shape=shape)
+
+    def batches_at(self, workers: int) -> list[int]:
+        """Per-worker batches to time at N=``workers`` (N=1 also times every other N's strong per-worker batch,
+        the compute term of their prediction)."""
+        need: set[int] = set()
+        if "weak" in self.modes:
+            need.add(self.batch)
+        if "strong" in self.modes:
+            counts = self.workers if workers == 1 else (workers,)
+            need.update(per_worker_batch(self.strong_batch, n, "strong") for n in counts)
+        return sorted(need, reverse=True)
+
+
+def check_plan(plan: ScalingPlan) -> None:
+    """Raises ``ValueError`` (one line) for a plan that cannot run."""
+    if not plan.workers or any(n < 1 for n in plan.workers):
+        raise ValueError(f"workers {plan.workers}: allowed: positive integers")
+    if 1 not in plan.workers:
+        raise ValueError("workers must include 1: speedups and predictions are relative to one worker")
+    for mode in plan.modes:
+        if mode not in SCALING_MODES:
+            raise ValueError(f"scaling mode {mode!r}; allowed: {', '.join(SCALING_MODES)}")
+    if "strong" in plan.modes:
+        for n in plan.workers:
+            if plan.strong_batch % n:
+                raise ValueError(f"global batch {plan.strong_batch} does not split evenly over {n} workers")
+    for name in plan.models:
+        plan.spec(name)
+
+
+def _job(plan: ScalingPlan, workers: int, verify: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "models": [{"name": m, "spec": plan.spec(m).to_dict()} for m in plan.models],
+        "batches": plan.batches_at(workers),
+        "steps": plan.steps,
+        "warmup": plan.warmup,
+        "optimizer": plan.optimizer,
+        "device": plan.device,
+        "allreduce_sizes": list(plan.allreduce_sizes),
+        "allreduce_repeats": plan.allreduce_repeats,
+        **({"verify": verify} if verify else {}),
+    }
+
+
+def worker_command(backend: str, workers: int, job_path: str, out_path: str, python: str | None = None) -> list[str]:
+    """The command that runs one job on ``workers`` workers of ``backend`` (a fresh process)."""
+    py = python or sys.executable
+    base = [py, "-m", f"backends.{backend}.distributed", "--job", job_path, "--out", out_path]
+    return base + (["--nprocs", str(workers)] if backend == "torch" else ["--workers", str(workers)])
+
+
+def run_job(
+    backend: str, workers: int, job: dict[str, Any], python: str | None = None, timeout_s: float = 600.0
+) -> dict[str, Any]:
+    """Runs ``job`` on ``workers`` workers in a fresh process; returns the result JSON.
+
+    Raises ``RuntimeError`` with the stderr tail when the run fails.
+    """
+    with tempfile.TemporaryDirectory(prefix="xfbench-scale-") as tmp:
+        job_path, out_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
+        Path(job_path).write_text(json.dumps(job))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["OMP_NUM_THREADS"] = "1"
+        cmd = worker_command(backend, workers, job_path, out_path, python)
+        try:
+            proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{backend} N={workers}: timed out after {timeout_s:.0f} s") from None
+        if proc.returncode != 0 or not os.path.exists(out_path):
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
+            raise RuntimeError(f"{backend} N={workers}: exit {proc.returncode}: " + " | ".join(tail))
+        result: dict[str, Any] = json.loads(Path(out_path).read_text())
+        return result
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _load_note() -> str:
+    try:
+        return f"load average {os.getloadavg()[0]:.2f}"
+    except OSError:
+        return ""
+
+
+def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scaling and all-reduce rows from the per-N results (``{N: result JSON}``)."""
+    sizes, times, counts = [], [], []
+    for n, res in results.items():
+        for a in res.get("allreduce", []):
+            if n > 1:
+                sizes.append(a["bytes"])
+                times.append(_median(a["times"]))
+                counts.append(n)
+    if sizes:
+        bandwidth, latency = fit_allreduce(sizes, times, counts)
+    else:
+        bandwidth, latency = math.inf, 0.0
+    basis = prediction_basis(bandwidth, latency)
+    one = results[1]
+    version = one.get("framework_version", "")
+    common = {"backend": backend, "framework_version": version, "device": plan.device, "dtype": "float32"}
+    rows: list[dict[str, Any]] = []
+    for n, res in sorted(results.items()):
+        for a in res.get("allreduce", []) if n > 1 else []:
+            med = _median(a["times"])
+            pred = ring_allreduce_time(a["bytes"], n, bandwidth, latency)
+            rows.append(
+                {
+                    **common,
+                    "kind": "allreduce",
+                    "status": "ok",
+                    "workers": n,
+                    "shape": a["bytes"],
+                    "time_median_s": med,
+                    "time_min_s": min(a["times"]),
+                    "rounds": len(a["times"]),
+                    "time_predicted_s": pred,
+                    "time_rel_error": (pred - med) / med,
+                    "prediction_basis": basis + " (fitted to all N of this run)",
+                    "message": f"{res.get('engine', '')}; float32 all-reduce of {a['bytes']} bytes",
+                }
+            )
+    t1 = {(s["model"], s["batch_per_worker"]): s for s in one["steps"]}
+    for n, res in sorted(results.items()):
+        tn = {(s["model"], s["batch_per_worker"]): s for s in res["steps"]}
+        note = f"{res.get('threads', '')}; {res.get('engine', '')}"
+        for model in plan.models:
+            spec = plan.spec(model)
+            nbytes = gradient_bytes(spec, backend)
+            for mode in plan.modes:
+                b = per_worker_batch(plan.strong_batch if mode == "strong" else plan.batch, n, mode)
+                base_batch = plan.strong_batch if mode == "strong" else plan.batch
+                meas, base, compute = tn[(model, b)], t1[(model, base_batch)], t1[(model, b)]
+                t_pred = predict_step_time(compute["median"] / b, b, nbytes, n, bandwidth, latency)
+                sp = speedup(base["median"], meas["median"], n, mode)
+                sp_pred = speedup(base["median"], t_pred, n, mode)
+                extra = ""
+                if "compute_only_median" in meas:
+                    extra = (
+                        f"; same step without all-reduce while {n} worker(s) compute: "
+                        f"{meas['compute_only_median'] * 1e3:.2f} ms "
+                        f"(the prediction's N=1 compute: {compute['median'] * 1e3:.2f} ms)"
+                    )
+                rows.append(
+                    {
+                        **common,
+                        "kind": "scaling",
+                        "status": "ok",
+                        "model": model,
+                        "phase": "training",
+                        "optimizer": plan.optimizer,
+                        "batch_size": b,
+                        "shape": b * n,
+                        "workers": n,
+                        "scaling_mode": mode,
+                        "time_median_s": meas["median"],
+                        "time_iqr_s": meas["iqr"],
+                        "time_mean_s": meas["mean"],
+                        "time_min_s": meas["min"],
+                        "rounds": len(meas["times"]),
+                        "throughput_samples_per_s": b * n / meas["median"],
+                        "params_counted": meas.get("params"),
+                        "time_predicted_s": t_pred,
+                        "time_rel_error": (t_pred - meas["median"]) / meas["median"],
+                        "prediction_basis": f"{basis}; compute = N=1 step at batch {b}; grads {nbytes} B",
+                        "speedup": sp,
+                        "speedup_predicted": sp_pred,
+                        "efficiency": sp / n,
+                        "efficiency_predicted": sp_pred / n,
+                        "message": f"{note}; batch_size = per-worker batch, shape = global batch; {_load_note()}"
+                        + extra,
+                    }
+                )
+    return rows
+
+
+def run_backend(backend: str, plan: ScalingPlan, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Measures every N for one backend; returns its rows (an ``error`` row if a run fails)."""
+    results: dict[int, dict[str, Any]] = {}
+    for n in sorted(set(plan.workers)):
+        if progress:
+            progress(f"scale {backend} N={n} ...")
+        try:
+            results[n] = run_job(backend, n, _job(plan, n), plan.python.get(backend), plan.timeout_s)
+        except RuntimeError as exc:
+            return [
+                {
+                    "kind": "scaling",
+                    "backend": backend,
+                    "device": plan.device,
+                    "workers": n,
+                    "status": "error",
+                    "message": str(exc)[:1000],
+                }
+            ]
+    return build_rows(backend, plan, results)
+
+
+def plot_scaling(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path | None:
+    """Speedup vs N (measured solid, predicted dashed, ideal dotted), one panel per backend and mode."""
+    data = [r for r in rows if r.get("kind") == "scaling" and r.get("status") == "ok"]
+    if not data:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    backends = sorted({r["backend"] for r in data})
+    modes = [m for m in SCALING_MODES if any(r["scaling_mode"] == m for r in data)]
+    fig, axes = plt.subplots(len(modes), len(backends), figsize=(4.2 * len(backends), 3.6 * len(modes)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = sorted({r["model"] for r in data})
+    for i, mode in enumerate(modes):
+        for j, backend in enumerate(backends):
+            ax = axes[i][j]
+            sel = [r for r in data if r["backend"] == backend and r["scaling_mode"] == mode]
+            ns = sorted({int(r["workers"]) for r in sel}) or [1]
+            ax.plot(ns, ns, "k:", label="ideal")
+            for k, model in enumerate(models):
+                pts = sorted((int(r["workers"]), r) for r in sel if r["model"] == model)
+                if not pts:
+                    continue
+                xs = [p[0] for p in pts]
+                c = colors[k % len(colors)]
+                ax.plot(xs, [float(p[1]["speedup"]) for p in pts], "o-", color=c, label=f"{model} measured")
+                ax.plot(xs, [float(p[1]["speedup_predicted"]) for p in pts], "s--", color=c, label=f"{model} predicted")
+            ax.set_title(f"{backend}, {mode} scaling")
+            ax.set_xlabel("workers N")
+            ax.set_ylabel("speedup")
+            ax.set_xticks(ns)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_path(csv_path: str | os.PathLike[str]) -> Path:
+    """Where the plot of a report goes: beside it, ``<stem>-scaling.png``."""
+    p = Path(csv_path)
+    return p.with_name(p.stem + "-scaling.png")
+
+
+def run_scaling(
+    backends: Sequence[str],
+    plan: ScalingPlan,
+    writer: Any,
+    available: Callable[[str], bool],
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The whole sweep: rows written to ``writer`` as each backend finishes; absent backends get a skipped row."""
+    check_plan(plan)
+    rows: list[dict[str, Any]] = []
+    for backend in backends:
+        if backend not in plan.python and not available(backend):
+            row = {
+                "kind": "scaling",
+                "backend": backend,
+                "device": plan.device,
+                "status": "skipped",
+                "message": f"{backend} is not installed in this environment (give --python {backend}=PATH)",
+            }
+            backend_rows = [row]
+        else:
+            backend_rows = run_backend(backend, plan, progress)
+        for row in backend_rows:
+            writer.write_row(row)
+        rows.extend(backend_rows)
+    return rows
+
+
+def format_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """A text table of the scaling rows and the fitted all-reduce model."""
+    from reports.table import render_table
+
+    body = []
+    for r in rows:
+        if r.get("kind") != "scaling":
+            continue
+        if r.get("status") != "ok":
+            body.append([r.get("backend", ""), "-", "-", r.get("workers", "-"), r["status"], r.get("message", "")[:60]])
+            continue
+        body.append(
+            [
+                r["backend"],
+                r["model"],
+                r["scaling_mode"],
+                r["workers"],
+                f"{r['time_median_s'] * 1e3:.2f} / {r['time_predicted_s'] * 1e3:.2f} ms",
+                f"{r['speedup']:.2f} / {r['speedup_predicted']:.2f}",
+                f"{100 * r['efficiency']:.0f}% / {100 * r['efficiency_predicted']:.0f}%",
+            ]
+        )
+    table = render_table(["backend", "model", "mode", "N", "step measured / predicted", "speedup", "efficiency"], body)
+    bases = sorted(
+        {
+            f"{r['backend']}: {r['prediction_basis'].split(';')[0]}"
+            for r in rows
+            if r.get("kind") == "scaling" and r.get("prediction_basis")
+        }
+    )
+    return "\n".join([table, *bases])
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "ScalingPlan",
+    "build_rows",
+    "check_plan",
+    "default_workers",
+    "plot_path",
+    "plot_scaling",
+    "run_backend",
+    "run_job",
+    "run_scaling",
+]
