@@ -139,10 +139,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
         pred = predict(spec, args.batch, args.dtype, args.optimizer, args.framework)
     except (SpecError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    data = pred.as_dict()
+    if args.device:
+        from analytics.roofline import model_time_estimate
+
+        try:
+            data["time_estimate"] = model_time_estimate(data, args.device)
+        except ValueError as exc:
+            raise UsageError(f"--device: {exc}") from None
     if args.json:
-        print(json.dumps(pred.as_dict(), indent=2))
+        print(json.dumps(data, indent=2))
     else:
         print(_prediction_text(pred, args.mib))
+        if args.device:
+            est = data["time_estimate"]
+            print(
+                f"time estimate on {args.device} ({est['label']}, roofline from the device's datasheet peak): "
+                f"forward {est['forward_s'] * 1e3:.3f} ms ({est.get('forward_bound', '')}-bound), "
+                f"training step {est['training_s'] * 1e3:.3f} ms ({est.get('training_bound', '')}-bound)"
+            )
     return 0
 
 
@@ -284,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--framework", type=_framework, default="tensorflow", help="parameter convention (LSTM biases)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p.add_argument("--mib", action="store_true", help="binary units (MiB) instead of decimal MB")
+    p.add_argument("--device", help="estimate step times on a catalog device (h100, a100-80gb, t4, ...)")
     _add_model_overrides(p)
     p.set_defaults(func=cmd_predict)
 
