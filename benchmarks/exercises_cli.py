@@ -89,7 +89,7 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
         "--memory-budget",
         default="auto",
         help="CPU budget for the largest-batch search, enforced on the worker with RLIMIT_AS (virtual address "
-        "space), e.g. 3GB; 'auto' = the batch-1 address space rounded up to 0.5 GiB + 0.5 GiB",
+        "space), e.g. 3GB; 'auto' = the batch-1 address space rounded up to 256 MiB, + 256 MiB",
     )
     p.add_argument("--analytic-only", action="store_true", help="only the framework-free rows (no measurement)")
     p.add_argument("--no-report", action="store_true", help="print the table only")
