@@ -7,8 +7,10 @@ overhead) are terms of the same ledger, not a separate fudge factor.
 Training terms: parameters, gradients (one per parameter), optimizer state (momentum: 1 slot per
 parameter, adam: 2), activations kept for backward (every layer's output that is not a view, the
 input batch and the labels), and the largest pair of activation gradients alive at once during the
-backward pass. Inference terms: parameters, the input batch, and the largest pair of consecutive
-activations (the working set when each layer frees its input once the next is computed).
+backward pass. Inference terms: parameters, the input batch, and the largest working set of one layer:
+its input and output, plus the pre-activation output where the layer has a fused activation.
+``framework_overhead`` (a framework's fixed first-step memory) is measured, not derived: the benchmark
+suite fills it from a tiny probe model of the same kernel family (benchmarks/measure.py).
 
 The textbook lower bound (HOML ch14 ex2) is its own line, not the prediction:
 
@@ -86,10 +88,17 @@ def _largest_consecutive_pair(sizes: list[int]) -> int:
 def inference_ledger(spec: ModelSpec, params: int, batch_size: int, dtype: str = "float32") -> Ledger:
     width = dtype_bytes(dtype)
     x_bytes, _ = _batch_bytes(spec, batch_size, width)
-    outs = [e * batch_size * width for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]
-    # The caller holds the input for the whole call; among the layer outputs, each layer frees its input
-    # once the next output exists, so at most two consecutive outputs are alive.
-    live = max(outs[0], _largest_consecutive_pair(outs)) if outs else 0
+    # The caller holds the input for the whole call. Each layer frees its input once its output exists, so
+    # a layer's input and output are alive together; a fused activation (Conv2D/Dense ``activation``) makes
+    # its result while the pre-activation output is still alive, a third tensor of the output's size.
+    live, previous = 0, 0
+    for layer, elements in zip(spec.layers, layer_output_elements(spec)):
+        if _is_view(layer):
+            continue
+        out = elements * batch_size * width
+        fused = out if getattr(layer, "activation", None) else 0
+        live = max(live, previous + out + fused)
+        previous = out
     return Ledger(
         "inference",
         (

@@ -73,9 +73,21 @@ class _Sampler:
         self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
+def _release_free_heap() -> None:
+    """Returns freed heap pages to the OS (glibc ``malloc_trim``), so that memory freed while building
+    the model is not silently reused by the step without raising RSS above the baseline."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def measure_cpu_step(step: Callable[[], Any]) -> tuple[int, int, str]:
     """(baseline RSS, peak RSS above baseline during ``step``, method), bytes."""
     gc.collect()
+    _release_free_heap()
     if _can_reset_hwm():
         baseline = _status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w") as fh:
