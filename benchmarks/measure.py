@@ -96,9 +96,11 @@ def flop_columns(work: Workload) -> dict[str, Any]:
     count = work.backend.count_flops(work.model, work.spec, cfg.batch_size, cfg.phase)
     skip = unsupported_layer_indices(work.spec, tuple(count.unsupported))
     expected = counter_prediction(work.spec, cfg.batch_size, COUNTER_NAMES[cfg.backend], cfg.phase, skip)
+    ops = work.backend.ALIGNED_OPS
+    counted = count.total if ops is None else sum(v for k, v in count.by_op.items() if k in ops)
     return {
-        "flops_counter": count.counter,
-        "flops_counted": count.total,
+        "flops_counter": count.counter if ops is None else f"{count.counter} ({'+'.join(ops)})",
+        "flops_counted": counted,
         "flops_predicted_counter": expected,
         "flops_rel_error": (count.total - expected) / expected if expected else None,
         "flops_unsupported": ";".join(count.unsupported),

@@ -127,12 +127,6 @@ def _quiet_spec(model: str, **overrides: object):  # type: ignore[no-untyped-def
 __all__ = ["counter_prediction", "unsupported_layer_indices"]
 
 
-# Ops of each counter that hold conv/dense/LSTM matmuls (+ bias adds and pooling for TensorFlow's profiler).
-MATMUL_OPS = {
-    "torch": None,  # FlopCounterMode counts only matmul-like ops: its total is the figure
-    "tensorflow": ("Conv2D", "MatMul", "BiasAdd", "AvgPool", "MaxPool", "Mean", "BatchMatMulV2"),
-    "mxnet": None,  # the symbol-graph total is the 2*MAC sum (bias split out in by_op)
-}
 FLOP_MODELS = {
     "cnn3": {"input_shape": (3, 40, 60)},
     "alexnet": {},
@@ -152,7 +146,7 @@ def test_flop_counter_equals_prediction_under_its_convention(backend: str, model
     count = b.count_flops(net, spec, 2, "inference")
     skip = unsupported_layer_indices(spec, tuple(count.unsupported))
     expected = counter_prediction(spec, 2, backend, "inference", skip)
-    ops = MATMUL_OPS[backend]
+    ops = b.ALIGNED_OPS  # the counter's op types that the analytic convention covers (None: all)
     counted = count.total if ops is None else sum(v for k, v in count.by_op.items() if k in ops)
     assert counted == expected, (count.by_op, count.unsupported)
     if backend == "torch" and model == "lstm":

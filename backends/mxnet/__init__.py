@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     import mxnet  # noqa: F401 - imported once here, under the filter
 
 from backends.mxnet.device import available_memory, list_devices, resolve_device, synchronize
-from backends.mxnet.flops import count_flops
+from backends.mxnet.flops import ALIGNED_OPS, count_flops
 from backends.mxnet.memory import is_oom_error, memory_stats, reset_peak_memory
 from backends.mxnet.model import (
     build_model,
@@ -31,6 +31,7 @@ from backends.mxnet.model import (
 NAME = "mxnet"
 
 __all__ = [
+    "ALIGNED_OPS",
     "NAME",
     "available_memory",
     "build_model",

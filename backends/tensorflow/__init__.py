@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from backends.tensorflow._tf import keras, tf
 from backends.tensorflow.device import list_devices, resolve_device, synchronize
-from backends.tensorflow.flops import count_flops
+from backends.tensorflow.flops import ALIGNED_OPS, count_flops
 from backends.tensorflow.memory import is_oom_error, memory_stats, reset_peak_memory
 from backends.tensorflow.model import (
     build_model,
@@ -26,6 +26,7 @@ VERSION = tf.__version__
 KERAS_VERSION = keras.__version__
 
 __all__ = [
+    "ALIGNED_OPS",
     "KERAS_VERSION",
     "NAME",
     "VERSION",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from backends.torch.device import available_memory, list_devices, resolve_device, synchronize
-from backends.torch.flops import count_flops
+from backends.torch.flops import ALIGNED_OPS, count_flops
 from backends.torch.memory import is_oom_error, memory_stats, reset_peak_memory
 from backends.torch.model import (
     TorchModel,
@@ -23,6 +23,7 @@ NAME = "torch"
 VERSION = torch.__version__
 
 __all__ = [
+    "ALIGNED_OPS",
     "NAME",
     "VERSION",
     "TorchModel",
