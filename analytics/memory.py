@@ -27,8 +27,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from analytics.shapes import infer_shapes
-from analytics.spec import Activation, Dropout, Flatten, ModelSpec
+from analytics.shapes import infer_shapes, padding_amounts
+from analytics.spec import Activation, AvgPool2D, Conv2D, Dropout, Flatten, MaxPool2D, ModelSpec
 from analytics.weights import output_kind
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -111,9 +111,37 @@ def inference_ledger(spec: ModelSpec, params: int, batch_size: int, dtype: str =
     )
 
 
+def padding_copy_bytes(spec: ModelSpec, batch_size: int, width: int) -> int:
+    """Bytes of padded input copies a framework keeps for backward where it must pad explicitly.
+
+    PyTorch and MXNet pad only symmetrically: a ``same`` window whose TensorFlow-rule padding is uneven
+    is computed on an explicitly padded copy of its input (``F.pad``), which the op then saves for its
+    weight gradient beside the unpadded activation. TensorFlow pads inside the op.
+    """
+    total = 0
+    shape: tuple[int, ...] = tuple(spec.input_shape)
+    for layer, out_shape in zip(spec.layers, infer_shapes(spec)):
+        if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D)) and layer.padding == "same":
+            window = layer.kernel if isinstance(layer, Conv2D) else layer.pool
+            stride = layer.stride
+            assert isinstance(window, tuple) and isinstance(stride, tuple)
+            pads = [padding_amounts("same", size, k, st) for size, k, st in zip(shape[1:], window, stride)]
+            if any(before != after for before, after in pads):
+                c, h, w = shape
+                total += c * (h + sum(pads[0])) * (w + sum(pads[1])) * batch_size * width
+        shape = out_shape
+    return total
+
+
 def training_ledger(
-    spec: ModelSpec, params: int, batch_size: int, dtype: str = "float32", optimizer: str = "sgd"
+    spec: ModelSpec,
+    params: int,
+    batch_size: int,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    framework: str = "tensorflow",
 ) -> Ledger:
+    """The training-step ledger; ``framework`` decides the explicit-padding copies (see above)."""
     width = dtype_bytes(dtype)
     if optimizer not in OPTIMIZER_SLOTS:
         raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZER_SLOTS)}")
@@ -128,6 +156,7 @@ def training_ledger(
             ("input_batch", x_bytes + y_bytes),
             ("activations", sum(outs)),
             ("activation_gradients", _largest_consecutive_pair(outs) if outs else 0),
+            ("padding_copies", padding_copy_bytes(spec, batch_size, width) if framework in ("torch", "mxnet") else 0),
             ("workspace", 0),
             ("framework_overhead", 0),
         ),

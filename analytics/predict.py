@@ -163,7 +163,7 @@ def predict(
         optimizer=optimizer,
         layers=tuple(layers),
         inference=inference_ledger(spec, params, batch_size, dtype),
-        training=training_ledger(spec, params, batch_size, dtype, optimizer),
+        training=training_ledger(spec, params, batch_size, dtype, optimizer, fw),
         textbook_inference_bytes=textbook_inference_bytes(spec, params, batch_size, dtype),
         textbook_training_bytes=textbook_training_bytes(spec, params, batch_size, dtype),
         notes=notes,

@@ -184,6 +184,20 @@ def test_ledger_terms_sum_and_scale() -> None:
     assert sgd.term("input_batch") == 8 * 224 * 224 * 4 + 8 * 8
 
 
+def test_padding_copies_only_where_torch_and_mxnet_pad_explicitly() -> None:
+    spec = catalog_model("cnn3")
+    # same padding, 3x3 stride 2: 200 -> pad total (100-1)*2+3-200 = 1 (0 before, 1 after), 300 -> 1 as well;
+    # 150 -> (75-1)*2+3-150 = 1; 100 -> (50-1)*2+3-100 = 1; 75 -> (38-1)*2+3-75 = 2 (1 before, 1 after)
+    conv1_in = 3 * 201 * 301
+    conv2_in = 100 * 101 * 151
+    conv3_in_h_uneven = 200 * 51 * 77  # H: 50 -> pad 1 (uneven); W: 75 -> pad 2 (even): still one copy
+    expected = 4 * 2 * (conv1_in + conv2_in + conv3_in_h_uneven)
+    assert training_ledger(spec, 903_400, 2, framework="torch").term("padding_copies") == expected
+    assert training_ledger(spec, 903_400, 2, framework="mxnet").term("padding_copies") == expected
+    assert training_ledger(spec, 903_400, 2, framework="tensorflow").term("padding_copies") == 0
+    assert training_ledger(catalog_model("alexnet"), 1, 2, framework="torch").term("padding_copies") == 0
+
+
 def test_inference_ledger_working_set_of_one_layer() -> None:
     spec = catalog_model("cnn3")
     led = inference_ledger(spec, 903_400, 1)

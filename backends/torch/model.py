@@ -103,9 +103,13 @@ class ConvLayer(SpecLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same:
-            pad = _same_pad(x, self.kernel, self.stride)
-            if any(pad):
-                x = F.pad(x, pad)
+            left, right, top, bottom = _same_pad(x, self.kernel, self.stride)
+            if left == right and top == bottom:
+                # Even halves: the convolution pads inside the op, no padded copy of the input is kept.
+                c = self.conv
+                y = F.conv2d(x, c.weight, c.bias, c.stride, (top, left))
+                return self.act(y) if self.act is not None else y
+            x = F.pad(x, (left, right, top, bottom))
         y = self.conv(x)
         return self.act(y) if self.act is not None else y
 
