@@ -22,6 +22,9 @@ Every backend package exposes the same functions (see README, "Backends"):
 ``memory_stats(device) -> MemoryStats / reset_peak_memory(device)``
     Allocator figures where the framework has them (``None`` where it has not).
 
+Module constants: ``NAME`` (the backend's name), ``VERSION`` (the framework's version) and
+``ALIGNED_OPS`` (the counter's op names that the analytic FLOP convention covers; ``None``: its total).
+
 A device string is ``"cpu"``, ``"gpu"`` (= ``"gpu:0"``) or ``"gpu:N"``.
 """
 

@@ -91,6 +91,12 @@ def test_weight_round_trip_gives_identical_outputs(backend: str, model: str) -> 
     np.testing.assert_array_equal(out1, out2)
 
 
+def test_module_constants(backend: str) -> None:
+    b = get_backend(backend)
+    assert b.NAME == backend
+    assert isinstance(b.VERSION, str) and b.VERSION[0].isdigit()
+
+
 def test_unknown_device_is_a_clear_error(backend: str) -> None:
     from backends import DeviceUnavailable
 

@@ -12,7 +12,7 @@ import warnings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    import mxnet  # noqa: F401 - imported once here, under the filter
+    import mxnet  # imported once here, under the filter
 
 from backends.mxnet.device import available_memory, list_devices, resolve_device, synchronize
 from backends.mxnet.flops import ALIGNED_OPS, count_flops
@@ -29,10 +29,12 @@ from backends.mxnet.model import (
 )
 
 NAME = "mxnet"
+VERSION = str(mxnet.__version__)
 
 __all__ = [
     "ALIGNED_OPS",
     "NAME",
+    "VERSION",
     "available_memory",
     "build_model",
     "count_flops",
