@@ -12,7 +12,8 @@ Every backend package exposes the same functions (see README, "Backends"):
     Neutral weight format (:mod:`analytics.weights`).
 ``count_params(model) -> int``
     Parameters counted from the framework's own objects.
-``to_device(array, device) / to_numpy(tensor)``
+``to_device(array, device, dtype=None) / to_numpy(tensor)``
+    Floating arrays are cast to ``dtype`` (float32, float16, bfloat16); integer labels keep theirs.
 ``infer(model, x) -> tensor``
     Inference (eval mode, no gradient) on a batch already on the model's device.
 ``make_train_step(model, spec, optimizer="sgd", lr=None) -> step(x, y) -> loss tensor``

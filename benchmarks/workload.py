@@ -79,7 +79,7 @@ def prepare(config: Config, seed: int = 0) -> Workload:
     model = b.build_model(spec, device=config.device, dtype=config.dtype, seed=seed)
     b.set_weights(model, random_weights(spec, seed))
     x_np, y_np = make_batch(spec, config.batch_size, seed + 1)
-    x = b.to_device(x_np, config.device)
+    x = b.to_device(x_np, config.device, config.dtype)
     device = config.device
     if config.phase == "inference":
 
@@ -89,7 +89,7 @@ def prepare(config: Config, seed: int = 0) -> Workload:
             return out
 
     elif config.phase == "training":
-        y = b.to_device(y_np, config.device)
+        y = b.to_device(y_np, config.device, config.dtype)  # integer labels keep their type
         train = b.make_train_step(model, spec, config.optimizer)
 
         def step() -> Any:

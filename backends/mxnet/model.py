@@ -341,13 +341,14 @@ def count_params(model: nn.Block) -> int:
     return int(sum(int(np.prod(p.shape)) for p in model.collect_params().values()))
 
 
-def to_device(array: Any, device: str | mx.Context) -> mx.nd.NDArray:
-    """An ``NDArray`` on ``device`` with the array's own dtype."""
+def to_device(array: Any, device: str | mx.Context, dtype: str | None = None) -> mx.nd.NDArray:
+    """An ``NDArray`` on ``device``; floating arrays are cast to ``dtype`` (default: the array's own)."""
     ctx = resolve_device(device)
     if isinstance(array, mx.nd.NDArray):
         return array.as_in_context(ctx)
     arr = np.asarray(array)
-    return mx.nd.array(arr, ctx=ctx, dtype=arr.dtype)
+    target = dtype if dtype is not None and np.issubdtype(arr.dtype, np.floating) else arr.dtype
+    return mx.nd.array(arr, ctx=ctx, dtype=target)
 
 
 def to_numpy(tensor: Any) -> np.ndarray:

@@ -344,10 +344,13 @@ def count_params(model: Any) -> int:
     return int(model.count_params())
 
 
-def to_device(array: Any, device: str) -> Any:
-    """A ``tf.Tensor`` copy of ``array`` placed on ``device``."""
+def to_device(array: Any, device: str, dtype: str | None = None) -> Any:
+    """A ``tf.Tensor`` copy of ``array`` placed on ``device``; floating arrays are cast to ``dtype``."""
     with tf.device(resolve_device(device)):
-        return tf.identity(tf.convert_to_tensor(array))
+        tensor = tf.convert_to_tensor(array)
+        if dtype is not None and tensor.dtype.is_floating:
+            tensor = tf.cast(tensor, dtype)
+        return tf.identity(tensor)
 
 
 def to_numpy(tensor: Any) -> np.ndarray:

@@ -1,0 +1,610 @@
+"""Runs the exercise catalog (:mod:`analytics.exercises`) through the backends and the memory worker.
+
+For every exercise: one framework-free row (the claim against the analytic prediction) and one row per
+(backend, device) with the measured figure and the verdict against it. Measurements:
+
+* parameters, shapes, FLOPs: the backend's own objects and counter, in this process;
+* time: the workload's step callable, median of ``TIME_ROUNDS`` runs after one warm-up;
+* memory: :func:`benchmarks.measure.memory_in_fresh_process` (a fresh worker per configuration); the
+  measured footprint is the worker's step peak above its post-build baseline + the parameters and the input
+  batch that baseline holds (so it is comparable with the textbooks' whole-footprint figures);
+* the largest AlexNet batch in a memory budget: bisection on real out-of-memory failures of the worker,
+  under ``RLIMIT_AS`` on the CPU (``--memory-limit``: caps the worker's *virtual address space*, not its
+  resident memory, and only the worker's) or the GPU's own memory.
+
+Reports: ``reports/exercises/exercises-<run id>.md`` and the schema-2 CSV (``kind=exercise``, ``shape`` = the
+exercise id) written with :class:`reports.writer.RunWriter` into ``reports/exercises/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analytics.exercises import (
+    REMEDIES,
+    Exercise,
+    Figure,
+    Verdict,
+    analytic_verdict,
+    bisect_largest_batch,
+    claim_text,
+    crossover_batch,
+    dominant_part,
+    fit_line,
+    fmt,
+    footprint_bytes,
+    group_weights,
+    largest,
+    largest_batch_within,
+    layer_params,
+    measured_footprint,
+    model_spec,
+    predicted_figure,
+    prediction,
+    single_layer_specs,
+    verdict,
+)
+from analytics.spec import ModelSpec
+from analytics.weights import make_batch
+from benchmarks.measure import REPO, memory_in_fresh_process
+from benchmarks.worker import parse_size
+from benchmarks.workload import Config, prepare
+
+REPORT_DIR = REPO / "reports" / "exercises"
+TIME_ROUNDS = 3
+QUICK_CURVE = (1, 2, 4, 8)
+DEFAULT_BUDGET_MARGIN = 256 * 2**20  # auto budget: batch-1 address space rounded up to 256 MiB, + this
+OOM_MARKERS = ("out of memory", "can't allocate", "cannot allocate", "bad_alloc", "resourceexhausted", "memoryerror")
+
+
+@dataclass
+class Result:
+    """One report row: an exercise (or a remedy of it) on one backend/device, or the analytic row."""
+
+    exercise: Exercise
+    backend: str  # "analytic" for the framework-free row
+    device: str
+    claim: str
+    predicted: str
+    measured: str
+    verdict: str
+    explanation: str
+    status: str = "ok"
+    sub: str = ""  # remedy name or curve point
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.exercise.id + (f":{self.sub}" if self.sub else "")
+
+
+def _is_oom(result: dict[str, Any]) -> bool:
+    if result.get("status") == "oom":
+        return True
+    msg = str(result.get("message", "")).lower()
+    return result.get("status") == "error" and (any(m in msg for m in OOM_MARKERS) or "exited -6" in msg)
+
+
+class Runner:
+    """Measures exercises on one backend and device. Worker results are cached per configuration."""
+
+    def __init__(self, backend: str, device: str = "cpu", budget: str | None = None, quick: bool = True) -> None:
+        from backends import get_backend
+
+        self.backend = backend
+        self.device = device
+        self.b = get_backend(backend)
+        self.quick = quick
+        self.budget = budget
+        self._tmp = tempfile.TemporaryDirectory(prefix="xfbench-exercises-")
+        self._worker_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._curve_cache: dict[str, tuple[list[int], list[int]]] = {}
+        self.worker_runs = 0
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    # ------------------------------------------------------------------ plumbing
+    def model_ref(self, name: str) -> str:
+        """A name the workload/worker can resolve: catalog name, or a spec file written for an ad-hoc model."""
+        from analytics.catalog import CATALOG
+
+        if name in CATALOG:
+            return name
+        path = Path(self._tmp.name) / f"{name}.json"
+        if not path.exists():
+            path.write_text(json.dumps(model_spec(name).to_dict()))
+        return str(path)
+
+    def spec_ref(self, spec: ModelSpec) -> str:
+        path = Path(self._tmp.name) / f"{spec.name}.json"
+        path.write_text(json.dumps(spec.to_dict()))
+        return str(path)
+
+    def config(self, model: str, phase: str, batch: int, dtype: str = "float32") -> Config:
+        return Config(self.backend, self.model_ref(model), phase, batch, self.device, dtype)
+
+    def worker(
+        self, model: str, phase: str, batch: int, dtype: str = "float32", limit: str | None = None
+    ) -> dict[str, Any]:
+        key = (model, phase, batch, dtype, limit)
+        if key not in self._worker_cache:
+            self.worker_runs += 1
+            self._worker_cache[key] = memory_in_fresh_process(self.config(model, phase, batch, dtype), limit)
+        return self._worker_cache[key]
+
+    def footprint(self, model: str, phase: str, batch: int, dtype: str = "float32") -> tuple[int | None, str]:
+        """(measured footprint in bytes or None, message)."""
+        res = self.worker(model, phase, batch, dtype)
+        if res.get("status") != "ok" or res.get("measured_bytes") is None:
+            return None, f"{res.get('status')}: {res.get('message', '')}"
+        pred = prediction(model, batch, dtype, self.backend)
+        return measured_footprint(int(res["measured_bytes"]), pred, phase), str(res.get("method", ""))
+
+    def build(self, spec: ModelSpec, dtype: str = "float32") -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.b.build_model(spec, device=self.device, dtype=dtype, seed=0)
+
+    def flops(self, spec: ModelSpec, batch: int, phase: str = "inference") -> int:
+        return int(self.b.count_flops(self.build(spec), spec, batch, phase).total)
+
+    def step_time(self, model: str, phase: str, batch: int) -> float:
+        work = prepare(self.config(model, phase, batch))
+        work.step()
+        times = []
+        for _ in range(TIME_ROUNDS):
+            t0 = time.perf_counter()
+            work.step()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def out_shape(self, spec: ModelSpec, batch: int) -> tuple[int, ...]:
+        model = self.build(spec)
+        x, _ = make_batch(spec, batch, 1)
+        out = self.b.infer(model, self.b.to_device(x, self.device))
+        return tuple(int(v) for v in self.b.to_numpy(out).shape)
+
+    # ------------------------------------------------------------------ measurements per quantity
+    def measure(self, ex: Exercise) -> list[Result]:
+        c = ex.check
+        q = c.quantity
+        try:
+            if q == "remedies":
+                return self.remedies(ex)
+            if q == "memory_curve":
+                return self.memory_curve(ex)
+            if q == "matmul":
+                return [self.matmul(ex)]
+            fig, message = self.measured_figure(ex)
+        except Exception as exc:  # one exercise failing must not stop the others
+            text = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            return [self.result(ex, Figure(None), Verdict("pending: error"), text, status="error")]
+        if fig.value is None:
+            return [self.result(ex, fig, Verdict(f"pending: {message}"), message, status="error")]
+        if q == "activation_crossover":
+            v = verdict(ex.claim, fig.label)
+        else:
+            answer = fmt(fig.value, fig.unit) + (f" ({fig.label})" if fig.label else "")
+            v = verdict(ex.claim, fig.value, fig.unit, answer=answer, label=fig.label)
+        return [self.result(ex, fig, v, message)]
+
+    def measured_figure(self, ex: Exercise) -> tuple[Figure, str]:
+        c = ex.check
+        q = c.quantity
+        spec = model_spec(c.model)
+        if q == "params":
+            return Figure(int(self.b.count_params(self.build(spec))), "params"), "count_params"
+        if q == "largest_layer_params":
+            sizes = [int(w.size) for w in self.b.get_weights(self.build(spec))]
+            name, n = largest(group_weights(spec, sizes))
+            return Figure(n, "params", name), "framework weights"
+        if q == "largest_layer_flops":
+            counts = {s.name: self.flops(s, 1) for s in single_layer_specs(spec)}
+            name, n = largest(counts)
+            return Figure(n, "FLOPs", name), "counter per layer: " + ", ".join(
+                f"{k} {v / 1e6:.0f}M" for k, v in counts.items()
+            )
+        if q == "output_shape":
+            return Figure(self.out_shape(spec, c.batch), "shape"), "infer"
+        if q == "layer_shape":
+            first = ModelSpec(spec.name + "-first", spec.input_shape, spec.layers[:1])
+            return Figure(self.out_shape(first, c.batch), "shape"), "infer (first layer)"
+        if q == "footprint":
+            value, msg = self.footprint(c.model, c.phase, c.batch, c.dtype)
+            return Figure(value, "bytes"), msg
+        if q == "flops":
+            return Figure(self.flops(spec, c.batch), "FLOPs"), "counter"
+        if q == "backward_flops":
+            total = self.flops(spec, c.batch, "training")
+            return Figure(total - self.flops(spec, c.batch), "FLOPs"), "counter: training - inference"
+        if q == "flops_ratio":
+            return Figure(self.flops(spec, c.batch) / self.flops(model_spec(c.other), c.batch), "ratio"), "counter"
+        if q == "time_ratio":
+            ta = self.step_time(c.model, c.phase, c.batch)
+            tb = self.step_time(c.other, c.phase, c.batch)
+            return Figure(ta / tb, "ratio"), f"median step {ta * 1e3:.3g} ms / {tb * 1e3:.3g} ms"
+        if q == "memory_ratio":
+            a, ma = self.footprint(c.model, c.phase, c.batch)
+            b, mb = self.footprint(c.other, c.phase, c.batch)
+            if a is None or b is None:
+                return Figure(None), ma if a is None else mb
+            return Figure(a / b, "ratio"), f"{fmt(a, 'bytes')} / {fmt(b, 'bytes')} ({ma})"
+        if q == "activation_crossover":
+            xs, ys = self.curve(c.model)
+            _, slope = fit_line(xs, ys)
+            fixed = 2 * largest(layer_params(spec))[1] * 4
+            cross = crossover_batch(fixed, slope)
+            part = dominant_part(c.model, c.batch, slope)
+            return Figure(cross, "batch", part), (
+                f"measured {fmt(slope, 'bytes/sample')} vs fc6 weights+gradients {fmt(fixed, 'bytes')}: "
+                f"at batch {c.batch} the dominant part is {part}"
+            )
+        raise ValueError(f"no measurement for quantity {q!r}")
+
+    def curve(self, model: str) -> tuple[list[int], list[int]]:
+        if model not in self._curve_cache:
+            xs, ys = [], []
+            for b in QUICK_CURVE:
+                value, _ = self.footprint(model, "training", b)
+                if value is not None:
+                    xs.append(b)
+                    ys.append(value)
+            self._curve_cache[model] = (xs, ys)
+        return self._curve_cache[model]
+
+    def remedies(self, ex: Exercise) -> list[Result]:
+        c = ex.check
+        out = []
+        base, base_msg = self.footprint(c.model, "training", c.batch)
+        for remedy in ("baseline", *c.variants):
+            name, divisor, dtype, devices = REMEDIES[c.model][remedy]
+            batch = max(c.batch // divisor, 1)
+            pred_var = footprint_bytes(prediction(name, batch, dtype, self.backend), "training")
+            pred_base = footprint_bytes(prediction(c.model, c.batch, "float32", self.backend), "training")
+            pred_ratio = pred_var / pred_base
+            predicted = Figure(pred_ratio, "ratio")
+            label = f"{name} b{batch} {dtype}" + (f" x{devices} devices" if devices > 1 else "")
+            if devices > 1 and len([d for d in self.b.list_devices() if d.startswith("gpu")]) < devices:
+                msg = (
+                    f"needs {devices} devices ({self.backend} sees {', '.join(self.b.list_devices())}); "
+                    f"predicted per device: {fmt(pred_var, 'bytes')} (data parallel: all weights, half the batch)"
+                )
+                out.append(
+                    self.result(
+                        ex, Figure(None), Verdict("pending: needs 2 devices"), msg, predicted, remedy, "skipped"
+                    )
+                )
+                continue
+            value, msg = self.footprint(name, "training", batch, dtype)
+            if value is None or base is None:
+                why = msg if value is None else base_msg
+                unsupported = "NotSupported" in why
+                pending = Verdict("pending: not supported" if unsupported else "pending: error")
+                status = "skipped" if unsupported else "error"
+                out.append(self.result(ex, Figure(None), pending, why, predicted, remedy, status))
+                continue
+            ratio = value / base
+            if remedy == "baseline":
+                v = Verdict("baseline")
+                text = f"{label}: measured {fmt(value, 'bytes')}, predicted {fmt(pred_var, 'bytes')}"
+            else:
+                v = verdict(ex.claim, ratio)
+                text = f"{label}: {fmt(base, 'bytes')} -> {fmt(value, 'bytes')} ({(ratio - 1) * 100:+.0f}%)"
+            r = self.result(ex, Figure(ratio, "ratio"), v, text, predicted, remedy)
+            r.numbers.update(mem_measured_bytes=value, mem_predicted_bytes=pred_var, batch_size=batch, dtype=dtype)
+            out.append(r)
+        return out
+
+    def memory_curve(self, ex: Exercise) -> list[Result]:
+        c = ex.check
+        out = []
+        xs, ys = self.curve(c.model)
+        for b, y in zip(xs, ys):
+            pred = footprint_bytes(prediction(c.model, b, "float32", self.backend), "training")
+            r = self.result(
+                ex,
+                Figure(y, "bytes"),
+                Verdict("curve point"),
+                f"batch {b}",
+                Figure(pred, "bytes"),
+                f"b{b}",
+            )
+            r.numbers.update(batch_size=b, mem_measured_bytes=y, mem_predicted_bytes=pred)
+            out.append(r)
+        if len(xs) < 2:
+            out.append(self.result(ex, Figure(None), Verdict("pending: error"), "fewer than two curve points"))
+            return out
+        intercept, slope = fit_line(xs, ys)
+        pred_slope = _number(predicted_figure(ex, self.backend).value, 0.0)
+        answer = (
+            f"{fmt(slope, 'bytes/sample')} measured ({fmt(pred_slope, 'bytes/sample')} predicted) "
+            f"+ {fmt(intercept, 'bytes')} fixed"
+        )
+        out.append(
+            self.result(
+                ex,
+                Figure(slope, "bytes/sample"),
+                verdict(ex.claim, slope, answer=answer),
+                f"least-squares fit over batches {xs}",
+                sub="slope",
+            )
+        )
+        out.append(self.largest_batch(ex, slope))
+        return out
+
+    def address_space_at_batch1(self, model: str) -> int:
+        """Peak virtual address space (VmPeak) of a worker-like process that builds ``model`` and runs one
+        training step at batch 1, in bytes: what RLIMIT_AS must allow before any batch-dependent memory."""
+        cfg = self.config(model, "training", 1)
+        code = (
+            "import sys; from benchmarks.workload import Config, prepare; "
+            f"w = prepare(Config({cfg.backend!r}, {cfg.model!r}, 'training', 1, {cfg.device!r})); w.step(); "
+            "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.strip().isdigit()]
+        if not lines:
+            raise RuntimeError(f"address-space probe failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        return int(lines[-1]) * 1024
+
+    def largest_batch(self, ex: Exercise, slope: float) -> Result:
+        c = ex.check
+        pred_slope = _number(predicted_figure(ex, self.backend).value, slope)
+        if self.device.startswith("gpu"):
+            limit = None
+            budget_text = f"{self.device} memory"
+            start = 64
+            predicted_max: int | None = None
+        else:
+            vm1 = self.address_space_at_batch1(c.model)
+            if self.budget in (None, "auto"):
+                budget = (vm1 // DEFAULT_BUDGET_MARGIN + 1) * DEFAULT_BUDGET_MARGIN + DEFAULT_BUDGET_MARGIN
+            else:
+                budget = parse_size(str(self.budget))
+            limit = str(budget)
+            budget_text = f"RLIMIT_AS {budget / 2**30:.2f} GiB (address space; batch-1 VmPeak {vm1 / 2**30:.2f} GiB)"
+            # The batch-1 run already holds one sample's activations: the rest of the budget is for more samples.
+            predicted_max = 1 + largest_batch_within(budget, vm1, pred_slope)
+            # Start the search where the measured curve points (fewer, cheaper worker runs than the ledger's
+            # optimistic slope would need); the ledger's answer is reported beside the found one.
+            start = max(1 + largest_batch_within(budget, vm1, slope), 1)
+
+        failures: list[str] = []
+
+        def fits(batch: int) -> bool:
+            res = self.worker(c.model, "training", batch, limit=limit)
+            if res.get("status") == "ok":
+                return True
+            if not _is_oom(res):
+                failures.append(f"b{batch}: {res.get('message', '')[:120]}")
+            return False
+
+        search = bisect_largest_batch(fits, start, limit=512)
+        probes = ", ".join(f"{b}{'+' if ok else '-'}" for b, ok in search.probes)
+        found = search.largest_fit
+        msg = f"{budget_text}; worker runs (batch+ fits, batch- OOM): {probes}"
+        if failures:
+            msg += "; non-OOM failures: " + "; ".join(failures)
+        pred_text = Figure(predicted_max, "batch") if predicted_max is not None else Figure(None)
+        v = (
+            verdict(ex.claim, found, answer=f"{found} (predicted {predicted_max})")
+            if found
+            else Verdict("pending: batch 1 does not fit")
+        )
+        r = self.result(ex, Figure(found, "batch"), v, msg, pred_text, "max-batch")
+        r.numbers.update(batch_size=found)
+        return r
+
+    def matmul(self, ex: Exercise) -> Result:
+        kind = ex.check.model
+        rows = _matmul_rows(kind, self.backend)
+        if not rows:
+            return self.result(
+                ex,
+                Figure(None),
+                Verdict("pending: run xfbench matmul"),
+                f"no '{kind}' rows for {self.backend} in reports/runs or reports/reference yet "
+                "(the D2L 5.6.5 measurements live in benchmarks/matmul.py)",
+                status="skipped",
+            )
+        text = "; ".join(rows[:4])
+        return self.result(ex, Figure("see message"), Verdict("see xfbench matmul"), text)
+
+    # ------------------------------------------------------------------ rows
+    def result(
+        self,
+        ex: Exercise,
+        measured: Figure,
+        v: Verdict,
+        message: str,
+        predicted: Figure | None = None,
+        sub: str = "",
+        status: str = "ok",
+    ) -> Result:
+        pred = predicted if predicted is not None else _safe_predicted(ex, self.backend)
+        return Result(
+            ex,
+            self.backend,
+            self.device,
+            claim_text(ex.claim),
+            fmt(pred.value, pred.unit) + (f" ({pred.label})" if pred.label else ""),
+            fmt(measured.value, measured.unit) + (f" ({measured.label})" if measured.label else ""),
+            v.label,
+            _explain(ex, message),
+            status,
+            sub,
+            {"measured": measured.value, "predicted": pred.value, "unit": measured.unit or pred.unit},
+        )
+
+
+def _number(value: object, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) else default
+
+
+def _safe_predicted(ex: Exercise, framework: str) -> Figure:
+    try:
+        return predicted_figure(ex, framework)
+    except Exception:
+        return Figure(None)
+
+
+def _explain(ex: Exercise, message: str) -> str:
+    return " ".join(p for p in (message.strip().rstrip(".") + "." if message.strip() else "", ex.gap) if p)
+
+
+def _matmul_rows(kind: str, backend: str) -> list[str]:
+    """Summaries of the matmul helper's CSV rows of ``kind`` for ``backend`` (newest first)."""
+    import csv
+
+    found: list[str] = []
+    files = sorted((REPO / "reports").glob("*/*.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in files:
+        if path.parent.name == "exercises":
+            continue
+        with path.open() as fh:
+            lines = [ln for ln in fh if not ln.startswith("#")]
+        for row in csv.DictReader(lines):
+            if row.get("kind") == kind and row.get("backend") in (backend, "numpy") and row.get("status") == "ok":
+                found.append(
+                    f"{row.get('device')} {row.get('shape')} {row.get('transfers', '')} "
+                    f"median {row.get('time_median_s')} s, {row.get('gflops_per_s')} GFLOP/s".strip()
+                )
+    return found
+
+
+def analytic_results(exercises: list[Exercise]) -> list[Result]:
+    out = []
+    for ex in exercises:
+        fig, v = analytic_verdict(ex)
+        out.append(
+            Result(
+                ex,
+                "analytic",
+                "-",
+                claim_text(ex.claim),
+                fmt(fig.value, fig.unit) + (f" ({fig.label})" if fig.label else ""),
+                "-",
+                v.label,
+                ex.gap,
+                numbers={"predicted": fig.value, "unit": fig.unit},
+            )
+        )
+    return out
+
+
+def run_backend(
+    backend: str, device: str, exercises: list[Exercise], budget: str | None = None, progress: Any = None
+) -> list[Result]:
+    runner = Runner(backend, device, budget)
+    out: list[Result] = []
+    try:
+        for ex in exercises:
+            t0 = time.perf_counter()
+            rows = runner.measure(ex)
+            out.extend(rows)
+            if progress is not None:
+                progress(f"  {backend}/{device} {ex.id}: {rows[-1].verdict} ({time.perf_counter() - t0:.1f} s)")
+    finally:
+        runner.close()
+    return out
+
+
+# ---------------------------------------------------------------------- reports
+TABLE_HEADERS = ["exercise", "backend", "device", "claim", "predicted", "measured", "verdict"]
+
+
+def table_rows(results: list[Result]) -> list[list[str]]:
+    return [[r.id, r.backend, r.device, r.claim, r.predicted, r.measured, r.verdict] for r in results]
+
+
+def csv_row(r: Result) -> dict[str, Any]:
+    ex = r.exercise
+    c = ex.check
+    row: dict[str, Any] = {
+        "kind": "exercise",
+        "shape": r.id,
+        "model": c.model,
+        "backend": r.backend,
+        "device": r.device,
+        "batch_size": c.batch,
+        "dtype": c.dtype,
+        "phase": c.phase,
+        "status": r.status if r.status in ("ok", "skipped", "oom", "error") else "error",
+        "message": (
+            f"{ex.source} {ex.number} | claim: {r.claim} | predicted: {r.predicted} | measured: {r.measured} | "
+            f"verdict: {r.verdict} | {r.explanation}"
+        ),
+    }
+    unit = r.numbers.get("unit")
+    measured, predicted = r.numbers.get("measured"), r.numbers.get("predicted")
+    if unit == "bytes":
+        if isinstance(measured, (int, float)):
+            row["mem_measured_bytes"] = measured
+        if isinstance(predicted, (int, float)):
+            row["mem_predicted_bytes"] = predicted
+    elif unit == "FLOPs":
+        if isinstance(measured, (int, float)):
+            row["flops_counted"] = measured
+        if isinstance(predicted, (int, float)):
+            row["flops_predicted"] = predicted
+    elif unit == "params":
+        if isinstance(measured, (int, float)):
+            row["params_counted"] = int(measured)
+        if isinstance(predicted, (int, float)):
+            row["params_predicted"] = int(predicted)
+    for key in ("mem_measured_bytes", "mem_predicted_bytes", "batch_size", "dtype"):
+        if key in r.numbers:
+            row[key] = r.numbers[key]
+    return row
+
+
+def markdown(results: list[Result], title: str, command: str) -> str:
+    lines = [f"# {title}", "", f"Reproduce: `{command}`", ""]
+    lines.append("| " + " | ".join([*TABLE_HEADERS, "why"]) + " |")
+    lines.append("|" + "---|" * (len(TABLE_HEADERS) + 1))
+    for r in results:
+        cells = [*table_rows([r])[0], r.explanation]
+        lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
+    lines += ["", "Sources: /work/shared/seeds/ (" + ", ".join(sorted({r.exercise.source for r in results})) + ")."]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: list[Result], command: str, directory: Path = REPORT_DIR) -> tuple[Path, Path]:
+    """Writes the CSV (schema 2, one row per result) and the markdown report; returns their paths."""
+    from backends import get_backend
+    from reports.writer import RunWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    versions: dict[str, str] = {}
+    for name in sorted({r.backend for r in results} - {"analytic"}):
+        try:
+            versions[name] = str(get_backend(name).VERSION)
+        except Exception:
+            versions[name] = ""
+    writer = RunWriter(directory, framework_versions=versions)
+    for r in results:
+        row = csv_row(r)
+        if r.backend in versions:
+            row["framework_version"] = versions[r.backend]
+        writer.write_row(row)
+    md_path = Path(str(writer.path).removesuffix(".csv") + ".md")
+    md_path.write_text(markdown(results, "xfbench exercises", command))
+    return Path(writer.path), md_path
+
+
+def strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+__all__ = ["Result", "Runner", "analytic_results", "markdown", "run_backend", "table_rows", "write_reports"]
