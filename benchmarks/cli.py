@@ -225,6 +225,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         "dtype",
         "report_dir",
         "memory_limit",
+        "suite",
     ):
         value = getattr(args, opt)
         if value is not None:
@@ -324,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory process")
     p.add_argument("--memory-limit", help="cap each memory process (RLIMIT_AS), e.g. 4GB")
+    p.add_argument("--suite", help="models,harness,matmul,scaling,exercises or all (default: all but exercises)")
     p.add_argument("--report-dir", dest="report_dir", default=None, help="default: reports/runs")
     p.set_defaults(func=cmd_run, passthrough=True)
 

@@ -20,6 +20,25 @@ from benchmarks.profiles import DEFAULT_PLAN, PROFILES
 from benchmarks.workload import PHASES, Config, parse_list
 
 REPO = Path(__file__).resolve().parents[1]
+SUITES = ("models", "harness", "matmul", "scaling", "exercises")
+DEFAULT_SUITES = ("models", "harness", "matmul", "scaling")
+
+
+def _suites(config: pytest.Config) -> set[str]:
+    chosen = parse_list(config.getoption("--suite"))
+    if chosen == ["all"]:
+        return set(SUITES)
+    for name in chosen:
+        if name not in SUITES:
+            raise pytest.UsageError(f"--suite {name!r}: allowed: {', '.join(SUITES)} or all")
+    return set(chosen)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    name = collection_path.name
+    if name.startswith("bench_") and name.endswith(".py"):
+        return name[len("bench_") : -len(".py")] not in _suites(config)
+    return None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,6 +57,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--memory-limit",
         default=None,
         help="cap each memory process's address space (RLIMIT_AS), e.g. 4GB: over-budget steps become oom rows",
+    )
+    g.addoption(
+        "--suite",
+        default=",".join(DEFAULT_SUITES),
+        help=f"benchmark modules to run, comma-separated from {', '.join(SUITES)} or 'all' "
+        f"(default: {','.join(DEFAULT_SUITES)}; the exercise checker also runs as `xfbench exercises`)",
     )
     g.addoption("--report-dir", default=str(REPO / "reports" / "runs"), help="where the CSV run file goes")
 
@@ -114,6 +139,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config.option, "report_dir"):
         return
+    # Bad options fail here, as one usage line, not as a collection error per module.
+    _suites(config)
+    configs_from_options(config)
     from reports.writer import RunWriter
 
     writer = RunWriter(Path(config.getoption("--report-dir")))
