@@ -24,7 +24,8 @@ Every backend package exposes the same functions (see README, "Backends"):
     Allocator figures where the framework has them (``None`` where it has not).
 
 Module constants: ``NAME`` (the backend's name), ``VERSION`` (the framework's version) and
-``ALIGNED_OPS`` (the counter's op names that the analytic FLOP convention covers; ``None``: its total).
+``ALIGNED_OPS`` (the counter's op names that the analytic FLOP convention covers; ``None``: its total)
+and ``BUILT_LEDGER_TERMS`` (memory-ledger terms the framework allocates when the model is built).
 
 A device string is ``"cpu"``, ``"gpu"`` (= ``"gpu:0"``) or ``"gpu:N"``.
 """

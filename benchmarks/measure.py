@@ -12,6 +12,7 @@ from typing import Any
 
 from analytics.predict import counter_prediction, predict, unsupported_layer_indices
 from analytics.spec import ModelSpec
+from backends import get_backend
 from benchmarks.workload import Config, Workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,10 @@ def _step_bytes(config: Config) -> int:
         warnings.simplefilter("ignore")
         pred = predict(spec, config.batch_size, config.dtype, config.optimizer, config.backend)
     ledger = pred.training if config.phase == "training" else pred.inference
-    return ledger.peak_bytes - ledger.term("parameters") - ledger.term("input_batch")
+    # What exists before the measured step is in the baseline: parameters, the input batch, and whatever
+    # the framework allocates at build time (MXNet: the gradient buffers).
+    before = {"parameters", "input_batch", *get_backend(config.backend).BUILT_LEDGER_TERMS}
+    return ledger.peak_bytes - sum(value for name, value in ledger.terms if name in before)
 
 
 def prediction_columns(config: Config) -> dict[str, Any]:
@@ -77,9 +81,7 @@ def prediction_columns(config: Config) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pred = predict(spec, config.batch_size, config.dtype, config.optimizer, config.backend)
-    ledger = pred.training if config.phase == "training" else pred.inference
-    # What exists before the measured step (parameters, the input batch) is in the baseline.
-    step_bytes = ledger.peak_bytes - ledger.term("parameters") - ledger.term("input_batch")
+    step_bytes = _step_bytes(config)
     flops = pred.forward_flops + (pred.backward_flops if config.phase == "training" else 0)
     return {
         "params_predicted": pred.params,

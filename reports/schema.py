@@ -58,7 +58,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("mem_measured_bytes", "peak bytes above the post-import, post-build baseline during the first step"),
     (
         "mem_predicted_bytes",
-        "analytic ledger peak for this phase minus what the baseline already holds (parameters, input batch)",
+        "ledger peak for this phase minus what the baseline holds (parameters, input batch, build-time terms)",
     ),
     ("mem_rel_error", "(predicted - measured) / measured"),
     ("mem_baseline_bytes", "RSS (CPU) or allocated bytes (GPU) after import and build, before the step"),

@@ -31,8 +31,13 @@ from backends.mxnet.model import (
 NAME = "mxnet"
 VERSION = str(mxnet.__version__)
 
+# Ledger terms (analytics.memory) that already exist once build_model returns.
+# Gluon allocates every parameter's gradient buffer in ``initialize`` (grad_req='write').
+BUILT_LEDGER_TERMS: tuple[str, ...] = ("gradients",)
+
 __all__ = [
     "ALIGNED_OPS",
+    "BUILT_LEDGER_TERMS",
     "NAME",
     "VERSION",
     "available_memory",

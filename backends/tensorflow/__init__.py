@@ -25,8 +25,13 @@ NAME = "tensorflow"
 VERSION = tf.__version__
 KERAS_VERSION = keras.__version__
 
+# Ledger terms (analytics.memory) that already exist once build_model returns.
+# Keras creates gradients per step and optimizer slots in the first apply.
+BUILT_LEDGER_TERMS: tuple[str, ...] = ()
+
 __all__ = [
     "ALIGNED_OPS",
+    "BUILT_LEDGER_TERMS",
     "KERAS_VERSION",
     "NAME",
     "VERSION",

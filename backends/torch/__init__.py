@@ -22,8 +22,13 @@ from backends.torch.model import (
 NAME = "torch"
 VERSION = torch.__version__
 
+# Ledger terms (analytics.memory) that already exist once build_model returns.
+# PyTorch allocates ``.grad`` in the first backward and optimizer state in the first step.
+BUILT_LEDGER_TERMS: tuple[str, ...] = ()
+
 __all__ = [
     "ALIGNED_OPS",
+    "BUILT_LEDGER_TERMS",
     "NAME",
     "VERSION",
     "TorchModel",
