@@ -248,7 +248,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except (SchemaError, ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
     print(format_text(result))
-    print(f"wrote {result.csv_path}, {result.md_path}" + "".join(f", {p}" for p in result.plot_paths))
     return 0
 
 

@@ -129,6 +129,9 @@ def _config_label(row: pd.Series, varying: Sequence[str]) -> str:
 
 
 def _plot_times(ok: pd.DataFrame, labels: Sequence[str], out: Path) -> Path:
+    # Time per *model* per machine: matmul, scaling and exercise rows have their own plots.
+    kind = ok["kind"].fillna("").astype(str)
+    ok = ok[kind.isin(["model", ""])]
     varying = [k for k in ("backend", "device", "batch_size", "dtype") if ok[k].nunique(dropna=False) > 1]
     phases = sorted(ok["phase"].unique()) or ["(none)"]
     # Figure without pyplot: Agg rendering, no display and no global pyplot state.
@@ -138,6 +141,7 @@ def _plot_times(ok: pd.DataFrame, labels: Sequence[str], out: Path) -> Path:
     for ax, phase in zip(axes_list, phases):
         sub = ok[ok["phase"] == phase].copy()
         sub["config"] = [_config_label(r, varying) for _, r in sub.iterrows()]
+        sub = sub.drop_duplicates(subset=["label", "config"], keep="last")
         configs = list(dict.fromkeys(sub.sort_values(["model", *varying], kind="mergesort")["config"]))
         x = np.arange(len(configs))
         for j, label in enumerate(labels):

@@ -238,3 +238,22 @@ def test_compare_refuses_too_little(tmp_path: Path) -> None:
     old = _hand_written(tmp_path / "old.csv", "0")
     with pytest.raises(SchemaError, match="schema version 0"):
         compare([a, old], tmp_path / "cmp")
+
+
+def test_compare_with_scaling_rows_of_the_same_model(tmp_path: Path) -> None:
+    # A model row and two scaling rows share model/batch: the time plot must use the model row only.
+    def rows(machine: str, t: float) -> list[dict[str, object]]:
+        base = {"machine": machine, "backend": "torch", "device": "cpu", "model": "lenet", "batch_size": 8}
+        return [
+            {**base, "kind": "model", "phase": "training", "status": "ok", "time_median_s": t},
+            {**base, "kind": "scaling", "phase": "training", "workers": 1, "status": "ok", "time_median_s": t},
+            {**base, "kind": "scaling", "phase": "training", "workers": 2, "status": "ok", "time_median_s": t / 2},
+        ]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _write(tmp_path / "a", rows("A", 1.0))
+    b = _write(tmp_path / "b", rows("B", 3.0))
+    res = compare([a, b], tmp_path / "cmp")
+    assert sorted(res.ratios["ratio"]) == [3.0, 3.0, 3.0]  # each configuration paired with its own twin
+    assert all(p.exists() for p in res.plot_paths)
