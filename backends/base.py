@@ -43,8 +43,8 @@ class BackendUnavailable(RuntimeError):
     """The framework is not installed in this environment."""
 
 
-class DeviceUnavailable(RuntimeError):
-    """The requested device does not exist for this framework on this machine."""
+class DeviceUnavailable(RuntimeError, ValueError):
+    """The requested device is malformed, or does not exist for this framework on this machine."""
 
 
 class NotSupported(NotImplementedError):
@@ -78,7 +78,9 @@ class MemoryStats:
 
 
 def parse_device(device: str) -> tuple[str, int]:
-    """``"cpu"`` -> ``("cpu", 0)``; ``"gpu"`` -> ``("gpu", 0)``; ``"gpu:1"`` -> ``("gpu", 1)``."""
+    """``"cpu"`` -> ``("cpu", 0)``; ``"gpu"`` -> ``("gpu", 0)``; ``"gpu:1"`` -> ``("gpu", 1)``.
+
+    Raises :class:`DeviceUnavailable` (one line) for anything else."""
     text = device.strip().lower()
     if text in ("cpu", "cpu:0"):
         return ("cpu", 0)
@@ -87,4 +89,4 @@ def parse_device(device: str) -> tuple[str, int]:
     for prefix in ("gpu:", "cuda:"):
         if text.startswith(prefix) and text[len(prefix) :].isdigit():
             return ("gpu", int(text[len(prefix) :]))
-    raise ValueError(f"device {device!r} is not one of: cpu, gpu, gpu:N")
+    raise DeviceUnavailable(f"device {device!r} is not one of: cpu, gpu, gpu:N")

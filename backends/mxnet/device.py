@@ -24,10 +24,7 @@ def resolve_device(device: str | mx.Context) -> mx.Context:
     """The ``mx.Context`` for a device string; raises :class:`DeviceUnavailable` (one line) if unusable."""
     if isinstance(device, mx.Context):
         device = "cpu" if device.device_type == "cpu" else f"gpu:{device.device_id}"
-    try:
-        kind, index = parse_device(device)
-    except (ValueError, AttributeError):
-        raise DeviceUnavailable(f"device {device!r} is not one of: cpu, gpu, gpu:N") from None
+    kind, index = parse_device(str(device))
     if kind == "cpu":
         return mx.cpu()
     count = _num_gpus()

@@ -20,10 +20,7 @@ def resolve_device(device: str) -> str:
 
     Raises :class:`DeviceUnavailable` for a malformed string or a GPU TensorFlow does not see.
     """
-    try:
-        kind, index = parse_device(device)
-    except ValueError as exc:
-        raise DeviceUnavailable(str(exc)) from None
+    kind, index = parse_device(str(device))
     if kind == "cpu":
         return "/CPU:0"
     count = _gpu_count()

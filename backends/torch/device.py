@@ -17,10 +17,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """The ``torch.device`` for a device string; raises :class:`DeviceUnavailable` (one line) if unusable."""
     if isinstance(device, torch.device):
         device = "cpu" if device.type == "cpu" else f"gpu:{device.index or 0}"
-    try:
-        kind, index = parse_device(device)
-    except (ValueError, AttributeError):
-        raise DeviceUnavailable(f"device {device!r} is not one of: cpu, gpu, gpu:N") from None
+    kind, index = parse_device(str(device))
     if kind == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
