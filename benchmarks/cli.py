@@ -19,6 +19,8 @@ from analytics.memory import DTYPE_BYTES, OPTIMIZER_SLOTS
 from analytics.predict import Prediction, predict
 from analytics.spec import ModelSpec, SpecError
 from analytics.units import fmt_bytes, fmt_count, fmt_flops
+from benchmarks.argtypes import positive_int
+from benchmarks.workload import parse_list
 from reports.table import render_table
 
 
@@ -29,16 +31,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: a positive integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; allowed: a positive integer")
-    return value
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -76,8 +68,8 @@ def load_model(name: str, args: argparse.Namespace) -> ModelSpec:
 
 def _add_model_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", type=_shape, help="per-sample input shape, channels first (e.g. 3x224x224)")
-    p.add_argument("--num-classes", type=_positive_int, help="override the number of classes")
-    p.add_argument("--vocab", type=_positive_int, help="override the vocabulary (lstm)")
+    p.add_argument("--num-classes", type=positive_int, help="override the number of classes")
+    p.add_argument("--vocab", type=positive_int, help="override the vocabulary (lstm)")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -170,10 +162,6 @@ def _backend_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _model_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def cmd_parity(args: argparse.Namespace) -> int:
     from backends import BACKENDS, is_available
     from benchmarks.parity import TOLERANCE, check_parity
@@ -184,7 +172,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
         if b not in present:
             print(f"skipped {b}: not installed in this environment (tox -e {b})", file=sys.stderr)
     if not present:
-        raise UsageError(f"none of the backends {', '.join(wanted)} is installed here; try tox -e parity")
+        raise UsageError(
+            f"none of the backends {', '.join(wanted)} is installed here; install one "
+            "(pip install 'xfbench[torch]') or run it in a framework's tox env (.tox/torch/bin/xfbench parity)"
+        )
     specs = [load_model(m, args) for m in (args.model or list(CATALOG))]
     rows, failed = [], 0
     for b in present:
@@ -293,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="per-layer shapes, params, FLOPs and the memory ledger")
     p.add_argument("model", help=f"catalog name ({', '.join(CATALOG)}) or a .json/.yaml spec file")
-    p.add_argument("--batch", type=_positive_int, default=1)
+    p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float32")
     p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default="sgd")
     p.add_argument("--framework", type=_framework, default="tensorflow", help="parameter convention (LSTM biases)")
@@ -305,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("parity", help="check that every backend computes the numpy reference's function")
     p.add_argument("--backend", type=_backend_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
-    p.add_argument("--model", type=_model_list, help="comma-separated catalog names or spec files (default: all)")
-    p.add_argument("--batch", type=_positive_int, default=2)
+    p.add_argument("--model", type=parse_list, help="comma-separated catalog names or spec files (default: all)")
+    p.add_argument("--batch", type=positive_int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N (TF32 is turned off for the check)")
     p.set_defaults(func=cmd_parity)
 
@@ -321,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["quick", "full"], default=None)
     p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default=None)
     p.add_argument("--dtype", choices=list(DTYPE_BYTES), default=None)
-    p.add_argument("--rounds", type=_positive_int, default=None)
+    p.add_argument("--rounds", type=positive_int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory process")
     p.add_argument("--memory-limit", help="cap each memory process (RLIMIT_AS), e.g. 4GB")
     p.add_argument("--suite", help="models,harness,matmul,scaling,exercises or all (default: all but exercises)")

@@ -14,6 +14,9 @@ import os
 import sys
 from typing import Any
 
+from benchmarks.argtypes import positive_int
+from benchmarks.workload import parse_list
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -25,27 +28,18 @@ def _ints(text: str) -> tuple[int, ...]:
     return out
 
 
-def _positive(text: str) -> int:
-    (value,) = _ints(text) if "," not in text else (0,)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}; allowed: a positive integer")
-    return value
-
-
-def _list(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
-
-
 def register(sub: Any, usage_error: type[Exception]) -> None:
     """Adds ``scale`` to the ``xfbench`` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
     p = sub.add_parser("scale", help="data-parallel scaling (strong/weak) on N workers vs the ring all-reduce model")
-    p.add_argument("--backend", type=_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
-    p.add_argument("--model", type=_list, help="comma-separated catalog names or spec files (default: lenet,mlp,cnn3)")
+    p.add_argument("--backend", type=parse_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
+    p.add_argument(
+        "--model", type=parse_list, help="comma-separated catalog names or spec files (default: lenet,mlp,cnn3)"
+    )
     p.add_argument("--workers", type=_ints, help="comma-separated worker counts including 1 (default: 1,2,.. cores)")
-    p.add_argument("--batch", type=_positive, default=8, help="per-worker batch of weak scaling (default 8)")
-    p.add_argument("--global-batch", type=_positive, help="global batch of strong scaling (default batch * max N)")
-    p.add_argument("--mode", type=_list, default=("strong", "weak"), help="strong, weak or both (default both)")
-    p.add_argument("--steps", type=_positive, default=5, help="timed steps per configuration (default 5)")
+    p.add_argument("--batch", type=positive_int, default=8, help="per-worker batch of weak scaling (default 8)")
+    p.add_argument("--global-batch", type=positive_int, help="global batch of strong scaling (default batch * max N)")
+    p.add_argument("--mode", type=parse_list, default=("strong", "weak"), help="strong, weak or both (default both)")
+    p.add_argument("--steps", type=positive_int, default=5, help="timed steps per configuration (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: NCCL / one GPU per worker")
