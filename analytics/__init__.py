@@ -3,9 +3,9 @@
 This package never imports a deep-learning framework.
 """
 
-from analytics.catalog import CATALOG, catalog_model, load_spec_file, resolve_model
-from analytics.shapes import infer_shapes, same_padding
-from analytics.spec import ModelSpec, SpecError
+from xfbench.analytics.catalog import CATALOG, catalog_model, load_spec_file, resolve_model
+from xfbench.analytics.shapes import infer_shapes, same_padding
+from xfbench.analytics.spec import ModelSpec, SpecError
 
 __all__ = [
     "CATALOG",

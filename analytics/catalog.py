@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analytics.spec import (
+from xfbench.analytics.spec import (
     LSTM,
     AvgPool2D,
     Conv2D,

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from analytics.spec import (
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,

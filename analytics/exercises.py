@@ -27,11 +27,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from analytics.catalog import catalog_model
-from analytics.memory import dtype_bytes
-from analytics.predict import Prediction, predict
-from analytics.shapes import infer_shapes, input_shapes
-from analytics.spec import (
+from xfbench.analytics.catalog import catalog_model
+from xfbench.analytics.memory import dtype_bytes
+from xfbench.analytics.predict import Prediction, predict
+from xfbench.analytics.shapes import infer_shapes, input_shapes
+from xfbench.analytics.spec import (
     LSTM,
     Conv2D,
     Dense,
@@ -40,7 +40,7 @@ from analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import weight_slots
+from xfbench.analytics.weights import weight_slots
 
 SEEDS = {
     "000": "000_f3e221419468b9de.txt",

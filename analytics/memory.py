@@ -27,9 +27,9 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from analytics.shapes import infer_shapes, padding_amounts
-from analytics.spec import Activation, AvgPool2D, Conv2D, Dropout, Flatten, MaxPool2D, ModelSpec
-from analytics.weights import output_kind
+from xfbench.analytics.shapes import infer_shapes, padding_amounts
+from xfbench.analytics.spec import Activation, AvgPool2D, Conv2D, Dropout, Flatten, MaxPool2D, ModelSpec
+from xfbench.analytics.weights import output_kind
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}

@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from analytics.costs import backward_flops, canonical_framework, has_weights, layer_cost, needs_input_grad
-from analytics.memory import (
+from xfbench.analytics.costs import backward_flops, canonical_framework, has_weights, layer_cost, needs_input_grad
+from xfbench.analytics.memory import (
     Ledger,
     dtype_bytes,
     inference_ledger,
@@ -19,8 +19,8 @@ from analytics.memory import (
     textbook_training_bytes,
     training_ledger,
 )
-from analytics.shapes import floored_padding_notes, infer_shapes, input_shapes
-from analytics.spec import LSTM, ModelSpec
+from xfbench.analytics.shapes import floored_padding_notes, infer_shapes, input_shapes
+from xfbench.analytics.spec import LSTM, ModelSpec
 
 COUNTERS = ("torch", "tensorflow", "mxnet")
 

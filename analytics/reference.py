@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-
-from analytics.shapes import infer_shapes, padding_amounts
-from analytics.spec import (
+from xfbench.analytics.shapes import infer_shapes, padding_amounts
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,
@@ -39,7 +38,7 @@ from analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import weight_slots
+from xfbench.analytics.weights import weight_slots
 
 # Upper bound, in bytes, on one im2col block; keeps VGG's 224x224 layers from materialising ~230 MB at once.
 _IM2COL_BUDGET = 32 * 1024 * 1024

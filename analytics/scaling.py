@@ -25,10 +25,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
-from analytics.memory import DTYPE_BYTES
-from analytics.predict import count_params
-from analytics.spec import ModelSpec
+from xfbench.analytics.memory import DTYPE_BYTES
+from xfbench.analytics.predict import count_params
+from xfbench.analytics.spec import ModelSpec
 
 SCALING_MODES = ("strong", "weak")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from analytics.spec import (
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     Conv2D,

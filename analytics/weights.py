@@ -24,9 +24,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from analytics.shapes import infer_shapes, input_shapes
-from analytics.spec import LSTM, Activation, Conv2D, Dense, Embedding, ModelSpec
+from xfbench.analytics.shapes import infer_shapes, input_shapes
+from xfbench.analytics.spec import LSTM, Activation, Conv2D, Dense, Embedding, ModelSpec
 
 
 @dataclass(frozen=True)

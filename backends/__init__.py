@@ -11,7 +11,7 @@ import importlib.util
 from functools import cache
 from types import ModuleType
 
-from backends.base import BackendUnavailable, DeviceUnavailable, NotSupported
+from xfbench.backends.base import BackendUnavailable, DeviceUnavailable, NotSupported
 
 BACKENDS = ("torch", "tensorflow", "mxnet")
 _MODULE = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
@@ -47,7 +47,7 @@ def get_backend(name: str) -> ModuleType:
     if not is_available(key):
         raise BackendUnavailable(f"backend {key!r} is not installed: {_INSTALL_HINT[key]}")
     try:
-        return importlib.import_module(f"backends.{key}")
+        return importlib.import_module(f"xfbench.backends.{key}")
     except (ImportError, AttributeError) as exc:
         # e.g. MXNet 1.9.1 under numpy>=1.24 dies with AttributeError (np.PZERO) at import.
         raise BackendUnavailable(

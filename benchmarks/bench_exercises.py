@@ -11,11 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from analytics.exercises import EXERCISES, Exercise
-from backends import BACKENDS, canonical_name, get_backend, is_available
-from benchmarks.exercises import Runner, csv_row
-from benchmarks.workload import parse_list
+from xfbench.analytics.exercises import EXERCISES, Exercise
+from xfbench.backends import BACKENDS, canonical_name, get_backend, is_available
+from xfbench.benchmarks.exercises import Runner, csv_row
+from xfbench.benchmarks.workload import parse_list
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from backends import is_available
+from xfbench.backends import is_available
 
 
 @pytest.mark.parametrize("size", [256, 512])

@@ -12,11 +12,10 @@ from functools import cache
 from typing import Any
 
 import pytest
-
-from analytics.roofline import bound, matmul_bytes, matmul_flops, roofline_time
-from backends import BACKENDS, canonical_name, is_available
-from benchmarks.matmul import load_ops, time_callable
-from benchmarks.workload import parse_list
+from xfbench.analytics.roofline import bound, matmul_bytes, matmul_flops, roofline_time
+from xfbench.backends import BACKENDS, canonical_name, is_available
+from xfbench.benchmarks.matmul import load_ops, time_callable
+from xfbench.benchmarks.workload import parse_list
 
 SIZES = (64, 256, 1024)
 PEAK_SIZE = {"cpu": 1024, "gpu": 8192}

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from backends import get_backend, is_available
-from benchmarks.measure import (
+from xfbench.backends import get_backend, is_available
+from xfbench.benchmarks.measure import (
     flop_columns,
     framework_overhead,
     memory_columns,
@@ -20,8 +19,8 @@ from benchmarks.measure import (
     probe_family,
     time_columns,
 )
-from benchmarks.profiles import Plan
-from benchmarks.workload import Config, prepare
+from xfbench.benchmarks.profiles import Plan
+from xfbench.benchmarks.workload import Config, prepare
 
 
 def _base_row(cfg: Config) -> dict[str, Any]:

@@ -12,10 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from backends import BACKENDS, canonical_name, is_available
-from benchmarks.scaling import DEFAULT_MODELS, ScalingPlan, default_workers, plot_path, plot_scaling, run_backend
-from benchmarks.workload import parse_list
+from xfbench.backends import BACKENDS, canonical_name, is_available
+from xfbench.benchmarks.scaling import (
+    DEFAULT_MODELS,
+    ScalingPlan,
+    default_workers,
+    plot_path,
+    plot_scaling,
+    run_backend,
+)
+from xfbench.benchmarks.workload import parse_list
 
 
 def _selected_backends(config: pytest.Config) -> list[str]:

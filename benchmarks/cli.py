@@ -13,15 +13,16 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from analytics.catalog import CATALOG, resolve_model
-from analytics.costs import FRAMEWORKS, canonical_framework
-from analytics.memory import DTYPE_BYTES, OPTIMIZER_SLOTS
-from analytics.predict import Prediction, predict
-from analytics.spec import ModelSpec, SpecError
-from analytics.units import fmt_bytes, fmt_count, fmt_flops
-from benchmarks.argtypes import positive_int
-from benchmarks.workload import parse_list
-from reports.table import render_table
+from xfbench.analytics.catalog import CATALOG, resolve_model
+from xfbench.analytics.costs import FRAMEWORKS, canonical_framework
+from xfbench.analytics.memory import DTYPE_BYTES, OPTIMIZER_SLOTS
+from xfbench.analytics.predict import Prediction, predict
+from xfbench.analytics.spec import ModelSpec, SpecError
+from xfbench.analytics.units import fmt_bytes, fmt_count, fmt_flops
+from xfbench.benchmarks.argtypes import positive_int
+from xfbench.benchmarks.workload import parse_list
+from xfbench.reports.paths import subprocess_env
+from xfbench.reports.table import render_table
 
 
 class UsageError(Exception):
@@ -133,7 +134,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     data = pred.as_dict()
     if args.device:
-        from analytics.roofline import model_time_estimate
+        from xfbench.analytics.roofline import model_time_estimate
 
         try:
             data["time_estimate"] = model_time_estimate(data, args.device)
@@ -154,7 +155,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _backend_list(text: str) -> list[str]:
-    from backends import canonical_name
+    from xfbench.backends import canonical_name
 
     try:
         return [canonical_name(part) for part in text.split(",") if part.strip()]
@@ -163,8 +164,8 @@ def _backend_list(text: str) -> list[str]:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from backends import BACKENDS, is_available
-    from benchmarks.parity import TOLERANCE, check_parity
+    from xfbench.backends import BACKENDS, is_available
+    from xfbench.benchmarks.parity import TOLERANCE, check_parity
 
     wanted = args.backend or list(BACKENDS)
     present = [b for b in wanted if is_available(b)]
@@ -203,8 +204,16 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     import subprocess
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "pytest", str(repo / "benchmarks"), "--benchmark-only", "-p", "no:cacheprovider"]
+    # The benchmark modules of this installation (a checkout's benchmarks/ or site-packages/xfbench/benchmarks);
+    # the working directory stays the user's, so reports go to ./reports/runs unless --report-dir says otherwise.
+    bench_dir = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-m", "pytest", str(bench_dir), "--benchmark-only", "-p", "no:cacheprovider"]
+    cmd += [
+        "-o",
+        "python_files=bench_*.py",
+        "-o",
+        "filterwarnings=ignore::xfbench.analytics.shapes.FlooredPaddingWarning",
+    ]
     for opt in (
         "backend",
         "device",
@@ -227,12 +236,12 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         cmd.append("--no-memory")
     cmd += extra
     print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd, cwd=repo)
+    return subprocess.call(cmd, env=subprocess_env())
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from reports.compare import compare, format_text
-    from reports.writer import SchemaError
+    from xfbench.reports.compare import compare, format_text
+    from xfbench.reports.writer import SchemaError
 
     try:
         result = compare(args.files, args.out)
@@ -260,7 +269,7 @@ def latest_per_backend(directory: str) -> list[str]:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from reports.writer import SchemaError, merge_reports
+    from xfbench.reports.writer import SchemaError, merge_reports
 
     files = list(args.files)
     if args.latest:
@@ -325,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     # Subcommands that live beside their implementation: each module has register(sub, UsageError).
-    from benchmarks import exercises_cli, matmul_cli, scaling_cli
+    from xfbench.benchmarks import exercises_cli, matmul_cli, scaling_cli
 
     matmul_cli.register(sub, UsageError)
     scaling_cli.register(sub, UsageError)

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from xfbench.analytics.catalog import CATALOG
+from xfbench.backends import BACKENDS, canonical_name
+from xfbench.benchmarks.profiles import DEFAULT_PLAN, PROFILES
+from xfbench.benchmarks.workload import PHASES, Config, parse_list
 
-from analytics.catalog import CATALOG
-from backends import BACKENDS, canonical_name
-from benchmarks.profiles import DEFAULT_PLAN, PROFILES
-from benchmarks.workload import PHASES, Config, parse_list
-
-REPO = Path(__file__).resolve().parents[1]
 SUITES = ("models", "harness", "matmul", "scaling", "exercises")
 DEFAULT_SUITES = ("models", "harness", "matmul", "scaling")
 
@@ -64,7 +62,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"benchmark modules to run, comma-separated from {', '.join(SUITES)} or 'all' "
         f"(default: {','.join(DEFAULT_SUITES)}; the exercise checker also runs as `xfbench exercises`)",
     )
-    g.addoption("--report-dir", default=str(REPO / "reports" / "runs"), help="where the CSV run file goes")
+    g.addoption(
+        "--report-dir",
+        default=None,
+        help="where the CSV run file goes (default: ./reports/runs of the working directory)",
+    )
 
 
 def _bad(message: str) -> pytest.UsageError:
@@ -142,9 +144,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # Bad options fail here, as one usage line, not as a collection error per module.
     _suites(config)
     configs_from_options(config)
-    from reports.writer import RunWriter
+    from xfbench.reports.writer import RunWriter
 
-    writer = RunWriter(Path(config.getoption("--report-dir")))
+    report_dir = config.getoption("--report-dir")
+    writer = RunWriter(Path(report_dir) if report_dir else None)
     config._xfbench_writer = writer  # type: ignore[attr-defined]
     config._xfbench_rows = []  # type: ignore[attr-defined]
     # Keep pytest-benchmark's own JSON beside the CSV (usable by `pytest-benchmark compare`).
@@ -157,7 +160,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     writer = getattr(config, "_xfbench_writer", None)
     if writer is None or not rows:
         return
-    from benchmarks.summary import summary_table
+    from xfbench.benchmarks.summary import summary_table
 
     terminalreporter.write_sep("=", "xfbench summary")
     terminalreporter.write_line(summary_table(rows))
@@ -191,7 +194,7 @@ def measure_memory(request: pytest.FixtureRequest) -> bool:
 def memory_limit(request: pytest.FixtureRequest) -> str | None:
     value = request.config.getoption("--memory-limit")
     if value is not None:
-        from benchmarks.worker import parse_size
+        from xfbench.benchmarks.worker import parse_size
 
         try:
             parse_size(value)

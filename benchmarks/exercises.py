@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analytics.exercises import (
+from xfbench.analytics.exercises import (
     REMEDIES,
     Exercise,
     Figure,
@@ -54,13 +54,13 @@ from analytics.exercises import (
     single_layer_specs,
     verdict,
 )
-from analytics.spec import ModelSpec
-from analytics.weights import make_batch
-from benchmarks.measure import REPO, memory_in_fresh_process
-from benchmarks.worker import parse_size
-from benchmarks.workload import Config, prepare
+from xfbench.analytics.spec import ModelSpec
+from xfbench.analytics.weights import make_batch
+from xfbench.benchmarks.measure import memory_in_fresh_process
+from xfbench.benchmarks.worker import parse_size
+from xfbench.benchmarks.workload import Config, prepare
+from xfbench.reports.paths import reports_dir, subprocess_env
 
-REPORT_DIR = REPO / "reports" / "exercises"
 TIME_ROUNDS = 3
 QUICK_CURVE = (1, 2, 4, 8)
 DEFAULT_BUDGET_MARGIN = 256 * 2**20  # auto budget: batch-1 address space rounded up to 256 MiB, + this
@@ -99,7 +99,7 @@ class Runner:
     """Measures exercises on one backend and device. Worker results are cached per configuration."""
 
     def __init__(self, backend: str, device: str = "cpu", budget: str | None = None, quick: bool = True) -> None:
-        from backends import get_backend
+        from xfbench.backends import get_backend
 
         self.backend = backend
         self.device = device
@@ -117,7 +117,7 @@ class Runner:
     # ------------------------------------------------------------------ plumbing
     def model_ref(self, name: str) -> str:
         """A name the workload/worker can resolve: catalog name, or a spec file written for an ad-hoc model."""
-        from analytics.catalog import CATALOG
+        from xfbench.analytics.catalog import CATALOG
 
         if name in CATALOG:
             return name
@@ -348,11 +348,13 @@ class Runner:
         training step at batch 1, in bytes: what RLIMIT_AS must allow before any batch-dependent memory."""
         cfg = self.config(model, "training", 1)
         code = (
-            "import sys; from benchmarks.workload import Config, prepare; "
+            "import sys; from xfbench.benchmarks.workload import Config, prepare; "
             f"w = prepare(Config({cfg.backend!r}, {cfg.model!r}, 'training', 1, {cfg.device!r})); w.step(); "
             "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
         )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), check=False
+        )
         lines = [ln for ln in proc.stdout.splitlines() if ln.strip().isdigit()]
         if not lines:
             raise RuntimeError(f"address-space probe failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -511,7 +513,7 @@ def _matmul_rows(kind: str, backend: str) -> list[dict[str, str]]:
     has any: one run's rows, never a mix of runs."""
     import csv
 
-    files = sorted((REPO / "reports").glob("*/*.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
+    files = sorted((reports_dir()).glob("*/*.csv"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in files:
         if path.parent.name == "exercises":
             continue
@@ -624,11 +626,12 @@ def markdown(results: list[Result], title: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(results: list[Result], command: str, directory: Path = REPORT_DIR) -> tuple[Path, Path]:
+def write_reports(results: list[Result], command: str, directory: Path | None = None) -> tuple[Path, Path]:
     """Writes the CSV (schema 2, one row per result) and the markdown report; returns their paths."""
-    from backends import get_backend
-    from reports.writer import RunWriter
+    from xfbench.backends import get_backend
+    from xfbench.reports.writer import RunWriter
 
+    directory = directory if directory is not None else reports_dir() / "exercises"
     directory.mkdir(parents=True, exist_ok=True)
     versions: dict[str, str] = {}
     for name in sorted({r.backend for r in results} - {"analytic"}):

@@ -13,11 +13,11 @@ from typing import Any
 
 
 def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
-    from analytics.exercises import select
-    from backends import BACKENDS, canonical_name, is_available
-    from benchmarks.exercises import TABLE_HEADERS, analytic_results, run_backend, table_rows, write_reports
-    from benchmarks.worker import parse_size
-    from reports.table import render_table
+    from xfbench.analytics.exercises import select
+    from xfbench.backends import BACKENDS, canonical_name, is_available
+    from xfbench.benchmarks.exercises import TABLE_HEADERS, analytic_results, run_backend, table_rows, write_reports
+    from xfbench.benchmarks.worker import parse_size
+    from xfbench.reports.table import render_table
 
     try:
         exercises = select(args.only)
@@ -43,7 +43,7 @@ def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
             if not is_available(backend):
                 skipped.append(f"{backend}: not installed in this environment")
                 continue
-            from backends import get_backend
+            from xfbench.backends import get_backend
 
             try:
                 devices = get_backend(backend).list_devices()

@@ -13,7 +13,7 @@ if [ "$part" = tests ] || [ "$part" = all ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.txt"
   python -m pytest tests/test_backend_torch.py tests/test_backends.py -m torch -q -p no:cacheprovider -rs 2>&1 \
     | tail -40 | tee "$OUT/gpu-tests.log"
-  python -m benchmarks.cli parity --backend torch --device gpu 2>/dev/null | tee "$OUT/gpu-parity.log"
+  python -m xfbench.benchmarks.cli parity --backend torch --device gpu 2>/dev/null | tee "$OUT/gpu-parity.log"
 fi
 if [ "$part" = quick ] || [ "$part" = all ]; then
   python -m pytest benchmarks --benchmark-only --backend torch --device gpu --profile quick \
@@ -30,4 +30,4 @@ if [ "$part" = full ] || [ "$part" = all ]; then
   python -m pytest benchmarks --benchmark-only --backend torch --device cpu --profile quick \
     --report-dir "$RUNS" -p no:cacheprovider -q 2>&1 | grep -v "^test_model_step\|^---\|^Name" | tail -30
 fi
-python -m benchmarks.cli merge "$RUNS"/*.csv -o "$OUT/gpu-host-torch-$part.csv"
+python -m xfbench.benchmarks.cli merge "$RUNS"/*.csv -o "$OUT/gpu-host-torch-$part.csv"

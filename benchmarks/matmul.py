@@ -38,8 +38,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-
-from analytics.roofline import (
+from xfbench.analytics.roofline import (
     DEVICE_CATALOG,
     DeviceSpec,
     bound,
@@ -170,7 +169,7 @@ def load_ops(backend: str) -> Any:
     """The ops module of ``backend`` (``numpy`` is built in); raises ``ImportError`` if it cannot load."""
     if backend == "numpy":
         return NUMPY_OPS
-    return importlib.import_module(f"backends.{backend}.ops")
+    return importlib.import_module(f"xfbench.backends.{backend}.ops")
 
 
 def cpu_native_dtype(dtype: str) -> str | None:
@@ -260,7 +259,7 @@ class _Sweep:
     # rows
     def device_name(self, device: str) -> str:
         if self._env is None:
-            from reports.env import fingerprint
+            from xfbench.reports.env import fingerprint
 
             self._env = dict(fingerprint())
         return str(self._env.get("cpu_model" if device == "cpu" else "gpu_name", ""))
@@ -693,7 +692,6 @@ def _worker_loop() -> None:
 
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
-_REPO = Path(__file__).resolve().parents[1]
 
 
 def process_concurrency(n: int, rounds: int = 5) -> tuple[Timing, Timing]:
@@ -703,9 +701,10 @@ def process_concurrency(n: int, rounds: int = 5) -> tuple[Timing, Timing]:
     """
     import subprocess
 
-    env = {**os.environ, **{k: "1" for k in _THREAD_VARS}}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
-    code = "from benchmarks.matmul import _worker_loop; _worker_loop()"
+    from xfbench.reports.paths import subprocess_env
+
+    env = subprocess_env({k: "1" for k in _THREAD_VARS})
+    code = "from xfbench.benchmarks.matmul import _worker_loop; _worker_loop()"
     out = []
     for workers, count in ((1, 2), (2, 1)):
         procs = [
@@ -715,7 +714,6 @@ def process_concurrency(n: int, rounds: int = 5) -> tuple[Timing, Timing]:
                 stdout=subprocess.PIPE,
                 text=True,
                 env=env,
-                cwd=_REPO,
             )
             for i in range(workers)
         ]
@@ -748,7 +746,7 @@ def process_concurrency(n: int, rounds: int = 5) -> tuple[Timing, Timing]:
 
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """The matmul rows as a readable table."""
-    from reports.table import render_table
+    from xfbench.reports.table import render_table
 
     body = []
     for r in rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from analytics.roofline import DEVICE_CATALOG, get_device
+from xfbench.analytics.roofline import DEVICE_CATALOG, get_device
 
 _BACKENDS = ("numpy", "torch", "tensorflow", "mxnet")
 _ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet", "np": "numpy"}
@@ -100,8 +100,8 @@ def _positive_float(text: str) -> float:
 
 
 def cmd_matmul(args: argparse.Namespace) -> int:
-    from benchmarks.matmul import QUICK, SweepConfig, run_sweep, summary_table, with_overrides
-    from reports.writer import RunWriter
+    from xfbench.benchmarks.matmul import QUICK, SweepConfig, run_sweep, summary_table, with_overrides
+    from xfbench.reports.writer import RunWriter
 
     base = QUICK if args.quick else SweepConfig()
     cfg = with_overrides(

@@ -10,23 +10,25 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from analytics.predict import counter_prediction, predict, unsupported_layer_indices
-from analytics.spec import ModelSpec
-from backends import get_backend
-from benchmarks.workload import Config, Workload
+from xfbench.analytics.predict import counter_prediction, predict, unsupported_layer_indices
+from xfbench.analytics.spec import ModelSpec
+from xfbench.backends import get_backend
+from xfbench.benchmarks.workload import Config, Workload
+from xfbench.reports.paths import subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER_TIMEOUT_S = 900
 COUNTER_NAMES = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
 
 
 def memory_in_fresh_process(config: Config, memory_limit: str | None = None) -> dict[str, Any]:
     """Runs :mod:`benchmarks.worker` for ``config``; returns its JSON result (status ok/oom/error)."""
-    cmd = [sys.executable, "-m", "benchmarks.worker", *config.worker_args()]
+    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", *config.worker_args()]
     if memory_limit:
         cmd += ["--memory-limit", memory_limit]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=WORKER_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=subprocess_env(), timeout=WORKER_TIMEOUT_S, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"status": "error", "message": f"memory worker timed out after {WORKER_TIMEOUT_S} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -38,7 +40,7 @@ def memory_in_fresh_process(config: Config, memory_limit: str | None = None) -> 
     return {"status": "error", "message": f"memory worker exited {proc.returncode}: {tail}"}
 
 
-PROBES = REPO / "benchmarks" / "probes"
+PROBES = Path(__file__).resolve().parent / "probes"  # package data: shipped in the wheel
 
 
 def probe_family(spec: ModelSpec) -> str:

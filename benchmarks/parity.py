@@ -14,13 +14,12 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-
-from analytics.predict import count_params as predicted_params
-from analytics.reference import reference_forward
-from analytics.shapes import infer_shapes
-from analytics.spec import ModelSpec
-from analytics.weights import make_batch, random_weights
-from backends import get_backend
+from xfbench.analytics.predict import count_params as predicted_params
+from xfbench.analytics.reference import reference_forward
+from xfbench.analytics.shapes import infer_shapes
+from xfbench.analytics.spec import ModelSpec
+from xfbench.analytics.weights import make_batch, random_weights
+from xfbench.backends import get_backend
 
 TOLERANCE = 1e-5
 

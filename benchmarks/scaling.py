@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analytics.catalog import resolve_model
-from analytics.scaling import (
+from xfbench.analytics.catalog import resolve_model
+from xfbench.analytics.scaling import (
     SCALING_MODES,
     fit_allreduce,
     gradient_bytes,
@@ -41,9 +41,9 @@ from analytics.scaling import (
     ring_allreduce_time,
     speedup,
 )
-from analytics.spec import ModelSpec
+from xfbench.analytics.spec import ModelSpec
+from xfbench.reports.paths import subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("lenet", "mlp", "cnn3")
 # cnn3's catalog input (3x200x300) takes seconds per step on one thread; the quick sweep uses a smaller image.
 QUICK_INPUT: dict[str, tuple[int, ...]] = {"cnn3": (3, 64, 96)}
@@ -134,7 +134,7 @@ def _job(plan: ScalingPlan, workers: int, verify: dict[str, Any] | None = None) 
 def worker_command(backend: str, workers: int, job_path: str, out_path: str, python: str | None = None) -> list[str]:
     """The command that runs one job on ``workers`` workers of ``backend`` (a fresh process)."""
     py = python or sys.executable
-    base = [py, "-m", f"backends.{backend}.distributed", "--job", job_path, "--out", out_path]
+    base = [py, "-m", f"xfbench.backends.{backend}.distributed", "--job", job_path, "--out", out_path]
     return base + (["--nprocs", str(workers)] if backend == "torch" else ["--workers", str(workers)])
 
 
@@ -148,12 +148,12 @@ def run_job(
     with tempfile.TemporaryDirectory(prefix="xfbench-scale-") as tmp:
         job_path, out_path = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         Path(job_path).write_text(json.dumps(job))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        env = subprocess_env()
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env["OMP_NUM_THREADS"] = "1"
         cmd = worker_command(backend, workers, job_path, out_path, python)
         try:
-            proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{backend} N={workers}: timed out after {timeout_s:.0f} s") from None
         if proc.returncode != 0 or not os.path.exists(out_path):
@@ -366,7 +366,7 @@ def run_scaling(
 
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     """A text table of the scaling rows and the fitted all-reduce model."""
-    from reports.table import render_table
+    from xfbench.reports.table import render_table
 
     body = []
     for r in rows:

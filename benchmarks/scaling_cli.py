@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Any
 
-from benchmarks.argtypes import positive_int
-from benchmarks.workload import parse_list
+from xfbench.benchmarks.argtypes import positive_int
+from xfbench.benchmarks.workload import parse_list
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -54,8 +54,8 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
     p.add_argument("--report-dir", default=None, help="default: reports/runs")
 
     def run(args: argparse.Namespace) -> int:
-        from backends import BACKENDS, canonical_name, is_available
-        from benchmarks.scaling import (
+        from xfbench.backends import BACKENDS, canonical_name, is_available
+        from xfbench.benchmarks.scaling import (
             DEFAULT_MODELS,
             ScalingPlan,
             default_workers,
@@ -64,7 +64,7 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
             plot_scaling,
             run_scaling,
         )
-        from reports.writer import RunWriter
+        from xfbench.reports.writer import RunWriter
 
         try:
             backends = [canonical_name(b) for b in args.backend] if args.backend else list(BACKENDS)
@@ -91,8 +91,8 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
             full_input=args.full_input,
             python=pythons,
         )
-        from analytics.spec import SpecError
-        from benchmarks.scaling import check_plan
+        from xfbench.analytics.spec import SpecError
+        from xfbench.benchmarks.scaling import check_plan
 
         try:
             check_plan(plan)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from analytics.units import fmt_bytes, fmt_flops
-from reports.table import render_table
+from xfbench.analytics.units import fmt_bytes, fmt_flops
+from xfbench.reports.table import render_table
 
 
 def _ms(v: Any) -> str:

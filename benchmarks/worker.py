@@ -122,7 +122,7 @@ def parse_size(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.workload import Config, prepare
+    from xfbench.benchmarks.workload import Config, prepare
 
     config = Config(
         backend=args.backend,
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _, second, _ = measure_cpu_step(work.step)
         result.update(method=method, baseline_bytes=baseline, measured_bytes=peak, second_step_bytes=second)
     else:
-        from backends.nvml import nvml_process_memory
+        from xfbench.backends.nvml import nvml_process_memory
 
         gpu_index = int(config.device.split(":")[1]) if ":" in config.device else 0
         b.synchronize(config.device)
@@ -173,7 +173,7 @@ OOM_TEXTS = ("out of memory", "resourceexhausted", "bad_alloc", "can't allocate 
 def _is_oom(backend: str, exc: BaseException, text: str) -> bool:
     """The backend's own OOM test (CUDA, oneDNN, TF, MXNet errors), else the allocators' messages."""
     try:
-        from backends import get_backend
+        from xfbench.backends import get_backend
 
         if get_backend(backend).is_oom_error(exc):
             return True

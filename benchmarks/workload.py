@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from analytics.catalog import resolve_model
-from analytics.spec import ModelSpec
-from analytics.weights import make_batch, random_weights
-from backends import get_backend
+from xfbench.analytics.catalog import resolve_model
+from xfbench.analytics.spec import ModelSpec
+from xfbench.analytics.weights import make_batch, random_weights
+from xfbench.backends import get_backend
 
 PHASES = ("inference", "training")
 

@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-
-from reports.schema import CONFIG_KEY
-from reports.table import render_table
-from reports.writer import read_report
+from xfbench.reports.schema import CONFIG_KEY
+from xfbench.reports.table import render_table
+from xfbench.reports.writer import read_report
 
 RATIO_COLUMNS: tuple[str, ...] = (*CONFIG_KEY, "baseline", "machine", "time_baseline_s", "time_s", "ratio")
 GEOMEAN_COLUMNS: tuple[str, ...] = ("backend", "phase", "baseline", "machine", "benchmarks", "geomean_ratio")

@@ -12,10 +12,7 @@ import platform
 import socket
 import subprocess
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
-
-_REPO = Path(__file__).resolve().parents[1]
 
 # The columns fingerprint() fills; a row may still override any of them (e.g. a synthetic machine name).
 ENV_COLUMNS: tuple[str, ...] = (
@@ -88,9 +85,12 @@ def _gpu() -> tuple[str, int | str, str]:
 
 
 def _git(*args: str) -> str:
-    out = subprocess.run(
-        ["git", "-C", str(_REPO), *args], capture_output=True, text=True, timeout=10, check=True
-    ).stdout
+    from xfbench.reports.paths import source_checkout
+
+    root = source_checkout()
+    if root is None:  # an installed wheel: no commit to name (the version says what it is)
+        raise OSError("not a source checkout")
+    out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True).stdout
     return out.strip()
 
 

@@ -23,11 +23,9 @@ from types import TracebackType
 from typing import Any
 
 import pandas as pd
-
-from reports.env import ENV_COLUMNS, fingerprint
-from reports.schema import COLUMN_NAMES, HISTORY_COMMENT, SCHEMA_VERSION, STATUSES
-
-DEFAULT_DIR = Path(__file__).resolve().parent / "runs"
+from xfbench.reports.env import ENV_COLUMNS, fingerprint
+from xfbench.reports.paths import runs_dir
+from xfbench.reports.schema import COLUMN_NAMES, HISTORY_COMMENT, SCHEMA_VERSION, STATUSES
 
 # Column types for read_report: integers (nullable), floats; every other column is text ("" when empty).
 INT_COLUMNS: tuple[str, ...] = (
@@ -108,7 +106,7 @@ class RunWriter:
         framework_versions: Mapping[str, str] | None = None,
         blas: str = "",
     ) -> None:
-        self._dir = Path(directory) if directory is not None else DEFAULT_DIR
+        self._dir = Path(directory) if directory is not None else runs_dir()
         self._dir.mkdir(parents=True, exist_ok=True)
         self._versions = dict(framework_versions or {})
         self._blas = blas

@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 
 import pytest
-
-from analytics import CATALOG, SpecError, catalog_model, infer_shapes
-from analytics.costs import needs_input_grad
-from analytics.memory import inference_ledger, training_ledger
-from analytics.predict import count_params, counter_prediction, predict
-from analytics.shapes import FlooredPaddingWarning, same_padding
-from analytics.spec import LSTM, Conv2D, Dense, Flatten, MaxPool2D, ModelSpec, spec_from_dict
+from xfbench.analytics import CATALOG, SpecError, catalog_model, infer_shapes
+from xfbench.analytics.costs import needs_input_grad
+from xfbench.analytics.memory import inference_ledger, training_ledger
+from xfbench.analytics.predict import count_params, counter_prediction, predict
+from xfbench.analytics.shapes import FlooredPaddingWarning, same_padding
+from xfbench.analytics.spec import LSTM, Conv2D, Dense, Flatten, MaxPool2D, ModelSpec, spec_from_dict
 
 # ---------------------------------------------------------------- HOML ch14 ex2 (seeds 000 and 002)
 

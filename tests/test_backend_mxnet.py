@@ -12,12 +12,11 @@ import pytest
 pytest.importorskip("mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)")
 
 import mxnet as mx
-
-import backends.mxnet as B
-from analytics.catalog import CATALOG, catalog_model
-from analytics.reference import reference_forward
-from analytics.shapes import infer_shapes
-from analytics.spec import (
+import xfbench.backends.mxnet as B
+from xfbench.analytics.catalog import CATALOG, catalog_model
+from xfbench.analytics.reference import reference_forward
+from xfbench.analytics.shapes import infer_shapes
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,
@@ -29,8 +28,8 @@ from analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import make_batch, random_weights, weight_slots
-from backends.base import DeviceUnavailable, MemoryStats, NotSupported
+from xfbench.analytics.weights import make_batch, random_weights, weight_slots
+from xfbench.backends.base import DeviceUnavailable, MemoryStats, NotSupported
 
 pytestmark = pytest.mark.mxnet
 
@@ -289,7 +288,7 @@ def test_flops_lstm_hand_sum() -> None:
 
 def test_flops_walk_the_exported_graph(tmp_path: Path) -> None:
     """The graph count_flops walks is the one `net.export` writes after a real forward pass."""
-    from backends.mxnet.flops import model_symbol
+    from xfbench.backends.mxnet.flops import model_symbol
 
     spec = catalog_model("lstm", input_shape=(5, 60))
     net = B.build_model(spec)

@@ -10,11 +10,11 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
 
-import backends.tensorflow as tfb
-from analytics.catalog import CATALOG, catalog_model
-from analytics.reference import reference_forward
-from analytics.shapes import infer_shapes
-from analytics.spec import (
+import xfbench.backends.tensorflow as tfb
+from xfbench.analytics.catalog import CATALOG, catalog_model
+from xfbench.analytics.reference import reference_forward
+from xfbench.analytics.shapes import infer_shapes
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,
@@ -27,9 +27,9 @@ from analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import make_batch, random_weights, weight_slots
-from backends.base import DeviceUnavailable, FlopCount, MemoryStats
-from backends.tensorflow._tf import keras, tf
+from xfbench.analytics.weights import make_batch, random_weights, weight_slots
+from xfbench.backends.base import DeviceUnavailable, FlopCount, MemoryStats
+from xfbench.backends.tensorflow._tf import keras, tf
 
 pytestmark = pytest.mark.tensorflow
 

@@ -15,10 +15,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
 
-from analytics.catalog import CATALOG, catalog_model  # noqa: E402
-from analytics.reference import reference_forward  # noqa: E402
-from analytics.shapes import infer_shapes  # noqa: E402
-from analytics.spec import (  # noqa: E402
+from xfbench.analytics.catalog import CATALOG, catalog_model  # noqa: E402
+from xfbench.analytics.reference import reference_forward  # noqa: E402
+from xfbench.analytics.shapes import infer_shapes  # noqa: E402
+from xfbench.analytics.spec import (  # noqa: E402
     LSTM,
     Activation,
     AvgPool2D,
@@ -31,10 +31,10 @@ from analytics.spec import (  # noqa: E402
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import make_batch, output_kind, random_weights  # noqa: E402
-from backends import get_backend  # noqa: E402
-from backends.base import DeviceUnavailable, MemoryStats  # noqa: E402
-from backends.nvml import nvml_device_info, nvml_process_memory  # noqa: E402
+from xfbench.analytics.weights import make_batch, output_kind, random_weights  # noqa: E402
+from xfbench.backends import get_backend  # noqa: E402
+from xfbench.backends.base import DeviceUnavailable, MemoryStats  # noqa: E402
+from xfbench.backends.nvml import nvml_device_info, nvml_process_memory  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

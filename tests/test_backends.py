@@ -10,12 +10,11 @@ import warnings
 
 import numpy as np
 import pytest
-
-from analytics import CATALOG, catalog_model
-from analytics.predict import count_params, counter_prediction, unsupported_layer_indices
-from analytics.weights import make_batch, random_weights
-from backends import get_backend, is_available
-from benchmarks.parity import TOLERANCE, check_parity
+from xfbench.analytics import CATALOG, catalog_model
+from xfbench.analytics.predict import count_params, counter_prediction, unsupported_layer_indices
+from xfbench.analytics.weights import make_batch, random_weights
+from xfbench.backends import get_backend, is_available
+from xfbench.benchmarks.parity import TOLERANCE, check_parity
 
 BACKEND_PARAMS = [
     pytest.param("torch", marks=pytest.mark.torch),
@@ -98,7 +97,7 @@ def test_module_constants(backend: str) -> None:
 
 
 def test_unknown_device_is_a_clear_error(backend: str) -> None:
-    from backends import DeviceUnavailable
+    from xfbench.backends import DeviceUnavailable
 
     b = get_backend(backend)
     assert b.list_devices()[0] == "cpu"

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from reports.writer import read_report
+from xfbench.reports.writer import read_report
 
 pytestmark = pytest.mark.torch
 pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from analytics import CATALOG
-from benchmarks.cli import main
+from xfbench.analytics import CATALOG
+from xfbench.benchmarks.cli import main
 
 JSON_KEYS = {
     "model",
@@ -28,7 +27,7 @@ MEMORY_KEYS = {"inference_bytes", "training_bytes", "textbook_inference_bytes", 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "benchmarks.cli", *args],
+        [sys.executable, "-m", "xfbench.benchmarks.cli", *args],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],

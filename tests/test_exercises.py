@@ -9,8 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from analytics.exercises import (
+from xfbench.analytics.exercises import (
     ADHOC_MODELS,
     EXERCISES,
     QUANTITIES,
@@ -30,7 +29,7 @@ from analytics.exercises import (
     stated_precision,
     verdict,
 )
-from analytics.spec import ModelSpec
+from xfbench.analytics.spec import ModelSpec
 
 MB = 1e6
 

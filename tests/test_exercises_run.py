@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
-from analytics.exercises import get_exercise
+from xfbench.analytics.exercises import get_exercise
 
 BACKENDS = [
     pytest.param("torch", marks=pytest.mark.torch),
@@ -23,8 +22,8 @@ BACKENDS = [
 def _runner(backend: str):  # type: ignore[no-untyped-def]
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed in this environment")
-    from backends import BackendUnavailable
-    from benchmarks.exercises import Runner
+    from xfbench.backends import BackendUnavailable
+    from xfbench.benchmarks.exercises import Runner
 
     try:
         return Runner(backend, "cpu")

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from benchmarks.matmul import SweepConfig, run_sweep, time_callable
+from xfbench.benchmarks.matmul import SweepConfig, run_sweep, time_callable
 
 REPO = Path(__file__).resolve().parents[1]
 FILLED = (
@@ -67,7 +66,7 @@ def test_time_callable_counts_rounds() -> None:
 
 
 def test_numpy_sweep_rows_and_crossover_prediction(tmp_path: Path) -> None:
-    from reports.writer import RunWriter, read_report
+    from xfbench.reports.writer import RunWriter, read_report
 
     with RunWriter(tmp_path) as writer:
         result = run_sweep(tiny(("numpy",), plot=True), writer, log=lambda _line: None)
@@ -105,7 +104,7 @@ def test_cpu_concurrency_exercise_runs_two_processes() -> None:
 )
 def test_cli_bad_input_is_one_line_exit_2(args: list[str], word: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cli", *args], capture_output=True, text=True, cwd=REPO, check=False
+        [sys.executable, "-m", "xfbench.benchmarks.cli", *args], capture_output=True, text=True, cwd=REPO, check=False
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -133,8 +132,7 @@ def test_torch_tiny_sweep() -> None:
 def test_torch_trace_logging_values() -> None:
     pytest.importorskip("torch")
     import numpy as np
-
-    from backends.torch.ops import trace_logging
+    from xfbench.backends.torch.ops import trace_logging
 
     per_step, once = trace_logging("cpu", 3, 8, True)(), trace_logging("cpu", 3, 8, False)()
     rng = np.random.default_rng(0)

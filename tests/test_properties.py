@@ -7,10 +7,9 @@ import warnings
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from analytics.predict import predict
-from analytics.shapes import infer_shapes
-from analytics.spec import Conv2D, Dense, Flatten, MaxPool2D, ModelSpec, SpecError
+from xfbench.analytics.predict import predict
+from xfbench.analytics.shapes import infer_shapes
+from xfbench.analytics.spec import Conv2D, Dense, Flatten, MaxPool2D, ModelSpec, SpecError
 
 paddings = st.one_of(st.just("same"), st.just("valid"), st.integers(0, 3))
 

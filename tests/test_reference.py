@@ -10,10 +10,9 @@ import math
 
 import numpy as np
 import pytest
-
-from analytics import CATALOG, catalog_model, infer_shapes
-from analytics.reference import reference_forward
-from analytics.spec import (
+from xfbench.analytics import CATALOG, catalog_model, infer_shapes
+from xfbench.analytics.reference import reference_forward
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,
@@ -27,7 +26,7 @@ from analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import make_batch, random_weights, weight_slots
+from xfbench.analytics.weights import make_batch, random_weights, weight_slots
 
 
 def _spec(input_shape: tuple[int, ...], *layers, input_dtype: str = "float32") -> ModelSpec:

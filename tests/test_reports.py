@@ -14,12 +14,11 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
-from reports.compare import compare, format_text
-from reports.env import fingerprint
-from reports.schema import COLUMN_NAMES, HISTORY_COMMENT, SCHEMA_VERSION
-from reports.writer import RunWriter, SchemaError, merge_reports, read_report
-
-REPO = Path(__file__).resolve().parents[1]
+from xfbench.reports.compare import compare, format_text
+from xfbench.reports.env import fingerprint
+from xfbench.reports.paths import IMPORT_ROOT
+from xfbench.reports.schema import COLUMN_NAMES, HISTORY_COMMENT, SCHEMA_VERSION
+from xfbench.reports.writer import RunWriter, SchemaError, merge_reports, read_report
 
 
 def _row(**kw: object) -> dict[str, object]:
@@ -146,8 +145,8 @@ def test_kill_loses_nothing(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO)!r})
-        from reports.writer import RunWriter
+        sys.path.insert(0, {str(IMPORT_ROOT)!r})
+        from xfbench.reports.writer import RunWriter
         w = RunWriter({str(tmp_path)!r})
         w.write_row({{"backend": "torch", "model": "cnn3", "phase": "inference", "status": "ok",
                      "time_median_s": 0.25}})

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from analytics.roofline import (
+from xfbench.analytics.roofline import (
     DEVICE_CATALOG,
     DeviceSpec,
     get_device,

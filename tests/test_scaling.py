@@ -7,7 +7,6 @@ framework is not installed in this environment (a module-level importorskip woul
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from backends import is_available
-from benchmarks.scaling import REPO, ScalingPlan, _job, run_job
+from xfbench.backends import is_available
+from xfbench.benchmarks.scaling import ScalingPlan, _job, run_job
+from xfbench.reports.paths import subprocess_env
 
 PLAN = ScalingPlan(models=("lenet",), workers=(1, 2), batch=2, steps=2, warmup=1, allreduce_sizes=(4096, 65536))
 
@@ -72,19 +71,19 @@ def test_torch_worker_under_torchrun(tmp_path: Path) -> None:
     job = _job(PLAN, 2)
     job.update(models=job["models"], batches=[2], steps=1, warmup=0, allreduce_sizes=[4096], allreduce_repeats=1)
     (tmp_path / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env({"OMP_NUM_THREADS": "1"})
     cmd = [
         str(torchrun if torchrun.exists() else shutil.which("torchrun")),
         "--standalone",
         "--nproc-per-node=2",
         "-m",
-        "backends.torch.distributed",
+        "xfbench.backends.torch.distributed",
         "--job",
         str(tmp_path / "job.json"),
         "--out",
         str(tmp_path / "out.json"),
     ]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["workers"] == 2 and out["steps"][0]["model"] == "lenet"

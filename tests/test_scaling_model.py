@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from analytics.catalog import catalog_model
-from analytics.scaling import (
+from xfbench.analytics.catalog import catalog_model
+from xfbench.analytics.scaling import (
     efficiency,
     fit_allreduce,
     gradient_bytes,
@@ -20,8 +19,8 @@ from analytics.scaling import (
     ring_allreduce_time,
     speedup,
 )
-from benchmarks.cli import main
-from benchmarks.scaling import ScalingPlan, build_rows, check_plan, plot_scaling
+from xfbench.benchmarks.cli import main
+from xfbench.benchmarks.scaling import ScalingPlan, build_rows, check_plan, plot_scaling
 
 
 def test_ring_formula_by_hand() -> None:

@@ -14,10 +14,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import mxnet  # imported once here, under the filter
 
-from backends.mxnet.device import available_memory, list_devices, resolve_device, synchronize
-from backends.mxnet.flops import ALIGNED_OPS, count_flops
-from backends.mxnet.memory import is_oom_error, memory_stats, reset_peak_memory
-from backends.mxnet.model import (
+from xfbench.backends.mxnet.device import available_memory, list_devices, resolve_device, synchronize
+from xfbench.backends.mxnet.flops import ALIGNED_OPS, count_flops
+from xfbench.backends.mxnet.memory import is_oom_error, memory_stats, reset_peak_memory
+from xfbench.backends.mxnet.model import (
     build_model,
     count_params,
     get_weights,

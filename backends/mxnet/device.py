@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import mxnet as mx
-
-from backends.base import DeviceUnavailable, parse_device
+from xfbench.backends.base import DeviceUnavailable, parse_device
 
 
 def _num_gpus() -> int:

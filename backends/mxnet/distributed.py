@@ -50,16 +50,14 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
     for key, value in THREAD_ENV.items():
         os.environ.setdefault(key, value)
     import numpy as np
-
-    from analytics.spec import spec_from_dict
-    from analytics.weights import make_batch
-    from backends.mxnet import build_model, count_params, get_weights
+    from xfbench.analytics.spec import spec_from_dict
+    from xfbench.analytics.weights import make_batch
+    from xfbench.backends.mxnet import build_model, count_params, get_weights
 
     import mxnet as mx  # isort: skip - after backends.mxnet, which silences its import warnings
     from mxnet import autograd, gluon
-
-    from analytics.weights import output_kind
-    from backends.mxnet.model import _loss_fn
+    from xfbench.analytics.weights import output_kind
+    from xfbench.backends.mxnet.model import _loss_fn
 
     device = job.get("device", "cpu")
     ctxs = [mx.cpu(i) if device == "cpu" else mx.gpu(i) for i in range(workers)]

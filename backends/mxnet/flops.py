@@ -37,9 +37,8 @@ import math
 from typing import Any
 
 import mxnet as mx
-
-from analytics.spec import LSTM, Conv2D, Dense, ModelSpec
-from backends.base import FlopCount
+from xfbench.analytics.spec import LSTM, Conv2D, Dense, ModelSpec
+from xfbench.backends.base import FlopCount
 
 COUNTER = "mxnet-symbol-graph"
 _MATMUL_OPS = ("Convolution", "FullyConnected", "RNN")

@@ -8,9 +8,8 @@ and any other process). There are no peak figures, so :func:`reset_peak_memory` 
 from __future__ import annotations
 
 import mxnet as mx
-
-from backends.base import MemoryStats
-from backends.mxnet.device import resolve_device
+from xfbench.backends.base import MemoryStats
+from xfbench.backends.mxnet.device import resolve_device
 
 # MXNet reports allocation failures as MXNetError; the message names the failed CUDA call.
 _OOM_MARKERS = ("out of memory", "cudamalloc", "cuda_error_out_of_memory", "failed to allocate")

@@ -32,9 +32,8 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
-
-from analytics.shapes import input_shapes, padding_amounts
-from analytics.spec import (
+from xfbench.analytics.shapes import input_shapes, padding_amounts
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,
@@ -49,9 +48,9 @@ from analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import output_kind, weight_slots
-from backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
-from backends.mxnet.device import resolve_device
+from xfbench.analytics.weights import output_kind, weight_slots
+from xfbench.backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
+from xfbench.backends.mxnet.device import resolve_device
 
 DTYPES = ("float32", "float16", "float64")
 # Smallest normal float32: keeps log(p) finite when a probability underflows, and changes nothing else.

@@ -9,11 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-
-from backends.base import DeviceUnavailable
+from xfbench.backends.base import DeviceUnavailable
 
 # Through the package, whose __init__ silences MXNet's import-time DeprecationWarnings.
-from backends.mxnet.device import list_devices, mx, resolve_device
+from xfbench.backends.mxnet.device import list_devices, mx, resolve_device
 
 NAME = "mxnet"
 VERSION = mx.__version__

@@ -6,11 +6,11 @@ start-up messages stay quiet) and Keras 3 on the TensorFlow backend.
 
 from __future__ import annotations
 
-from backends.tensorflow._tf import keras, tf
-from backends.tensorflow.device import list_devices, resolve_device, synchronize
-from backends.tensorflow.flops import ALIGNED_OPS, count_flops
-from backends.tensorflow.memory import is_oom_error, memory_stats, reset_peak_memory
-from backends.tensorflow.model import (
+from xfbench.backends.tensorflow._tf import keras, tf
+from xfbench.backends.tensorflow.device import list_devices, resolve_device, synchronize
+from xfbench.backends.tensorflow.flops import ALIGNED_OPS, count_flops
+from xfbench.backends.tensorflow.memory import is_oom_error, memory_stats, reset_peak_memory
+from xfbench.backends.tensorflow.model import (
     build_model,
     count_params,
     get_weights,

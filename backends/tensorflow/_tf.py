@@ -10,8 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras
 import tensorflow as tf
-
-from backends.base import BackendUnavailable
+from xfbench.backends.base import BackendUnavailable
 
 if keras.backend.backend() != "tensorflow":
     raise BackendUnavailable(

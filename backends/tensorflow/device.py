@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backends.base import DeviceUnavailable, parse_device
-from backends.tensorflow._tf import tf
+from xfbench.backends.base import DeviceUnavailable, parse_device
+from xfbench.backends.tensorflow._tf import tf
 
 
 def _gpu_count() -> int:

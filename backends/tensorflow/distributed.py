@@ -38,7 +38,7 @@ def configure(workers: int, device: str = "cpu") -> list[str]:
     Must run before TensorFlow initializes its runtime. Returns the device names for ``MirroredStrategy``.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from backends.tensorflow._tf import tf
+    from xfbench.backends.tensorflow._tf import tf
 
     if device == "cpu":
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -63,11 +63,11 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
 
     device = job.get("device", "cpu")
     devices = configure(workers, device)
-    from analytics.spec import spec_from_dict
-    from analytics.weights import make_batch
-    from backends.tensorflow import build_model, count_params, get_weights
-    from backends.tensorflow._tf import tf
-    from backends.tensorflow.model import loss_fn, make_optimizer
+    from xfbench.analytics.spec import spec_from_dict
+    from xfbench.analytics.weights import make_batch
+    from xfbench.backends.tensorflow import build_model, count_params, get_weights
+    from xfbench.backends.tensorflow._tf import tf
+    from xfbench.backends.tensorflow.model import loss_fn, make_optimizer
 
     strategy = tf.distribute.MirroredStrategy(devices=devices)
     n = strategy.num_replicas_in_sync

@@ -28,12 +28,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-
-from analytics.spec import LSTM, ModelSpec
-from analytics.weights import make_batch
-from backends.base import FlopCount
-from backends.tensorflow._tf import keras, tf
-from backends.tensorflow.model import _info, loss_fn
+from xfbench.analytics.spec import LSTM, ModelSpec
+from xfbench.analytics.weights import make_batch
+from xfbench.backends.base import FlopCount
+from xfbench.backends.tensorflow._tf import keras, tf
+from xfbench.backends.tensorflow.model import _info, loss_fn
 
 COUNTER = "tf.compat.v1.profiler float_operation"
 CONVENTION = (

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from backends.base import MemoryStats
-from backends.tensorflow._tf import tf
-from backends.tensorflow.device import resolve_device
+from xfbench.backends.base import MemoryStats
+from xfbench.backends.tensorflow._tf import tf
+from xfbench.backends.tensorflow.device import resolve_device
 
 
 def _gpu_name(device: str) -> str | None:

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from analytics.shapes import infer_shapes, input_shapes
-from analytics.spec import (
+from xfbench.analytics.shapes import infer_shapes, input_shapes
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,
@@ -45,10 +44,10 @@ from analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from analytics.weights import output_kind, random_weights, weight_slots
-from backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
-from backends.tensorflow._tf import keras, tf
-from backends.tensorflow.device import resolve_device
+from xfbench.analytics.weights import output_kind, random_weights, weight_slots
+from xfbench.backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
+from xfbench.backends.tensorflow._tf import keras, tf
+from xfbench.backends.tensorflow.device import resolve_device
 
 DTYPES = ("float32", "float64", "float16")
 # Keras's Adam default epsilon is 1e-7; PyTorch and MXNet use 1e-8. One value keeps the backends' steps equal.

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-
-from backends.base import DeviceUnavailable
-from backends.tensorflow._tf import tf
-from backends.tensorflow.device import list_devices, resolve_device, synchronize
+from xfbench.backends.base import DeviceUnavailable
+from xfbench.backends.tensorflow._tf import tf
+from xfbench.backends.tensorflow.device import list_devices, resolve_device, synchronize
 
 NAME = "tensorflow"
 VERSION = tf.__version__

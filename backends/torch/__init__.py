@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-
-from backends.torch.device import available_memory, list_devices, resolve_device, synchronize
-from backends.torch.flops import ALIGNED_OPS, count_flops
-from backends.torch.memory import is_oom_error, memory_stats, reset_peak_memory
-from backends.torch.model import (
+from xfbench.backends.torch.device import available_memory, list_devices, resolve_device, synchronize
+from xfbench.backends.torch.flops import ALIGNED_OPS, count_flops
+from xfbench.backends.torch.memory import is_oom_error, memory_stats, reset_peak_memory
+from xfbench.backends.torch.model import (
     TorchModel,
     build_model,
     count_params,

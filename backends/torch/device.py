@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from backends.base import DeviceUnavailable, parse_device
+from xfbench.backends.base import DeviceUnavailable, parse_device
 
 
 def list_devices() -> list[str]:

@@ -76,7 +76,7 @@ def launch_local(
         procs = []
         for rank in range(nprocs):
             env = {**os.environ, **THREAD_ENV, **torchrun_env(rank, nprocs, port)}
-            cmd = [sys.executable, "-m", "backends.torch.distributed", "--job", job_path, "--out", out_path]
+            cmd = [sys.executable, "-m", "xfbench.backends.torch.distributed", "--job", job_path, "--out", out_path]
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         deadline = time.monotonic() + timeout_s
         results: list[subprocess.CompletedProcess[str]] = []
@@ -112,10 +112,9 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from analytics.spec import spec_from_dict
-    from analytics.weights import make_batch
-    from backends.torch.model import build_model, count_params, get_weights, loss_fn, make_optimizer
+    from xfbench.analytics.spec import spec_from_dict
+    from xfbench.analytics.weights import make_batch
+    from xfbench.backends.torch.model import build_model, count_params, get_weights, loss_fn, make_optimizer
 
     torch.set_num_threads(1)
     try:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-from analytics.spec import LSTM, Conv2D, Dense, ModelSpec
-from analytics.weights import make_batch
-from backends.base import FlopCount
-from backends.torch.model import TorchModel, loss_fn, model_placement, to_device
+from xfbench.analytics.spec import LSTM, Conv2D, Dense, ModelSpec
+from xfbench.analytics.weights import make_batch
+from xfbench.backends.base import FlopCount
+from xfbench.backends.torch.model import TorchModel, loss_fn, model_placement, to_device
 
 COUNTER = f"torch.utils.flop_counter.FlopCounterMode (torch {torch.__version__})"
 CONVENTION = "2 per MAC, bias ignored (FlopCounterMode)"

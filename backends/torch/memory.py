@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
-from backends.base import MemoryStats
-from backends.torch.device import resolve_device
+from xfbench.backends.base import MemoryStats
+from xfbench.backends.torch.device import resolve_device
 
 # Messages of allocation failures that older torch versions (or cuBLAS/cuDNN paths) raise as a plain
 # RuntimeError instead of torch.cuda.OutOfMemoryError; the last one is the CPU allocator's.

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from analytics.shapes import infer_shapes, input_shapes, same_padding
-from analytics.spec import (
+from xfbench.analytics.shapes import infer_shapes, input_shapes, same_padding
+from xfbench.analytics.spec import (
     LSTM,
     Activation,
     AvgPool2D,
@@ -34,9 +33,9 @@ from analytics.spec import (
     ModelSpec,
     SpecError,
 )
-from analytics.weights import output_kind, weight_slots
-from backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS
-from backends.torch.device import resolve_device
+from xfbench.analytics.weights import output_kind, weight_slots
+from xfbench.backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS
+from xfbench.backends.torch.device import resolve_device
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Keras clips probabilities to [eps, 1 - eps] before the log in sparse categorical cross-entropy.

@@ -13,9 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-
-from backends.base import DeviceUnavailable
-from backends.torch.device import list_devices, resolve_device, synchronize
+from xfbench.backends.base import DeviceUnavailable
+from xfbench.backends.torch.device import list_devices, resolve_device, synchronize
 
 NAME = "torch"
 VERSION = torch.__version__
