@@ -255,6 +255,10 @@ def load_spec_file(path: str | Path) -> ModelSpec:
         text = p.read_text()
     except OSError as exc:
         raise SpecError(f"cannot read spec file: {exc.strerror}", field="model", value=str(path)) from None
+    except UnicodeDecodeError:
+        raise SpecError(
+            "not a text spec file (binary content); allowed: JSON or YAML text", field="model", value=str(path)
+        ) from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml

@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xfbench.analytics.shapes import infer_shapes
 from xfbench.analytics.spec import (
     LSTM,
     Activation,
@@ -38,6 +39,7 @@ from xfbench.analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
+from xfbench.analytics.weights import output_kind
 
 FRAMEWORKS = ("tensorflow", "torch", "mxnet")
 FRAMEWORK_ALIASES = {"keras": "tensorflow", "tf": "tensorflow", "pytorch": "torch", "mx": "mxnet"}
@@ -198,3 +200,131 @@ def needs_input_grad(spec: ModelSpec) -> list[bool]:
 def backward_flops(cost: LayerCost, needs_grad: bool) -> int:
     """Backward matmul FLOPs of one layer: weight gradient + input gradient (if needed) + recurrent part."""
     return cost.backward_weight + (cost.backward_input if needs_grad else 0) + cost.backward_recurrent
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorFlow's profiler, op by op
+# --------------------------------------------------------------------------------------------------------------
+
+# The op types whose ``float_ops`` :func:`tf_profiler_flops` predicts: conv / dense / LSTM matmuls, bias adds,
+# pooling, the global average pool's (and the loss's) Mean, and in training their gradient ops. The profiler
+# also counts element-wise ops (the LSTM cell's Add/Mul, dropout's masks, the loss's arithmetic), Softmax and
+# the gradient accumulation across LSTM steps (AddN); those are outside this set.
+TF_PROFILER_OPS: tuple[str, ...] = (
+    "Conv2D",
+    "Conv2DBackpropInput",
+    "Conv2DBackpropFilter",
+    "MatMul",
+    "BatchMatMulV2",
+    "BiasAdd",
+    "BiasAddGrad",
+    "MaxPool",
+    "MaxPoolGrad",
+    "AvgPool",
+    "AvgPoolGrad",
+    "Mean",
+)
+
+
+def _tf_conv_grad(batch: int, tf_in: Shape, kernel_elems: int, stride: tuple[int, int]) -> int:
+    """TensorFlow's registry rule for Conv2DBackpropInput and Conv2DBackpropFilter (the two are equal).
+
+    ``2 * elements(conv input) * elements(kernel) / (C_in * stride_h * stride_w)``, where the conv input is
+    the tensor the Conv2D op reads (after any explicit ZeroPadding2D), evaluated in floating point and
+    truncated to an integer as the profiler's logger does (``int(stats.value)``). It equals the forward
+    count only where ``H_in * W_in / (s_h * s_w) == H_out * W_out`` (``same`` padding with a stride dividing
+    the input); ``valid`` or explicit padding makes it larger, a ``same`` stride that does not divide the
+    input makes it smaller.
+    """
+    c_in, h, w = tf_in
+    return int(2 * (batch * h * w * c_in) * kernel_elems / (c_in * stride[0] * stride[1]))
+
+
+def tf_profiler_flops(
+    spec: ModelSpec, batch_size: int, phase: str = "inference", skip_layers: tuple[int, ...] = ()
+) -> dict[str, int]:
+    """What TensorFlow's v1 profiler reports per op type in :data:`TF_PROFILER_OPS`, for one batch.
+
+    The rules are the profiler's registry (``tensorflow/python/profiler/internal/flops_registry.py`` and the
+    ``RegisterStatistics`` of Conv2D/BiasAdd in ``nn_ops.py``) applied to the graph xfbench's Keras model
+    builds (``backends/tensorflow/model.py``), for ``N = batch_size``:
+
+    * Conv2D ``2*N*Ho*Wo*Cout*Cin*kh*kw``; MatMul ``2*M*K*N``; BiasAdd one per output element; MaxPool and
+      AvgPool ``kh*kw`` per output element; Mean (global average pool) one per input element.
+      Keras adds a bias with ``BiasAdd`` only when it has more than one element: a one-filter conv's or a
+      one-unit dense's bias is an ``AddV2`` (its gradient a ``Sum``), outside this set.
+    * Training adds the loss's ``Mean`` (one per per-sample loss value: ``N`` for a classifier, ``N*T`` on
+      a sequence, ``N*elements`` for the mean squared error) and the gradient ops:
+      - Conv2DBackpropInput and Conv2DBackpropFilter, each priced from the conv's (padded) input divided
+        by the stride area (:func:`_tf_conv_grad`); TensorFlow's Conv2D gradient emits both, so the first
+        conv's input gradient is counted too;
+      - MatMul: the weight gradient, and the input gradient only where a layer with weights lies before
+        (TensorFlow's MatMul gradient skips inputs the tape does not need);
+      - LSTM: per step the two weight gradients, the input gradient where needed, and the recurrent gradient
+        for ``T - 1`` steps (the initial state is a constant, so step 0's ``h U`` has no input gradient);
+      - BiasAddGrad, a sum reduction: ``elements - C`` (per step for an LSTM);
+      - MaxPoolGrad ``(kh*kw + 1)`` per pooled output; AvgPoolGrad ``2*kh*kw`` per pooled output; a pool
+        gets a gradient only where a layer with weights lies before it. (The global average pool's gradient
+        is a RealDiv, outside this set.)
+
+    ``skip_layers``: layer indices the counter does not count (their forward and gradient ops are left out).
+    """
+    if phase not in ("inference", "training"):
+        raise ValueError(f"unknown phase {phase!r}; allowed: inference, training")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    n = batch_size
+    training = phase == "training"
+    outs = infer_shapes(spec)
+    ins = [tuple(spec.input_shape), *outs[:-1]]
+    grads = needs_input_grad(spec)
+    out: dict[str, int] = dict.fromkeys(TF_PROFILER_OPS, 0)
+    for i, (layer, in_shape, out_shape) in enumerate(zip(spec.layers, ins, outs)):
+        if i in skip_layers:
+            continue
+        out_elems = n * math.prod(out_shape)
+        if isinstance(layer, Conv2D):
+            assert isinstance(layer.kernel, tuple) and isinstance(layer.stride, tuple)
+            c_in, h, w = in_shape
+            pad = layer.padding if isinstance(layer.padding, int) else 0
+            kernel_elems = layer.kernel[0] * layer.kernel[1] * c_in * layer.filters
+            bias = layer.use_bias and layer.filters > 1
+            out["Conv2D"] += 2 * out_elems * c_in * layer.kernel[0] * layer.kernel[1]
+            out["BiasAdd"] += out_elems if bias else 0
+            if training:
+                backprop = _tf_conv_grad(n, (c_in, h + 2 * pad, w + 2 * pad), kernel_elems, layer.stride)
+                out["Conv2DBackpropInput"] += backprop
+                out["Conv2DBackpropFilter"] += backprop
+                out["BiasAddGrad"] += out_elems - layer.filters if bias else 0
+        elif isinstance(layer, Dense):
+            bias = layer.use_bias and layer.units > 1
+            matmul = 2 * n * math.prod(in_shape) * layer.units
+            out["MatMul"] += matmul
+            out["BiasAdd"] += out_elems if bias else 0
+            if training:
+                out["MatMul"] += matmul * (2 if grads[i] else 1)
+                out["BiasAddGrad"] += out_elems - layer.units if bias else 0
+        elif isinstance(layer, LSTM):
+            steps, features = in_shape
+            gates = 4 * layer.units
+            x_step, h_step = 2 * n * features * gates, 2 * n * layer.units * gates
+            out["MatMul"] += steps * (x_step + h_step)
+            out["BiasAdd"] += steps * n * gates
+            if training:
+                out["MatMul"] += steps * (x_step + h_step)  # weight gradients, every step
+                out["MatMul"] += steps * x_step if grads[i] else 0  # input gradient
+                out["MatMul"] += (steps - 1) * h_step  # recurrent gradient: h_0 is a constant
+                out["BiasAddGrad"] += steps * (n * gates - gates)
+        elif isinstance(layer, (MaxPool2D, AvgPool2D)):
+            assert isinstance(layer.pool, tuple)
+            area = layer.pool[0] * layer.pool[1]
+            kind = "MaxPool" if isinstance(layer, MaxPool2D) else "AvgPool"
+            out[kind] += area * out_elems
+            if training and grads[i]:
+                out[kind + "Grad"] += (area + 1) * out_elems if kind == "MaxPool" else 2 * area * out_elems
+        elif isinstance(layer, GlobalAvgPool2D):
+            out["Mean"] += n * math.prod(in_shape)
+    if training:
+        kind = output_kind(spec)
+        out["Mean"] += n * math.prod(outs[-1] if kind == "regression" else outs[-1][:-1])
+    return out

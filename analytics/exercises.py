@@ -39,6 +39,7 @@ from xfbench.analytics.spec import (
     Layer,
     MaxPool2D,
     ModelSpec,
+    SpecError,
 )
 from xfbench.analytics.weights import weight_slots
 
@@ -53,6 +54,8 @@ CLAIM_KINDS = ("value", "lower_bound", "shape", "label", "less", "greater", "non
 WITHIN = 0.10  # "holds within X%" up to this relative distance
 WRONG_FACTOR = 10.0  # a number off by this factor or more is "wrong"
 VERDICT_WORDS = ("holds", "holds within", "off by", "wrong", "unanswered", "pending")
+# The failures of a prediction an exercise may declare (Check.expected_error): documented answers, not bugs.
+EXPECTED_ERRORS: dict[str, type[Exception]] = {"SpecError": SpecError}
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -83,7 +86,11 @@ class Check:
     ``other`` a second model for ratios (time, FLOPs, memory of ``model`` over ``other``);
     ``variants`` the remedy names for ``remedies``; ``batches`` the batch sizes of a memory curve.
     ``basis`` chooses the analytic figure a footprint claim is compared with in the framework-free row:
-    ``"textbook"`` (the HOML ch14 ex2 method) or ``"ledger"`` (the full memory ledger)."""
+    ``"textbook"`` (the HOML ch14 ex2 method) or ``"ledger"`` (the full memory ledger).
+    ``expected_error`` declares a documented failure of the prediction (a key of :data:`EXPECTED_ERRORS`,
+    e.g. ``"SpecError"`` for a model the text describes but the spec rules reject): raised by the
+    prediction, it gives a blank prediction with its message; any other exception is a bug
+    (see :func:`predicted_or_blank`)."""
 
     quantity: str
     model: str
@@ -95,6 +102,11 @@ class Check:
     variants: tuple[str, ...] = ()
     batches: tuple[int, ...] = ()
     per_sample: bool = False
+    expected_error: str = ""
+
+    def __post_init__(self) -> None:
+        if self.expected_error and self.expected_error not in EXPECTED_ERRORS:
+            raise ValueError(f"unknown expected_error {self.expected_error!r}; allowed: {', '.join(EXPECTED_ERRORS)}")
 
 
 @dataclass(frozen=True)
@@ -1058,6 +1070,22 @@ def predicted_figure(ex: Exercise, framework: str = "tensorflow") -> Figure:
     raise ValueError(f"unknown quantity {q!r}; allowed: {', '.join(QUANTITIES)}")
 
 
+def predicted_or_blank(ex: Exercise, framework: str = "tensorflow") -> tuple[Figure, str]:
+    """``(predicted_figure(ex, framework), "")``, or ``(Figure(None), "no prediction: <Type>: <message>")``
+    when the prediction raises the failure the exercise declares (``Check.expected_error``).
+
+    Any other exception propagates: it is a bug, and the caller must make its row an ``error`` row (status
+    ``error``, the message naming the exception), never an ``ok`` row with a blank prediction.
+    """
+    declared = EXPECTED_ERRORS.get(ex.check.expected_error) if ex.check.expected_error else None
+    try:
+        return predicted_figure(ex, framework), ""
+    except Exception as exc:
+        if declared is None or not isinstance(exc, declared):
+            raise
+        return Figure(None), f"no prediction: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
 def per_sample_bytes(model: str) -> float:
     """Predicted training bytes per additional sample (the ledger's slope between batch 1 and 2)."""
     return float(footprint_bytes(prediction(model, 2), "training") - footprint_bytes(prediction(model, 1), "training"))
@@ -1071,8 +1099,12 @@ def dominant_part(model: str, batch: int, per_sample: float, dtype: str = "float
 
 
 def analytic_verdict(ex: Exercise) -> tuple[Figure, Verdict]:
-    """The claim against the analytic prediction (the framework-free row of the report)."""
-    fig = predicted_figure(ex)
+    """The claim against the analytic prediction (the framework-free row of the report). A failure the exercise
+    declares gives a blank figure and a ``pending: no prediction: ...`` verdict; any other exception propagates
+    (see :func:`predicted_or_blank`)."""
+    fig, why = predicted_or_blank(ex)
+    if why:
+        return fig, Verdict(f"pending: {why}")
     c = ex.check
     if c.quantity == "activation_crossover":
         part = dominant_part(c.model, c.batch, per_sample_bytes(c.model), c.dtype)
@@ -1093,6 +1125,7 @@ def analytic_verdict(ex: Exercise) -> tuple[Figure, Verdict]:
 __all__ = [
     "ADHOC_MODELS",
     "EXERCISES",
+    "EXPECTED_ERRORS",
     "QUANTITIES",
     "REMEDIES",
     "SEEDS",
@@ -1120,6 +1153,7 @@ __all__ = [
     "model_spec",
     "output_shape",
     "predicted_figure",
+    "predicted_or_blank",
     "prediction",
     "remedy_prediction",
     "select",

@@ -177,10 +177,36 @@ def textbook_training_bytes(spec: ModelSpec, params: int, batch_size: int, dtype
     return sum(outs) * batch_size * width + batch_size * math.prod(spec.input_shape) * width + params * width
 
 
+class InfeasibleError(ValueError):
+    """A configuration whose predicted memory exceeds what the machine has: refused before any allocation."""
+
+
+def check_feasible(
+    ledger: Ledger,
+    capacity_bytes: int,
+    what: str,
+    where: str = "this machine's RAM",
+    allowed: str = "a smaller model or batch",
+) -> None:
+    """Raises :class:`InfeasibleError` (one line, with the bytes) when ``ledger.peak_bytes > capacity_bytes``.
+
+    The ledger is a lower estimate of a real step (it leaves out allocator slack and most workspace), so a
+    configuration it refuses cannot run; one it admits may still run out of memory (an ``oom`` row).
+    """
+    need = ledger.peak_bytes
+    if need > capacity_bytes:
+        raise InfeasibleError(
+            f"{what}: the {ledger.phase} memory ledger needs {need:,} bytes ({need / 1e9:,.3g} GB), more than "
+            f"{where} ({capacity_bytes:,} bytes, {capacity_bytes / 1e9:,.3g} GB); allowed: {allowed}"
+        )
+
+
 __all__ = [
     "DTYPE_BYTES",
     "OPTIMIZER_SLOTS",
+    "InfeasibleError",
     "Ledger",
+    "check_feasible",
     "dtype_bytes",
     "inference_ledger",
     "textbook_inference_bytes",

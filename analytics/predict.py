@@ -10,7 +10,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from xfbench.analytics.costs import backward_flops, canonical_framework, has_weights, layer_cost, needs_input_grad
+from xfbench.analytics.costs import (
+    backward_flops,
+    canonical_framework,
+    has_weights,
+    layer_cost,
+    needs_input_grad,
+    tf_profiler_flops,
+)
 from xfbench.analytics.memory import (
     Ledger,
     dtype_bytes,
@@ -176,10 +183,11 @@ def counter_prediction(
     """What a framework's FLOP counter should report, under that counter's convention.
 
     * ``torch`` (``FlopCounterMode``): matmul FLOPs, bias ignored; training adds the backward matmuls.
-    * ``tensorflow`` (profiler ``float_ops``): matmul FLOPs + bias adds + pooling (one per window element);
-      training adds the backward matmuls and the bias gradients (one add per biased output element).
-      The profiler also counts element-wise Add/Mul and Softmax (5 per element), which this leaves out:
-      compare its Conv2D + MatMul + BiasAdd + pool ops with this figure.
+    * ``tensorflow`` (profiler ``float_ops``): the sum over the aligned op types of
+      :func:`analytics.costs.tf_profiler_flops`, which applies the profiler's own registry rules op by op
+      (forward Conv2D/MatMul/BiasAdd/pooling/Mean; in training also Conv2DBackpropInput/Filter priced from
+      the padded input, the matmul gradients, BiasAddGrad and the pooling gradients). Element-wise ops,
+      Softmax and AddN are outside that op set.
     * ``mxnet`` (our count from its symbol graph): matmul FLOPs, bias separate; training adds backward.
 
     ``skip_layers`` are layer indices the counter does not support (their work is not in its total).
@@ -188,18 +196,16 @@ def counter_prediction(
         raise ValueError(f"unknown counter {counter!r}; allowed: {', '.join(COUNTERS)}")
     if phase not in ("inference", "training"):
         raise ValueError(f"unknown phase {phase!r}; allowed: inference, training")
+    if counter == "tensorflow":
+        return sum(tf_profiler_flops(spec, batch_size, phase, skip_layers).values())
     pred = predict(spec, batch_size, framework=counter)
     total = 0
     for lp in pred.layers:
         if lp.index in skip_layers:
             continue
         total += lp.forward_flops
-        if counter == "tensorflow":
-            total += lp.bias_flops + lp.pool_flops
         if phase == "training":
             total += lp.backward_flops
-            if counter == "tensorflow":
-                total += lp.bias_flops
     return total
 
 

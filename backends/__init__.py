@@ -2,6 +2,10 @@
 
 >>> from backends import available_backends, get_backend
 >>> tb = get_backend("torch")          # imports torch now, or raises BackendUnavailable
+
+:func:`get_backend` prepares the framework's environment before importing it (TensorFlow grows its GPU memory
+on demand; MXNet gets ``NVIDIA_TF32_OVERRIDE=0`` under the ``off`` TF32 policy) and applies the run's TF32
+policy (:func:`backends.common.tf32_policy`, ``XFBENCH_TF32``) every time it is called.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from functools import cache
 from types import ModuleType
 
 from xfbench.backends.base import BackendUnavailable, DeviceUnavailable, NotSupported
+from xfbench.backends.common import TF32_ENV, TF32_POLICIES, is_oom_error, prepare_framework_env, tf32_policy
 
 BACKENDS = ("torch", "tensorflow", "mxnet")
 _MODULE = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
@@ -42,12 +47,20 @@ def available_backends() -> list[str]:
 
 
 def get_backend(name: str) -> ModuleType:
-    """The adapter module ``backends.<name>``; imports the framework."""
+    """The adapter module ``backends.<name>``; imports the framework.
+
+    Before the import, the framework's environment is prepared (:func:`backends.common.prepare_framework_env`);
+    after it, the run's TF32 policy is applied (``apply_tf32_policy`` of the backend's ``device`` module).
+    Raises ``ValueError`` (one line) for a bad ``XFBENCH_TF32``."""
     key = canonical_name(name)
     if not is_available(key):
         raise BackendUnavailable(f"backend {key!r} is not installed: {_INSTALL_HINT[key]}")
+    policy = tf32_policy()
+    prepare_framework_env(key, policy)
     try:
-        return importlib.import_module(f"xfbench.backends.{key}")
+        module = importlib.import_module(f"xfbench.backends.{key}")
+        importlib.import_module(f"xfbench.backends.{key}.device").apply_tf32_policy(policy)
+        return module
     except (ImportError, AttributeError) as exc:
         # e.g. MXNet 1.9.1 under numpy>=1.24 dies with AttributeError (np.PZERO) at import.
         raise BackendUnavailable(
@@ -57,6 +70,8 @@ def get_backend(name: str) -> ModuleType:
 
 __all__ = [
     "BACKENDS",
+    "TF32_ENV",
+    "TF32_POLICIES",
     "BackendUnavailable",
     "DeviceUnavailable",
     "NotSupported",
@@ -64,4 +79,6 @@ __all__ = [
     "canonical_name",
     "get_backend",
     "is_available",
+    "is_oom_error",
+    "tf32_policy",
 ]

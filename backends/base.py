@@ -22,6 +22,13 @@ Every backend package exposes the same functions (see README, "Backends"):
     The framework's own counter (``phase`` is ``"inference"`` or ``"training"``).
 ``memory_stats(device) -> MemoryStats / reset_peak_memory(device)``
     Allocator figures where the framework has them (``None`` where it has not).
+``is_oom_error(exc) -> bool``
+    Out of memory (host or GPU): every backend delegates to :func:`backends.common.is_oom_error`, one table.
+
+Beside the package API, each backend's ``memory`` module has ``release_cached_memory(device)`` (give the GPU
+memory the allocator keeps cached back to the driver, before a fresh process needs it; a no-op on the CPU and
+for TensorFlow, which cannot) and its ``device`` module ``apply_tf32_policy(policy=None) -> "on" | "off"``
+(the run's TF32 policy, :func:`backends.common.tf32_policy`, applied on import and by ``get_backend``).
 
 Module constants: ``NAME`` (the backend's name), ``VERSION`` (the framework's version) and
 ``ALIGNED_OPS`` (the counter's op names that the analytic FLOP convention covers; ``None``: its total)

@@ -13,3 +13,13 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not positive; allowed: a positive integer")
     return value
+
+
+def tf32_arg(text: str) -> str:
+    """``--tf32``: on or off."""
+    from xfbench.benchmarks.usage import tf32_value
+
+    try:
+        return tf32_value(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: on, off") from None

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from xfbench.analytics.roofline import bound, matmul_bytes, matmul_flops, roofline_time
 from xfbench.backends import BACKENDS, canonical_name, is_available
+from xfbench.backends.common import tf32_row_value
 from xfbench.benchmarks.matmul import load_ops, time_callable
 from xfbench.benchmarks.workload import parse_list
 
@@ -52,6 +53,7 @@ def _peaks(backend: str, device: str) -> tuple[float, float, float]:
 def test_matmul(benchmark: Any, matmul_case: tuple[str, str, int], xfbench_writer: Any) -> None:
     backend, device, n = matmul_case
     row: dict[str, Any] = {"kind": "matmul", "backend": backend, "device": device, "dtype": "float32"}
+    row["tf32"] = tf32_row_value(device)
     row.update(shape=f"{n}x{n}x{n}", transfers="excluded")
     if backend != "numpy" and not is_available(backend):
         reason = f"{backend} is not installed in this environment (tox -e {backend})"

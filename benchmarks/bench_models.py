@@ -6,10 +6,12 @@ appends one row to the run's CSV as soon as it finishes.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
 from xfbench.backends import get_backend, is_available
+from xfbench.backends.common import is_oom_error
 from xfbench.benchmarks.measure import (
     flop_columns,
     framework_overhead,
@@ -20,20 +22,22 @@ from xfbench.benchmarks.measure import (
     time_columns,
 )
 from xfbench.benchmarks.profiles import Plan
-from xfbench.benchmarks.workload import Config, prepare
+from xfbench.benchmarks.workload import Config, base_row, prepare
+
+_base_row = base_row
 
 
-def _base_row(cfg: Config) -> dict[str, Any]:
-    return {
-        "kind": "model",
-        "backend": cfg.backend,
-        "device": cfg.device,
-        "model": cfg.model,
-        "phase": cfg.phase,
-        "batch_size": cfg.batch_size,
-        "dtype": cfg.dtype,
-        "optimizer": cfg.optimizer if cfg.phase == "training" else "",
-    }
+def release_gpu_cache(backend: str, device: str) -> None:
+    """Before a fresh memory-worker process starts on a GPU: this process's framework gives the GPU memory its
+    allocator keeps cached (from earlier configurations) back to the driver, so the worker finds it free
+    (``release_cached_memory`` of the backend's ``memory`` module: torch ``empty_cache``, MXNet
+    ``Context.empty_cache``; TensorFlow cannot release, and grows on demand instead). No-op on the CPU."""
+    if device == "cpu":
+        return
+    memory = importlib.import_module(f"xfbench.backends.{backend}.memory")
+    release = getattr(memory, "release_cached_memory", None)
+    if release is not None:
+        release(device)
 
 
 def _finish(writer: Any, rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
@@ -69,6 +73,7 @@ def test_model_step(
 
     row.update(prediction_columns(cfg))
     if measure_memory:
+        release_gpu_cache(cfg.backend, cfg.device)
         family = probe_family(cfg.spec())
         overhead = framework_overhead(cfg.backend, cfg.device, cfg.phase, cfg.optimizer, family)
         if overhead is not None:
@@ -84,6 +89,8 @@ def test_model_step(
             row["message"] = f"memory: {mem.get('message', '')}; " + row.get("message", "")
         else:
             row.update(memory_columns(mem, row["mem_predicted_bytes"]))
+            if mem.get("message"):
+                row["message"] = (row.get("message", "") + f"; memory: {mem['message']}").lstrip("; ")
 
     try:
         work = prepare(cfg)
@@ -101,7 +108,7 @@ def test_model_step(
             row["achieved_flops_per_s"] = row["flops_predicted"] / row["time_median_s"]
         benchmark.extra_info.update({k: v for k, v in row.items() if v is not None})
     except Exception as exc:
-        if hasattr(b, "is_oom_error") and b.is_oom_error(exc):
+        if is_oom_error(exc):
             _finish(xfbench_writer, xfbench_rows, {**row, "status": "oom", "message": str(exc).splitlines()[0]})
             pytest.skip(f"out of memory: {exc}")
         _finish(

@@ -17,6 +17,7 @@ from xfbench.benchmarks.scaling import (
     DEFAULT_MODELS,
     ScalingPlan,
     default_workers,
+    gpu_count,
     plot_path,
     plot_scaling,
     run_backend,
@@ -28,15 +29,26 @@ def _selected_backends(config: pytest.Config) -> list[str]:
     return [canonical_name(b) for b in parse_list(config.getoption("--backend"))] or list(BACKENDS)
 
 
+def _selected_kinds(config: pytest.Config) -> list[str]:
+    """``cpu`` and/or ``gpu`` from ``--device`` (``gpu:N`` scales over the GPUs; ``all`` means both)."""
+    kinds: list[str] = []
+    for d in parse_list(config.getoption("--device")) or ["cpu"]:
+        for kind in ("cpu", "gpu") if d == "all" else ("cpu" if d == "cpu" else "gpu",):
+            if kind not in kinds:
+                kinds.append(kind)
+    return kinds
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "scaling_backend" in metafunc.fixturenames:
-        backends = _selected_backends(metafunc.config)
-        metafunc.parametrize("scaling_backend", backends, ids=[f"scale-{b}" for b in backends])
+        pairs = [(b, k) for b in _selected_backends(metafunc.config) for k in _selected_kinds(metafunc.config)]
+        metafunc.parametrize(("scaling_backend", "scaling_device"), pairs, ids=[f"scale-{b}-{k}" for b, k in pairs])
 
 
 def test_scaling(
     benchmark: Any,
     scaling_backend: str,
+    scaling_device: str,
     request: pytest.FixtureRequest,
     xfbench_writer: Any,
     xfbench_rows: list[dict[str, Any]],
@@ -48,7 +60,9 @@ def test_scaling(
     models = tuple(m for m in DEFAULT_MODELS if not wanted or m in wanted)
     if not models:
         pytest.skip(f"--models selects none of the scaling models {', '.join(DEFAULT_MODELS)} (use xfbench scale)")
-    plan = ScalingPlan(models=models, workers=default_workers())
+    if scaling_device == "gpu" and gpu_count() == 0:
+        pytest.skip("no GPU visible: GPU scaling needs at least one (CUDA driver / NVML found none)")
+    plan = ScalingPlan(models=models, workers=default_workers(scaling_device), device=scaling_device)
     rows: list[dict[str, Any]] = []
 
     def sweep() -> None:

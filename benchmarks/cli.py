@@ -1,7 +1,9 @@
 """The ``xfbench`` command line.
 
-Bad input (unknown model, unreadable spec file, bad batch size, dtype, ...) prints one line
-``xfbench: error: ...`` and exits with code 2; no traceback.
+Bad input (unknown model, unreadable or binary spec file, a report CSV that is malformed, bad batch size,
+dtype, a backend named but not installed, a configuration whose memory ledger exceeds this machine's RAM,
+...) prints one line ``xfbench: error: ...`` naming the bad value and what is allowed, and exits with code
+2; no traceback (``benchmarks/usage.py``). ``xfbench run`` exits with code 5 when it measured nothing.
 """
 
 from __future__ import annotations
@@ -9,24 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from xfbench.analytics.catalog import CATALOG, resolve_model
+from xfbench.analytics.catalog import CATALOG
 from xfbench.analytics.costs import FRAMEWORKS, canonical_framework
 from xfbench.analytics.memory import DTYPE_BYTES, OPTIMIZER_SLOTS
 from xfbench.analytics.predict import Prediction, predict
 from xfbench.analytics.spec import ModelSpec, SpecError
 from xfbench.analytics.units import fmt_bytes, fmt_count, fmt_flops
-from xfbench.benchmarks.argtypes import positive_int
+from xfbench.benchmarks import usage
+from xfbench.benchmarks.argtypes import positive_int, tf32_arg
+from xfbench.benchmarks.usage import UsageError
 from xfbench.benchmarks.workload import parse_list
 from xfbench.reports.paths import subprocess_env
 from xfbench.reports.table import render_table
-
-
-class UsageError(Exception):
-    """Bad user input: reported as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,18 +52,13 @@ def _framework(text: str) -> str:
 
 
 def load_model(name: str, args: argparse.Namespace) -> ModelSpec:
-    """A catalog model or spec file, with the command's overrides; SpecError becomes a UsageError."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return resolve_model(
-                name,
-                input_shape=getattr(args, "input_shape", None),
-                num_classes=getattr(args, "num_classes", None),
-                vocab=getattr(args, "vocab", None),
-            )
-    except SpecError as exc:
-        raise UsageError(str(exc)) from None
+    """A catalog model or spec file, with the command's overrides; any failure is a one-line UsageError."""
+    return usage.load_model(
+        name,
+        input_shape=getattr(args, "input_shape", None),
+        num_classes=getattr(args, "num_classes", None),
+        vocab=getattr(args, "vocab", None),
+    )
 
 
 def _add_model_overrides(p: argparse.ArgumentParser) -> None:
@@ -163,21 +157,44 @@ def _backend_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _device_arg(text: str) -> str:
+    d = text.strip().lower()
+    if d not in ("cpu", "gpu") and not (d.startswith("gpu:") and d[4:].isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: cpu, gpu or gpu:N")
+    return d
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     from xfbench.backends import BACKENDS, is_available
     from xfbench.benchmarks.parity import TOLERANCE, check_parity
 
-    wanted = args.backend or list(BACKENDS)
-    present = [b for b in wanted if is_available(b)]
-    for b in wanted:
-        if b not in present:
-            print(f"skipped {b}: not installed in this environment (tox -e {b})", file=sys.stderr)
-    if not present:
-        raise UsageError(
-            f"none of the backends {', '.join(wanted)} is installed here; install one "
-            "(pip install 'xfbench[torch]') or run it in a framework's tox env (.tox/torch/bin/xfbench parity)"
-        )
+    usage.check_tf32_env()
     specs = [load_model(m, args) for m in (args.model or list(CATALOG))]
+    wanted = list(dict.fromkeys(args.backend or BACKENDS))
+    for b in wanted:  # before anything is built: the inference ledger of each (model, backend) must fit
+        for spec in specs:
+            usage.require_feasible(
+                spec,
+                args.batch,
+                "inference",
+                framework=b,
+                device=args.device,
+                what=f"--model {spec.name} batch {args.batch}",
+            )
+    if args.backend:
+        # Backends the user names must be usable here; the default set skips absent ones with a reason.
+        usage.require_backends(wanted, in_process=True)
+        present = wanted
+    else:
+        present = [b for b in BACKENDS if is_available(b)]
+        if not present:
+            raise UsageError(
+                f"none of the backends {', '.join(BACKENDS)} is installed here; install one "
+                "(pip install 'xfbench[torch]') or run it in a framework's tox env (.tox/torch/bin/xfbench parity)"
+            )
+        for b in BACKENDS:
+            if b not in present:
+                print(f"skipped {b}: not installed in this environment (tox -e {b})", file=sys.stderr)
     rows, failed = [], 0
     for b in present:
         for spec in specs:
@@ -199,10 +216,55 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _check_run_options(args: argparse.Namespace) -> None:
+    """What the benchmark conftest checks at configure time, checked here first so that a bad value is one
+    ``xfbench: error:`` line (exit 2) before pytest starts: values, spec files, the memory each configuration
+    the user named needs, and that every backend named with ``--backend`` imports (in a probe process)."""
+    from xfbench.backends import canonical_name
+    from xfbench.benchmarks.worker import parse_size
+    from xfbench.benchmarks.workload import (
+        DEFAULT_DEVICE,
+        DEFAULT_DTYPE,
+        DEFAULT_OPTIMIZER,
+        DEFAULT_PHASES,
+        DEFAULT_PROFILE,
+        parse_suites,
+        select_configs,
+    )
+
+    if args.suite is not None:
+        parse_suites(args.suite)
+    if args.memory_limit is not None:
+        try:
+            parse_size(args.memory_limit)
+        except ValueError as exc:
+            raise UsageError(f"--memory-limit: {exc}") from None
+    select_configs(
+        backend=args.backend,
+        models=args.models,
+        phase=args.phase or DEFAULT_PHASES,
+        batch=args.batch,
+        profile=args.profile or DEFAULT_PROFILE,
+        device=args.device or DEFAULT_DEVICE,
+        dtype=args.dtype or DEFAULT_DTYPE,
+        optimizer=args.optimizer or DEFAULT_OPTIMIZER,
+    )
+    if args.report_dir is not None:
+        usage.check_output_dir(args.report_dir, "--report-dir")
+    try:
+        named = [canonical_name(b) for b in parse_list(args.backend)]
+    except ValueError as exc:
+        raise UsageError(f"--backend: {exc}") from None
+    usage.require_backends(named)
+
+
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     """Drives the same pytest run as ``pytest benchmarks --benchmark-only`` (one implementation)."""
-    import subprocess
     from pathlib import Path
+
+    usage.apply_tf32(args.tf32)  # XFBENCH_TF32 for this process and every subprocess (pytest, its workers)
+    usage.check_tf32_env()
+    _check_run_options(args)
 
     # The benchmark modules of this installation (a checkout's benchmarks/ or site-packages/xfbench/benchmarks);
     # the working directory stays the user's, so reports go to ./reports/runs unless --report-dir says otherwise.
@@ -226,6 +288,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         "report_dir",
         "memory_limit",
         "suite",
+        "tf32",
     ):
         value = getattr(args, opt)
         if value is not None:
@@ -235,51 +298,93 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.no_memory:
         cmd.append("--no-memory")
     cmd += extra
-    print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd, env=subprocess_env())
+    print("running: " + " ".join(cmd), flush=True)
+    return _run_pytest(cmd)
+
+
+def _run_pytest(cmd: list[str]) -> int:
+    """Runs the pytest child with its stderr relayed as it comes, except a usage error (pytest's ``ERROR:``
+    lines, exit 4: e.g. an unknown argument passed through), which becomes one ``xfbench: error:`` line."""
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE, text=True, errors="replace")
+    held: list[str] = []
+
+    def relay() -> None:
+        assert proc.stderr is not None
+        hold = False
+        for line in proc.stderr:
+            hold = hold or line.startswith("ERROR: ")
+            if hold:
+                held.append(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    pump = threading.Thread(target=relay, daemon=True)
+    pump.start()
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()  # the child got the same Ctrl-C: it stops after writing what it finished
+        pump.join()
+        sys.stderr.writelines(held)
+        raise
+    pump.join()
+    if code == 4 and held:
+        # pytest's usage error is xfbench's bad input: exit 2, one line (the argparse "error:" line if any).
+        lines = [ln.strip() for ln in held if ln.strip()]
+        detail = next((ln.split(": error: ", 1)[1] for ln in lines if ": error: " in ln), lines[0][len("ERROR: ") :])
+        raise UsageError(f"pytest: {detail}")
+    sys.stderr.writelines(held)
+    return usage.EXIT_USAGE if code == 4 else code
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from xfbench.reports.compare import compare, format_text
-    from xfbench.reports.writer import SchemaError
 
     try:
         result = compare(args.files, args.out)
-    except (SchemaError, ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+    except ValueError as exc:  # ReportError, SchemaError and the too-little-to-compare errors: one line each
+        raise UsageError(usage.one_line(exc)) from None
     print(format_text(result))
     return 0
 
 
 def latest_per_backend(directory: str) -> list[str]:
-    """The newest report CSV of each backend in ``directory`` (what one ``tox -m bench`` just wrote)."""
-    import csv
+    """The newest report CSV of each backend in ``directory`` (what one ``tox -m bench`` just wrote).
+
+    ``ReportError`` (one line naming the file) for a CSV there that is no readable report."""
     from pathlib import Path
 
+    from xfbench.reports.writer import ReportError, read_report
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ReportError(f"--latest {directory!r}: not a directory; allowed: a directory of report CSVs")
     newest: dict[str, tuple[float, str]] = {}
-    for path in Path(directory).glob("*.csv"):
-        with open(path, newline="") as fh:
-            rows = csv.DictReader(line for line in fh if not line.startswith("#"))
-            backends = {r.get("backend", "") for r in rows}
+    for path in sorted(folder.glob("*.csv")):
+        backends = set(read_report(path)["backend"])
+        mtime = path.stat().st_mtime
         for backend in backends:
-            mtime = path.stat().st_mtime
             if backend and (backend not in newest or newest[backend][0] < mtime):
                 newest[backend] = (mtime, str(path))
     return sorted({p for _, p in newest.values()})
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from xfbench.reports.writer import SchemaError, merge_reports
+    from xfbench.reports.writer import merge_reports
 
     files = list(args.files)
-    if args.latest:
-        files += latest_per_backend(args.latest)
-    if not files:
-        raise UsageError("nothing to merge: give report files or --latest DIR with report CSVs in it")
     try:
+        if args.latest:
+            files += latest_per_backend(args.latest)
+        if not files:
+            raise UsageError("nothing to merge: give report files or --latest DIR with report CSVs in it")
         df = merge_reports(files, args.out)
-    except (SchemaError, ValueError, FileNotFoundError) as exc:
-        raise UsageError(str(exc).splitlines()[0]) from None
+    except ValueError as exc:  # ReportError, SchemaError: one line naming the file
+        raise UsageError(usage.one_line(exc)) from None
     print(f"merged {len(files)} files ({', '.join(files)}), {len(df)} rows -> {args.out}")
     return 0
 
@@ -307,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", type=_backend_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
     p.add_argument("--model", type=parse_list, help="comma-separated catalog names or spec files (default: all)")
     p.add_argument("--batch", type=positive_int, default=2)
-    p.add_argument("--device", default="cpu", help="cpu, gpu or gpu:N (TF32 is turned off for the check)")
+    p.add_argument(
+        "--device", type=_device_arg, default="cpu", help="cpu, gpu or gpu:N (TF32 is turned off for the check)"
+    )
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser(
@@ -325,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory process")
     p.add_argument("--memory-limit", help="cap each memory process (RLIMIT_AS), e.g. 4GB")
     p.add_argument("--suite", help="models,harness,matmul,scaling,exercises or all (default: all but exercises)")
+    p.add_argument("--tf32", type=tf32_arg, help="TF32 matmuls on GPUs: on or off (sets XFBENCH_TF32)")
     p.add_argument("--report-dir", dest="report_dir", default=None, help="default: reports/runs")
     p.set_defaults(func=cmd_run, passthrough=True)
 
@@ -349,20 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
+    def command() -> int:
+        parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         if getattr(args, "passthrough", False):
             return int(args.func(args, extra))
         if extra:
             raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args))
-    except UsageError as exc:
-        print(f"xfbench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xfbench: interrupted", file=sys.stderr)
-        return 130
+
+    return usage.run_main(command)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ For every exercise: one framework-free row (the claim against the analytic predi
   under ``RLIMIT_AS`` on the CPU (``--memory-limit``: caps the worker's *virtual address space*, not its
   resident memory, and only the worker's) or the GPU's own memory.
 
-Reports: ``reports/exercises/exercises-<run id>.md`` and the schema-2 CSV (``kind=exercise``, ``shape`` = the
+Reports: ``reports/exercises/exercises-<run id>.md`` and the schema-3 CSV (``kind=exercise``, ``shape`` = the
 exercise id) written with :class:`reports.writer.RunWriter` into ``reports/exercises/``.
 """
 
@@ -50,12 +50,14 @@ from xfbench.analytics.exercises import (
     measured_footprint,
     model_spec,
     predicted_figure,
+    predicted_or_blank,
     prediction,
     single_layer_specs,
     verdict,
 )
 from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import make_batch
+from xfbench.backends.common import is_oom_message
 from xfbench.benchmarks.measure import memory_in_fresh_process
 from xfbench.benchmarks.worker import parse_size
 from xfbench.benchmarks.workload import Config, prepare
@@ -64,7 +66,6 @@ from xfbench.reports.paths import reports_dir, subprocess_env
 TIME_ROUNDS = 3
 QUICK_CURVE = (1, 2, 4, 8)
 DEFAULT_BUDGET_MARGIN = 256 * 2**20  # auto budget: batch-1 address space rounded up to 256 MiB, + this
-OOM_MARKERS = ("out of memory", "can't allocate", "cannot allocate", "bad_alloc", "resourceexhausted", "memoryerror")
 
 
 @dataclass
@@ -89,10 +90,13 @@ class Result:
 
 
 def _is_oom(result: dict[str, Any]) -> bool:
+    """A worker result that ran out of memory: status ``oom``, or an ``error`` whose message the one OOM table
+    (:func:`backends.common.is_oom_message`) recognises, or a worker killed by SIGABRT (``exited -6``: an
+    uncaught ``std::bad_alloc`` in a framework's C++ code aborts the process before Python sees it)."""
     if result.get("status") == "oom":
         return True
-    msg = str(result.get("message", "")).lower()
-    return result.get("status") == "error" and (any(m in msg for m in OOM_MARKERS) or "exited -6" in msg)
+    msg = str(result.get("message", ""))
+    return result.get("status") == "error" and (is_oom_message(msg) or "exited -6" in msg)
 
 
 class Runner:
@@ -472,7 +476,15 @@ class Runner:
         sub: str = "",
         status: str = "ok",
     ) -> Result:
-        pred = predicted if predicted is not None else _safe_predicted(ex, self.backend)
+        pred = predicted
+        if pred is None:
+            try:
+                pred, why = predicted_or_blank(ex, self.backend)
+            except Exception as exc:  # a bug in the prediction: an error row, never an ok row with a blank
+                pred, why = Figure(None), f"prediction failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+                status = "error"
+            if why:
+                message = f"{why}; {message}" if message.strip() else why
         return Result(
             ex,
             self.backend,
@@ -490,13 +502,6 @@ class Runner:
 
 def _number(value: object, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) else default
-
-
-def _safe_predicted(ex: Exercise, framework: str) -> Figure:
-    try:
-        return predicted_figure(ex, framework)
-    except Exception:
-        return Figure(None)
 
 
 def _explain(ex: Exercise, message: str) -> str:
@@ -517,11 +522,15 @@ def _matmul_rows(kind: str, backend: str) -> list[dict[str, str]]:
     for path in files:
         if path.parent.name == "exercises":
             continue
-        with path.open() as fh:
-            lines = [ln for ln in fh if not ln.startswith("#")]
+        try:
+            with path.open(encoding="utf-8") as fh:
+                lines = [ln for ln in fh if not ln.startswith("#")]
+            rows = list(csv.DictReader(lines))
+        except (OSError, UnicodeDecodeError, csv.Error):  # not a report (binary, unreadable): not matmul rows either
+            continue
         found = [
             dict(row)
-            for row in csv.DictReader(lines)
+            for row in rows
             if row.get("kind") == kind and row.get("backend") in (backend, "numpy") and row.get("status") == "ok"
         ]
         if found:
@@ -532,7 +541,13 @@ def _matmul_rows(kind: str, backend: str) -> list[dict[str, str]]:
 def analytic_results(exercises: list[Exercise]) -> list[Result]:
     out = []
     for ex in exercises:
-        fig, v = analytic_verdict(ex)
+        status, explanation = "ok", ex.gap
+        try:
+            fig, v = analytic_verdict(ex)
+        except Exception as exc:  # a bug in the prediction: an error row, never an ok row with a blank
+            fig, v = Figure(None), Verdict("pending: error")
+            status = "error"
+            explanation = _explain(ex, f"prediction failed: {type(exc).__name__}: {exc}".splitlines()[0][:300])
         out.append(
             Result(
                 ex,
@@ -542,7 +557,8 @@ def analytic_results(exercises: list[Exercise]) -> list[Result]:
                 fmt(fig.value, fig.unit) + (f" ({fig.label})" if fig.label else ""),
                 "-",
                 v.label,
-                ex.gap,
+                explanation,
+                status,
                 numbers={"predicted": fig.value, "unit": fig.unit},
             )
         )
@@ -627,7 +643,7 @@ def markdown(results: list[Result], title: str, command: str) -> str:
 
 
 def write_reports(results: list[Result], command: str, directory: Path | None = None) -> tuple[Path, Path]:
-    """Writes the CSV (schema 2, one row per result) and the markdown report; returns their paths."""
+    """Writes the CSV (schema 3, one row per result) and the markdown report; returns their paths."""
     from xfbench.backends import get_backend
     from xfbench.reports.writer import RunWriter
 

@@ -16,6 +16,7 @@ def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from xfbench.analytics.exercises import select
     from xfbench.backends import BACKENDS, canonical_name, is_available
     from xfbench.benchmarks.exercises import TABLE_HEADERS, analytic_results, run_backend, table_rows, write_reports
+    from xfbench.benchmarks.usage import require_backends
     from xfbench.benchmarks.worker import parse_size
     from xfbench.reports.table import render_table
 
@@ -32,9 +33,13 @@ def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
             raise usage_error(f"--device {d!r}: allowed: cpu, gpu, gpu:N")
     if args.memory_budget not in (None, "auto"):
         try:
-            parse_size(args.memory_budget)
+            budget = parse_size(args.memory_budget)
         except ValueError as exc:
             raise usage_error(f"--memory-budget: {exc}") from None
+        _check_budget(args.memory_budget, budget, usage_error)
+    if args.backend and not args.analytic_only:
+        # Backends the user names must import here; the default set reports absent ones as skipped.
+        require_backends(wanted, in_process=True)
 
     results = analytic_results(exercises)
     skipped: list[str] = []
@@ -73,6 +78,20 @@ def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         csv_path, md_path = write_reports(results, command)
         print(f"report: {md_path}\nCSV: {csv_path}")
     return 0
+
+
+def _check_budget(text: str, budget: int, usage_error: type[Exception]) -> None:
+    """The largest-batch search raises the batch until the worker fails under RLIMIT_AS = ``budget``. Address
+    space is at least the resident memory, so a budget above RAM + swap lets the search exhaust the machine
+    (the kernel's OOM killer) before the limit is reached: refused, with the bytes."""
+    import psutil
+
+    ram, swap = int(psutil.virtual_memory().total), int(psutil.swap_memory().total)
+    if budget > ram + swap:
+        raise usage_error(
+            f"--memory-budget {text!r}: {budget:,} bytes is more than this machine's RAM + swap "
+            f"({ram + swap:,} bytes); allowed: up to {ram + swap:,} bytes, or auto"
+        )
 
 
 def register(sub: Any, usage_error: type[Exception]) -> None:

@@ -52,6 +52,7 @@ from xfbench.analytics.roofline import (
     roofline_time,
     transfer_time,
 )
+from xfbench.backends.common import is_oom_error, tf32_row_value
 
 ALL_BACKENDS = ("numpy", "torch", "tensorflow", "mxnet")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -65,8 +66,10 @@ _CPU_FLAGS_FOR = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_f
 @dataclass(frozen=True)
 class SweepConfig:
     """What to measure. ``devices`` ``None`` = every device each backend sees. Sizes are square n;
-    ``shapes`` are extra (m, k, n). ``peak_size``/``copy_bytes`` ``None`` = by device kind (CPU 2048 /
-    256 MiB, GPU 8192 / 1 GiB). ``predict_gpu``: catalog GPU for the crossover prediction without a GPU.
+    ``shapes`` are extra (m, k, n). ``peak_size``/``copy_bytes``: the CPU's peak probes (``None`` = 2048 /
+    256 MiB); ``gpu_peak_size``/``gpu_copy_bytes``: a GPU's (``None`` = 8192 / 1 GiB, whatever the profile:
+    a smaller matmul or copy does not fill a GPU, and would understate its peaks and so every roofline
+    prediction). ``predict_gpu``: catalog GPU for the crossover prediction without a GPU.
     """
 
     backends: tuple[str, ...] = ALL_BACKENDS
@@ -79,6 +82,8 @@ class SweepConfig:
     max_rounds: int = 200
     peak_size: int | None = None
     copy_bytes: int | None = None
+    gpu_peak_size: int | None = None
+    gpu_copy_bytes: int | None = None
     logging_steps: int = 1000
     logging_size: int = 100
     concurrency_size: int | None = None
@@ -195,6 +200,13 @@ def _shape_text(m: int, k: int, n: int) -> str:
     return f"{m}x{k}x{n}"
 
 
+def probe_sizes(cfg: SweepConfig, device: str) -> tuple[int, int]:
+    """(square size of the compute-peak matmul, bytes of the bandwidth copy) for ``device`` under ``cfg``."""
+    if _kind(device) == "gpu":
+        return cfg.gpu_peak_size or 8192, cfg.gpu_copy_bytes or (1 << 30)
+    return cfg.peak_size or 2048, cfg.copy_bytes or (256 << 20)
+
+
 # --- peaks ---------------------------------------------------------------------------------------------------
 
 
@@ -268,6 +280,7 @@ class _Sweep:
         row.setdefault("status", "ok")
         if row.get("device"):
             row.setdefault("device_name", self.device_name(row["device"]))
+            row.setdefault("tf32", tf32_row_value(row["device"]))
         if row.get("backend") in self.ops:
             row.setdefault("framework_version", self.ops[row["backend"]].VERSION)
         if self.writer is not None:
@@ -313,7 +326,7 @@ class _Sweep:
                 self.log(f"peaks: {b} {d} ...")
                 p.overhead[(b, d)] = self.timing(ops.matmul_timer(1, 1, 1, "float32", d), 20).median
                 p.read_latency[(b, d)] = self.timing(ops.scalar_read_callable(d), 20).median
-                nbytes = c.copy_bytes or ((1 << 30) if gpu else (256 << 20))
+                peak_n, nbytes = probe_sizes(c, d)
                 t = self.timing(ops.copy_bandwidth_callable(nbytes, d))
                 p.copy_bw[(b, d)] = 2 * nbytes / t.min  # a capability: the fastest call
                 self.emit(
@@ -350,7 +363,7 @@ class _Sweep:
                 for dtype in c.dtypes:
                     if self.dtype_skip(b, d, dtype):
                         continue
-                    n = c.peak_size or (8192 if gpu else 2048)
+                    n = peak_n
                     try:
                         t = self.timing(ops.matmul_timer(n, n, n, dtype, d))
                     except Exception as exc:
@@ -422,9 +435,7 @@ class _Sweep:
             t = self.timing(ops.matmul_timer(m, k, n, dtype, d, transfers))
         except Exception as exc:
             text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            oom = (
-                "out of memory" in text.lower() or "resource exhausted" in text.lower() or isinstance(exc, MemoryError)
-            )
+            oom = is_oom_error(exc)
             self.emit({**row, "status": "oom" if oom else "error", "message": text})
             self.log(f"{b} {d} {dtype} {row['shape']}: {text}")
             return
@@ -865,6 +876,7 @@ __all__ = [
     "cpu_native_dtype",
     "load_ops",
     "plot",
+    "probe_sizes",
     "process_concurrency",
     "run_sweep",
     "summary_table",

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from xfbench.analytics.costs import tf_profiler_flops
 from xfbench.analytics.predict import counter_prediction, predict, unsupported_layer_indices
 from xfbench.analytics.spec import ModelSpec
 from xfbench.backends import get_backend
@@ -95,19 +96,51 @@ def prediction_columns(config: Config) -> dict[str, Any]:
     }
 
 
+# |counted - predicted| / predicted above this flags the row's differing ops in ``flops_unsupported``.
+FLOPS_TOLERANCE = 1e-3
+
+
+def counter_expectation(
+    spec: ModelSpec, batch_size: int, backend: str, phase: str, skip: tuple[int, ...] = ()
+) -> tuple[int, dict[str, int] | None]:
+    """The analytic FLOPs a backend's counter should report (over its ``ALIGNED_OPS``), and per op where known.
+
+    TensorFlow is predicted op by op (:func:`analytics.costs.tf_profiler_flops`: forward and gradient ops
+    under the profiler's own registry rules); PyTorch and MXNet count matmuls, predicted as a total.
+    """
+    if backend == "tensorflow":
+        by_op = tf_profiler_flops(spec, batch_size, phase, skip)
+        return sum(by_op.values()), by_op
+    return counter_prediction(spec, batch_size, COUNTER_NAMES[backend], phase, skip), None
+
+
 def flop_columns(work: Workload) -> dict[str, Any]:
+    """The FLOP columns of a row. ``flops_counted`` is the counter's count over the backend's ``ALIGNED_OPS``
+    (its whole total where that is ``None``), ``flops_counter`` names that op set, and ``flops_rel_error``
+    is computed from exactly ``flops_counted``. Where the per-op prediction and the count disagree by more
+    than :data:`FLOPS_TOLERANCE`, ``flops_unsupported`` names each differing op with both figures."""
     cfg = work.config
     count = work.backend.count_flops(work.model, work.spec, cfg.batch_size, cfg.phase)
     skip = unsupported_layer_indices(work.spec, tuple(count.unsupported))
-    expected = counter_prediction(work.spec, cfg.batch_size, COUNTER_NAMES[cfg.backend], cfg.phase, skip)
+    expected, expected_by_op = counter_expectation(work.spec, cfg.batch_size, cfg.backend, cfg.phase, skip)
     ops = work.backend.ALIGNED_OPS
     counted = count.total if ops is None else sum(v for k, v in count.by_op.items() if k in ops)
+    rel_error = (counted - expected) / expected if expected else None
+    notes = list(count.unsupported)
+    if expected_by_op is not None and ops is not None and (rel_error is None or abs(rel_error) > FLOPS_TOLERANCE):
+        differing = [
+            f"{op} counted {count.by_op.get(op, 0)} predicted {expected_by_op.get(op, 0)}"
+            for op in ops
+            if count.by_op.get(op, 0) != expected_by_op.get(op, 0)
+        ]
+        if differing:
+            notes.append("differs: " + ", ".join(differing))
     return {
         "flops_counter": count.counter if ops is None else f"{count.counter} ({'+'.join(ops)})",
         "flops_counted": counted,
         "flops_predicted_counter": expected,
-        "flops_rel_error": (count.total - expected) / expected if expected else None,
-        "flops_unsupported": ";".join(count.unsupported),
+        "flops_rel_error": rel_error,
+        "flops_unsupported": ";".join(notes),
     }
 
 

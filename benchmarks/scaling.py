@@ -42,6 +42,7 @@ from xfbench.analytics.scaling import (
     speedup,
 )
 from xfbench.analytics.spec import ModelSpec
+from xfbench.backends.common import tf32_row_value
 from xfbench.reports.paths import subprocess_env
 
 DEFAULT_MODELS = ("lenet", "mlp", "cnn3")
@@ -50,8 +51,27 @@ QUICK_INPUT: dict[str, tuple[int, ...]] = {"cnn3": (3, 64, 96)}
 DEFAULT_ALLREDUCE_SIZES = (4 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20)
 
 
+def gpu_count() -> int:
+    """GPUs the workers can use: CUDA's count for this process (``CUDA_VISIBLE_DEVICES`` applied), from the
+    driver or NVML, without importing a framework (:func:`backends.nvml.visible_gpu_count`); 0 without a GPU."""
+    from xfbench.backends.nvml import visible_gpu_count
+
+    return visible_gpu_count()
+
+
 def default_workers(device: str = "cpu") -> tuple[int, ...]:
-    """1, 2, 4, ... up to the cores (CPU: one single-threaded worker per core)."""
+    """1, 2, 4, ... up to the cores on the CPU (one single-threaded worker per core); on GPUs (one GPU per
+    worker) 1, 2, 4, ... up to the GPU count, which ends the list when it is not a power of 2 (3 GPUs: 1, 2, 3).
+    Without a visible GPU: ``(1,)`` (and :func:`check_plan` refuses the plan)."""
+    if device != "cpu":
+        gpus = gpu_count()
+        out, n = [], 1
+        while n <= gpus:
+            out.append(n)
+            n *= 2
+        if gpus > 0 and out[-1] != gpus:
+            out.append(gpus)
+        return tuple(out) or (1,)
     cores = os.cpu_count() or 1
     out, n = [], 1
     while n <= cores:
@@ -106,6 +126,14 @@ def check_plan(plan: ScalingPlan) -> None:
         raise ValueError(f"workers {plan.workers}: allowed: positive integers")
     if 1 not in plan.workers:
         raise ValueError("workers must include 1: speedups and predictions are relative to one worker")
+    if plan.device != "cpu":
+        gpus = gpu_count()
+        if max(plan.workers) > gpus:
+            allowed = f"1..{gpus}" if gpus else "none (no GPU visible: use --device cpu)"
+            raise ValueError(
+                f"workers {max(plan.workers)} on {plan.device}: one GPU per worker, and this machine shows "
+                f"{gpus} GPU(s); allowed: {allowed}"
+            )
     for mode in plan.modes:
         if mode not in SCALING_MODES:
             raise ValueError(f"scaling mode {mode!r}; allowed: {', '.join(SCALING_MODES)}")
@@ -190,7 +218,13 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any
     basis = prediction_basis(bandwidth, latency)
     one = results[1]
     version = one.get("framework_version", "")
-    common = {"backend": backend, "framework_version": version, "device": plan.device, "dtype": "float32"}
+    common = {
+        "backend": backend,
+        "framework_version": version,
+        "device": plan.device,
+        "dtype": "float32",
+        "tf32": one.get("tf32", tf32_row_value(plan.device)),
+    }
     rows: list[dict[str, Any]] = []
     for n, res in sorted(results.items()):
         for a in res.get("allreduce", []) if n > 1 else []:
@@ -267,24 +301,30 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any
 
 
 def run_backend(backend: str, plan: ScalingPlan, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Measures every N for one backend; returns its rows (an ``error`` row if a run fails)."""
+    """Measures every N for one backend; returns its rows.
+
+    When the run of some N fails, the rows of the N already measured are kept (they need N=1, the basis of every
+    speedup and prediction), followed by one ``error`` row for the failing N; larger N are not attempted (the
+    row's message lists them)."""
     results: dict[int, dict[str, Any]] = {}
-    for n in sorted(set(plan.workers)):
+    counts = sorted(set(plan.workers))
+    for i, n in enumerate(counts):
         if progress:
             progress(f"scale {backend} N={n} ...")
         try:
             results[n] = run_job(backend, n, _job(plan, n), plan.python.get(backend), plan.timeout_s)
         except RuntimeError as exc:
-            return [
-                {
-                    "kind": "scaling",
-                    "backend": backend,
-                    "device": plan.device,
-                    "workers": n,
-                    "status": "error",
-                    "message": str(exc)[:1000],
-                }
-            ]
+            rest = counts[i + 1 :]
+            note = f"; not run after this failure: N={','.join(map(str, rest))}" if rest else ""
+            error = {
+                "kind": "scaling",
+                "backend": backend,
+                "device": plan.device,
+                "workers": n,
+                "status": "error",
+                "message": str(exc)[:1000] + note,
+            }
+            return ([*build_rows(backend, plan, results)] if 1 in results else []) + [error]
     return build_rows(backend, plan, results)
 
 
@@ -403,6 +443,7 @@ __all__ = [
     "build_rows",
     "check_plan",
     "default_workers",
+    "gpu_count",
     "plot_path",
     "plot_scaling",
     "run_backend",

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from xfbench.benchmarks.argtypes import positive_int
+from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED
 from xfbench.benchmarks.workload import parse_list
 
 
@@ -26,6 +27,41 @@ def _ints(text: str) -> tuple[int, ...]:
     if not out or any(v <= 0 for v in out):
         raise argparse.ArgumentTypeError(f"{text!r}; allowed: comma-separated positive integers, e.g. 1,2,4")
     return out
+
+
+def _check_resources(plan: Any, backends: list[str]) -> None:
+    """Refuses, before any worker starts, what this machine cannot hold: on the CPU more workers than logical
+    cores (each worker is one single-threaded process on its own core), and a step whose memory ledger, times
+    the workers that each hold it, exceeds this machine's RAM."""
+    from xfbench.analytics.scaling import per_worker_batch
+    from xfbench.benchmarks.usage import UsageError, require_feasible
+
+    cores = os.cpu_count() or 1
+    if plan.device == "cpu" and max(plan.workers) > cores:
+        raise UsageError(
+            f"--workers {max(plan.workers)}: this machine has {cores} logical cores and each CPU worker is a "
+            f"single-threaded process on its own core; allowed: 1..{cores}"
+        )
+    for name in plan.models:
+        spec = plan.spec(name)
+        for n in plan.workers:
+            batches = set()
+            if "weak" in plan.modes:
+                batches.add(plan.batch)
+            if "strong" in plan.modes:
+                batches.add(per_worker_batch(plan.strong_batch, n, "strong"))
+            for batch in batches:
+                for backend in backends:
+                    require_feasible(
+                        spec,
+                        batch,
+                        "training",
+                        optimizer=plan.optimizer,
+                        framework=backend,
+                        device=plan.device,
+                        copies=n,
+                        what=f"--model {name} training at per-worker batch {batch} on {n} workers",
+                    )
 
 
 def register(sub: Any, usage_error: type[Exception]) -> None:
@@ -64,7 +100,10 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
             plot_scaling,
             run_scaling,
         )
-        from xfbench.reports.writer import RunWriter
+        from xfbench.benchmarks.usage import check_output_dir, check_tf32_env, load_model, one_line, require_backends
+        from xfbench.reports.writer import ReportError, RunWriter
+
+        check_tf32_env()
 
         try:
             backends = [canonical_name(b) for b in args.backend] if args.backend else list(BACKENDS)
@@ -74,10 +113,14 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
                 if not sep or not path:
                     raise ValueError(f"--python {item!r}; allowed: BACKEND=PATH")
                 if not os.path.exists(path):
-                    raise ValueError(f"--python {item!r}: {path} does not exist")
+                    raise ValueError(f"--python {item!r}: {path} does not exist; allowed: BACKEND=PATH of a python")
+                if not os.path.isfile(path) or not os.access(path, os.X_OK):
+                    raise ValueError(f"--python {item!r}: {path} is not an executable file; allowed: a python")
                 pythons[canonical_name(name)] = path
         except ValueError as exc:
             raise usage_error(str(exc)) from None
+        for name in args.model or ():
+            load_model(name, option="--model")  # a missing, binary or malformed spec file: one line
         plan = ScalingPlan(
             models=tuple(args.model) if args.model else DEFAULT_MODELS,
             workers=tuple(sorted(set(args.workers))) if args.workers else default_workers(args.device),
@@ -98,13 +141,28 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
             check_plan(plan)
         except (ValueError, SpecError) as exc:
             raise usage_error(str(exc).splitlines()[0]) from None
-        with RunWriter(args.report_dir) as writer:
+        _check_resources(plan, backends)
+        if args.report_dir is not None:
+            check_output_dir(args.report_dir, "--report-dir")
+        if args.backend:
+            # Backends the user names must import (in their --python where given); the default set skips.
+            require_backends(backends, python=pythons)
+        try:
+            writer = RunWriter(args.report_dir)
+        except ReportError as exc:
+            raise usage_error(f"--report-dir: {one_line(exc)}") from None
+        with writer:
             rows = run_scaling(
                 backends, plan, writer, is_available, progress=lambda m: print(m, file=sys.stderr, flush=True)
             )
         print(format_summary(rows))
         png = plot_scaling(rows, plot_path(writer.path))
         print(f"report: {writer.path}" + (f"\nplot: {png}" if png else ""))
-        return 1 if any(r["status"] == "error" for r in rows) else 0
+        if any(r["status"] == "error" for r in rows):
+            return 1
+        if not any(r["status"] == "ok" for r in rows):
+            print(f"xfbench: measured nothing: every selected configuration was skipped (see {writer.path})")
+            return EXIT_NOTHING_MEASURED
+        return 0
 
     p.set_defaults(func=run)

@@ -13,9 +13,11 @@ GPU method ``allocator+nvml``: the framework allocator's peak above the post-bui
 ``max_memory_allocated``, TensorFlow ``get_memory_info()['peak']``) and what NVML reports for the
 process (CUDA context and allocator reserve included).
 
-With ``--memory-limit`` (e.g. ``4GB``), the worker's address space is capped with ``RLIMIT_AS``
+With ``--memory-limit`` (e.g. ``4GB``), a CPU worker's address space is capped with ``RLIMIT_AS``
 before the framework is imported, so an over-budget step fails with an out-of-memory error in this
-process only, never the machine.
+process only, never the machine. GPU workers are not capped (:func:`address_space_limit`): RLIMIT_AS does
+not bound GPU memory, and a CUDA context reserves large ranges of virtual address space (unified
+addressing), so a host-sized cap would likely make CUDA's initialisation itself fail (not yet measured).
 """
 
 from __future__ import annotations
@@ -167,19 +169,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-OOM_TEXTS = ("out of memory", "resourceexhausted", "bad_alloc", "can't allocate memory", "cannot allocate memory")
+def _is_oom(exc: BaseException) -> bool:
+    """The one OOM classifier of every backend (:func:`backends.common.is_oom_error`: CUDA, TensorFlow,
+    MXNet and host allocation failures); it imports no framework."""
+    from xfbench.backends.common import is_oom_error
+
+    return is_oom_error(exc)
 
 
-def _is_oom(backend: str, exc: BaseException, text: str) -> bool:
-    """The backend's own OOM test (CUDA, oneDNN, TF, MXNet errors), else the allocators' messages."""
-    try:
-        from xfbench.backends import get_backend
+def address_space_limit(device: str, memory_limit: str | None) -> int | None:
+    """Bytes to cap this worker's address space to (``RLIMIT_AS``), or ``None``: only CPU workers are capped."""
+    if not memory_limit:
+        return None
+    from xfbench.backends.base import parse_device
 
-        if get_backend(backend).is_oom_error(exc):
-            return True
-    except Exception:
-        pass
-    return any(t in text.lower() for t in OOM_TEXTS)
+    kind, _ = parse_device(device)
+    if kind != "cpu":
+        return None
+    return parse_size(memory_limit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,18 +201,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input-shape", default=None)
     p.add_argument("--memory-limit", default=None, help="cap this process's address space, e.g. 4GB")
     args = p.parse_args(argv)
-    if args.memory_limit:
+    limit = address_space_limit(args.device, args.memory_limit)
+    if limit is not None:
         import resource
 
-        limit = parse_size(args.memory_limit)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
         result = run(args)
+        if args.memory_limit and limit is None:
+            result["message"] = f"--memory-limit {args.memory_limit} not applied on {args.device} (CPU workers only)"
     except MemoryError as exc:
         result = {"status": "oom", "message": f"MemoryError: {exc}"}
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        result = {"status": "oom" if _is_oom(args.backend, exc, text) else "error", "message": text}
+        result = {"status": "oom" if _is_oom(exc) else "error", "message": text}
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
     return 0

@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from xfbench.reports.schema import CONFIG_KEY
 from xfbench.reports.table import render_table
-from xfbench.reports.writer import read_report
+from xfbench.reports.writer import ReportError, check_distinct, check_no_shared_runs, read_report
 
 RATIO_COLUMNS: tuple[str, ...] = (*CONFIG_KEY, "baseline", "machine", "time_baseline_s", "time_s", "ratio")
 GEOMEAN_COLUMNS: tuple[str, ...] = ("backend", "phase", "baseline", "machine", "benchmarks", "geomean_ratio")
@@ -46,7 +46,9 @@ class CompareResult:
 
 def _label_rows(paths: Sequence[str | os.PathLike[str]]) -> tuple[pd.DataFrame, list[str]]:
     """All rows of all files with a ``label`` column, and the labels in order of first appearance."""
+    check_distinct(paths)
     frames = [read_report(p) for p in paths]
+    check_no_shared_runs(list(paths), frames)
     files_per_host: Counter[str] = Counter()
     for df in frames:
         files_per_host.update(set(df["machine"]))
@@ -131,7 +133,8 @@ def _plot_times(ok: pd.DataFrame, labels: Sequence[str], out: Path) -> Path:
     # Time per *model* per machine: matmul, scaling and exercise rows have their own plots.
     kind = ok["kind"].fillna("").astype(str)
     ok = ok[kind.isin(["model", ""])]
-    varying = [k for k in ("backend", "device", "batch_size", "dtype") if ok[k].nunique(dropna=False) > 1]
+    keys = ("backend", "device", "batch_size", "dtype", "tf32", "optimizer")
+    varying = [k for k in keys if ok[k].nunique(dropna=False) > 1]
     phases = sorted(ok["phase"].unique()) or ["(none)"]
     # Figure without pyplot: Agg rendering, no display and no global pyplot state.
     fig = Figure(figsize=(max(6.0, 1.2 * len(ok) / max(len(labels), 1)), 4.0 * len(phases)))
@@ -201,8 +204,10 @@ def _plot_memory(rows: pd.DataFrame, out: Path) -> Path:
 def compare(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> CompareResult:
     """Pair equal configurations across machines and write the comparison (see the module docstring).
 
-    Raises ``reports.writer.SchemaError`` for a file of another schema version, and ``ValueError`` when fewer
-    than two files or machines are given or no configuration pairs.
+    Raises ``reports.writer.SchemaError`` for a file of another schema version, ``reports.writer.ReportError``
+    for a file that is no readable report, a file given twice, two files holding the same run, or an output
+    directory that cannot be made, and ``ValueError`` when fewer than two files or machines are given or no
+    configuration pairs. Every message is one line.
     """
     if len(paths) < 2:
         raise ValueError(f"compare needs at least two report files (one per machine); got {len(paths)}")
@@ -222,10 +227,42 @@ def compare(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[
     geomeans = _geomeans(ratios)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(
+            f"{out}: cannot create the output directory ({exc.strerror or type(exc).__name__}); "
+            "allowed: a writable directory (--out)"
+        ) from None
     csv_path = out / "comparison.csv"
-    ratios.to_csv(csv_path, index=False)
     md_path = out / "comparison.md"
+    try:
+        plots = _write_outputs(out, csv_path, md_path, baseline, labels, ratios, geomeans, ok, rows)
+    except OSError as exc:
+        raise ReportError(f"{out}: cannot write the comparison ({exc.strerror or type(exc).__name__})") from None
+    return CompareResult(
+        baseline=baseline,
+        labels=tuple(labels),
+        ratios=ratios,
+        geomeans=geomeans,
+        csv_path=csv_path,
+        md_path=md_path,
+        plot_paths=plots,
+    )
+
+
+def _write_outputs(
+    out: Path,
+    csv_path: Path,
+    md_path: Path,
+    baseline: str,
+    labels: Sequence[str],
+    ratios: pd.DataFrame,
+    geomeans: pd.DataFrame,
+    ok: pd.DataFrame,
+    rows: pd.DataFrame,
+) -> tuple[Path, ...]:
+    ratios.to_csv(csv_path, index=False)
     md = [
         "# xfbench comparison",
         "",
@@ -242,40 +279,31 @@ def compare(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[
         "",
     ]
     md_path.write_text("\n".join(md), encoding="utf-8")
-    plots = (
+    return (
         _plot_times(ok, labels, out / "time_by_model.png"),
         _plot_memory(rows, out / "memory_measured_vs_predicted.png"),
-    )
-    return CompareResult(
-        baseline=baseline,
-        labels=tuple(labels),
-        ratios=ratios,
-        geomeans=geomeans,
-        csv_path=csv_path,
-        md_path=md_path,
-        plot_paths=plots,
     )
 
 
 def format_text(result: CompareResult) -> str:
     """Plain-text summary for the terminal: per-benchmark ratios, geometric means, files written."""
     r = result.ratios
+    # The configuration columns any pair uses (optimizer, tf32, shape, workers, ... when set): two rows that
+    # differ only there are different benchmarks and must read as such.
+    keys = ["backend", "device", "model", "phase", "batch_size", "dtype"]
+    keys += [c for c in CONFIG_KEY if c not in keys and c != "kind" and any(_cell(v) for v in r[c])]
+    names = {"batch_size": "batch", "scaling_mode": "mode"}
     per = render_table(
-        ["machine", "backend", "device", "model", "phase", "batch", "dtype", "baseline s", "time s", "ratio"],
+        ["machine", *(names.get(c, c) for c in keys), "baseline s", "time s", "ratio"],
         [
             [
-                row.machine,
-                row.backend,
-                row.device,
-                row.model,
-                row.phase,
-                _cell(row.batch_size),
-                row.dtype,
-                f"{row.time_baseline_s:.4g}",
-                f"{row.time_s:.4g}",
-                f"{row.ratio:.3f}",
+                str(row["machine"]),
+                *(_cell(row[c]) for c in keys),
+                f"{row['time_baseline_s']:.4g}",
+                f"{row['time_s']:.4g}",
+                f"{row['ratio']:.3f}",
             ]
-            for row in r.itertuples(index=False)
+            for _, row in r.iterrows()
         ],
     )
     geo = render_table(

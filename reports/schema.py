@@ -1,4 +1,4 @@
-"""The benchmark CSV schema. One row per (machine, backend, device, model, phase, batch, dtype).
+"""The benchmark CSV schema. One row per machine and configuration (``CONFIG_KEY``).
 
 History (bump SCHEMA_VERSION on any change to the columns or their meaning, and add a line):
 
@@ -7,6 +7,11 @@ History (bump SCHEMA_VERSION on any change to the columns or their meaning, and 
 * 2 - rows of other kinds (``kind``: model, matmul, transfer, logging, concurrency, scaling, allreduce,
   exercise) with their columns: matmul shape, transfers, GFLOP/s and fraction of a measured peak, predicted
   time, data-parallel workers, scaling mode, speedup and efficiency measured and predicted.
+* 3 - ``tf32``: the TF32 matmul policy of a GPU run (on, off; blank on CPU). Version-2 files stay readable
+  (``READABLE_VERSIONS``); the columns they lack (``ADDED_IN``) read as blank.
+
+``python -m xfbench.reports.schema --markdown`` prints the README's column table (``markdown()``); a test
+checks that the README's copy equals it.
 
 Units: seconds, bytes, FLOPs (2 per multiply-accumulate), samples/s. Empty cell = not applicable or not
 measured (the ``status``/``message`` columns say why).
@@ -14,16 +19,20 @@ measured (the ``status``/``message`` columns say why).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+import sys
+
+SCHEMA_VERSION = 3
+# Versions read_report accepts; a file of an older one lacks the columns added since (ADDED_IN), read as blank.
+READABLE_VERSIONS: tuple[int, ...] = (2, 3)
 HISTORY_COMMENT = (
-    "# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows"
-    " (see reports/schema.py)"
+    "# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows,"
+    " 3 = tf32 column (see reports/schema.py)"
 )
 STATUSES = ("ok", "skipped", "oom", "error")
 
 # (column, description) - the README's column table is generated from this list.
 COLUMNS: tuple[tuple[str, str], ...] = (
-    ("schema_version", "version of this schema"),
+    ("schema_version", "schema version the row was written under (a merged file may hold older readable ones)"),
     ("run_id", "unique id of the run (one file per run)"),
     ("timestamp", "UTC ISO-8601 time the row was written"),
     ("machine", "host name"),
@@ -36,6 +45,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("phase", "inference or training"),
     ("batch_size", "samples per step"),
     ("dtype", "float32, float16 or bfloat16"),
+    ("tf32", "TF32 matmul policy of the run on GPUs: on, off; blank on CPU"),
     ("optimizer", "training: sgd, momentum or adam"),
     ("status", "ok, skipped, oom or error"),
     ("message", "why a row is skipped, oom or error; warnings otherwise"),
@@ -51,7 +61,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("flops_counted", "FLOPs the counter reports for one step of the whole batch"),
     ("flops_predicted_counter", "analytic FLOPs under that counter's convention (unsupported layers excluded)"),
     ("flops_rel_error", "(counted - predicted_counter) / predicted_counter"),
-    ("flops_unsupported", "layers the counter cannot count (index:Type; their work is not in flops_counted)"),
+    (
+        "flops_unsupported",
+        "layers the counter cannot count (index:Type; their work is not in flops_counted); "
+        "or `differs: <op> counted X predicted Y` where an aligned op is more than 0.1% off",
+    ),
     ("flops_predicted", "analytic matmul FLOPs of one step (forward, or forward + backward for training)"),
     ("achieved_flops_per_s", "flops_predicted / time_median_s"),
     ("mem_method", "how memory was measured: rss-hwm (CPU) or allocator+nvml (GPU)"),
@@ -72,7 +86,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("peak_fraction", "achieved / peak measured on this machine in this run (compute or bandwidth)"),
     ("time_predicted_s", "analytic time (roofline with measured peaks, or all-reduce model)"),
     ("time_rel_error", "(time_predicted_s - time_median_s) / time_median_s"),
-    ("prediction_basis", "what the prediction used: measured-peaks, datasheet:<device>, ring-model"),
+    ("prediction_basis", "what the prediction used: `measured-peaks`, `datasheet:<device>`, `ring-model`"),
     ("workers", "data-parallel workers (processes or devices)"),
     ("scaling_mode", "strong (fixed global batch) or weak (fixed per-worker batch)"),
     ("speedup", "time(N=1) / time(N), per sample for weak scaling"),
@@ -91,5 +105,72 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("suite_commit", "git commit of xfbench"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c for c, _ in COLUMNS)
-# The columns that identify a configuration when comparing machines.
-CONFIG_KEY = ("kind", "backend", "device", "model", "phase", "batch_size", "dtype", "shape", "transfers", "workers")
+# The version in which each column was added after version 2 (the oldest readable one).
+ADDED_IN: dict[str, int] = {"tf32": 3}
+
+# The columns that identify a configuration when comparing machines: two rows pair only when all are equal
+# (blank equals blank). Everything a run chooses and that changes the work or its speed is here: the
+# optimizer (sgd, momentum and adam steps differ), the TF32 policy, the matmul shape and transfers, the
+# data-parallel workers and the scaling mode (strong and weak runs of one N differ in per-worker batch).
+CONFIG_KEY: tuple[str, ...] = (
+    "kind",
+    "backend",
+    "device",
+    "model",
+    "phase",
+    "batch_size",
+    "dtype",
+    "tf32",
+    "optimizer",
+    "shape",
+    "transfers",
+    "workers",
+    "scaling_mode",
+)
+
+
+def columns_of_version(version: int) -> tuple[str, ...]:
+    """The column names a file of schema ``version`` has (one of ``READABLE_VERSIONS``), in file order."""
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise ValueError(f"schema version {version} is not readable; readable: {readable}")
+    return tuple(c for c in COLUMN_NAMES if ADDED_IN.get(c, READABLE_VERSIONS[0]) <= version)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table() -> str:
+    """The README's column table: one row per column of ``COLUMNS``, in order."""
+    lines = ["| column | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {_cell(meaning)} |" for name, meaning in COLUMNS]
+    return "\n".join(lines)
+
+
+def version_sentence() -> str:
+    """The README's sentence that introduces the table and states the schema version."""
+    return (
+        f"The CSV schema (version {SCHEMA_VERSION}; the first line of each file is a `#` history comment;\n"
+        "`reports/schema.py` is the source of this table, printed by `python -m xfbench.reports.schema --markdown`):"
+    )
+
+
+def markdown() -> str:
+    """The README block: the version sentence, a blank line, the column table."""
+    return version_sentence() + "\n\n" + markdown_table()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m xfbench.reports.schema [--markdown]``: print the README block; exit 2 on any other argument."""
+    args = sys.argv[1:] if argv is None else argv
+    bad = [a for a in args if a != "--markdown"]
+    if bad:
+        print(f"xfbench: error: unknown argument {bad[0]!r}; allowed: --markdown", file=sys.stderr)
+        return 2
+    print(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

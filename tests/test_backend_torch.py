@@ -477,7 +477,7 @@ def test_nvml_with_fake_library(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert nvml_process_memory(1) == 3 * 2**20
-    assert nvml_process_memory(0) == 0  # no compute process on that GPU at all
+    assert nvml_process_memory(0) is None  # no compute process listed on that GPU: cannot attribute, not 0 bytes
     assert nvml_process_memory(2) is None
     assert nvml_device_info(1) == {
         "name": "Fake GPU",

@@ -6,15 +6,22 @@ from the code under test.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import pytest
+import xfbench.analytics.exercises as exercises_module
 from xfbench.analytics.exercises import (
     ADHOC_MODELS,
     EXERCISES,
     QUANTITIES,
     SEEDS,
+    Check,
     Claim,
+    Exercise,
+    Figure,
+    Verdict,
     analytic_verdict,
     bisect_largest_batch,
     crossover_batch,
@@ -24,12 +31,13 @@ from xfbench.analytics.exercises import (
     largest_batch_within,
     model_spec,
     predicted_figure,
+    predicted_or_blank,
     remedy_prediction,
     select,
     stated_precision,
     verdict,
 )
-from xfbench.analytics.spec import ModelSpec
+from xfbench.analytics.spec import ModelSpec, SpecError
 
 MB = 1e6
 
@@ -224,7 +232,7 @@ def test_remedies_shrink_the_predicted_footprint() -> None:
         var, base = remedy_prediction(model, 8, "16-bit floats")
         assert abs(var * 2 - base) <= 8 * 8  # every term halves with 2-byte floats but the 8 int64 labels
     # cnn3 stride 4 in the first layer: 200x300 -> 50x75 -> 25x38 -> 13x19.
-    assert model_spec("cnn3-stride4").layers[0].stride == (4, 4)  # type: ignore[attr-defined]
+    assert model_spec("cnn3-stride4").layers[0].stride == (4, 4)
 
 
 # ------------------------------------------------------------------------------------- search & fitting
@@ -261,3 +269,93 @@ def test_group_weights_sums_per_layer() -> None:
 def test_adhoc_models_build() -> None:
     for name in ADHOC_MODELS:
         assert model_spec(name).layers
+
+
+# ------------------------------------------------------------------ prediction failures: blank only if declared
+HOML_2A_PARAMS = (3 * 3 * 3 + 1) * 100 + (3 * 3 * 100 + 1) * 200 + (3 * 3 * 200 + 1) * 400  # 903,400
+
+
+def _with_check(check: Check) -> Exercise:
+    return dataclasses.replace(get_exercise("homl14-2a-000"), id="test-prediction", check=check)
+
+
+def _spec_error(*args: object, **kwargs: object) -> object:
+    raise SpecError("kernel larger than its input", layer=0, field="kernel", value=7)
+
+
+def test_prediction_passes_through() -> None:
+    fig_, why = predicted_or_blank(get_exercise("homl14-2a-000"))
+    assert (fig_.value, fig_.unit, why) == (HOML_2A_PARAMS, "params", "")
+
+
+def test_unexpected_prediction_failure_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown quantity 'no-such-quantity'"):
+        predicted_or_blank(_with_check(Check("no-such-quantity", "cnn3")))
+    # Declaring SpecError covers a SpecError only, not any ValueError.
+    with pytest.raises(ValueError, match="unknown quantity 'no-such-quantity'"):
+        predicted_or_blank(_with_check(Check("no-such-quantity", "cnn3", expected_error="SpecError")))
+    # A SpecError the exercise does not declare is a bug too.
+    monkeypatch.setattr(exercises_module, "prediction", _spec_error)
+    with pytest.raises(SpecError):
+        predicted_or_blank(_with_check(Check("params", "cnn3")))
+
+
+def test_declared_spec_error_gives_a_blank_with_its_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exercises_module, "prediction", _spec_error)
+    fig_, why = predicted_or_blank(_with_check(Check("params", "cnn3", expected_error="SpecError")))
+    assert fig_.value is None
+    assert why == "no prediction: SpecError: layer 0 field 'kernel'=7: kernel larger than its input"
+
+
+def test_unknown_expected_error_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown expected_error 'KeyError'; allowed: SpecError"):
+        Check("params", "cnn3", expected_error="KeyError")
+
+
+def _runner_rows() -> tuple[Any, Any]:
+    """``Runner.result`` (which builds every measured row) on a runner without a backend: it only predicts."""
+    from xfbench.benchmarks.exercises import Runner, csv_row
+
+    runner = Runner.__new__(Runner)
+    runner.backend, runner.device = "torch", "cpu"
+    return runner, csv_row
+
+
+def test_prediction_bug_makes_an_error_row() -> None:
+    runner, csv_row = _runner_rows()
+    ex = _with_check(Check("no-such-quantity", "cnn3"))
+    r = runner.result(ex, Figure(HOML_2A_PARAMS, "params"), Verdict("holds"), "count_params")
+    assert r.status == "error"
+    assert "ValueError: unknown quantity 'no-such-quantity'" in r.explanation
+    assert r.predicted == "-"
+    assert csv_row(r)["status"] == "error"
+
+
+def test_declared_prediction_failure_keeps_an_ok_row_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, csv_row = _runner_rows()
+    monkeypatch.setattr(exercises_module, "prediction", _spec_error)
+    ex = _with_check(Check("params", "cnn3", expected_error="SpecError"))
+    r = runner.result(ex, Figure(HOML_2A_PARAMS, "params"), Verdict("holds"), "count_params")
+    assert r.status == "ok" and r.predicted == "-"
+    assert r.explanation.startswith("no prediction: SpecError: layer 0 field 'kernel'=7: kernel larger than its input")
+    assert csv_row(r)["status"] == "ok"
+
+
+def test_declared_prediction_failure_in_the_analytic_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exercises_module, "prediction", _spec_error)
+    fig_, v = analytic_verdict(_with_check(Check("params", "cnn3", expected_error="SpecError")))
+    assert fig_.value is None
+    assert v.label == "pending: no prediction: SpecError: layer 0 field 'kernel'=7: kernel larger than its input"
+    with pytest.raises(SpecError):
+        analytic_verdict(_with_check(Check("params", "cnn3")))
+
+
+def test_prediction_bug_makes_an_error_row_in_the_analytic_rows() -> None:
+    from xfbench.benchmarks.exercises import analytic_results, csv_row
+
+    good = get_exercise("homl14-2a-000")
+    ok, bad = analytic_results([good, _with_check(Check("no-such-quantity", "cnn3"))])
+    assert (ok.status, ok.verdict) == ("ok", "holds")
+    assert bad.status == "error" and bad.predicted == "-"
+    assert "ValueError: unknown quantity 'no-such-quantity'" in bad.explanation
+    assert csv_row(bad)["status"] == "error"

@@ -164,3 +164,38 @@ def test_torch_gpu_transfers_rows() -> None:
     gpu = [r for r in result.rows if r["kind"] == "matmul" and r["device"] == "gpu:0" and r["status"] == "ok"]
     assert {r["transfers"] for r in gpu} == {"included", "excluded"}
     assert any(r["shape"] == "crossover" and r["prediction_basis"] == "measured-peaks" for r in result.rows)
+
+
+def test_gpu_peak_probes_keep_large_sizes_in_quick() -> None:
+    from xfbench.benchmarks.matmul import QUICK, probe_sizes
+
+    # --quick shrinks the CPU's probes only: a 1024 matmul or a 64 MiB copy does not fill a GPU.
+    assert probe_sizes(QUICK, "cpu") == (1024, 64 << 20)
+    assert probe_sizes(QUICK, "gpu:0") == (8192, 1 << 30)
+    assert probe_sizes(SweepConfig(), "cpu") == (2048, 256 << 20)
+    assert probe_sizes(SweepConfig(gpu_peak_size=4096, gpu_copy_bytes=1 << 28), "gpu:1") == (4096, 1 << 28)
+
+
+def test_oom_in_the_sweep_is_an_oom_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorFlow's GPU OOM (ResourceExhaustedError 'OOM when allocating ...') and torch's both become ``oom``
+    rows; any other failure an ``error`` row. Built from the frameworks' messages, no framework needed."""
+    from xfbench.benchmarks import matmul
+
+    resource_exhausted = type("ResourceExhaustedError", (type("OpError", (Exception,), {}),), {})
+    failures = {
+        (96, 64, 32): resource_exhausted("OOM when allocating tensor with shape[96,32] and type float on GPU:0"),
+        (128, 128, 128): type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate"),
+        (64, 64, 64): ValueError("unsupported layout"),
+    }
+    real = matmul.NUMPY_OPS.matmul_timer
+
+    def timer(m: int, k: int, n: int, dtype: str = "float32", device: str = "cpu", transfers: bool = False) -> Any:
+        if (m, k, n) in failures:
+            raise failures[(m, k, n)]
+        return real(m, k, n, dtype, device, transfers)
+
+    monkeypatch.setattr(matmul.NUMPY_OPS, "matmul_timer", timer)
+    result = run_sweep(tiny(("numpy",)), None, log=lambda _l: None)
+    status = {r["shape"]: r["status"] for r in result.rows if r["kind"] == "matmul" and r["shape"] != "256x256x256"}
+    assert status == {"96x64x32": "oom", "128x128x128": "oom", "64x64x64": "error"}
+    assert all(r["tf32"] == "" for r in result.rows if r.get("device") == "cpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,8 +17,16 @@ pytest.importorskip("matplotlib")
 
 from xfbench.reports.compare import compare, format_text
 from xfbench.reports.env import fingerprint
-from xfbench.reports.paths import IMPORT_ROOT
-from xfbench.reports.schema import COLUMN_NAMES, HISTORY_COMMENT, SCHEMA_VERSION
+from xfbench.reports.paths import IMPORT_ROOT, subprocess_env
+from xfbench.reports.schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    CONFIG_KEY,
+    HISTORY_COMMENT,
+    SCHEMA_VERSION,
+    markdown,
+    markdown_table,
+)
 from xfbench.reports.writer import RunWriter, SchemaError, merge_reports, read_report
 
 
@@ -256,3 +265,148 @@ def test_compare_with_scaling_rows_of_the_same_model(tmp_path: Path) -> None:
     res = compare([a, b], tmp_path / "cmp")
     assert sorted(res.ratios["ratio"]) == [3.0, 3.0, 3.0]  # each configuration paired with its own twin
     assert all(p.exists() for p in res.plot_paths)
+
+
+# ------------------------------------------------------------------- configuration key: what never pairs
+def _train(machine: str, t: float, **kw: object) -> dict[str, object]:
+    return _row(machine=machine, model="cnn3", phase="training", batch_size=8, time_median_s=t, **kw)
+
+
+def test_compare_never_pairs_sgd_with_adam(tmp_path: Path) -> None:
+    # Same model, phase and batch; A: sgd 1.0 s, adam 3.0 s; B: sgd 2.0 s, adam 1.5 s.
+    a = _write(tmp_path / "a", [_train("A", 1.0, optimizer="sgd"), _train("A", 3.0, optimizer="adam")])
+    b = _write(tmp_path / "b", [_train("B", 2.0, optimizer="sgd"), _train("B", 1.5, optimizer="adam")])
+    res = compare([a, b], tmp_path / "cmp")
+    # By hand: sgd 2.0 / 1.0 = 2.0, adam 1.5 / 3.0 = 0.5 (a cross pair would give 2.0 / 3.0 or 1.5 / 1.0).
+    assert sorted(zip(res.ratios["optimizer"], res.ratios["ratio"])) == [("adam", 0.5), ("sgd", 2.0)]
+    assert list(res.geomeans["benchmarks"]) == [2]
+    assert math.isclose(res.geomeans["geomean_ratio"].iloc[0], math.sqrt(2.0 * 0.5))
+
+    # An sgd row on one machine and an adam row on the other: nothing to pair.
+    only_sgd = _write(tmp_path / "c", [_train("C", 1.0, optimizer="sgd")])
+    only_adam = _write(tmp_path / "d", [_train("D", 1.0, optimizer="adam")])
+    with pytest.raises(ValueError, match="no configuration"):
+        compare([only_sgd, only_adam], tmp_path / "cmp2")
+
+
+def test_compare_text_tells_the_optimizers_apart(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a", [_train("A", 1.0, optimizer="sgd"), _train("A", 3.0, optimizer="adam")])
+    b = _write(tmp_path / "b", [_train("B", 2.0, optimizer="sgd"), _train("B", 1.5, optimizer="adam")])
+    lines = [line.split() for line in format_text(compare([a, b], tmp_path / "cmp")).splitlines()]
+    assert any("sgd" in words and words[-1] == "2.000" for words in lines)  # 2.0 / 1.0
+    assert any("adam" in words and words[-1] == "0.500" for words in lines)  # 1.5 / 3.0
+
+
+@pytest.mark.parametrize(
+    ("column", "first", "second"),
+    [("scaling_mode", "strong", "weak"), ("tf32", "on", "off"), ("transfers", "included", "excluded")],
+)
+def test_compare_never_pairs_other_configuration_columns(tmp_path: Path, column: str, first: str, second: str) -> None:
+    a = _write(tmp_path / "a", [_train("A", 1.0, workers=2, **{column: first})])
+    b = _write(tmp_path / "b", [_train("B", 1.0, workers=2, **{column: second})])
+    with pytest.raises(ValueError, match="no configuration"):
+        compare([a, b], tmp_path / "cmp")
+    same = _write(tmp_path / "c", [_train("C", 4.0, workers=2, **{column: first})])
+    assert list(compare([a, same], tmp_path / "cmp").ratios["ratio"]) == [4.0]
+
+
+def test_config_key_columns_exist() -> None:
+    assert set(CONFIG_KEY) <= set(COLUMN_NAMES)
+    assert len(set(CONFIG_KEY)) == len(CONFIG_KEY)
+
+
+# -------------------------------------------------------------------------- reading older schema versions
+def _version2_file(path: Path, rows: list[dict[str, str]]) -> Path:
+    """A version-2 file written by hand: the version-3 columns less ``tf32`` (the one column 3 added)."""
+    cols = [c for c in COLUMN_NAMES if c != "tf32"]
+    lines = ["# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows"]
+    lines.append(",".join(cols))
+    for r in rows:
+        values = {c: "" for c in cols}
+        values.update(schema_version="2", run_id=path.stem, timestamp="2024-01-01T00:00:00.000+00:00")
+        values.update(r)
+        lines.append(",".join(values[c] for c in cols))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_version_2_files_are_read_with_tf32_blank(tmp_path: Path) -> None:
+    base = {
+        "backend": "torch",
+        "device": "cpu",
+        "model": "cnn3",
+        "phase": "inference",
+        "batch_size": "2",
+        "dtype": "float32",
+    }
+    old = _version2_file(tmp_path / "old.csv", [{**base, "machine": "A", "status": "ok", "time_median_s": "2.0"}])
+    df = read_report(old)
+    assert list(df.columns) == list(COLUMN_NAMES)
+    assert df["schema_version"].iloc[0] == 2 and df["tf32"].iloc[0] == ""
+    assert df["time_median_s"].iloc[0] == 2.0
+
+    new = _write(tmp_path / "new", [_row(machine="B", time_median_s=3.0)])
+    merged = merge_reports([old, new], tmp_path / "merged.csv")
+    assert sorted(zip(merged["machine"], merged["schema_version"])) == [("A", 2), ("B", SCHEMA_VERSION)]
+    assert list(read_report(tmp_path / "merged.csv")["tf32"]) == ["", ""]
+    assert list(compare([old, new], tmp_path / "cmp").ratios["ratio"]) == [3.0 / 2.0]
+
+
+def test_version_2_file_missing_a_version_2_column_refused(tmp_path: Path) -> None:
+    path = tmp_path / "short.csv"
+    path.write_text("schema_version,machine,status\n2,m,ok\n", encoding="utf-8")
+    with pytest.raises(SchemaError, match=r"missing column.*run_id"):
+        read_report(path)
+
+
+# --------------------------------------------------------------------------- the README's generated table
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _reports_section() -> str:
+    if not README.is_file():
+        pytest.skip(f"{README} is absent (installed package, not a source checkout)")
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\n## Reports\n")
+    end = text.index("\n## Prediction quality, measured\n", start)
+    return text[start:end]
+
+
+def test_readme_table_is_the_generated_one() -> None:
+    section = _reports_section()
+    lines = section.splitlines()
+    first = lines.index("| column | meaning |")
+    table = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    assert "\n".join(table) == markdown_table()
+    assert markdown() in section
+    stated = re.findall(r"The CSV schema \(version (\d+);", section)
+    assert stated == [str(SCHEMA_VERSION)]
+
+
+def test_readme_names_the_whole_configuration_key() -> None:
+    section = _reports_section()
+    paragraph = section[section.index("`xfbench compare A.csv B.csv ...` pairs") :].split("\n\n")[0]
+    assert [c for c in CONFIG_KEY if f"`{c}`" not in paragraph] == []
+
+
+def test_markdown_table_rows() -> None:
+    lines = markdown_table().splitlines()
+    assert lines[:2] == ["| column | meaning |", "|---|---|"]
+    assert len(lines) == 2 + len(COLUMNS)
+    dtype_at = lines.index("| `dtype` | float32, float16 or bfloat16 |")
+    assert lines[dtype_at + 1] == "| `tf32` | TF32 matmul policy of the run on GPUs: on, off; blank on CPU |"
+
+
+def test_schema_module_prints_markdown_and_rejects_bad_arguments() -> None:
+    cmd = [sys.executable, "-m", "xfbench.reports.schema"]
+    ok = subprocess.run([*cmd, "--markdown"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == markdown() + "\n"
+    bad = subprocess.run([*cmd, "--html"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == ["xfbench: error: unknown argument '--html'; allowed: --markdown"]
+    assert bad.stdout == ""

@@ -115,3 +115,86 @@ def test_torch_nccl_two_gpus(tmp_path: Path) -> None:
     job["device"] = "gpu"
     out = run_job("torch", 2, job, timeout_s=300)
     assert "nccl" in out["engine"]
+
+
+# --- worker counts and partial failures (framework-free, no GPU needed) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "gpus, expected", [(0, (1,)), (1, (1,)), (2, (1, 2)), (3, (1, 2, 3)), (4, (1, 2, 4)), (6, (1, 2, 4, 6))]
+)
+def test_default_workers_on_gpus_stop_at_the_gpu_count(
+    gpus: int, expected: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xfbench.benchmarks import scaling
+
+    monkeypatch.setattr(scaling, "gpu_count", lambda: gpus)
+    monkeypatch.setattr(scaling.os, "cpu_count", lambda: 16)
+    assert scaling.default_workers("gpu") == expected
+    # The CPU keeps one single-threaded worker per core: 16 cores, whatever the GPUs.
+    assert scaling.default_workers("cpu") == (1, 2, 4, 8, 16)
+
+
+def test_check_plan_caps_gpu_workers_at_the_gpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xfbench.benchmarks import scaling
+
+    plan = ScalingPlan(models=("mlp",), workers=(1, 2), batch=2, device="gpu")
+    monkeypatch.setattr(scaling, "gpu_count", lambda: 1)
+    with pytest.raises(ValueError) as err:
+        scaling.check_plan(plan)
+    assert "workers 2" in str(err.value) and "1 GPU(s)" in str(err.value) and "allowed: 1..1" in str(err.value)
+    monkeypatch.setattr(scaling, "gpu_count", lambda: 0)
+    with pytest.raises(ValueError, match="no GPU visible"):
+        scaling.check_plan(ScalingPlan(models=("mlp",), workers=(1,), batch=2, device="gpu"))
+    monkeypatch.setattr(scaling, "gpu_count", lambda: 2)
+    scaling.check_plan(plan)  # two GPUs: fine
+    scaling.check_plan(ScalingPlan(models=("mlp",), workers=(1, 2), batch=2))  # the CPU is not capped by GPUs
+
+
+def _fake_result(medians: dict[int, float]) -> dict:
+    """A distributed module's result JSON: one step entry per per-worker batch, with the given medians."""
+    steps = [
+        {"model": "mlp", "batch_per_worker": b, "times": [m] * 3, "median": m, "iqr": 0.0, "min": m, "mean": m}
+        for b, m in medians.items()
+    ]
+    return {"framework_version": "9.9", "engine": "fake engine", "threads": "1 thread", "allreduce": [], "steps": steps}
+
+
+def test_a_failing_n_keeps_the_rows_already_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xfbench.benchmarks import scaling
+
+    calls: list[int] = []
+
+    def fake_run_job(backend: str, workers: int, job: dict, python: str | None, timeout_s: float) -> dict:
+        calls.append(workers)
+        if workers == 2:
+            raise RuntimeError("torch N=2: exit 1: NCCL error")
+        # N=1 times every per-worker batch: weak 8, strong 32/1, 32/2, 32/4.
+        assert sorted(job["batches"]) == [8, 16, 32]
+        return _fake_result({32: 0.4, 16: 0.2, 8: 0.1})
+
+    monkeypatch.setattr(scaling, "run_job", fake_run_job)
+    plan = ScalingPlan(models=("mlp",), workers=(1, 2, 4), batch=8)
+    rows = scaling.run_backend("torch", plan)
+    assert calls == [1, 2]  # N=4 is not attempted after N=2 failed
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert [(r["workers"], r["scaling_mode"], r["batch_size"], r["time_median_s"]) for r in ok] == [
+        (1, "strong", 32, 0.4),
+        (1, "weak", 8, 0.1),
+    ]
+    assert all(r["speedup"] == 1.0 and r["tf32"] == "" for r in ok)  # N=1 against itself; CPU rows: no TF32
+    error = rows[-1]
+    assert error["status"] == "error" and error["workers"] == 2
+    assert "NCCL error" in error["message"] and "not run after this failure: N=4" in error["message"]
+
+
+def test_a_failing_n1_leaves_only_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from xfbench.benchmarks import scaling
+
+    def fail(*args: object, **kwargs: object) -> dict:
+        raise RuntimeError("torch N=1: exit 1: no GPU")
+
+    monkeypatch.setattr(scaling, "run_job", fail)
+    rows = scaling.run_backend("torch", ScalingPlan(models=("mlp",), workers=(1, 2), batch=8))
+    assert [(r["status"], r["workers"]) for r in rows] == [("error", 1)]
+    assert "not run after this failure: N=2" in rows[0]["message"]

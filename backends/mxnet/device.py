@@ -1,9 +1,28 @@
-"""Devices as MXNet sees them: ``"cpu"``, ``"gpu"``/``"gpu:N"`` (``mx.gpu(N)``)."""
+"""Devices as MXNet sees them: ``"cpu"``, ``"gpu"``/``"gpu:N"`` (``mx.gpu(N)``).
+
+Importing this module applies the run's TF32 policy (:func:`apply_tf32_policy`) before any MXNet operation.
+"""
 
 from __future__ import annotations
 
 import mxnet as mx
 from xfbench.backends.base import DeviceUnavailable, parse_device
+from xfbench.backends.common import effective_tf32, prepare_framework_env, tf32_policy
+
+
+def apply_tf32_policy(policy: str | None = None) -> str:
+    """Applies the TF32 policy (default: the run's, :func:`backends.common.tf32_policy`); returns what the GPU
+    will do.
+
+    MXNet 1.9 has no TF32 switch: on Ampere and newer GPUs its float32 GEMMs and convolutions use TF32 by
+    default (``mxnet.test_utils.effective_dtype`` says so), and the only way to turn that off is NVIDIA's
+    process-wide ``NVIDIA_TF32_OVERRIDE=0``, which cuBLAS and cuDNN read when they initialise, i.e. at MXNet's
+    first GPU operation. So ``off`` sets that variable (effective only before the first GPU operation of this
+    process, and inherited by its subprocesses); ``on`` keeps MXNet's default and cannot undo an override
+    already in force (then the result is ``off``)."""
+    value = policy or tf32_policy()
+    prepare_framework_env("mxnet", value)
+    return effective_tf32(value)
 
 
 def _num_gpus() -> int:
@@ -65,3 +84,6 @@ def available_memory(device: str | mx.Context) -> int | None:
     except OSError:
         pass
     return None
+
+
+apply_tf32_policy()

@@ -57,9 +57,15 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
     import mxnet as mx  # isort: skip - after backends.mxnet, which silences its import warnings
     from mxnet import autograd, gluon
     from xfbench.analytics.weights import output_kind
+    from xfbench.backends.mxnet.device import _num_gpus, apply_tf32_policy
     from xfbench.backends.mxnet.model import _loss_fn
 
     device = job.get("device", "cpu")
+    tf32 = ""
+    if device != "cpu":
+        if _num_gpus() < workers:
+            raise RuntimeError(f"{workers} contexts need {workers} GPUs; MXNet sees {_num_gpus()}")
+        tf32 = apply_tf32_policy()  # before the first GPU operation (backends.mxnet.device applied it at import)
     ctxs = [mx.cpu(i) if device == "cpu" else mx.gpu(i) for i in range(workers)]
     kv_type = "local" if device == "cpu" else "device"
     result: dict[str, Any] = {
@@ -69,6 +75,7 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
         "engine": f"gluon Trainer + kvstore '{kv_type}' over {workers} context(s)",
         "threads": THREADS_NOTE if device == "cpu" else "one GPU per context",
         "device": device,
+        "tf32": tf32,
         "allreduce": [],
         "steps": [],
     }

@@ -8,11 +8,9 @@ and any other process). There are no peak figures, so :func:`reset_peak_memory` 
 from __future__ import annotations
 
 import mxnet as mx
+from xfbench.backends import common
 from xfbench.backends.base import MemoryStats
 from xfbench.backends.mxnet.device import resolve_device
-
-# MXNet reports allocation failures as MXNetError; the message names the failed CUDA call.
-_OOM_MARKERS = ("out of memory", "cudamalloc", "cuda_error_out_of_memory", "failed to allocate")
 
 
 def memory_stats(device: str | mx.Context) -> MemoryStats:
@@ -29,11 +27,16 @@ def reset_peak_memory(device: str | mx.Context) -> None:
     resolve_device(device)
 
 
+def release_cached_memory(device: str | mx.Context) -> None:
+    """Returns the unused blocks of MXNet's GPU memory pool to the driver (``Context.empty_cache``), so that a
+    fresh process started next finds that memory free. No-op on the CPU."""
+    ctx = resolve_device(device)
+    if ctx.device_type == "gpu":
+        mx.nd.waitall()
+        ctx.empty_cache()
+
+
 def is_oom_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory failure: ``MemoryError``, or an ``MXNetError`` naming one."""
-    if isinstance(exc, MemoryError):
-        return True
-    if isinstance(exc, mx.base.MXNetError):
-        text = str(exc).lower()
-        return any(m in text for m in _OOM_MARKERS)
-    return False
+    """Whether ``exc`` is an out-of-memory failure: :func:`backends.common.is_oom_error`, the one classifier of
+    every backend (``MemoryError``, an ``MXNetError`` such as 'cudaMalloc retry failed: out of memory')."""
+    return common.is_oom_error(exc)

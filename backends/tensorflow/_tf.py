@@ -7,10 +7,13 @@ import os
 # Before the import, so TensorFlow's C++ start-up chatter (oneDNN, CUDA probes) stays out of the output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from xfbench.backends.common import prepare_framework_env  # framework-free
 
-import keras
-import tensorflow as tf
-from xfbench.backends.base import BackendUnavailable
+prepare_framework_env("tensorflow")  # e.g. TF_FORCE_GPU_ALLOW_GROWTH, before TensorFlow creates its GPU devices
+
+import keras  # noqa: E402  (after the environment above)
+import tensorflow as tf  # noqa: E402
+from xfbench.backends.base import BackendUnavailable  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
     raise BackendUnavailable(

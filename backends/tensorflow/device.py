@@ -1,9 +1,30 @@
-"""Devices for the TensorFlow backend: ``"cpu"`` and ``"gpu:N"`` as TensorFlow numbers its physical GPUs."""
+"""Devices for the TensorFlow backend: ``"cpu"`` and ``"gpu:N"`` as TensorFlow numbers its physical GPUs.
+
+Importing this module (which every import of the TensorFlow backend does, before any TensorFlow operation)
+sets ``TF_FORCE_GPU_ALLOW_GROWTH=true`` unless the variable is already set: TensorFlow reads it when it creates
+its GPU allocator (at its first GPU operation) and then grows its GPU memory on demand, instead of reserving
+nearly all of it, which would leave nothing to the fresh memory-worker processes of the benchmark suite.
+It also applies the run's TF32 policy (:func:`apply_tf32_policy`).
+"""
 
 from __future__ import annotations
 
 from xfbench.backends.base import DeviceUnavailable, parse_device
-from xfbench.backends.tensorflow._tf import tf
+from xfbench.backends.common import effective_tf32, prepare_framework_env, tf32_policy
+
+prepare_framework_env("tensorflow")
+
+from xfbench.backends.tensorflow._tf import tf  # noqa: E402  (after the environment is prepared)
+
+
+def apply_tf32_policy(policy: str | None = None) -> str:
+    """Applies the TF32 policy (default: the run's, :func:`backends.common.tf32_policy`) with
+    ``tf.config.experimental.enable_tensor_float_32_execution``; returns what the GPU will do
+    (``NVIDIA_TF32_OVERRIDE=0`` forces ``off``). TensorFlow's own default is on (Ampere and newer GPUs).
+    A runtime setting: it needs no GPU and may be called again at any time."""
+    value = policy or tf32_policy()
+    tf.config.experimental.enable_tensor_float_32_execution(value == "on")
+    return effective_tf32(value)
 
 
 def _gpu_count() -> int:
@@ -44,3 +65,6 @@ def synchronize(device: str) -> None:
         else:  # older TensorFlow: a host read of a value computed on the device drains its stream
             with tf.device(tf_device):
                 tf.constant(0.0).numpy()
+
+
+apply_tf32_policy()

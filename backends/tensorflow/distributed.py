@@ -15,7 +15,11 @@ by the number of replicas (a mean over the global batch), gradients summed acros
 optimizer's all-reduce, one update.
 
 All-reduce microbenchmark: ``ReplicaContext.all_reduce(SUM)`` of a float32 tensor per replica inside
-``strategy.run`` (the collective the optimizer uses for gradients), in a ``tf.function``.
+``strategy.run`` (the collective the optimizer uses for gradients), in a ``tf.function``. Each replica's
+input is created on that replica's device (:func:`per_replica_values`; ``experimental_distribute_values_from_function``
+calls its function with no device scope, so the values would otherwise all sit on the default device and each
+call would first copy them to the replicas), and a timed call waits for the reduction by reading one element of
+each replica's result on its own device (:func:`wait_first_elements`), not by copying whole tensors to the host.
 """
 
 from __future__ import annotations
@@ -52,6 +56,34 @@ def configure(workers: int, device: str = "cpu") -> list[str]:
     return [f"/gpu:{i}" for i in range(workers)]
 
 
+def per_replica_values(strategy: Any, make: Any) -> Any:
+    """``make(replica_id)`` for every replica, each created under that replica's device scope
+    (``strategy.extended.worker_devices``), as one distributed value."""
+    from xfbench.backends.tensorflow._tf import tf
+
+    devices = strategy.extended.worker_devices
+
+    def value_fn(ctx: Any) -> Any:
+        i = ctx.replica_id_in_sync_group
+        with tf.device(devices[i]):
+            return make(i)
+
+    return strategy.experimental_distribute_values_from_function(value_fn)
+
+
+def wait_first_elements(strategy: Any, values: Any) -> list[float]:
+    """Blocks until every replica's tensor in ``values`` is computed, by reading its first element: a one-element
+    slice taken on the tensor's own device, then a 4-byte copy to the host (not the whole tensor)."""
+    from xfbench.backends.tensorflow._tf import tf
+
+    out = []
+    for t in strategy.experimental_local_results(values):
+        with tf.device(t.device):
+            first = tf.reshape(t, [-1])[:1]
+        out.append(float(first.numpy()[0]))
+    return out
+
+
 def _stats(times: list[float]) -> dict[str, float]:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median": statistics.median(times), "iqr": q[2] - q[0], "min": min(times), "mean": statistics.fmean(times)}
@@ -67,8 +99,10 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
     from xfbench.analytics.weights import make_batch
     from xfbench.backends.tensorflow import build_model, count_params, get_weights
     from xfbench.backends.tensorflow._tf import tf
+    from xfbench.backends.tensorflow.device import apply_tf32_policy
     from xfbench.backends.tensorflow.model import loss_fn, make_optimizer
 
+    tf32 = apply_tf32_policy() if device != "cpu" else ""
     strategy = tf.distribute.MirroredStrategy(devices=devices)
     n = strategy.num_replicas_in_sync
     result: dict[str, Any] = {
@@ -78,12 +112,13 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
         "engine": f"tf.distribute.MirroredStrategy ({type(strategy.extended._cross_device_ops).__name__})",
         "threads": THREADS_NOTE if device == "cpu" else "one GPU per replica",
         "device": device,
+        "tf32": tf32,
         "allreduce": [],
         "steps": [],
     }
 
     def distribute(make: Any) -> Any:
-        return strategy.experimental_distribute_values_from_function(lambda ctx: make(ctx.replica_id_in_sync_group))
+        return per_replica_values(strategy, make)
 
     def _allreduce(v: Any) -> Any:
         return strategy.run(lambda t: tf.distribute.get_replica_context().all_reduce("sum", t), args=(v,))
@@ -97,7 +132,7 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
         for i in range(int(job.get("allreduce_repeats", 10)) + 2):
             t0 = time.perf_counter()
             out = allreduce(values)
-            _ = [t.numpy()[0] for t in strategy.experimental_local_results(out)]
+            wait_first_elements(strategy, out)
             if i >= 2:
                 times.append(time.perf_counter() - t0)
         result["allreduce"].append({"bytes": count * 4, "times": times})

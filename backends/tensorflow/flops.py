@@ -2,18 +2,33 @@
 
 The model is traced into a ``tf.function`` concrete graph with a fixed batch size (the profiler needs
 static shapes) and profiled with ``ProfileOptionBuilder.float_operation()``. The profiler adds up the
-``flops`` statistics TensorFlow registers per op type; what it found on this version (TF 2.21, Keras 3):
+``flops`` statistics TensorFlow registers per op type (``tensorflow/python/profiler/internal/flops_registry.py``
+and ``RegisterStatistics`` in ``nn_ops.py``); what it counts on this version (TF 2.21, Keras 3):
 
 * ``Conv2D``: 2 per multiply-accumulate (``2*N*Hout*Wout*Cout*Cin*kh*kw``); ``MatMul``: ``2*M*K*N``
   (Dense, also through ``Tensordot`` on sequences, and the LSTM's two matrix products);
 * ``BiasAdd``: 1 per output element (Keras adds Conv2D/Dense biases with ``BiasAdd``);
 * ``AvgPool`` and ``MaxPool``: one per window element per output (``kh*kw*N*Hout*Wout*C``);
-* element-wise ``AddV2``/``Mul``/... : 1 per element (the LSTM's gate arithmetic);
+* ``Mean``: one per input element (the global average pool; in training also the loss's mean);
+* element-wise ``AddV2``/``Mul``/... : 1 per element (the LSTM's gate arithmetic, dropout, the loss);
 * ``Softmax``: 5 per element;
 * not counted: ReLU, Sigmoid, Tanh, Pad, Transpose (the NCHW<->NHWC boundary), Reshape, LRN.
 
-The training phase traces forward (``training=True``), loss and gradients (no optimizer update) and adds
-the gradient ops (``Conv2DBackpropInput``/``Conv2DBackpropFilter``, ``BiasAddGrad``, ...).
+The training phase traces forward (``training=True``), loss and gradients (no optimizer update). The
+gradient ops and their registry rules:
+
+* ``Conv2DBackpropInput`` and ``Conv2DBackpropFilter``: each ``2 * elements(conv input) * elements(kernel)
+  / (C_in * stride_h * stride_w)``, i.e. priced from the conv's input (after an explicit ZeroPadding2D)
+  rather than its output, truncated to an integer; the Conv2D gradient emits both, so the first conv's
+  input gradient is counted too;
+* ``MatMul`` of gradients: weight gradient ``2*M*K*N``, and the input gradient only where the tape needs it
+  (not for the first Dense, nor an LSTM's ``x W`` in the first layer, nor step 0's ``h U``);
+* ``BiasAddGrad``: a sum, ``elements - C``; ``MaxPoolGrad``: ``(kh*kw + 1)`` per pooled output;
+  ``AvgPoolGrad``: ``2*kh*kw`` per pooled output;
+* not in the aligned set: ``AddN`` (an LSTM's weight gradients summed over steps), element-wise gradient
+  arithmetic, the global average pool's gradient (a ``RealDiv``).
+
+:data:`ALIGNED_OPS` is that op set; :func:`xfbench.analytics.costs.tf_profiler_flops` predicts it op by op.
 
 Keras runs an LSTM as a ``tf.while_loop`` (or a cuDNN kernel on GPU); the profiler does not look inside
 the loop body and would count one step out of ``T``. For counting, each LSTM is traced unrolled
@@ -28,6 +43,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from xfbench.analytics.costs import TF_PROFILER_OPS
 from xfbench.analytics.spec import LSTM, ModelSpec
 from xfbench.analytics.weights import make_batch
 from xfbench.backends.base import FlopCount
@@ -38,13 +54,13 @@ COUNTER = "tf.compat.v1.profiler float_operation"
 CONVENTION = (
     "TF profiler float_ops: multiply and add counted separately (2 per MAC in Conv2D/MatMul), bias adds "
     "included (BiasAdd, 1 per element), pooling 1 per window element, element-wise ops 1 per element, "
-    "Softmax 5 per element; ReLU/sigmoid/tanh, padding and transposes not counted; LSTM counted unrolled"
+    "Softmax 5 per element; ReLU/sigmoid/tanh, padding and transposes not counted; LSTM counted unrolled; "
+    "conv gradients priced from the conv's input size over the stride area, BiasAddGrad elements - C"
 )
 _LOOP_OPS = ("While", "StatelessWhile")
-# The profiler's op types that hold what xfbench's analytic count covers under this counter's convention
-# (conv/dense matmuls, bias adds, pooling, the global average pool's Mean). The profiler also counts
-# element-wise Add/Mul and Softmax, which the analytic forward count leaves in other terms.
-ALIGNED_OPS = ("Conv2D", "MatMul", "BatchMatMulV2", "BiasAdd", "AvgPool", "MaxPool", "Mean")
+# The profiler's op types that xfbench predicts op by op under this counter's convention (forward and
+# gradient: see the module docstring). The profiler also counts element-wise ops, Softmax and AddN, outside it.
+ALIGNED_OPS: tuple[str, ...] = TF_PROFILER_OPS
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xfbench.backends import common
 from xfbench.backends.base import MemoryStats
 from xfbench.backends.tensorflow._tf import tf
 from xfbench.backends.tensorflow.device import resolve_device
@@ -33,8 +34,14 @@ def reset_peak_memory(device: str) -> None:
         tf.config.experimental.reset_memory_stats(name)
 
 
+def release_cached_memory(device: str) -> None:
+    """No-op (the device is still checked): TensorFlow's BFC allocator never returns GPU memory to the driver.
+    With ``TF_FORCE_GPU_ALLOW_GROWTH=true`` (set by :mod:`backends.tensorflow.device`) it has only taken what
+    its work so far needed, so a fresh process still finds the rest free."""
+    resolve_device(device)
+
+
 def is_oom_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory failure (``ResourceExhaustedError`` or host ``MemoryError``)."""
-    if isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)):
-        return True
-    return "out of memory" in str(exc).lower() and isinstance(exc, tf.errors.OpError)
+    """Whether ``exc`` is an out-of-memory failure: :func:`backends.common.is_oom_error`, the one classifier of
+    every backend (``ResourceExhaustedError`` 'OOM when allocating ...', ``MemoryError``, allocator messages)."""
+    return common.is_oom_error(exc)

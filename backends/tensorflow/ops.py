@@ -1,8 +1,12 @@
 """TensorFlow primitives for the matmul benchmarks (:mod:`benchmarks.matmul`). Importing this imports TensorFlow.
 
-Same interface as :mod:`backends.torch.ops` (read its docstring). Float32 matmuls on a GPU run with TF32
-turned off (TensorFlow turns it on by default on Ampere and later), so "float32" means the same arithmetic
-in every framework.
+Same interface as :mod:`backends.torch.ops` (read its docstring). Float32 matmuls on a GPU follow the run's
+TF32 policy (``XFBENCH_TF32``, applied once per process by :func:`backends.tensorflow.device.apply_tf32_policy`,
+the same for the model benchmarks): nothing here changes it.
+
+Host->device copies: every timed copy starts from a *new* host tensor (:func:`fresh_device_copy`). Placing the
+same host ``EagerTensor`` on a GPU again (``tf.identity(host)`` under ``/GPU``) is not a copy after the first
+time: TensorFlow keeps the device copy as a mirror of that host handle and reuses it.
 """
 
 from __future__ import annotations
@@ -31,9 +35,19 @@ def _host(shape: tuple[int, ...], dtype: str, seed: int, scale: float = 1.0) -> 
         return tf.cast(tf.constant(data), _dtype(dtype))
 
 
-def _strict_fp32(tf_device: str, dtype: str) -> None:
-    if dtype == "float32" and tf_device.startswith("/GPU"):
-        tf.config.experimental.enable_tensor_float_32_execution(False)
+def _host_array(shape: tuple[int, ...], dtype: str, seed: int) -> np.ndarray:
+    """Host data in ``dtype`` as a numpy array (bfloat16 through TensorFlow's numpy dtype), the same numbers as
+    :func:`_host`."""
+    return np.asarray(_host(shape, dtype, seed).numpy())
+
+
+def fresh_device_copy(host: np.ndarray, tf_device: str) -> tf.Tensor:
+    """A tensor on ``tf_device`` holding ``host``, copied from a host tensor made for this call.
+
+    ``tf.constant`` under the device scope builds a new host tensor from the numpy array and copies it to the
+    device, so every call pays one real host->device copy (no mirror of an earlier call can be reused)."""
+    with tf.device(tf_device):
+        return tf.constant(host)
 
 
 def dtype_support(device: str, dtype: str) -> str | None:
@@ -56,20 +70,21 @@ def matmul_timer(
 ) -> Callable[[], None]:
     """A callable computing (m x k) @ (k x n) on ``device`` and synchronizing.
 
-    With ``transfers`` each call copies A and B to the device (``tf.identity`` placed there) and the result
-    back (``.numpy()``, blocking); on the CPU those copies are no-ops.
+    With ``transfers`` each call copies A and B from host memory to the device (:func:`fresh_device_copy`: new
+    tensors each call) and the result back (``.numpy()``, blocking); on the CPU no device copy is involved.
     """
     d = resolve_device(device)
-    _strict_fp32(d, dtype)
-    ha, hb = _host((m, k), dtype, seed), _host((k, n), dtype, seed + 1)
     if transfers:
+        na, nb = _host_array((m, k), dtype, seed), _host_array((k, n), dtype, seed + 1)
 
         def run_with_transfers() -> None:
+            a, b = fresh_device_copy(na, d), fresh_device_copy(nb, d)
             with tf.device(d):
-                c = tf.matmul(tf.identity(ha), tf.identity(hb))
+                c = tf.matmul(a, b)
             c.numpy()
 
         return run_with_transfers
+    ha, hb = _host((m, k), dtype, seed), _host((k, n), dtype, seed + 1)
     with tf.device(d):
         a, b = tf.identity(ha), tf.identity(hb)
 
@@ -104,11 +119,10 @@ def host_transfer_callable(nbytes: int, device: str, direction: str = "h2d") -> 
         raise DeviceUnavailable(f"device {device!r} has no host link: it is the host")
     count = max(1, nbytes // 4)
     if direction == "h2d":
-        host = _host((count,), "float32", 0)
+        host = _host_array((count,), "float32", 0)
 
         def h2d() -> None:
-            with tf.device(d):
-                tf.identity(host)
+            fresh_device_copy(host, d)
             synchronize(device)
 
         return h2d
@@ -167,7 +181,6 @@ def two_device_matmul(
     """
     d0, d1 = resolve_device(devices[0]), resolve_device(devices[1])
     second = d1 if concurrent else d0
-    _strict_fp32(d0, dtype)
     with tf.device(d0):
         a, b = tf.identity(_host((size, size), dtype, 0)), tf.identity(_host((size, size), dtype, 1))
     with tf.device(second):
@@ -189,6 +202,7 @@ __all__ = [
     "VERSION",
     "copy_bandwidth_callable",
     "dtype_support",
+    "fresh_device_copy",
     "host_transfer_callable",
     "list_devices",
     "matmul_timer",

@@ -1,9 +1,25 @@
-"""Devices as PyTorch sees them: ``"cpu"``, ``"gpu"``/``"gpu:N"`` (CUDA device N)."""
+"""Devices as PyTorch sees them: ``"cpu"``, ``"gpu"``/``"gpu:N"`` (CUDA device N).
+
+Importing this module applies the run's TF32 policy (:func:`apply_tf32_policy`).
+"""
 
 from __future__ import annotations
 
 import torch
 from xfbench.backends.base import DeviceUnavailable, parse_device
+from xfbench.backends.common import effective_tf32, tf32_policy
+
+
+def apply_tf32_policy(policy: str | None = None) -> str:
+    """Applies the TF32 policy (default: the run's, :func:`backends.common.tf32_policy`) to cuBLAS matmuls
+    and cuDNN convolutions; returns what the GPU will do (``NVIDIA_TF32_OVERRIDE=0`` forces ``off``).
+
+    PyTorch's own defaults differ between the two (matmul off, cuDNN on), so both flags are always set.
+    The flags are plain settings: this needs no GPU and may be called again at any time."""
+    value = policy or tf32_policy()
+    torch.backends.cuda.matmul.allow_tf32 = value == "on"
+    torch.backends.cudnn.allow_tf32 = value == "on"
+    return effective_tf32(value)
 
 
 def list_devices() -> list[str]:
@@ -56,3 +72,6 @@ def available_memory(device: str | torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+apply_tf32_policy()

@@ -16,7 +16,9 @@ One module, two roles (``python -m backends.torch.distributed --job JOB.json --o
 
 Threads: on the CPU every worker runs one compute thread (``torch.set_num_threads(1)``,
 ``set_num_interop_threads(1)``, ``OMP_NUM_THREADS=1``), so N workers use N cores and a speedup is a speedup
-of workers, not of threads. On GPUs (``--device gpu``) each rank takes ``cuda:LOCAL_RANK`` and the NCCL backend.
+of workers, not of threads. On GPUs (``--device gpu``) each rank takes ``cuda:LOCAL_RANK`` and the NCCL backend;
+every tensor a collective touches (the all-reduce microbenchmark, the per-step times reduced to their maximum
+over ranks) lives on the rank's collective device (:func:`collective_setup`): NCCL reduces CUDA tensors only.
 
 The job (JSON): ``models`` (``[{"name", "spec"}]`` with ``spec`` = :meth:`ModelSpec.to_dict`), ``batches``
 (per-worker batch sizes), ``steps``, ``warmup``, ``optimizer``, ``allreduce_sizes`` (bytes),
@@ -102,6 +104,23 @@ def launch_local(
 # ----------------------------------------------------------------------------------------------- worker role
 
 
+def collective_setup(gpu: bool, local_rank: int) -> tuple[str, str]:
+    """``(process-group backend, device of the tensors its collectives reduce)``: ``("nccl", "cuda:LOCAL_RANK")``
+    on GPUs, ``("gloo", "cpu")`` on the CPU."""
+    return ("nccl", f"cuda:{local_rank}") if gpu else ("gloo", "cpu")
+
+
+def max_over_ranks(values: list[float], device: Any) -> list[float]:
+    """Element-wise maximum of ``values`` over all ranks (an all-reduce MAX of a float64 tensor created on
+    ``device``, the collective device of :func:`collective_setup`); returns it as Python floats on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=torch.device(device))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [float(v) for v in t.cpu().tolist()]
+
+
 def _median_iqr(times: list[float]) -> dict[str, float]:
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median": statistics.median(times), "iqr": q[2] - q[0], "min": min(times), "mean": statistics.fmean(times)}
@@ -124,16 +143,34 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     gpu = job.get("device", "cpu") != "cpu"
+    pg_backend, coll_device = collective_setup(gpu, local_rank)
+    dev = torch.device(coll_device)
+    tf32 = ""
     if gpu:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    dist.init_process_group("nccl" if gpu else "gloo", init_method="env://", timeout=timedelta(seconds=300))
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise RuntimeError(
+                f"rank {rank} (LOCAL_RANK {local_rank}) needs GPU {local_rank}, but this process sees {visible} "
+                f"GPU(s): run at most {visible} workers per node with --device gpu"
+            )
+        torch.cuda.set_device(dev)
+        from xfbench.backends.torch.device import apply_tf32_policy
+
+        tf32 = apply_tf32_policy()
+    dist.init_process_group(
+        pg_backend, init_method="env://", timeout=timedelta(seconds=300), device_id=dev if gpu else None
+    )
 
     def sync() -> None:
         if gpu:
             torch.cuda.synchronize(dev)
+
+    def barrier() -> None:
+        # NCCL's barrier otherwise guesses the rank's device (and warns); gloo takes no device ids.
+        if gpu:
+            dist.barrier(device_ids=[local_rank])
+        else:
+            dist.barrier()
 
     result: dict[str, Any] = {
         "backend": "torch",
@@ -142,6 +179,7 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
         "engine": f"torch.distributed {dist.get_backend()} + DistributedDataParallel",
         "threads": THREADS_NOTE if not gpu else "one GPU per worker process (NCCL)",
         "device": "gpu" if gpu else "cpu",
+        "tf32": tf32,
         "allreduce": [],
         "steps": [],
     }
@@ -151,7 +189,7 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
         t = torch.ones(max(1, int(nbytes) // 4), dtype=torch.float32, device=dev)
         times = []
         for i in range(int(job.get("allreduce_repeats", 10)) + 2):
-            dist.barrier()
+            barrier()
             sync()
             t0 = time.perf_counter()
             dist.all_reduce(t)
@@ -180,7 +218,7 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
             for _ in range(int(job.get("warmup", 2))):
                 step()
             sync()
-            dist.barrier()
+            barrier()
             times = []
             for _ in range(int(job.get("steps", 5))):
                 t0 = time.perf_counter()
@@ -188,8 +226,7 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
                 sync()
                 times.append(time.perf_counter() - t0)
             # The slowest rank sets the pace: report, per step, the maximum over ranks.
-            tt = torch.tensor(times, dtype=torch.float64)
-            dist.all_reduce(tt, op=dist.ReduceOp.MAX)
+            step_times = max_over_ranks(times, dev)
             # Diagnostic: the same step without DDP (no all-reduce) while all N workers compute, which shows how
             # much of a gap to the prediction is CPU sharing rather than communication.
             plain_opt = make_optimizer(model, optimizer)
@@ -202,23 +239,22 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
                 loss_of(model(xt), yt).backward()
                 opt.step()
 
-            dist.barrier()
+            barrier()
             alone = []
             for _ in range(int(job.get("steps", 5))):
                 t0 = time.perf_counter()
                 plain()
                 sync()
                 alone.append(time.perf_counter() - t0)
-            ta = torch.tensor(alone, dtype=torch.float64)
-            dist.all_reduce(ta, op=dist.ReduceOp.MAX)
+            alone_times = max_over_ranks(alone, dev)
             result["steps"].append(
                 {
                     "model": entry["name"],
                     "batch_per_worker": int(batch),
-                    "times": tt.tolist(),
+                    "times": step_times,
                     "params": count_params(model),
-                    "compute_only_median": statistics.median(ta.tolist()),
-                    **_median_iqr(tt.tolist()),
+                    "compute_only_median": statistics.median(alone_times),
+                    **_median_iqr(step_times),
                 }
             )
             del ddp, opt
@@ -242,7 +278,7 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
         if rank == 0:
             np.savez(verify["weights_out"], *get_weights(model))
 
-    dist.barrier()
+    barrier()
     if rank == 0:
         Path(out_path).write_text(json.dumps(result))
     dist.destroy_process_group()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
+from xfbench.backends import common
 from xfbench.backends.base import MemoryStats
 from xfbench.backends.torch.device import resolve_device
-
-# Messages of allocation failures that older torch versions (or cuBLAS/cuDNN paths) raise as a plain
-# RuntimeError instead of torch.cuda.OutOfMemoryError; the last one is the CPU allocator's.
-_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate memory")
 
 
 def memory_stats(device: str | torch.device) -> MemoryStats:
@@ -25,14 +24,27 @@ def memory_stats(device: str | torch.device) -> MemoryStats:
 
 
 def reset_peak_memory(device: str | torch.device) -> None:
-    """Restarts the peak figures of :func:`memory_stats` from the current usage (no-op on the CPU)."""
+    """Restarts the peak figures of :func:`memory_stats` from the current usage (no-op on the CPU).
+
+    ``torch.cuda.init()`` first (idempotent): resetting the statistics of a device whose caching allocator
+    has not been initialised yet (no CUDA work in this process so far) is not guaranteed to work."""
     dev = resolve_device(device)
     if dev.type == "cuda":
+        torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(dev)
 
 
+def release_cached_memory(device: str | torch.device) -> None:
+    """Returns the caching allocator's unused GPU blocks to the driver (``torch.cuda.empty_cache()``), after
+    collecting garbage, so that a fresh process started next finds that memory free. No-op on the CPU."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        gc.collect()
+        with torch.cuda.device(dev):
+            torch.cuda.empty_cache()
+
+
 def is_oom_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory failure (CUDA or host)."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS)
+    """Whether ``exc`` is an out-of-memory failure (CUDA or host): :func:`backends.common.is_oom_error`, the one
+    classifier of every backend (``torch.OutOfMemoryError``, ``MemoryError``, allocator messages)."""
+    return common.is_oom_error(exc)

@@ -1,0 +1,225 @@
+"""Every derived column of a report row agrees with the columns it is computed from.
+
+The row is assembled by the real benchmark code (``benchmarks.bench_models.test_model_step``) for a tiny
+model on each backend, with a stand-in for pytest-benchmark's fixture (it runs and times the real step) and a
+synthetic memory-worker result (no subprocess). Checked: ``flops_rel_error`` from ``flops_counted`` and
+``flops_predicted_counter``; ``flops_counted`` from the counter's own per-op count over the backend's
+aligned op set; ``achieved_flops_per_s`` from ``flops_predicted`` and ``time_median_s``; throughput from
+the batch and the median time; ``mem_rel_error`` from ``mem_predicted_bytes`` and ``mem_measured_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from xfbench.analytics.spec import spec_from_dict
+from xfbench.backends import get_backend, is_available
+from xfbench.backends.base import FlopCount
+from xfbench.benchmarks.measure import flop_columns, memory_columns, time_columns
+from xfbench.benchmarks.workload import Config, Workload
+
+REL = 1e-12
+
+# Softmax (TensorFlow counts it, 5 per element, outside its aligned op set) and dropout (training: masks
+# and products, also outside) make TensorFlow's total differ from its aligned subset.
+TINY = {
+    "name": "derived",
+    "input_shape": [1, 8, 8],
+    "layers": [
+        {"type": "Conv2D", "filters": 4, "kernel": 3, "activation": "relu"},
+        {"type": "MaxPool2D", "pool": 2},
+        {"type": "Flatten"},
+        {"type": "Dropout", "rate": 0.5},
+        {"type": "Dense", "units": 5, "activation": "softmax"},
+    ],
+}
+BATCH = 2
+# Analytic matmul FLOPs by hand (N=2): conv 1->4, 3x3, 8x8 -> 6x6: 2*2*36*4*9 = 5184; dense 36 -> 5:
+# 2*2*36*5 = 720. Training adds the conv's weight gradient (first layer: no input gradient) 5184 and the
+# dense's weight and input gradients 2*720.
+FLOPS_PREDICTED = {"inference": 5184 + 720, "training": 5184 + 720 + 5184 + 2 * 720}
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= REL * max(abs(a), abs(b))
+
+
+# ---- framework-free: the helpers on synthetic inputs, by hand --------------------------------------------
+
+
+def test_memory_columns_rel_error_by_hand() -> None:
+    cols = memory_columns({"method": "rss-hwm", "measured_bytes": 200, "baseline_bytes": 7}, 150)
+    assert cols["mem_measured_bytes"] == 200
+    assert cols["mem_rel_error"] == -0.25  # (150 - 200) / 200
+    assert cols["mem_baseline_bytes"] == 7
+    assert memory_columns({"measured_bytes": None}, 150)["mem_rel_error"] is None
+
+
+def test_time_columns_throughput_by_hand() -> None:
+    stats = SimpleNamespace(median=0.5, iqr=0.1, mean=0.55, min=0.4, rounds=3)
+    cols = time_columns(stats, 4)
+    assert cols["time_median_s"] == 0.5
+    assert cols["throughput_samples_per_s"] == 8.0  # 4 samples / 0.5 s
+
+
+def test_flop_columns_error_comes_from_the_counted_subset() -> None:
+    """A counter whose total holds more than its aligned ops: the error must use the aligned figure."""
+    spec = spec_from_dict(
+        {"name": "d", "input_shape": [4], "layers": [{"type": "Dense", "units": 3, "use_bias": False}]}
+    )
+    # PyTorch's convention for this dense, N=2: 2*2*4*3 = 48 (by hand). The fake counter reports it under
+    # "mm" and 52 more under an op outside the aligned set.
+    count = FlopCount(counter="fake", convention="", total=100, by_op={"mm": 48, "extra": 52})
+    backend = SimpleNamespace(ALIGNED_OPS=("mm",), count_flops=lambda model, spec, batch, phase: count)
+    work = Workload(Config("torch", "d", "inference", 2), spec, backend, None, lambda: None)  # type: ignore[arg-type]
+    cols = flop_columns(work)
+    assert cols["flops_counted"] == 48
+    assert cols["flops_predicted_counter"] == 48
+    assert cols["flops_rel_error"] == 0.0  # the old bug gave (100 - 48) / 48
+    assert cols["flops_counter"] == "fake (mm)"
+
+
+def test_flop_columns_name_the_op_that_differs() -> None:
+    """TensorFlow is predicted op by op: a row off by more than 0.1% names each op whose count differs."""
+    spec = spec_from_dict(
+        {"name": "d", "input_shape": [4], "layers": [{"type": "Dense", "units": 3, "use_bias": False}]}
+    )
+    # The profiler's MatMul for this dense, N=2, inference: 2*2*4*3 = 48 (by hand); the fake reports 60.
+    count = FlopCount(counter="fake", convention="", total=70, by_op={"MatMul": 60, "Softmax": 10})
+    backend = SimpleNamespace(ALIGNED_OPS=("MatMul", "BiasAdd"), count_flops=lambda model, spec, batch, phase: count)
+    work = Workload(Config("tensorflow", "d", "inference", 2), spec, backend, None, lambda: None)  # type: ignore[arg-type]
+    cols = flop_columns(work)
+    assert cols["flops_counted"] == 60 and cols["flops_predicted_counter"] == 48
+    assert cols["flops_rel_error"] == 0.25  # (60 - 48) / 48
+    assert cols["flops_unsupported"] == "differs: MatMul counted 60 predicted 48"
+
+
+# ---- every backend: the row bench_models assembles ------------------------------------------------------
+
+BACKEND_PARAMS = [
+    pytest.param("torch", marks=pytest.mark.torch),
+    pytest.param("tensorflow", marks=pytest.mark.tensorflow),
+    pytest.param("mxnet", marks=pytest.mark.mxnet),
+]
+
+
+class _Benchmark:
+    """pytest-benchmark's fixture, as far as ``test_model_step`` uses it: ``pedantic`` times the real step."""
+
+    def __init__(self) -> None:
+        self.extra_info: dict[str, Any] = {}
+        self.stats: Any = None
+        self.times: list[float] = []
+
+    def pedantic(self, fn: Any, rounds: int, warmup_rounds: int = 0, iterations: int = 1) -> None:
+        for _ in range(warmup_rounds):
+            fn()
+        for _ in range(rounds):
+            start = time.perf_counter()
+            fn()
+            self.times.append(time.perf_counter() - start)
+        q = statistics.quantiles(self.times, n=4)
+        self.stats = SimpleNamespace(
+            stats=SimpleNamespace(
+                median=statistics.median(self.times),
+                iqr=q[2] - q[0],
+                mean=statistics.fmean(self.times),
+                min=min(self.times),
+                rounds=rounds,
+            )
+        )
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        self.rows.append(dict(row))
+
+
+WORKER_RESULT = {
+    "status": "ok",
+    "method": "rss-hwm",
+    "measured_bytes": 40_000_000,
+    "baseline_bytes": 300_000_000,
+    "second_step_bytes": 10_000_000,
+}
+OVERHEAD = 5_000_000
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name = request.param
+    if not is_available(name):
+        pytest.skip(f"{name} is not installed in this environment (run: tox -e {name})")
+    return str(name)
+
+
+@pytest.mark.parametrize("phase", ["inference", "training"])
+def test_derived_columns_agree_with_their_sources(
+    backend: str, phase: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xfbench.benchmarks import bench_models
+    from xfbench.benchmarks.measure import prediction_columns
+    from xfbench.benchmarks.profiles import Plan
+
+    spec_path = tmp_path / "derived.json"
+    spec_path.write_text(json.dumps(TINY))
+    cfg = Config(backend, str(spec_path), phase, BATCH)
+    calls: list[Config] = []
+
+    def fake_worker(config: Config, memory_limit: str | None = None) -> dict[str, Any]:
+        calls.append(config)
+        return dict(WORKER_RESULT)
+
+    monkeypatch.setattr(bench_models, "memory_in_fresh_process", fake_worker)
+    monkeypatch.setattr(bench_models, "framework_overhead", lambda *args: OVERHEAD)
+    bench, writer, rows = _Benchmark(), _Writer(), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bench_models.test_model_step(bench, (cfg, Plan((BATCH,), 3)), writer, rows, None, True, None)
+    assert calls == [cfg]
+    assert len(writer.rows) == 1 and rows == writer.rows
+    row = writer.rows[0]
+    assert row["status"] == "ok", row.get("message")
+
+    # FLOPs: the error is computed from exactly the counted figure ...
+    counted, expected = row["flops_counted"], row["flops_predicted_counter"]
+    assert expected > 0
+    assert _close(row["flops_rel_error"], (counted - expected) / expected)
+    # ... which is the counter's own count over the backend's aligned op set, named in flops_counter
+    b = get_backend(backend)
+    spec = spec_from_dict(TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        count = b.count_flops(b.build_model(spec), spec, BATCH, phase)
+    if b.ALIGNED_OPS is None:
+        assert counted == count.total
+    else:
+        assert counted == sum(count.by_op.get(op, 0) for op in b.ALIGNED_OPS)
+        assert count.total > counted  # the subset is a real subset: an error taken from the total would differ
+        assert all(op in row["flops_counter"] for op in b.ALIGNED_OPS)
+    assert abs(row["flops_rel_error"]) <= 1e-3, row["flops_unsupported"]
+
+    # achieved FLOP/s and throughput from the predicted FLOPs, the batch and the median time
+    assert row["flops_predicted"] == FLOPS_PREDICTED[phase]
+    assert row["time_median_s"] == statistics.median(bench.times)
+    assert _close(row["achieved_flops_per_s"], row["flops_predicted"] / row["time_median_s"])
+    assert _close(row["throughput_samples_per_s"], BATCH / row["time_median_s"])
+    assert row["rounds"] == 3 == len(bench.times)
+
+    # memory: the prediction is the ledger's step bytes plus the probe's overhead; the error is from the two
+    assert row["mem_measured_bytes"] == WORKER_RESULT["measured_bytes"]
+    assert row["mem_predicted_bytes"] == prediction_columns(cfg)["mem_predicted_bytes"] + OVERHEAD
+    measured, predicted = row["mem_measured_bytes"], row["mem_predicted_bytes"]
+    assert _close(row["mem_rel_error"], (predicted - measured) / measured)
+    assert row["mem_baseline_bytes"] == WORKER_RESULT["baseline_bytes"]
+    assert row["mem_second_step_bytes"] == WORKER_RESULT["second_step_bytes"]
