@@ -1,0 +1,1093 @@
+"""Memory as a simulated step: the ops of one step in order, each allocating and freeing named tensors.
+
+:func:`simulate` lowers a :class:`~analytics.spec.ModelSpec` to the operators a backend runs (forward layer by
+layer, the loss, the backward in reverse, the optimizer update), applies the framework's rules from
+:mod:`analytics.timeline_rules` (what each op allocates, what it saves for backward, what its backward
+allocates and frees), and walks the resulting event list. The peak is the maximum of the timeline; the
+breakdown at the peak is the ledger.
+
+Accounting (tensor level, like PyTorch's ``MemTracker``): every allocation is one tensor's storage
+(``numel * element size``; on a CUDA device rounded up to the caching allocator's 512-byte block); a view
+allocates nothing; allocator caching, fragmentation and a kernel's internal scratch (oneDNN, cuDNN) are not
+tensors and are not in the timeline (``runtime`` stays 0 here: the benchmark suite measures it).
+
+The input batch (and the labels) are inside the timeline, allocated before the step, in their own
+category ``input_batch``: ``MemTracker`` sees them only when they are passed to ``track_external``, which the
+comparison tests do. A steady-state step (``warm=True``, the default) starts with the parameters, the
+previous step's gradients (freed by ``zero_grad(set_to_none=True)`` as the step begins), the optimizer
+state and the framework's caches; ``warm=False`` simulates the first step, where the optimizer state is
+created by the update.
+
+Categories: ``parameters``, ``gradients`` (parameter gradients, from the moment the backward allocates
+them), ``optimizer_state``, ``input_batch``, ``saved_activations`` (forward results some backward op keeps),
+``activations`` (forward results nobody saves: alive until consumed; in inference every layer output),
+``temporaries`` (activation gradients, backward and optimizer scratch), ``workspace`` (an op's returned
+workspace, e.g. oneDNN's LSTM workspace), ``runtime`` (framework-held caches).
+
+PyTorch rules are measured (see :mod:`analytics.timeline_rules`); TensorFlow and MXNet are a first
+approximation, flagged in :attr:`Timeline.notes`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from xfbench.analytics.memory import dtype_bytes
+from xfbench.analytics.shapes import infer_shapes, input_shapes, padding_amounts
+from xfbench.analytics.spec import (
+    LSTM,
+    Activation,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    Layer,
+    LocalResponseNorm,
+    MaxPool2D,
+    ModelSpec,
+    SpecError,
+)
+from xfbench.analytics.timeline_rules import (
+    CONV_WORKSPACE,
+    FREE_TEMPS,
+    MXNET_OPS,
+    OPTIMIZER_STATE,
+    TF_OPS,
+    TORCH_ACCUMULATE_IN_PLACE,
+    TORCH_CUDA_ROUND_BYTES,
+    TORCH_OPS,
+    Buf,
+    OpRule,
+    ceil_to,
+    element_bytes,
+    lstm_workspace_bytes,
+)
+from xfbench.analytics.weights import output_kind
+
+CATEGORIES = (
+    "parameters",
+    "gradients",
+    "optimizer_state",
+    "input_batch",
+    "saved_activations",
+    "activations",
+    "temporaries",
+    "workspace",
+    "runtime",
+)
+PHASES = ("inference", "training")
+DEVICES = ("cpu", "gpu")
+FRAMEWORKS = ("torch", "tensorflow", "mxnet")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+_FORWARD = "forward"  # provisional category of a forward result, resolved once the whole step is built
+
+
+@dataclass(frozen=True)
+class Event:
+    """One allocation or free. ``live_bytes`` is the total allocated right after it."""
+
+    index: int
+    action: str  # "alloc" | "free"
+    tensor: str
+    category: str
+    nbytes: int
+    op: str
+    stage: str  # "setup" | "forward" | "loss" | "backward" | "optimizer"
+    live_bytes: int
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The simulated step: its events, the curve, the peak and the ledger at the peak."""
+
+    model: str
+    framework: str
+    phase: str
+    batch_size: int
+    dtype: str
+    optimizer: str
+    device: str
+    events: tuple[Event, ...]
+    peak_bytes: int
+    peak_index: int  # index into ``events`` (the allocation that reached the peak)
+    breakdown: tuple[tuple[str, int], ...]  # category -> bytes alive at the peak, in CATEGORIES order
+    notes: tuple[str, ...] = ()
+
+    @property
+    def curve(self) -> tuple[int, ...]:
+        """Bytes alive after each event (for a plot)."""
+        return tuple(e.live_bytes for e in self.events)
+
+    @property
+    def peak_event(self) -> Event:
+        return self.events[self.peak_index]
+
+    def category(self, name: str) -> int:
+        return dict(self.breakdown)[name]
+
+    def breakdown_at(self, index: int) -> dict[str, int]:
+        """Bytes alive per category right after event ``index``."""
+        return _breakdown(self.events[: index + 1])
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "framework": self.framework,
+            "phase": self.phase,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "optimizer": self.optimizer,
+            "device": self.device,
+            "peak_bytes": self.peak_bytes,
+            "peak_index": self.peak_index,
+            "peak_op": self.peak_event.op,
+            "peak_stage": self.peak_event.stage,
+            "breakdown": dict(self.breakdown),
+            "events": len(self.events),
+            "notes": list(self.notes),
+        }
+
+
+def _breakdown(events: Sequence[Event]) -> dict[str, int]:
+    out = dict.fromkeys(CATEGORIES, 0)
+    for e in events:
+        out[e.category] += e.nbytes if e.action == "alloc" else -e.nbytes
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the machinery
+
+
+@dataclass
+class _Tensor:
+    tid: int
+    name: str
+    nbytes: int
+    category: str
+    holders: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Val:
+    """A value the program holds: a tensor storage (``tid``, shared by views) and autograd facts."""
+
+    vid: int
+    tid: int
+    elems: int
+    requires_grad: bool = False
+    contiguous: bool = True
+
+
+@dataclass
+class _Node:
+    """A recorded backward op."""
+
+    op: str
+    rule: OpRule
+    inputs: dict[str, _Val]
+    output: _Val
+    sizes: dict[str, int]
+    params: dict[str, int]  # parameter name -> bytes of its gradient
+    key: str
+
+
+class _Program:
+    """Storages with holders; a storage is freed when its last holder lets go."""
+
+    def __init__(self, round_to: int = 1) -> None:
+        self.tensors: list[_Tensor] = []
+        self.steps: list[tuple[str, int, str, str]] = []  # (action, tid, op, stage)
+        self.round_to = round_to
+        self.saved: set[int] = set()  # storages some backward node kept
+        self._vid = 0
+
+    def alloc(self, name: str, nbytes: int, category: str, op: str, stage: str, holder: str = "py") -> int:
+        t = _Tensor(len(self.tensors), name, ceil_to(int(nbytes), self.round_to), category, {holder})
+        self.tensors.append(t)
+        self.steps.append(("alloc", t.tid, op, stage))
+        return t.tid
+
+    def hold(self, tid: int, holder: str) -> None:
+        self.tensors[tid].holders.add(holder)
+
+    def drop(self, tid: int, holder: str, op: str, stage: str) -> None:
+        t = self.tensors[tid]
+        if holder not in t.holders:
+            return
+        t.holders.discard(holder)
+        if not t.holders:
+            self.steps.append(("free", tid, op, stage))
+
+    def val(self, tid: int, elems: int, requires_grad: bool = False, contiguous: bool = True) -> _Val:
+        self._vid += 1
+        return _Val(self._vid, tid, elems, requires_grad, contiguous)
+
+    def events(self) -> list[Event]:
+        live = 0
+        out: list[Event] = []
+        for i, (action, tid, op, stage) in enumerate(self.steps):
+            t = self.tensors[tid]
+            live += t.nbytes if action == "alloc" else -t.nbytes
+            out.append(Event(i, action, t.name, t.category, t.nbytes, op, stage, live))
+        return out
+
+
+# ------------------------------------------------------------------------------------------- the lowering
+
+
+@dataclass
+class _Ctx:
+    framework: str
+    ops: dict[str, OpRule]
+    width: int
+    batch: int
+    training: bool
+    device: str
+    dispatch_mode: bool
+    warm: bool
+
+
+class _Lowering:
+    """Runs a spec through one framework's ops, recording allocations, saves and backward nodes."""
+
+    def __init__(self, prog: _Program, ctx: _Ctx) -> None:
+        self.p = prog
+        self.c = ctx
+        self.nodes: list[_Node] = []
+        self.stage = "forward"
+        self.params: list[tuple[str, int]] = []  # (name, bytes) in declaration order (model.parameters())
+        self.runtime: dict[str, int] = {}  # framework-held caches created in the first step
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ ops
+
+    def run(
+        self,
+        op: str,
+        inputs: dict[str, _Val],
+        sizes: dict[str, int],
+        *,
+        label: str,
+        params: dict[str, int] | None = None,
+        name: str | None = None,
+        contiguous: bool = True,
+    ) -> dict[str, _Val]:
+        """One op: allocate its results, record a backward node if autograd tracks it. Returns its values by
+        role (``output`` and ``aux:<name>``); aux results nobody saves are freed right after the op."""
+        rule = self.c.ops[op]
+        params = params or {}
+        main = inputs.get("input")
+        needs_grad = any(v.requires_grad for v in inputs.values()) or bool(params)
+        recorded = self.c.training and needs_grad
+        outs: dict[str, _Val] = {}
+        tag = f"{label}:{name or op}"
+        if rule.view:
+            assert main is not None
+            outs["output"] = self.p.val(main.tid, sizes.get("output", main.elems), recorded, contiguous)
+            self.p.hold(main.tid, f"py{outs['output'].vid}")
+        for buf in rule.forward:
+            n = sizes[buf.size] * element_bytes(buf.dtype, self.c.width)
+            tid = self.p.alloc(f"{tag}.{buf.role}", n, _FORWARD, tag, self.stage, holder="new")
+            outs[buf.role] = self.p.val(tid, sizes[buf.size], recorded and buf.role == "output", contiguous)
+        if recorded:
+            node = _Node(op, rule, dict(inputs), outs["output"], dict(sizes), params, f"node{len(self.nodes)}:{tag}")
+            for s in rule.saves:
+                v = inputs.get(s) or outs.get(s)
+                if v is not None:
+                    self.p.hold(v.tid, node.key)
+                    self.p.saved.add(v.tid)
+            self.nodes.append(node)
+        for role, v in outs.items():
+            if role == "output" and not rule.view:
+                self.p.hold(v.tid, f"py{v.vid}")
+            # results Python does not keep (indices of an untracked max pool, dropout noise, ...) go now
+            self.p.drop(v.tid, "new", tag, self.stage)
+        return outs
+
+    def out(
+        self,
+        op: str,
+        inputs: dict[str, _Val],
+        sizes: dict[str, int],
+        *,
+        label: str,
+        params: dict[str, int] | None = None,
+        name: str | None = None,
+        contiguous: bool = True,
+    ) -> _Val:
+        """:meth:`run`, returning the output value."""
+        return self.run(op, inputs, sizes, label=label, params=params, name=name, contiguous=contiguous)["output"]
+
+    def drop(self, v: _Val, label: str) -> None:
+        """Python no longer references ``v``."""
+        self.p.drop(v.tid, f"py{v.vid}", label, self.stage)
+
+    def alias(self, v: _Val, elems: int | None = None, contiguous: bool | None = None) -> _Val:
+        """A Python-level view of ``v`` that autograd does not need to see (no allocation, no node)."""
+        a = self.p.val(v.tid, v.elems if elems is None else elems, v.requires_grad, v.contiguous)
+        if contiguous is not None:
+            a.contiguous = contiguous
+        self.p.hold(a.tid, f"py{a.vid}")
+        return a
+
+    def view(self, v: _Val, label: str, elems: int | None = None, contiguous: bool = True) -> _Val:
+        """A view autograd records (its backward hands the gradient on)."""
+        return self.out(
+            "view", {"input": v}, {"output": v.elems if elems is None else elems}, label=label, contiguous=contiguous
+        )
+
+    def scratch(self, name: str, elems: int, dtype: str, label: str, category: str = _FORWARD) -> _Val:
+        n = elems * element_bytes(dtype, self.c.width)
+        tid = self.p.alloc(f"{label}:{name}", n, category, f"{label}:{name}", self.stage, holder="tmp")
+        v = self.p.val(tid, elems)
+        self.p.hold(tid, f"py{v.vid}")
+        self.p.drop(tid, "tmp", label, self.stage)
+        return v
+
+    # --------------------------------------------------------------- backward
+
+    def backward(self, loss: _Val) -> None:
+        """Reverse-order execution of the recorded nodes (sequential models: reverse creation order)."""
+        self.stage = "backward"
+        grads: dict[int, int] = {}  # value id -> gradient storage
+        seed = self.p.alloc("grad_seed", self.c.width, "temporaries", "ones_like", self.stage, holder="root")
+        self.p.hold(seed, "g")
+        grads[loss.vid] = seed
+        for node in reversed(self.nodes):
+            g_out = grads.pop(node.output.vid, None)
+            if g_out is None:
+                self._release(node)
+                continue
+            rule = node.rule
+            delivered: list[tuple[_Val, int]] = []
+            unneeded: list[int] = []
+            temps: list[int] = []
+            if rule.passthrough or (rule.view and not rule.backward):
+                src = node.inputs.get("input")
+                for buf in rule.backward:  # a passthrough op may still produce parameter gradients
+                    self._param_grad(node, buf)
+                if src is not None and src.requires_grad:
+                    delivered.append((src, g_out))  # the same storage goes on: not freed here
+            else:
+                for buf in rule.backward:
+                    if buf is FREE_TEMPS:
+                        for t in temps[::-1]:
+                            self.p.drop(t, "g", node.key, self.stage)
+                        temps = []
+                        continue
+                    if buf.role.startswith("param:"):
+                        self._param_grad(node, buf)
+                        continue
+                    n = node.sizes[buf.size] * element_bytes(buf.dtype, self.c.width)
+                    if buf.role == "temp":
+                        temps.append(self.p.alloc(f"{node.key}.temp", n, "temporaries", node.key, self.stage, "g"))
+                        continue
+                    operand = node.inputs.get(buf.role.split(":", 1)[1])
+                    wanted = operand is not None and operand.requires_grad
+                    if not wanted and not buf.always:
+                        continue
+                    tid = self.p.alloc(f"{node.key}.{buf.role}", n, "temporaries", node.key, self.stage, "g")
+                    if wanted:
+                        assert operand is not None
+                        delivered.append((operand, tid))
+                    else:
+                        unneeded.append(tid)
+            for t in unneeded + temps[::-1]:
+                self.p.drop(t, "g", node.key, self.stage)
+            if all(tid != g_out for _, tid in delivered):
+                self.p.drop(g_out, "g", node.key, self.stage)
+            self._release(node)
+            self._deliver(grads, delivered, node.key)
+        for tid in list(grads.values()):
+            self.p.drop(tid, "g", "backward_end", self.stage)
+        self.p.drop(seed, "root", "backward_end", self.stage)
+
+    def _param_grad(self, node: _Node, buf: Buf) -> None:
+        """A parameter gradient: AccumulateGrad steals it (no copy), so it lives until the next zero_grad."""
+        name = buf.role.split(":", 1)[1]
+        if name in node.params:
+            self.p.alloc(f"{node.key}.grad_{name}", node.params[name], "gradients", node.key, self.stage, "grads")
+
+    def _deliver(self, grads: dict[int, int], delivered: list[tuple[_Val, int]], key: str) -> None:
+        """Hands gradients to the values they belong to; a second gradient for one value is accumulated."""
+        late: list[int] = []
+        for val, tid in delivered:
+            prev = grads.get(val.vid)
+            if prev is None:
+                grads[val.vid] = tid
+            elif self.c.dispatch_mode or not TORCH_ACCUMULATE_IN_PLACE:
+                # out of place: the sum is a new tensor, both addends are freed
+                n = self.p.tensors[tid].nbytes
+                grads[val.vid] = self.p.alloc(f"{key}.grad_sum", n, "temporaries", f"{key}:accumulate", self.stage, "g")
+                self.p.drop(prev, "g", key, self.stage)
+                late.append(tid)
+            else:
+                self.p.drop(tid, "g", key, self.stage)  # added in place into the first gradient
+        for tid in late:
+            self.p.drop(tid, "g", key, self.stage)
+
+    def _release(self, node: _Node) -> None:
+        """The node ran: what it saved is let go (``release_variables`` after the backward op)."""
+        for t in self.p.tensors:
+            if node.key in t.holders:
+                self.p.drop(t.tid, node.key, node.key, self.stage)
+
+
+# --------------------------------------------------------------------------------------- PyTorch lowering
+
+_TORCH_ACT = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "_softmax"}
+
+
+def _hw_pads(
+    padding: str | int, shape: tuple[int, ...], window: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` padding of a (C, H, W) input under the spec's rule."""
+    top, bottom = padding_amounts(padding, shape[1], window[0], stride[0])
+    left, right = padding_amounts(padding, shape[2], window[1], stride[1])
+    return top, bottom, left, right
+
+
+class _TorchModel:
+    """Lowers each spec layer to the ops ``backends/torch/model.py`` runs."""
+
+    def __init__(self, low: _Lowering, spec: ModelSpec) -> None:
+        self.low = low
+        self.spec = spec
+        self.b = low.c.batch
+
+    def param(self, label: str, name: str, elems: int) -> int:
+        n = elems * self.low.c.width
+        self.low.params.append((f"{label}.{name}", n))
+        return n
+
+    def layer(self, i: int, layer: Layer, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Val:
+        label = f"{i}:{layer.label}"
+        b = self.b
+        out_elems = b * math.prod(out_shape)
+        low = self.low
+        if isinstance(layer, Conv2D):
+            return self.conv(label, layer, x, in_shape, out_elems)
+        if isinstance(layer, (MaxPool2D, AvgPool2D)):
+            return self.pool(label, layer, x, in_shape, out_shape)
+        if isinstance(layer, GlobalAvgPool2D):
+            y = low.out("mean_hw", {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, Dense):
+            return self.dense(label, layer, x, in_shape, out_elems)
+        if isinstance(layer, Flatten):
+            if x.contiguous:
+                y = low.view(x, label) if x.requires_grad else low.alias(x)
+            else:
+                y = low.out("clone", {"input": x}, {"output": x.elems}, label=label)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, Activation):
+            y = self.act(label, layer.kind, x)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, Dropout):
+            if not low.c.training or layer.rate == 0:
+                y = low.alias(x)  # eval mode, or p == 0: the input itself (aten dropout returns it)
+            else:
+                op = "dropout" if low.c.device == "cpu" else "native_dropout"
+                y = low.out(op, {"input": x}, {"input": x.elems, "output": x.elems}, label=label)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, LocalResponseNorm):
+            return self.lrn(label, layer, x, in_shape)
+        if isinstance(layer, LSTM):
+            return self.lstm(label, layer, x, in_shape)
+        if isinstance(layer, Embedding):
+            w = self.param(label, "weight", layer.vocab * layer.dim)
+            y = low.out("embedding", {"input": x}, {"output": out_elems}, label=label, params={"weight": w})
+            low.drop(x, label)
+            return y
+        raise SpecError(f"layer type {layer.type} is not simulated", field="type", value=layer.type)
+
+    def act(self, label: str, kind: str, x: _Val) -> _Val:
+        return self.low.out(
+            _TORCH_ACT[kind], {"input": x}, {"input": x.elems, "output": x.elems}, label=label, name=kind
+        )
+
+    def conv(self, label: str, layer: Conv2D, x: _Val, in_shape: tuple[int, ...], out_elems: int) -> _Val:
+        low = self.low
+        kernel, stride = layer.kernel, layer.stride
+        assert isinstance(kernel, tuple) and isinstance(stride, tuple)
+        c_in = in_shape[0]
+        w = self.param(label, "weight", layer.filters * c_in * kernel[0] * kernel[1])
+        params = {"weight": w}
+        if layer.use_bias:
+            params["bias"] = self.param(label, "bias", layer.filters)
+        src, padded = x, None
+        if layer.padding == "same":
+            top, bottom, left, right = _hw_pads("same", in_shape, kernel, stride)
+            if top != bottom or left != right:  # F.pad, then a valid conv (model.py ConvLayer.forward)
+                n = self.b * c_in * (in_shape[1] + top + bottom) * (in_shape[2] + left + right)
+                padded = low.out(
+                    "constant_pad_nd", {"input": x}, {"input": x.elems, "output": n}, label=label, name="pad"
+                )
+                src = padded
+        y = low.out(
+            "convolution", {"input": src}, {"input": src.elems, "output": out_elems}, label=label, params=params
+        )
+        result = self.act(label, layer.activation, y) if layer.activation else y
+        if padded is not None:  # ConvLayer.forward's locals: the padded input, then the conv result
+            low.drop(padded, label)
+        if layer.activation:
+            low.drop(y, label)
+        low.drop(x, label)
+        return result
+
+    def window(self, label: str, is_max: bool, x: _Val, out_elems: int) -> _Val:
+        op = "avg_pool2d"
+        if is_max:  # training runs max_pool2d_with_indices (measured, even without grad); inference max_pool2d
+            op = "max_pool2d_with_indices" if self.low.c.training else "max_pool2d"
+        return self.low.out(op, {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
+
+    def pool(
+        self, label: str, layer: MaxPool2D | AvgPool2D, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+    ) -> _Val:
+        low = self.low
+        pool, stride = layer.pool, layer.stride
+        assert isinstance(pool, tuple) and isinstance(stride, tuple)
+        is_max = isinstance(layer, MaxPool2D)
+        out_elems = self.b * math.prod(out_shape)
+        c, h, w = in_shape
+
+        def padded_elems(t: int, bt: int, lf: int, rt: int) -> int:
+            return self.b * c * (h + t + bt) * (w + lf + rt)
+
+        if layer.padding == "same":
+            t, bt, lf, rt = _hw_pads("same", in_shape, pool, stride)
+            if not any((t, bt, lf, rt)):
+                y = self.window(label, is_max, x, out_elems)
+            elif is_max:
+                p = low.out(
+                    "constant_pad_nd",
+                    {"input": x},
+                    {"input": x.elems, "output": padded_elems(t, bt, lf, rt)},
+                    label=label,
+                    name="pad",
+                )
+                y = self.window(label, True, p, out_elems)
+                low.drop(p, label)
+            else:
+                # model.py: window sum of the zero-padded input / the cached count of real cells
+                p = low.out(
+                    "constant_pad_nd",
+                    {"input": x},
+                    {"input": x.elems, "output": padded_elems(t, bt, lf, rt)},
+                    label=label,
+                    name="pad",
+                )
+                s = self.window(label, False, p, out_elems)
+                low.drop(p, label)
+                self.count_cache(label, (h, w), (t, bt, lf, rt), out_shape[1] * out_shape[2])
+                y = low.out("div_count", {"input": s}, {"input": s.elems, "output": out_elems}, label=label, name="div")
+                low.drop(s, label)
+        else:
+            pad = 0 if layer.padding == "valid" else int(layer.padding)
+            if pad and not all(2 * pad <= k for k in pool):
+                p = low.out(
+                    "constant_pad_nd",
+                    {"input": x},
+                    {"input": x.elems, "output": padded_elems(pad, pad, pad, pad)},
+                    label=label,
+                    name="pad",
+                )
+                y = self.window(label, is_max, p, out_elems)
+                low.drop(p, label)
+            else:
+                y = self.window(label, is_max, x, out_elems)
+        low.drop(x, label)
+        return y
+
+    def count_cache(self, label: str, hw: tuple[int, int], pads: tuple[int, int, int, int], out_hw: int) -> None:
+        """PoolLayer._cell_count: ``ones`` -> pad -> window sum, cached on the module for good."""
+        low = self.low
+        key = f"{label}:count"
+        if key in low.runtime:
+            return
+        n = out_hw * low.c.width
+        low.runtime[key] = n
+        if low.c.warm:
+            return  # created by an earlier step: allocated in the setup
+        t, bt, lf, rt = pads
+        ones = low.scratch("ones", hw[0] * hw[1], "x", label)
+        padded = low.scratch("ones_padded", (hw[0] + t + bt) * (hw[1] + lf + rt), "x", label)
+        low.drop(ones, label)
+        count = low.scratch("count", out_hw, "x", label, category="runtime")
+        low.p.hold(count.tid, "module")
+        low.drop(padded, label)
+        low.drop(count, label)
+
+    def dense(self, label: str, layer: Dense, x: _Val, in_shape: tuple[int, ...], out_elems: int) -> _Val:
+        low = self.low
+        w = self.param(label, "weight", in_shape[-1] * layer.units)
+        params = {"weight": w}
+        if layer.use_bias:
+            params["bias"] = self.param(label, "bias", layer.units)
+        sizes = {"input": x.elems, "output": out_elems}
+        if len(in_shape) == 1 or (x.contiguous and layer.use_bias):
+            # addmm (2-D, or 3-D contiguous through _flatten_nd_linear); mm without a bias
+            op = "addmm" if layer.use_bias else "mm"
+            y = low.out(op, {"input": x}, sizes, label=label, params=params)
+        elif not low.c.training and low.c.dispatch_mode:
+            # inference mode: an observer sees aten.linear as one op, i.e. only its result (the real run below,
+            # copy + mm + add_, is what torch.profiler's memory events show inside aten::linear)
+            y = low.out("linear", {"input": x}, sizes, label=label)
+        else:
+            # at::matmul: a non-contiguous input is copied by reshape, then mm, then the bias add
+            src = x
+            if not x.contiguous:
+                src = low.out("clone", {"input": x}, {"output": x.elems}, label=label, name="reshape_copy")
+            y = low.out(
+                "mm_folded",
+                {"input": src},
+                {"input": src.elems, "output": out_elems},
+                label=label,
+                params={"weight": w},
+                name="mm",
+            )
+            if src is not x:
+                low.drop(src, label)
+            if not layer.use_bias and y.requires_grad and not x.contiguous:
+                z = low.out("unsafe_view", {"input": y}, {"input": out_elems, "output": out_elems}, label=label)
+                low.drop(y, label)
+                y = z
+            if layer.use_bias:
+                bias = {"bias": params["bias"]}
+                if low.c.dispatch_mode:  # out-of-place add (isTensorSubclassLike under a dispatch mode)
+                    z = low.out("add_bias", {"input": y}, {"output": out_elems}, label=label, params=bias)
+                    low.drop(y, label)
+                    y = z
+                else:  # output.add_(bias): in place
+                    z = low.out("add_bias_", {"input": y}, {"output": out_elems}, label=label, params=bias)
+                    low.drop(y, label)
+                    y = z
+        result = y
+        if layer.activation:
+            result = self.act(label, layer.activation, y)
+            low.drop(y, label)
+        low.drop(x, label)
+        return result
+
+    def lrn(self, label: str, layer: LocalResponseNorm, x: _Val, in_shape: tuple[int, ...]) -> _Val:
+        """torch.nn.functional.local_response_norm on a 4-D input (torch/nn/functional.py)."""
+        low = self.low
+        c, h, w = in_shape
+        n = x.elems
+        padded = self.b * (c + layer.size - 1) * h * w
+        sq = low.out("mul_self", {"input": x}, {"input": n, "output": n}, label=label, name="x*x")
+        sq5 = low.view(sq, label) if sq.requires_grad else low.alias(sq)
+        low.drop(sq, label)
+        p = low.out("constant_pad_nd", {"input": sq5}, {"input": n, "output": padded}, label=label, name="pad")
+        low.drop(sq5, label)
+        a = low.out("avg_pool3d", {"input": p}, {"input": padded, "output": n}, label=label)
+        low.drop(p, label)
+        ms = low.out("mul_scalar", {"input": a}, {"input": n, "output": n}, label=label, name="mul_alpha")
+        ad = low.out("add_scalar", {"input": ms}, {"input": n, "output": n}, label=label, name="add_k")
+        low.drop(ms, label)
+        pw = low.out("pow_scalar", {"input": ad}, {"input": n, "output": n}, label=label, name="pow_beta")
+        low.drop(ad, label)
+        low.drop(a, label)
+        y = low.out("div", {"input": x, "other": pw}, {"input": n, "output": n}, label=label)
+        low.drop(pw, label)
+        low.drop(x, label)
+        return y
+
+    def lstm(self, label: str, layer: LSTM, x: _Val, in_shape: tuple[int, ...]) -> _Val:
+        low = self.low
+        t, f = in_shape
+        h = layer.units
+        b = self.b
+        params = {
+            "weight_ih": self.param(label, "weight_ih", 4 * h * f),
+            "weight_hh": self.param(label, "weight_hh", 4 * h * h),
+            "bias_ih": self.param(label, "bias_ih", 4 * h),
+            "bias_hh": self.param(label, "bias_hh", 4 * h),
+        }
+        state = b * h
+        h0 = low.scratch("h0", state, "x", label)  # nn.LSTM.forward: zeros for h_0 and c_0
+        c0 = low.scratch("c0", state, "x", label)
+        seq = b * t * h
+        contiguous = b == 1 or t == 1  # the batch_first output is a transposed (T, B, H) buffer
+        if low.c.training:
+            src = x
+            if not contiguous:  # the batch_first input transposed to (T, B, F): a contiguous copy
+                src = low.out("clone", {"input": x}, {"output": x.elems}, label=label, name="contiguous")
+            ws = 0
+            if low.c.device == "cpu":
+                ws = lstm_workspace_bytes(b, t, f, h)
+            else:
+                low.notes.append("LSTM on a GPU: cuDNN's reserve space is not modelled (not yet measured)")
+            sizes = {"input": src.elems, "output": seq, "state": state, "workspace": ws // 4}
+            outs = low.run("mkldnn_rnn_layer", {"input": src, "hx": h0, "cx": c0}, sizes, label=label, params=params)
+            low.p.tensors[outs["aux:workspace"].tid].category = "workspace"
+            y = outs["output"]
+            hn = low.scratch("h_n", state, "x", label)  # torch.stack of the final states, discarded by the model
+            cn = low.scratch("c_n", state, "x", label)
+            if src is not x:
+                low.drop(src, label)
+            out = low.view(y, label, contiguous=contiguous)
+            low.drop(y, label)
+            low.drop(hn, label)
+            low.drop(cn, label)
+        else:
+            # inference mode: aten.lstm is one op to an observer; output, h_n, c_n are its results. Inside it
+            # (real run only; torch.profiler memory events) the transposed input is first made contiguous.
+            copy = None
+            if not contiguous and not low.c.dispatch_mode:
+                copy = low.scratch("input_contiguous", x.elems, "x", label)
+            out = low.scratch("output", seq, "x", label)
+            out.contiguous = contiguous
+            hn = low.scratch("h_n", state, "x", label)
+            cn = low.scratch("c_n", state, "x", label)
+            if copy is not None:
+                low.drop(copy, label)
+            low.drop(hn, label)
+            low.drop(cn, label)
+        low.drop(h0, label)
+        low.drop(c0, label)
+        if not layer.return_sequences:
+            if out.requires_grad:
+                sel = low.out(
+                    "select_backward",
+                    {"input": out},
+                    {"input": seq, "output": state},
+                    label=label,
+                    name="select",
+                    contiguous=False,
+                )
+            else:
+                sel = low.alias(out, state, contiguous=False)
+            low.drop(out, label)
+            out = sel
+        low.drop(x, label)
+        return out
+
+    def loss(self, y: _Val, out_elems: int) -> _Val:
+        """loss_fn in backends/torch/model.py, by the spec's output kind; returns the loss value."""
+        low = self.low
+        low.stage = "loss"
+        label = "loss"
+        kind = output_kind(self.spec)
+        sizes = {"input": out_elems, "output": out_elems, "scalar": 1}
+        if kind == "probs":
+            cl = low.out("clamp", {"input": y}, sizes, label=label)
+            lg = low.out("log", {"input": cl}, sizes, label=label)
+            low.drop(cl, label)
+            loss = low.out("nll_loss_forward", {"input": lg}, sizes, label=label)
+            low.drop(lg, label)
+        elif kind == "logits":
+            ls = low.out("_log_softmax", {"input": y}, sizes, label=label)
+            loss = low.out("nll_loss_forward", {"input": ls}, sizes, label=label)
+            low.drop(ls, label)
+        else:
+            loss = low.out("mse_loss", {"input": y}, sizes, label=label)
+        low.drop(y, label)
+        return loss
+
+
+# ------------------------------------------------------------------- TensorFlow / MXNet (first approximation)
+
+
+class _ApproxModel(_TorchModel):
+    """TensorFlow and MXNet: the same walk with their op tables. FIRST APPROXIMATION, not measured.
+
+    TensorFlow (Keras): ``same`` padding inside the op (no copy), ``ZeroPadding2D`` for int padding; the bias
+    add and the activation are separate ops (BiasAdd output, activation output). MXNet (Gluon): explicit pad
+    copies as PyTorch, activations in place on the conv/dense output (planner ``FInplaceOption``).
+    """
+
+    def act(self, label: str, kind: str, x: _Val) -> _Val:
+        fw = self.low.c.framework
+        if fw == "tensorflow":
+            op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax"}[kind]
+        else:
+            op = "softmax" if kind == "softmax" else "Activation"
+        return self.low.out(op, {"input": x}, {"input": x.elems, "output": x.elems}, label=label, name=kind)
+
+    def layer(self, i: int, layer: Layer, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Val:
+        low = self.low
+        fw = low.c.framework
+        label = f"{i}:{layer.label}"
+        out_elems = self.b * math.prod(out_shape)
+        tf = fw == "tensorflow"
+        if isinstance(layer, (Conv2D, Dense)):
+            params = self._params(label, layer, in_shape)
+            src = x
+            if isinstance(layer, Conv2D):
+                kernel, stride = layer.kernel, layer.stride
+                assert isinstance(kernel, tuple) and isinstance(stride, tuple)
+                t, bt, lf, rt = _hw_pads(layer.padding, in_shape, kernel, stride)
+                explicit = (tf and isinstance(layer.padding, int) and layer.padding > 0) or (
+                    not tf and (t != bt or lf != rt)
+                )
+                if explicit:
+                    n = self.b * in_shape[0] * (in_shape[1] + t + bt) * (in_shape[2] + lf + rt)
+                    src = low.out("Pad", {"input": x}, {"input": x.elems, "output": n}, label=label)
+                op = "Conv2D" if tf else "Convolution"
+            else:
+                op = "MatMul" if tf else "FullyConnected"
+            y = low.out(op, {"input": src}, {"input": src.elems, "output": out_elems}, label=label, params=params)
+            if src is not x:
+                low.drop(src, label)
+            if tf and getattr(layer, "use_bias", False):
+                z = low.out("BiasAdd", {"input": y}, {"output": out_elems}, label=label)
+                low.drop(y, label)
+                y = z
+            if layer.activation:
+                z = self.act(label, layer.activation, y)
+                low.drop(y, label)
+                y = z
+            low.drop(x, label)
+            return y
+        if isinstance(layer, (MaxPool2D, AvgPool2D)):
+            is_max = isinstance(layer, MaxPool2D)
+            op = ("MaxPool" if is_max else "AvgPool") if tf else "Pooling"
+            y = low.out(op, {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, GlobalAvgPool2D):
+            y = low.out("Mean" if tf else "Pooling", {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, Flatten):
+            y = low.view(x, label) if x.requires_grad else low.alias(x)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, Activation):
+            y = self.act(label, layer.kind, x)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, Dropout):
+            if not low.c.training or layer.rate == 0:
+                y = low.alias(x)
+            else:
+                y = low.out("Dropout", {"input": x}, {"input": x.elems, "output": x.elems}, label=label)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, LSTM):
+            t, f = in_shape
+            h = layer.units
+            params = {"weight": (4 * h * (f + h) + 4 * h * (1 if tf else 2)) * low.c.width}
+            low.params.append((f"{label}.weights", params["weight"]))
+            gates = self.b * t * 4 * h + self.b * (t + 1) * 2 * h
+            seq = self.b * t * h
+            op = "LSTM" if tf else "RNN"
+            y = low.out(op, {"input": x}, {"input": x.elems, "output": seq, "gates": gates}, label=label, params=params)
+            if not layer.return_sequences:
+                y = low.alias(y, self.b * h)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, LocalResponseNorm):
+            y = low.out("LRN", {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
+            low.drop(x, label)
+            return y
+        if isinstance(layer, Embedding):
+            w = layer.vocab * layer.dim * low.c.width
+            low.params.append((f"{label}.weights", w))
+            y = low.out("Embedding", {"input": x}, {"output": out_elems}, label=label, params={"weight": w})
+            low.drop(x, label)
+            return y
+        raise SpecError(f"layer type {layer.type} is not simulated for {fw}", field="type", value=layer.type)
+
+    def _params(self, label: str, layer: Conv2D | Dense, in_shape: tuple[int, ...]) -> dict[str, int]:
+        if isinstance(layer, Conv2D):
+            kh, kw = layer.kernel  # type: ignore[misc]
+            n = layer.filters * in_shape[0] * kh * kw + (layer.filters if layer.use_bias else 0)
+        else:
+            n = in_shape[-1] * layer.units + (layer.units if layer.use_bias else 0)
+        b = n * self.low.c.width
+        self.low.params.append((f"{label}.weights", b))
+        return {"weight": b}
+
+    def loss(self, y: _Val, out_elems: int) -> _Val:
+        low = self.low
+        low.stage = "loss"
+        # softmax cross-entropy / MSE: one buffer of the output's size kept for its gradient, a scalar loss
+        tmp = low.out(
+            "softmax" if low.c.framework == "mxnet" else "Softmax",
+            {"input": y},
+            {"input": out_elems, "output": out_elems},
+            label="loss",
+            name="loss_terms",
+        )
+        low.drop(y, "loss")
+        return tmp
+
+
+# ------------------------------------------------------------------------------------------------- the API
+
+
+def simulate(
+    spec: ModelSpec,
+    batch_size: int,
+    phase: str = "training",
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+    framework: str = "torch",
+    *,
+    device: str = "cpu",
+    warm: bool = True,
+    dispatch_mode: bool = False,
+) -> Timeline:
+    """Simulates one step and returns its :class:`Timeline`.
+
+    ``dispatch_mode=True`` reproduces what PyTorch runs while a ``TorchDispatchMode`` (such as
+    ``MemTracker``) is active: composite ops take their out-of-place paths (``isTensorSubclassLike`` is true
+    for every tensor then), i.e. the bias add of a linear layer on a non-contiguous 3-D input and gradient
+    accumulation allocate a new tensor. Raises ``ValueError`` / :class:`SpecError` on bad arguments.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; allowed: {', '.join(PHASES)}")
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; allowed: {', '.join(FRAMEWORKS)}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+    width = dtype_bytes(dtype)
+    training = phase == "training"
+    ops = {"torch": TORCH_OPS, "tensorflow": TF_OPS, "mxnet": MXNET_OPS}[framework]
+    round_to = TORCH_CUDA_ROUND_BYTES if (framework == "torch" and device == "gpu") else 1
+    prog = _Program(round_to)
+    ctx = _Ctx(framework, ops, width, batch_size, training, device, dispatch_mode and framework == "torch", warm)
+    low = _Lowering(prog, ctx)
+    notes: list[str] = []
+    if framework != "torch":
+        notes.append(f"{framework} rules are a first approximation (not measured)")
+    if CONV_WORKSPACE[(framework, device)] is None and any(isinstance(layer, Conv2D) for layer in spec.layers):
+        notes.append(f"convolution workspace on {framework} {device} is not modelled (not measured)")
+    if device == "gpu":
+        notes.append("GPU rules are a first approximation (not measured): foreach optimizer temporaries, dropout mask")
+    if dtype != "float32":
+        notes.append(f"{dtype}: rules measured in float32 only; sizes scale with the element width")
+
+    model_cls = _TorchModel if framework == "torch" else _ApproxModel
+    model = model_cls(low, spec)
+    outs = infer_shapes(spec)
+    x_elems = batch_size * math.prod(spec.input_shape)
+    x_tid = prog.alloc(
+        "x", x_elems * (8 if spec.input_dtype == "int64" else width), "input_batch", "setup", "setup", "batch"
+    )
+    mark = len(prog.steps)  # what exists before the step is spliced in here once the walk has declared it
+
+    # ---- forward (the lowering declares the parameters and caches as it meets them)
+    v = prog.val(x_tid, x_elems)
+    prog.hold(x_tid, f"py{v.vid}")
+    for i, (layer, a, o) in enumerate(zip(spec.layers, input_shapes(spec), outs)):
+        v = model.layer(i, layer, v, a, o)
+    if training:
+        loss = model.loss(v, batch_size * math.prod(outs[-1]))
+        low.backward(loss)
+        low.stage = "optimizer"
+        _optimizer(prog, framework, optimizer, device, low.params, warm)
+    # (inference: the output is returned to the caller and stays alive)
+
+    # ---- setup: parameters, labels, and in a steady state the optimizer state, the previous step's gradients
+    # (freed by zero_grad(set_to_none=True) as the step begins) and the framework's caches
+    tail, prog.steps = prog.steps[mark:], prog.steps[:mark]
+    for name, n in low.params:
+        prog.alloc(f"param:{name}", n, "parameters", "setup", "setup", "model")
+    if training:
+        kind = output_kind(spec)
+        y_elems = batch_size * (math.prod(outs[-1]) if kind == "regression" else math.prod(outs[-1][:-1]))
+        prog.alloc("y", y_elems * (width if kind == "regression" else 8), "input_batch", "setup", "setup", "batch")
+    if warm:
+        for name, n in low.runtime.items():
+            prog.alloc(name, n, "runtime", "setup", "setup", "module")
+    if training and warm:
+        slots, scalars = OPTIMIZER_STATE[optimizer]
+        for name, n in low.params:
+            for k in range(slots):
+                prog.alloc(f"opt:{name}:{k}", n, "optimizer_state", "setup", "setup", "optimizer")
+            for k in range(scalars if framework == "torch" else 0):
+                prog.alloc(f"opt:{name}:step{k}", 4, "optimizer_state", "setup", "setup", "optimizer")
+        prev = [prog.alloc(f"grad:{name}", n, "gradients", "setup", "setup", "prev") for name, n in low.params]
+        for tid in prev:
+            prog.drop(tid, "prev", "zero_grad(set_to_none=True)", "forward")
+    prog.steps += tail
+    notes.extend(low.notes)
+    return _finish(spec, framework, phase, batch_size, dtype, optimizer, device, prog, notes)
+
+
+def _optimizer(
+    prog: _Program, framework: str, optimizer: str, device: str, params: list[tuple[str, int]], warm: bool
+) -> None:
+    """The update (torch/optim single-tensor loop on CPU; foreach on a GPU, first approximation)."""
+    stage = "optimizer"
+    if optimizer == "sgd":
+        return
+    if not warm:
+        for name, n in params:
+            if optimizer == "adam":
+                prog.alloc(f"opt:{name}:step", 4, "optimizer_state", "init_state", stage, "optimizer")
+                prog.alloc(f"opt:{name}:exp_avg", n, "optimizer_state", "zeros_like", stage, "optimizer")
+                prog.alloc(f"opt:{name}:exp_avg_sq", n, "optimizer_state", "zeros_like", stage, "optimizer")
+            elif framework == "torch":
+                # momentum, first step: buf = torch.clone(grad).detach(), created inside the update loop
+                prog.alloc(f"opt:{name}:momentum", n, "optimizer_state", "clone", stage, "optimizer")
+            else:
+                prog.alloc(f"opt:{name}:momentum", n, "optimizer_state", "init_state", stage, "optimizer")
+    if optimizer != "adam":
+        return
+    if framework == "torch" and device == "cpu":
+        prev: int | None = None
+        for name, n in params:
+            sq = prog.alloc(f"adam:{name}:sqrt", n, "temporaries", "sqrt", stage, "tmp")
+            denom = prog.alloc(f"adam:{name}:denom", n, "temporaries", "div", stage, "tmp")
+            prog.drop(sq, "tmp", "div", stage)
+            if prev is not None:
+                prog.drop(prev, "tmp", "add_", stage)
+            prev = denom
+        if prev is not None:
+            prog.drop(prev, "tmp", "addcdiv_", stage)
+        return
+    # foreach (torch on a GPU) and the other frameworks: one temporary of every parameter at once
+    tmps = [prog.alloc(f"adam:{name}:tmp", n, "temporaries", "adam_update", stage, "tmp") for name, n in params]
+    for t in tmps:
+        prog.drop(t, "tmp", "adam_update", stage)
+
+
+def _finish(
+    spec: ModelSpec,
+    framework: str,
+    phase: str,
+    batch: int,
+    dtype: str,
+    optimizer: str,
+    device: str,
+    prog: _Program,
+    notes: list[str],
+) -> Timeline:
+    # Forward results: saved for backward if some node kept them, otherwise plain activations.
+    for t in prog.tensors:
+        if t.category == _FORWARD:
+            t.category = "saved_activations" if t.tid in prog.saved else "activations"
+    events = prog.events()
+    peak_index = max(range(len(events)), key=lambda i: (events[i].live_bytes, -i))
+    return Timeline(
+        model=spec.name,
+        framework=framework,
+        phase=phase,
+        batch_size=batch,
+        dtype=dtype,
+        optimizer=optimizer,
+        device=device,
+        events=tuple(events),
+        peak_bytes=events[peak_index].live_bytes,
+        peak_index=peak_index,
+        breakdown=tuple(_breakdown(events[: peak_index + 1]).items()),
+        notes=tuple(dict.fromkeys(notes)),
+    )

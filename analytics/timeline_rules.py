@@ -1,0 +1,449 @@
+"""Per-framework memory rules for the step simulator (:mod:`analytics.timeline`), as data.
+
+Each rule says, for one operator the framework runs, what its forward allocates, what it keeps for the
+backward pass, and what its backward allocates. Sizes are element counts of a named operand (``input``,
+``output``, ``weight``, ...) in a named element type (``x`` = the model's dtype, ``bool`` = 1 byte, ``int64``
+= 8 bytes). The simulator (:mod:`analytics.timeline`) lowers each spec layer to the operators the backend
+runs and walks these rules; this module imports nothing but the standard library.
+
+Bases, per framework:
+
+* **PyTorch** (``TORCH_OPS``): what each aten op saves and what its backward returns come from
+  ``tools/autograd/derivatives.yaml`` (pytorch/pytorch) and were checked, op by op, against the storage
+  events that ``torch.distributed._tools.mem_tracker.MemTracker`` records for one step of this repo's
+  torch backend (torch 2.13 CPU, float32): for every op below, the allocations, the frees and their order
+  matched the trace. Which ops a layer runs comes from ``backends/torch/model.py``.
+* **TensorFlow** (``TF_OPS``) and **MXNet** (``MXNET_OPS``): FIRST APPROXIMATION, not measured. TF: what a
+  gradient function reads (``tensorflow/python/ops/nn_grad.py``, ``math_grad.py``); Keras pads ``same``
+  inside the op (no padding copy). MXNet: the gradient inputs of its operators
+  (``src/operator/nn/*.cc``, ``FGradient``) and its graph planner (``src/nnvm/plan_memory.cc``), which
+  runs element-wise activations in place and shares buffers whose lifetimes do not overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Bytes of the non-model element types rules refer to; ``x`` is the model's dtype width.
+ELEMENT_BYTES = {"bool": 1, "int64": 8, "float32": 4}
+
+
+@dataclass(frozen=True)
+class Buf:
+    """One allocation: ``role`` names what it becomes, ``size`` the operand whose element count it has.
+
+    Roles: ``output`` / ``aux:<name>`` (forward results), ``grad:<operand>`` (the gradient of a forward
+    operand, handed to the op that produced it), ``param:<name>`` (a parameter gradient), ``temp`` (freed
+    when the op finishes). ``always``: allocated even when that operand needs no gradient (freed at once).
+    """
+
+    role: str
+    size: str
+    dtype: str = "x"
+    always: bool = False
+
+
+FREE_TEMPS = Buf("free_temps", "-")  # marker inside a backward sequence: the temporaries so far are freed here
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """One operator: forward results, operands kept for backward, backward allocations (in order)."""
+
+    forward: tuple[Buf, ...]
+    saves: tuple[str, ...]
+    backward: tuple[Buf, ...]
+    basis: str
+    view: bool = False  # the output aliases the input (no allocation)
+    passthrough: bool = False  # the backward hands the incoming gradient on unchanged (no allocation)
+
+
+_OUT = (Buf("output", "output"),)
+_GRAD_IN = (Buf("grad:input", "input"),)
+_GRAD_IN_W = (Buf("grad:input", "input"), Buf("param:weight", "weight"))
+_DY = "tools/autograd/derivatives.yaml"
+
+# ------------------------------------------------------------------------------------------------- PyTorch
+
+TORCH_OPS: dict[str, OpRule] = {
+    "constant_pad_nd": OpRule(
+        _OUT,
+        (),
+        _GRAD_IN,
+        f"{_DY} constant_pad_nd: constant_pad_nd_backward (a negative pad: a copy of the input's size)",
+    ),
+    "convolution": OpRule(
+        _OUT,
+        ("input",),
+        (Buf("grad:input", "input"), Buf("param:weight", "weight"), Buf("param:bias", "bias")),
+        f"{_DY} convolution: convolution_backward(grad, input, weight, ...) saves input and weight; one op returns "
+        "grad_input (skipped when the input needs no gradient), grad_weight, grad_bias",
+    ),
+    "relu": OpRule(_OUT, ("output",), _GRAD_IN, f"{_DY} relu: threshold_backward(grad, result, 0) (saves the result)"),
+    "sigmoid": OpRule(_OUT, ("output",), _GRAD_IN, f"{_DY} sigmoid: sigmoid_backward(grad, result)"),
+    "tanh": OpRule(_OUT, ("output",), _GRAD_IN, f"{_DY} tanh: tanh_backward(grad, result)"),
+    "_softmax": OpRule(_OUT, ("output",), _GRAD_IN, f"{_DY} _softmax: _softmax_backward_data(grad, result, ...)"),
+    "_log_softmax": OpRule(
+        _OUT, ("output",), _GRAD_IN, f"{_DY} _log_softmax: _log_softmax_backward_data(grad, result, ...)"
+    ),
+    "addmm": OpRule(
+        _OUT,
+        ("input",),
+        (Buf("grad:input", "input"), Buf("param:weight", "weight"), Buf("param:bias", "bias")),
+        f"{_DY} addmm: mat1 (the input) saved for mm_mat2_backward, mat2 (the weight) for mm_mat1_backward; "
+        "backward = mm (grad_input), mm (grad_weight), sum (grad_bias), three ops in that order",
+    ),
+    "mm": OpRule(
+        _OUT,
+        ("input",),
+        (Buf("param:weight", "weight"), Buf("grad:input", "input")),
+        f"{_DY} mm: self kept for the weight gradient (F.linear without a bias = matmul = mm); measured with "
+        "MemTracker: the weight gradient is made first, then the input gradient",
+    ),
+    "mm_folded": OpRule(
+        _OUT,
+        ("input",),
+        (Buf("param:weight", "weight"), Buf("grad:input", "input")),
+        "at::matmul on a 3-D input (aten/src/ATen/native/LinearAlgebra.cpp _matmul_impl, folded to one mm): "
+        "measured with MemTracker, its backward makes the weight gradient first, then the input gradient",
+    ),
+    "unsafe_view": OpRule(
+        (),
+        (),
+        _GRAD_IN,
+        "the fold's result viewed back to 3-D (_unsafe_view): measured with MemTracker, on a non-contiguous "
+        "input and without a bias its backward copies the incoming gradient (aten.clone); with a bias, or on "
+        "a contiguous input, it does not (cause not yet isolated)",
+        view=True,
+    ),
+    "add_bias": OpRule(
+        _OUT,
+        (),
+        (Buf("param:bias", "bias"),),
+        f"{_DY} add.Tensor: the bias gradient is the broadcast reduction (sum); the other operand's gradient is "
+        "the incoming one (no copy). aten/src/ATen/native/Linear.cpp: linear on a non-contiguous 3-D input is "
+        "matmul + add_ (in place), or out-of-place add while a TorchDispatchMode (MemTracker) is active",
+        passthrough=True,
+    ),
+    "add_bias_": OpRule(
+        (),
+        (),
+        (Buf("param:bias", "bias"),),
+        "the in-place output.add_(bias) of aten/src/ATen/native/Linear.cpp (no allocation); the bias gradient is a sum",
+        view=True,
+        passthrough=True,
+    ),
+    "linear": OpRule(
+        _OUT,
+        (),
+        (),
+        "inference mode: aten.linear is one op to an observer (its internal copies are not tensors it sees)",
+    ),
+    "max_pool2d_with_indices": OpRule(
+        (Buf("output", "output"), Buf("aux:indices", "output", "int64")),
+        ("input", "aux:indices"),
+        _GRAD_IN,
+        f"{_DY} max_pool2d_with_indices: max_pool2d_with_indices_backward(grad, self, ..., result1) saves the "
+        "input and the int64 indices; measured: on CPU training runs this op even when the input needs no "
+        "gradient (the indices are then freed at once)",
+    ),
+    "max_pool2d": OpRule(
+        _OUT, ("input",), _GRAD_IN, "inference mode: aten.max_pool2d returns the pooled output only (no indices)"
+    ),
+    "avg_pool2d": OpRule(_OUT, ("input",), _GRAD_IN, f"{_DY} avg_pool2d: avg_pool2d_backward(grad, self, ...)"),
+    "div_count": OpRule(
+        _OUT,
+        (),
+        _GRAD_IN,
+        f"{_DY} div.Tensor: self's gradient is grad / other (other, the cached count, is kept by the module)",
+    ),
+    "mean_hw": OpRule(
+        _OUT, (), _GRAD_IN, f"{_DY} mean.dim: sum_backward(...) / numel (expand, then one division: the input's size)"
+    ),
+    "dropout": OpRule(
+        (Buf("aux:noise", "input"), Buf("output", "output")),
+        ("aux:noise",),
+        _GRAD_IN,
+        "aten/src/ATen/native/Dropout.cpp _dropout_impl (CPU): noise = empty_like(input).bernoulli_().div_(), "
+        f"output = input * noise; {_DY} mul.Tensor keeps the noise for grad * noise",
+    ),
+    "native_dropout": OpRule(
+        (Buf("output", "output"), Buf("aux:mask", "output", "bool")),
+        ("aux:mask",),
+        _GRAD_IN,
+        f"{_DY} native_dropout (CUDA): native_dropout_backward(grad, result1 (bool mask), scale). NOT MEASURED",
+    ),
+    "clamp": OpRule(
+        _OUT,
+        ("input",),
+        (
+            Buf("temp", "scalar"),
+            Buf("temp", "output", "bool"),
+            Buf("temp", "output", "bool"),
+            Buf("grad:input", "input"),
+        ),
+        f"{_DY} clamp: clamp_backward(grad, self, min, max) = where((self >= min) & (self <= max), grad, 0): "
+        "measured as scalar_tensor, ge, le (bool masks) and where",
+    ),
+    "log": OpRule(_OUT, ("input",), _GRAD_IN, f"{_DY} log: grad.div(self.conj())"),
+    "nll_loss_forward": OpRule(
+        (Buf("output", "scalar"), Buf("aux:total_weight", "scalar")),
+        ("input", "aux:total_weight"),
+        _GRAD_IN,
+        f"{_DY} nll_loss_forward: nll_loss_backward(grad, self, target, weight, ..., total_weight)",
+    ),
+    "mse_loss": OpRule(
+        _OUT,
+        ("input",),
+        _GRAD_IN,
+        "aten/src/ATen/native/Loss.cpp mse_loss: the unreduced loss (the input's size) is computed and the mean "
+        "returned as a 0-d view of it, so the whole buffer lives as long as the loss (measured: "
+        f"loss.untyped_storage().nbytes() == input bytes); {_DY} mse_loss: mse_loss_backward(grad, self, target)",
+    ),
+    "mkldnn_rnn_layer": OpRule(
+        (
+            Buf("output", "output"),
+            Buf("aux:hy", "state"),
+            Buf("aux:cy", "state"),
+            Buf("aux:workspace", "workspace", "float32"),
+        ),
+        ("input", "hx", "cx", "output", "aux:hy", "aux:cy", "aux:workspace"),
+        (
+            Buf("grad:input", "input", always=True),
+            Buf("param:weight_ih", "weight_ih"),
+            Buf("param:weight_hh", "weight_hh"),
+            Buf("param:bias_ih", "bias"),
+            Buf("param:bias_hh", "bias"),
+            Buf("grad:hx", "state", always=True),
+            Buf("grad:cx", "state", always=True),
+        ),
+        "aten/src/ATen/native/mkldnn/RNN.cpp mkldnn_rnn_layer (CPU LSTM in training): returns output, hy, cy and "
+        "oneDNN's workspace (see lstm_workspace_bytes); mkldnn_rnn_layer_backward returns the gradients of "
+        "input, both weights, both biases, hx and cx (measured with MemTracker, all seven every time)",
+    ),
+    "select_backward": OpRule(
+        (),
+        (),
+        _GRAD_IN,
+        f"{_DY} select.int: select_backward(grad, self.sym_sizes(), dim, index): a zero tensor of the input's size",
+        view=True,
+    ),
+    "embedding": OpRule(
+        _OUT,
+        (),
+        (Buf("param:weight", "weight"),),
+        f"{_DY} embedding: embedding_backward(grad, indices, ...) -> embedding_dense_backward (a (vocab, dim) "
+        "gradient); the indices are the model input, alive anyway",
+    ),
+    "clone": OpRule(_OUT, (), (), f"{_DY} clone: the gradient passes through", passthrough=True),
+    "view": OpRule((), (), (), f"{_DY} view/reshape/transpose/select: the gradient is a view", view=True),
+    # LocalResponseNorm, torch.nn.functional.local_response_norm (4-D): div = x*x; pad; avg_pool3d;
+    # div*alpha + k; pow(beta); x / div.
+    "mul_self": OpRule(
+        _OUT,
+        ("input",),
+        (Buf("grad:input", "input"), Buf("grad:input", "input")),
+        f"{_DY} mul.Tensor with both operands x: grad * other and grad * self, two gradients of x",
+    ),
+    "avg_pool3d": OpRule(_OUT, ("input",), _GRAD_IN, f"{_DY} avg_pool3d: avg_pool3d_backward(grad, self, ...)"),
+    "mul_scalar": OpRule(_OUT, (), _GRAD_IN, f"{_DY} mul.Tensor by a wrapped scalar: grad * other"),
+    "add_scalar": OpRule(
+        _OUT, (), (), f"{_DY} add.Tensor with a scalar: the gradient passes through", passthrough=True
+    ),
+    "pow_scalar": OpRule(
+        _OUT,
+        ("input",),
+        (Buf("temp", "input"), Buf("temp", "input"), Buf("grad:input", "input")),
+        f"{_DY} pow.Tensor_Scalar: pow_backward(grad, self, exponent) = grad * (exponent * self.pow(exponent - 1))",
+    ),
+    "div": OpRule(
+        _OUT,
+        ("input", "other"),
+        (
+            Buf("temp", "input"),
+            Buf("temp", "input"),
+            Buf("temp", "input"),
+            Buf("grad:other", "input"),
+            FREE_TEMPS,
+            Buf("grad:input", "input"),
+        ),
+        f"{_DY} div.Tensor: other: -grad * ((self / other) / other) (three temporaries), self: grad / other",
+    ),
+}
+
+#: PyTorch's gradient accumulation when one tensor gets several gradients (``torch/csrc/autograd/input_buffer.cpp``):
+#: in place into the first buffer, except while a TorchDispatchMode is active (``isTensorSubclassLike`` is then
+#: true for every tensor), where an out-of-place ``add`` allocates the sum (measured with MemTracker).
+TORCH_ACCUMULATE_IN_PLACE = True
+
+# Optimizer updates, ``torch/optim/{sgd,adam}.py``. On CPU the default is the single-tensor loop (foreach
+# kernels are used only on CUDA-like devices, ``torch/optim/optimizer.py _default_to_fused_or_foreach``).
+# Entries: state slots created per parameter on the first step (element counts relative to the parameter,
+# and fixed-size scalars), and the temporaries of the update. Measured with MemTracker on CPU (float32):
+# sgd allocates nothing; momentum clones each gradient into its buffer on the first step; adam creates a
+# 0-d float32 ``step`` and two zero slots per parameter, then per parameter ``denom = (exp_avg_sq.sqrt() /
+# bias_correction2_sqrt).add_(eps)``: a sqrt temporary and the division's result, the previous parameter's
+# ``denom`` being freed only after the new one exists (the loop variable is rebound).
+OPTIMIZER_STATE: dict[str, tuple[int, int]] = {"sgd": (0, 0), "momentum": (1, 0), "adam": (2, 1)}
+"""Per optimizer: (state tensors of the parameter's size, 0-d float32 ``step`` tensors) per parameter."""
+
+#: Convolution workspace per (framework, device) at tensor level: ``0`` where none exists as a tensor,
+#: ``None`` where it is not modelled (the simulation then says so in its notes). Per-algorithm sizes are
+#: chosen at run time (cuDNN heuristics or autotuning, oneDNN's scratchpad), so none is a constant here.
+CONV_WORKSPACE: dict[tuple[str, str], int | None] = {
+    # oneDNN keeps its scratchpad inside the primitive, not as an ATen tensor: MemTracker sees none (measured:
+    # every catalog model matches MemTracker without it). The allocator-level peak is higher (not yet isolated).
+    ("torch", "cpu"): 0,
+    # cuDNN's workspace is taken from the caching allocator inside the op (not a returned tensor): invisible to
+    # MemTracker, visible to torch.cuda.max_memory_allocated; depends on the algorithm. Not measured.
+    ("torch", "gpu"): None,
+    # TensorFlow: Conv2D's scratch comes from the BFC allocator, sized by autotuning. Not measured.
+    ("tensorflow", "cpu"): None,
+    ("tensorflow", "gpu"): None,
+    # MXNet: Convolution's temp space from the resource manager, capped by its ``workspace`` argument. Not measured.
+    ("mxnet", "cpu"): None,
+    ("mxnet", "gpu"): None,
+}
+
+#: Minimum block of PyTorch's CUDA caching allocator (``c10/cuda/CUDACachingAllocator.cpp`` kMinBlockSize);
+#: MemTracker rounds every CUDA storage up to it. CPU storages are counted exactly.
+TORCH_CUDA_ROUND_BYTES = 512
+
+
+def _good_ld(dim: int, elem_bytes: int = 4) -> int:
+    """oneDNN ``rnn_utils::get_good_ld``: round up to 64 bytes, and step past multiples of 256 elements."""
+    per = 64 // elem_bytes
+    ld = -(-dim // per) * per
+    return ld + per if ld % 256 == 0 else ld
+
+
+def lstm_workspace_bytes(batch: int, steps: int, features: int, units: int, elem_bytes: int = 4) -> int:
+    """Bytes of the oneDNN workspace that ``mkldnn_rnn_layer`` returns for one single-layer, one-direction LSTM.
+
+    Basis: oneDNN ``src/cpu/rnn/rnn_utils.hpp set_workspace_sizes`` and ``rnn_utils.cpp set_offsets``: the
+    workspace holds, each part rounded up to a 4096-byte page, the gates of every step
+    ``T * B * good_ld(4H)``, the hidden outputs ``T * B * good_ld(H)``, the layer states
+    ``2 * (T + 1) * B * good_ld(max(F, H))``, the cell states ``2 * (T + 1) * B * H``, and in training the
+    state gradients (two of the first kind, one of the second). Checked against the workspace tensor
+    torch 2.13 CPU returns (MemTracker) for 20 shapes, e.g. (B, T, F, H) = (8, 40, 60, 128): 2,519,040 bytes.
+    """
+    page = 4096
+
+    def pages(n_bytes: int) -> int:
+        return -(-n_bytes // page) * page
+
+    b, t, f, h = batch, steps, features, units
+    wide = _good_ld(max(f, h), elem_bytes)
+    states = 2 * (t + 1) * b * wide * elem_bytes
+    cells = 2 * (t + 1) * b * h * elem_bytes
+    parts = (
+        t * b * _good_ld(4 * h, elem_bytes) * elem_bytes,  # ws_gates
+        t * b * _good_ld(h, elem_bytes) * elem_bytes,  # ws_ht
+        states,  # ws_states_layer (= ws_states_iter)
+        cells,  # ws_states_iter_c
+        states,  # ws_diff_states_layer
+        states,  # ws_diff_states_iter
+        cells,  # ws_diff_states_iter_c
+    )
+    return sum(pages(p) for p in parts)
+
+
+# --------------------------------------------------------------------------- TensorFlow (first approximation)
+
+#: Per layer op: which tensors its gradient function reads (kept alive by the tape until backward), whether the
+#: activation is a separate op whose gradient reads its output. NOT MEASURED.
+TF_OPS: dict[str, OpRule] = {
+    "Conv2D": OpRule(_OUT, ("input",), _GRAD_IN_W, "tensorflow/python/ops/nn_grad.py _Conv2DGrad: op.inputs[0], [1]"),
+    "BiasAdd": OpRule(_OUT, (), (), "nn_grad.py _BiasAddGrad: reads only the gradient", passthrough=True),
+    "Relu": OpRule(_OUT, ("output",), _GRAD_IN, "nn_grad.py _ReluGrad: gen_nn_ops.relu_grad(grad, op.outputs[0])"),
+    "Sigmoid": OpRule(_OUT, ("output",), _GRAD_IN, "math_grad.py _SigmoidGrad: op.outputs[0]"),
+    "Tanh": OpRule(_OUT, ("output",), _GRAD_IN, "math_grad.py _TanhGrad: op.outputs[0]"),
+    "Softmax": OpRule(_OUT, ("output",), _GRAD_IN, "nn_grad.py _SoftmaxGrad: op.outputs[0]"),
+    "MatMul": OpRule(_OUT, ("input",), _GRAD_IN_W, "math_grad.py _MatMulGrad: op.inputs[0], [1]"),
+    "MaxPool": OpRule(_OUT, ("input", "output"), _GRAD_IN, "nn_grad.py _MaxPoolGrad: op.inputs[0], op.outputs[0]"),
+    "AvgPool": OpRule(_OUT, (), _GRAD_IN, "nn_grad.py _AvgPoolGrad: only the input's shape"),
+    "Mean": OpRule(_OUT, (), _GRAD_IN, "math_grad.py _MeanGrad: only shapes"),
+    "Pad": OpRule(_OUT, (), _GRAD_IN, "array_grad.py _PadGrad: a slice of the gradient (the input's size)"),
+    "Dropout": OpRule(
+        (Buf("aux:mask", "output", "bool"), Buf("output", "output")),
+        ("aux:mask",),
+        _GRAD_IN,
+        "tensorflow/python/ops/nn_ops.py dropout: x * scale, then where(keep_mask, ., 0): the bool mask is kept",
+    ),
+    "view": OpRule((), (), (), "array_grad.py _ReshapeGrad: a reshape of the gradient", view=True),
+    "LRN": OpRule(_OUT, ("input", "output"), _GRAD_IN, "nn_grad.py _LRNGrad: op.inputs[0], op.outputs[0]"),
+    "Embedding": OpRule(
+        _OUT,
+        (),
+        (Buf("param:weight", "weight"),),
+        "embedding_lookup (Gather): array_grad.py _GatherGrad gives IndexedSlices; counted here as a dense "
+        "gradient of the table",
+    ),
+    "LSTM": OpRule(
+        (Buf("output", "output"), Buf("aux:gates", "gates")),
+        ("input", "output", "aux:gates"),
+        _GRAD_IN_W,
+        "keras LSTM unrolled in a While loop: per step the gates (4H) and states are kept for backward",
+    ),
+}
+
+# ------------------------------------------------------------------------------ MXNet (first approximation)
+
+#: MXNet keeps what each operator's FGradient reads; its planner (src/nnvm/plan_memory.cc) runs the
+#: element-wise Activation in place on the convolution/dense output (``FInplaceOption``) and reuses freed
+#: buffers, so a simulated free is a real free. NOT MEASURED.
+MXNET_OPS: dict[str, OpRule] = {
+    "Pad": OpRule(_OUT, (), _GRAD_IN, "src/operator/pad.cc: the backward slices the gradient (the input's size)"),
+    "Convolution": OpRule(
+        _OUT, ("input",), _GRAD_IN_W, "src/operator/nn/convolution.cc ConvolutionGrad: in_data (input, weight)"
+    ),
+    "FullyConnected": OpRule(
+        _OUT, ("input",), _GRAD_IN_W, "src/operator/nn/fully_connected.cc FullyConnectedGrad: in_data (input, weight)"
+    ),
+    "Activation": OpRule(
+        (),
+        ("output",),
+        _GRAD_IN,
+        "src/operator/nn/activation.cc: backward reads out_data; in place on its input (FInplaceOption)",
+        view=True,
+    ),
+    "softmax": OpRule(_OUT, ("output",), _GRAD_IN, "src/operator/nn/softmax.cc: backward reads the output"),
+    "Pooling": OpRule(
+        _OUT, ("input", "output"), _GRAD_IN, "src/operator/nn/pooling.cc: backward reads in_data and out_data"
+    ),
+    "Dropout": OpRule(
+        (Buf("aux:mask", "output"), Buf("output", "output")),
+        ("aux:mask",),
+        _GRAD_IN,
+        "src/operator/nn/dropout.cc: a float mask output kept for backward",
+    ),
+    "view": OpRule((), (), (), "src/operator/tensor/matrix_op.cc Flatten: identity storage", view=True),
+    "LRN": OpRule(
+        (Buf("output", "output"), Buf("aux:tmp_norm", "output")),
+        ("input", "output", "aux:tmp_norm"),
+        _GRAD_IN,
+        "src/operator/nn/lrn.cc: outputs out and tmp_norm; the backward reads in_data, out_data and tmp_norm",
+    ),
+    "Embedding": OpRule(
+        _OUT,
+        (),
+        (Buf("param:weight", "weight"),),
+        "src/operator/tensor/indexing_op.cc Embedding: a dense (vocab, dim) weight gradient",
+    ),
+    "RNN": OpRule(
+        (Buf("output", "output"), Buf("aux:workspace", "gates")),
+        ("input", "output", "aux:workspace"),
+        _GRAD_IN_W,
+        "src/operator/rnn.cc: the reserve space (gates and states of every step) is kept for backward",
+    ),
+}
+
+
+def element_bytes(dtype: str, width: int) -> int:
+    """Bytes per element of a rule's element type, where ``x`` is the model's dtype of ``width`` bytes."""
+    return width if dtype == "x" else ELEMENT_BYTES[dtype]
+
+
+def ceil_to(n_bytes: int, block: int) -> int:
+    return math.ceil(n_bytes / block) * block if block > 1 else n_bytes

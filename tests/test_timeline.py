@@ -1,0 +1,226 @@
+"""The simulated step (analytics/timeline.py) against timelines computed by hand.
+
+Every expected byte count below is written out from the layer sizes (float32: 4 bytes, int64 labels: 8);
+none is read back from the simulator. The PyTorch rules themselves are checked against MemTracker in
+tests/test_timeline_memtracker.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from xfbench.analytics.catalog import catalog_model
+from xfbench.analytics.spec import LSTM, Conv2D, Dense, Flatten, ModelSpec
+from xfbench.analytics.timeline import CATEGORIES, simulate
+from xfbench.analytics.timeline_rules import TF_OPS, TORCH_OPS, lstm_workspace_bytes
+
+# A single Dense 4 -> 3 whose logits go to softmax cross-entropy, batch 2:
+#   W 4x3 = 48 B, b 3 = 12 B, x 2x4 = 32 B, labels 2 int64 = 16 B, logits 2x3 = 24 B.
+DENSE = ModelSpec("dense", (4,), (Dense(3),))
+# Conv2D(2 filters, 3x3, valid, relu) on 1x4x4 -> 2x2x2, Flatten -> 8, Dense 8 -> 3, batch 2:
+#   conv W 2*1*3*3 = 72 B, conv b 8 B, dense W 8*3 = 96 B, dense b 12 B (parameters 188 B);
+#   x 2*16 floats = 128 B, labels 16 B; conv output 2*2*2*2 floats = 64 B; logits 24 B.
+CONV = ModelSpec("conv", (1, 4, 4), (Conv2D(2, 3, activation="relu"), Flatten(), Dense(3)))
+
+
+def _after_setup(tl):  # type: ignore[no-untyped-def]
+    return [(e.action, e.nbytes) for e in tl.events if e.stage != "setup" and not e.op.startswith("zero_grad")]
+
+
+def test_dense_training_step_event_by_event() -> None:
+    tl = simulate(DENSE, 2, "training", "float32", "sgd", "torch")
+    setup = sorted(e.nbytes for e in tl.events if e.stage == "setup")
+    # x, W, b, labels, and the previous step's gradients of W and b (freed by zero_grad(set_to_none=True))
+    assert setup == sorted([32, 48, 12, 16, 48, 12])
+    assert [e.nbytes for e in tl.events if e.op.startswith("zero_grad")] == [48, 12]
+    assert _after_setup(tl) == [
+        ("alloc", 24),  # addmm: logits 2x3
+        ("alloc", 24),  # _log_softmax result (kept for its backward)
+        ("alloc", 4),  # nll_loss_forward: the loss
+        ("alloc", 4),  # nll_loss_forward: total_weight (kept)
+        ("free", 24),  # the logits: nobody saved them (addmm keeps its input, log_softmax its result)
+        ("alloc", 4),  # backward seed (ones_like)
+        ("alloc", 24),  # nll_loss_backward: gradient of the log-probabilities
+        ("free", 4),  # total_weight released
+        ("alloc", 24),  # _log_softmax_backward_data: gradient of the logits
+        ("free", 24),  # the incoming gradient
+        ("free", 24),  # the log-softmax result released
+        ("alloc", 48),  # grad W (no grad of x: the input needs none)
+        ("alloc", 12),  # grad b
+        ("free", 24),  # the incoming gradient
+        ("free", 4),  # the seed, when the backward ends
+    ]
+    # live bytes: 108 after zero_grad (W, b, x, labels), then +24 +24 +4 +4 -24 +4 +24 -4 +24 -24 -24 +48 +12
+    assert tl.peak_bytes == 108 + 24 + 24 + 4 + 4 - 24 + 4 + 24 - 4 + 24 - 24 - 24 + 48 + 12 == 200
+    assert tl.peak_event.stage == "backward" and tl.peak_event.nbytes == 12
+    b = dict(tl.breakdown)
+    assert b["parameters"] == 60 and b["gradients"] == 60 and b["input_batch"] == 48
+    assert b["activations"] == 4  # the loss value
+    assert b["temporaries"] == 4 + 24  # seed + the logits' gradient
+    assert b["saved_activations"] == 0 and b["optimizer_state"] == 0 and b["workspace"] == 0
+
+
+def test_dense_inference_by_hand() -> None:
+    tl = simulate(DENSE, 2, "inference")
+    assert tl.peak_bytes == 60 + 32 + 24  # parameters + x + logits
+    assert [e.nbytes for e in tl.events if e.stage == "forward"] == [24]
+
+
+def test_conv_relu_flatten_dense_training_by_hand() -> None:
+    tl = simulate(CONV, 2, "training")
+    # after zero_grad: params 188 + x 128 + labels 16 = 332
+    # forward: conv 64, relu 64, conv output freed (-64), logits 24
+    # loss: log_softmax 24, loss 4, total_weight 4, logits freed (-24)
+    # backward: seed 4; nll grad 24, total_weight -4; log_softmax grad 24, -24 incoming, -24 result;
+    #   addmm: grad of the flattened relu output 64, grad W 96, grad b 12, -24 incoming;
+    #   view: the gradient passes through; relu: grad 64 <- the peak
+    live = 332 + 64 + 64 - 64 + 24 + 24 + 4 + 4 - 24 + 4 + 24 - 4 + 24 - 24 - 24 + 64 + 96 + 12 - 24 + 64
+    assert live == 640
+    assert tl.peak_bytes == 640
+    assert tl.peak_event.op.endswith("relu") and tl.peak_event.stage == "backward"
+    b = dict(tl.breakdown)
+    assert b["parameters"] == 188
+    assert b["gradients"] == 96 + 12  # the dense layer's; the conv's come after the peak
+    assert b["input_batch"] == 128 + 16
+    assert b["saved_activations"] == 64  # the relu output, kept by threshold_backward
+    assert b["activations"] == 4  # the loss
+    assert b["temporaries"] == 4 + 64 + 64  # seed, gradient into relu, relu's input gradient
+    # the conv's input gradient is never made (x needs none): the largest backward alloc is grad W of the dense
+    assert max(e.nbytes for e in tl.events if e.stage == "backward" and "conv" in e.op.lower()) == 72
+
+
+def test_conv_inference_by_hand() -> None:
+    tl = simulate(CONV, 2, "inference")
+    # params 188 + x 128; conv2d 64; relu 64 (the peak: the conv output is referenced until the layer returns);
+    # the conv output is freed; the logits 24 while the relu output (the dense input) is alive; then it goes
+    assert tl.peak_bytes == 188 + 128 + 64 + 64 == 444
+    assert [(e.action, e.nbytes) for e in tl.events if e.stage == "forward"] == [
+        ("alloc", 64),
+        ("alloc", 64),
+        ("free", 64),
+        ("alloc", 24),
+        ("free", 64),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "warm", "peak"),
+    [
+        # adam, steady state: + 2 slots (120 B) + two 0-d steps (8 B) all along; the update of W makes a sqrt
+        # temporary and the denominator (48 + 48) on top of the 300 B left after the backward
+        ("adam", True, 172 + 128 + 48 + 48),
+        # adam, first step: the state (128 B) is created by the update, then the same loop
+        ("adam", False, 172 + 128 + 48 + 48),
+        # momentum, first step: each gradient cloned into its buffer after the backward (172 + 48 + 12)
+        ("momentum", False, 232),
+        # momentum, steady state: 60 B of buffers alive during the backward peak (200 + 60)
+        ("momentum", True, 260),
+        ("sgd", False, 200),
+    ],
+)
+def test_optimizers_by_hand(optimizer: str, warm: bool, peak: int) -> None:
+    assert simulate(DENSE, 2, "training", optimizer=optimizer, warm=warm).peak_bytes == peak
+
+
+def test_gpu_rounds_every_tensor_to_512_bytes() -> None:
+    # at the peak nine tensors are alive (W, b, x, labels, loss, total_weight, log-softmax result, seed,
+    # nll gradient); each is under 512 B, so each counts one caching-allocator block
+    assert simulate(DENSE, 2, "training", device="gpu").peak_bytes == 9 * 512
+
+
+def test_lstm_workspace_matches_the_tensor_torch_returned() -> None:
+    # measured: bytes of the workspace mkldnn_rnn_layer returned (torch 2.13 CPU, MemTracker), (B, T, F, H)
+    measured = {
+        (2, 3, 5, 4): 28_672,
+        (2, 40, 60, 128): 643_072,
+        (8, 40, 60, 128): 2_519_040,
+        (4, 20, 64, 64): 335_872,
+        (5, 20, 64, 64): 425_984,
+        (8, 20, 64, 64): 647_168,
+        (4, 21, 64, 64): 344_064,
+        (4, 20, 65, 64): 372_736,
+        (4, 20, 128, 64): 458_752,
+        (4, 20, 64, 65): 380_928,
+        (4, 20, 64, 128): 643_072,
+    }
+    for shape, n in measured.items():
+        assert lstm_workspace_bytes(*shape) == n, shape
+    # the catalog LSTM at batch 8, part by part (4096-byte pages): gates 40*8*528*4 = 675,840;
+    # hidden 40*8*128*4 = 163,840; three state buffers and two cell buffers of 2*41*8*128*4 = 335,872
+    assert 675_840 + 163_840 + 5 * 335_872 == 2_519_040
+
+
+def test_padding_copies_follow_the_backend() -> None:
+    cnn3 = catalog_model("cnn3")
+
+    def pads(framework: str) -> list[int]:
+        tl = simulate(cnn3, 1, "training", framework=framework)
+        return [e.nbytes for e in tl.events if e.action == "alloc" and e.stage == "forward" and "pad" in e.op.lower()]
+
+    # cnn3 (3x200x300, 3x3 stride-2 `same`): H and W pads of (0, 1) for conv1 and conv2; conv3 pads H (0, 1)
+    # and W (1, 1), still asymmetric, so PyTorch and MXNet copy every input; Keras pads inside the op
+    expected = [3 * 201 * 301 * 4, 100 * 101 * 151 * 4, 200 * 51 * 77 * 4]
+    assert pads("torch") == expected
+    assert pads("mxnet") == expected
+    assert pads("tensorflow") == []
+    # a symmetric `same` (3x3, stride 1) pads inside the convolution
+    same = ModelSpec("same", (1, 5, 5), (Conv2D(2, 3, padding="same"), Flatten(), Dense(2)))
+    assert not [e for e in simulate(same, 1, "training").events if "pad" in e.op.lower()]
+
+
+def test_dispatch_mode_adds_the_out_of_place_bias_add() -> None:
+    # LSTM(4, sequences) -> Dense(6) at batch 2: the dense input is a transposed (non-contiguous) buffer, so
+    # linear runs matmul + add_; under a TorchDispatchMode the add is out of place: one more 2*3*6*4 = 144 B
+    spec = ModelSpec("seq", (3, 5), (LSTM(4, return_sequences=True), Dense(6)))
+    real = simulate(spec, 2, "training")
+    observed = simulate(spec, 2, "training", dispatch_mode=True)
+    extra = [e.nbytes for e in observed.events if e.action == "alloc"]
+    base = [e.nbytes for e in real.events if e.action == "alloc"]
+    assert len(extra) == len(base) + 1
+    assert sum(extra) - sum(base) == 144
+
+
+def test_curve_and_breakdown_are_consistent() -> None:
+    tl = simulate(catalog_model("lenet"), 3, "training", optimizer="adam")
+    assert max(tl.curve) == tl.peak_bytes == tl.curve[tl.peak_index]
+    assert sum(v for _, v in tl.breakdown) == tl.peak_bytes
+    assert tl.breakdown_at(tl.peak_index) == dict(tl.breakdown)
+    assert [c for c, _ in tl.breakdown] == list(CATEGORIES)
+    assert all(v >= 0 for _, v in tl.breakdown)
+    # at the end: parameters, gradients, adam state, x and labels, the loss
+    end = tl.breakdown_at(len(tl.events) - 1)
+    assert end["temporaries"] == end["saved_activations"] == 0
+    assert end["gradients"] == end["parameters"] and end["optimizer_state"] == 2 * end["parameters"] + 10 * 4
+    assert tl.as_dict()["peak_bytes"] == tl.peak_bytes
+
+
+def test_other_frameworks_are_flagged_as_approximations() -> None:
+    for fw in ("tensorflow", "mxnet"):
+        tl = simulate(catalog_model("alexnet"), 2, "training", framework=fw)
+        assert any("first approximation" in n for n in tl.notes)
+    assert not simulate(catalog_model("alexnet"), 2, "training").notes
+
+
+def test_every_rule_states_its_basis() -> None:
+    for table in (TORCH_OPS, TF_OPS):
+        for name, rule in table.items():
+            assert len(rule.basis) > 20, name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"phase": "train"}, "allowed: inference, training"),
+        ({"framework": "jax"}, "allowed: torch, tensorflow, mxnet"),
+        ({"optimizer": "rmsprop"}, "allowed: sgd, momentum, adam"),
+        ({"device": "tpu"}, "allowed: cpu, gpu"),
+        ({"dtype": "int8"}, "allowed: float32, float16, bfloat16"),
+    ],
+)
+def test_bad_arguments_name_what_is_allowed(kwargs: dict[str, str], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        simulate(DENSE, 2, **kwargs)  # type: ignore[arg-type]
+
+
+def test_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive integer"):
+        simulate(DENSE, 0)
