@@ -1,7 +1,10 @@
-"""Analytic predictions for a model: shapes, parameters, FLOPs and the memory ledger.
+"""Analytic predictions for a model: shapes, parameters, FLOPs, the memory ledger and the simulated step.
 
 FLOPs are for the whole batch, 2 per multiply-accumulate (see :mod:`analytics.costs` for the terms).
-Memory is in bytes (see :mod:`analytics.memory`).
+Memory is in bytes (see :mod:`analytics.memory`). Beside the static ledger, each phase's first step is
+simulated op by op (:func:`analytics.timeline.simulate`, ``warm=False``: the step a fresh process runs, the
+one the benchmark rows measure); its peak, the op at the peak and the breakdown by category there are in
+``memory.simulated_*`` of :meth:`Prediction.as_dict`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from xfbench.analytics.memory import (
     training_ledger,
 )
 from xfbench.analytics.shapes import floored_padding_notes, infer_shapes, input_shapes
-from xfbench.analytics.spec import LSTM, ModelSpec
+from xfbench.analytics.spec import LSTM, ModelSpec, SpecError
+from xfbench.analytics.timeline import Timeline, simulate
+from xfbench.analytics.units import fmt_bytes
 
 COUNTERS = ("torch", "tensorflow", "mxnet")
 
@@ -68,6 +73,15 @@ class Prediction:
     textbook_inference_bytes: int
     textbook_training_bytes: int
     notes: tuple[str, ...] = ()
+    # The simulated first step of each phase (None where the simulator cannot lower the spec: see notes).
+    simulated_inference: Timeline | None = None
+    simulated_training: Timeline | None = None
+
+    def simulated(self, phase: str) -> Timeline | None:
+        """The simulated first step of ``phase`` (inference or training)."""
+        if phase not in ("inference", "training"):
+            raise ValueError(f"unknown phase {phase!r}; allowed: inference, training")
+        return self.simulated_training if phase == "training" else self.simulated_inference
 
     @property
     def params(self) -> int:
@@ -113,9 +127,66 @@ class Prediction:
                 "textbook_training_bytes": self.textbook_training_bytes,
                 "inference_ledger": self.inference.as_dict(),
                 "training_ledger": self.training.as_dict(),
+                "simulated_inference_bytes": _peak(self.simulated_inference),
+                "simulated_training_bytes": _peak(self.simulated_training),
+                "simulated_inference": _timeline_dict(self.simulated_inference),
+                "simulated_training": _timeline_dict(self.simulated_training),
             },
             "notes": list(self.notes),
         }
+
+
+def _peak(timeline: Timeline | None) -> int | None:
+    return None if timeline is None else timeline.peak_bytes
+
+
+def _timeline_dict(timeline: Timeline | None) -> dict[str, Any] | None:
+    """The JSON of a simulated step: peak, the op and stage at the peak, the breakdown there, the basis."""
+    if timeline is None:
+        return None
+    return {
+        "peak_bytes": timeline.peak_bytes,
+        "peak_op": timeline.peak_event.op,
+        "peak_stage": timeline.peak_event.stage,
+        "breakdown": dict(timeline.breakdown),
+        "events": len(timeline.events),
+        "device": timeline.device,
+        "first_step": True,
+        "notes": list(timeline.notes),
+    }
+
+
+def simulated_text(pred: Prediction, binary: bool = False) -> str:
+    """The simulated steps as text (``xfbench predict``): per phase the peak, where it is, and the breakdown."""
+    out: list[str] = []
+    for phase in ("inference", "training"):
+        t = pred.simulated(phase)
+        if t is None:
+            continue
+        out.append(f"simulated first step: {phase} ({t.framework} rules, {t.device})")
+        for name, value in t.breakdown:
+            if value:
+                out.append(f"  {name:<24}{fmt_bytes(value, binary=binary):>16}")
+        e = t.peak_event
+        out.append(f"  {'peak (simulated)':<24}{fmt_bytes(t.peak_bytes, binary=binary):>16}  at {e.op} ({e.stage})")
+        for note in t.notes:
+            out.append(f"  note: {note}")
+    return "\n".join(out)
+
+
+def simulate_phases(
+    spec: ModelSpec, batch_size: int, dtype: str, optimizer: str, framework: str, device: str = "cpu"
+) -> tuple[Timeline | None, Timeline | None, tuple[str, ...]]:
+    """Both phases' simulated first steps, and a note for a spec the simulator cannot lower."""
+    out: list[Timeline | None] = []
+    notes: list[str] = []
+    for phase in ("inference", "training"):
+        try:
+            out.append(simulate(spec, batch_size, phase, dtype, optimizer, framework, device=device, warm=False))
+        except (SpecError, ValueError) as exc:
+            out.append(None)
+            notes.append(f"simulated {phase} step: {exc}")
+    return out[0], out[1], tuple(dict.fromkeys(notes))
 
 
 def count_params(spec: ModelSpec, framework: str = "tensorflow") -> int:
@@ -162,6 +233,7 @@ def predict(
         )
     params = sum(lp.params for lp in layers)
     notes = tuple(f"layer {i}: {msg}" for i, msg in floored_padding_notes(spec))
+    sim_inference, sim_training, sim_notes = simulate_phases(spec, batch_size, dtype, optimizer, fw)
     return Prediction(
         model=spec.name,
         framework=fw,
@@ -173,7 +245,9 @@ def predict(
         training=training_ledger(spec, params, batch_size, dtype, optimizer, fw),
         textbook_inference_bytes=textbook_inference_bytes(spec, params, batch_size, dtype),
         textbook_training_bytes=textbook_training_bytes(spec, params, batch_size, dtype),
-        notes=notes,
+        notes=notes + sim_notes,
+        simulated_inference=sim_inference,
+        simulated_training=sim_training,
     )
 
 

@@ -21,6 +21,7 @@ from xfbench.benchmarks.measure import (
     probe_family,
     time_columns,
 )
+from xfbench.benchmarks.peaks import time_prediction_columns
 from xfbench.benchmarks.profiles import Plan
 from xfbench.benchmarks.workload import Config, base_row, prepare
 
@@ -79,7 +80,7 @@ def test_model_step(
         if overhead is not None:
             row["mem_predicted_bytes"] += overhead
             row["message"] = (
-                f"ledger includes framework_overhead {overhead / 1e6:.1f} MB (measured on the {family} probe)"
+                f"prediction includes framework_overhead {overhead / 1e6:.1f} MB (measured on the {family} probe)"
             )
         mem = memory_in_fresh_process(cfg, memory_limit)
         if mem.get("status") == "oom":
@@ -98,6 +99,7 @@ def test_model_step(
         rounds = rounds_override or plan.rounds
         benchmark.pedantic(work.step, rounds=rounds, warmup_rounds=plan.warmup_rounds, iterations=1)
         row.update(time_columns(benchmark.stats.stats, cfg.batch_size))
+        row.update(time_prediction_columns(cfg, row, xfbench_writer))
         if row.get("time_iqr_s") and row["time_iqr_s"] > 0.1 * row["time_median_s"]:
             row["message"] = (row.get("message", "") + "; IQR > 10% of the median: noisy timing").lstrip("; ")
         try:

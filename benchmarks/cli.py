@@ -122,8 +122,14 @@ def _prediction_text(pred: Prediction, binary: bool) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     spec = load_model(args.model, args)
+    if args.from_report:
+        from xfbench.benchmarks.time_cli import predict_from
+
+        return predict_from(args, spec)
+    if args.to_report:
+        raise UsageError("--to REPORT.csv needs --from REPORT.csv (the other machine's report)")
     try:
-        pred = predict(spec, args.batch, args.dtype, args.optimizer, args.framework)
+        pred = predict(spec, args.batch or 1, args.dtype, args.optimizer, args.framework)
     except (SpecError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     data = pred.as_dict()
@@ -138,6 +144,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(_prediction_text(pred, args.mib))
+        from xfbench.analytics.predict import simulated_text
+
+        print(simulated_text(pred, args.mib))
         if args.device:
             est = data["time_estimate"]
             print(
@@ -289,6 +298,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         "memory_limit",
         "suite",
         "tf32",
+        "memory_repeats",
     ):
         value = getattr(args, opt)
         if value is not None:
@@ -390,6 +400,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xfbench.benchmarks import time_cli
+
     parser = _Parser(prog="xfbench", description="Deep-learning benchmarks beside analytic predictions.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -398,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="per-layer shapes, params, FLOPs and the memory ledger")
     p.add_argument("model", help=f"catalog name ({', '.join(CATALOG)}) or a .json/.yaml spec file")
-    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--batch", type=positive_int, default=None, help="default 1 (with --from: every batch measured)")
     p.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float32")
     p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default="sgd")
     p.add_argument("--framework", type=_framework, default="tensorflow", help="parameter convention (LSTM biases)")
@@ -406,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mib", action="store_true", help="binary units (MiB) instead of decimal MB")
     p.add_argument("--device", help="estimate step times on a catalog device (h100, a100-80gb, t4, ...)")
     _add_model_overrides(p)
+    time_cli.add_predict_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("parity", help="check that every backend computes the numpy reference's function")
@@ -430,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPE_BYTES), default=None)
     p.add_argument("--rounds", type=positive_int, default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory process")
+    p.add_argument("--memory-repeats", type=positive_int, help="fresh processes per memory figure (default 3)")
     p.add_argument("--memory-limit", help="cap each memory process (RLIMIT_AS), e.g. 4GB")
     p.add_argument("--suite", help="models,harness,matmul,scaling,exercises or all (default: all but exercises)")
     p.add_argument("--tf32", type=tf32_arg, help="TF32 matmuls on GPUs: on or off (sets XFBENCH_TF32)")
@@ -444,9 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     # Subcommands that live beside their implementation: each module has register(sub, UsageError).
     from xfbench.benchmarks import exercises_cli, matmul_cli, scaling_cli
 
+    time_cli.register(sub, UsageError)
     matmul_cli.register(sub, UsageError)
     scaling_cli.register(sub, UsageError)
     exercises_cli.register(sub, UsageError)
+    from xfbench.benchmarks import memory_cli
+
+    memory_cli.register(sub, UsageError)
 
     p = sub.add_parser("merge", help="merge report CSVs (same schema version) into one")
     p.add_argument("files", nargs="*")

@@ -2,7 +2,7 @@
 
 ``pytest benchmarks --benchmark-only [--backend torch,mxnet] [--device cpu,gpu:0|all]
 [--models cnn3,lstm] [--batch 8,32] [--phase inference,training] [--profile quick|full]
-[--tf32 on|off] [--report-dir reports/runs]``
+[--tf32 on|off] [--memory-repeats N] [--report-dir reports/runs]``
 
 Every option is checked at configure time: a bad value is one ``ERROR:`` line (``pytest.UsageError``),
 before anything is built. A backend named with ``--backend`` that is not installed, or fails to import,
@@ -72,6 +72,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--memory-limit",
         default=None,
         help="cap each memory process's address space (RLIMIT_AS), e.g. 4GB: over-budget steps become oom rows",
+    )
+    g.addoption(
+        "--memory-repeats",
+        default=None,
+        help="fresh processes per memory figure (the median is reported, the spread beside it; default 3; sets "
+        "XFBENCH_MEMORY_REPEATS for this run's workers)",
     )
     g.addoption(
         "--tf32",
@@ -146,6 +152,19 @@ def _check_options(config: pytest.Config) -> None:
             parse_size(limit)
         except ValueError as exc:
             raise UsageError(f"--memory-limit: {exc}") from None
+    repeats = config.getoption("--memory-repeats")
+    if repeats is not None:
+        if not str(repeats).isdigit() or int(repeats) <= 0:
+            raise UsageError(f"--memory-repeats {repeats!r}: allowed: a positive integer")
+        from xfbench.benchmarks.measure import MEMORY_REPEATS_ENV
+
+        os.environ[MEMORY_REPEATS_ENV] = str(int(repeats))
+    from xfbench.benchmarks.measure import memory_repeats
+
+    try:
+        memory_repeats()  # a bad XFBENCH_MEMORY_REPEATS in the environment is bad input too
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     tf32 = config.getoption("--tf32")
     if tf32 is not None:
         try:

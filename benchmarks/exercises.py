@@ -144,7 +144,9 @@ class Runner:
         key = (model, phase, batch, dtype, limit)
         if key not in self._worker_cache:
             self.worker_runs += 1
-            self._worker_cache[key] = memory_in_fresh_process(self.config(model, phase, batch, dtype), limit)
+            self._worker_cache[key] = memory_in_fresh_process(
+                self.config(model, phase, batch, dtype), limit, repeats=1, tensor=False
+            )
         return self._worker_cache[key]
 
     def footprint(self, model: str, phase: str, batch: int, dtype: str = "float32") -> tuple[int | None, str]:

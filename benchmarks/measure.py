@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -12,29 +13,72 @@ from typing import Any
 
 from xfbench.analytics.costs import tf_profiler_flops
 from xfbench.analytics.predict import counter_prediction, predict, unsupported_layer_indices
-from xfbench.analytics.spec import ModelSpec
+from xfbench.analytics.spec import ModelSpec, SpecError
+from xfbench.analytics.timeline import Timeline, simulate
 from xfbench.backends import get_backend
 from xfbench.benchmarks.workload import Config, Workload
 from xfbench.reports.paths import subprocess_env
 
-WORKER_TIMEOUT_S = 900
+WORKER_TIMEOUT_S = 900  # per repeat
 COUNTER_NAMES = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
+#: What ``mem_predicted_bytes`` builds on, per backend: ``simulated`` (the simulated first step's peak above the
+#: baseline) or ``ledger`` (the static ledger's), either plus the probe-measured framework overhead. Chosen by
+#: measurement: the quick profile (cnn3/AlexNet at 8, VGGs at 1, 3 forked repeats each) on the 2-core CPU,
+#: median |error| inference / training: torch simulated 9.5% / 8.5% (worst 71%, mlp's 0.6 MB row; 26% among
+#: rows above 10 MB), ledger 9.5% / 9.7% (worst 71% / 61%); TensorFlow simulated 30.0% / 12.9%, ledger 29.3% /
+#: 17.0%; MXNet ledger 33.5% / 48.8%, simulated 49.1% / 60.5% (its rules are a first approximation; what its
+#: step allocates beyond them is not yet isolated).
+PROCESS_PREDICTION: dict[str, str] = {"torch": "simulated", "tensorflow": "simulated", "mxnet": "ledger"}
+DEFAULT_MEMORY_REPEATS = 3
+#: ``--memory-repeats`` reaches the memory workers through this variable (set by the benchmark conftest).
+MEMORY_REPEATS_ENV = "XFBENCH_MEMORY_REPEATS"
 
 
-def memory_in_fresh_process(config: Config, memory_limit: str | None = None) -> dict[str, Any]:
-    """Runs :mod:`benchmarks.worker` for ``config``; returns its JSON result (status ok/oom/error)."""
-    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", *config.worker_args()]
+def memory_repeats() -> int:
+    """Processes per memory figure: ``XFBENCH_MEMORY_REPEATS`` (a positive integer), else 3."""
+    text = os.environ.get(MEMORY_REPEATS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MEMORY_REPEATS
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{MEMORY_REPEATS_ENV}={text!r}; allowed: a positive integer")
+    return int(text)
+
+
+def memory_in_fresh_process(
+    config: Config,
+    memory_limit: str | None = None,
+    repeats: int | None = None,
+    *,
+    tensor: bool = True,
+    timeline: str | None = None,
+) -> dict[str, Any]:
+    """Runs :mod:`benchmarks.worker` for ``config``; returns its JSON result (status ok/oom/error).
+
+    Each figure is the median of ``repeats`` fresh processes (default :func:`memory_repeats`), ``spread``
+    beside it; ``tensor``: also the tensor-level figure (torch: MemTracker), whose absence on a backend is
+    said in ``message``; ``timeline``: a JSON path for the step's RSS/allocator timeline (``xfbench memory``)."""
+    n = memory_repeats() if repeats is None else repeats
+    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", *config.worker_args(), "--repeats", str(n)]
+    cmd += ["--repeat-timeout", str(WORKER_TIMEOUT_S)]
     if memory_limit:
         cmd += ["--memory-limit", memory_limit]
+    if not tensor:
+        cmd.append("--no-tensor")
+    if timeline:
+        cmd += ["--timeline", timeline]
+    timeout = WORKER_TIMEOUT_S * (n + 2)
     try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=subprocess_env(), timeout=WORKER_TIMEOUT_S, check=False
-        )
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"status": "error", "message": f"memory worker timed out after {WORKER_TIMEOUT_S} s"}
+        return {"status": "error", "message": f"memory worker timed out after {timeout} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if lines:
-        return dict(json.loads(lines[-1]))
+        result = dict(json.loads(lines[-1]))
+        notes = [result.get("message", ""), result.get("tensor_message", "")]
+        result["message"] = "; ".join(n for n in notes if n)
+        if not result["message"]:
+            del result["message"]
+        return result
     if proc.returncode in (-9, 137):
         return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
@@ -60,32 +104,86 @@ def framework_overhead(backend: str, device: str, phase: str, optimizer: str, fa
     only: ``benchmarks/probes/``). Measured once per (backend, device, phase, optimizer, family) per run.
     """
     probe = Config(backend, str(PROBES / f"{family}.json"), phase, 8, device, "float32", optimizer)
-    result = memory_in_fresh_process(probe)
+    # One process: the probes' figures are a few MB and varied by at most 0.4 MB over 3 repeats (every framework,
+    # both phases, quick-profile run on the 2-core CPU), while each repeat costs a build and, in TensorFlow, a
+    # trace (a TensorFlow probe took 24-37 s with 3 repeats there, a torch one 4-12 s).
+    result = memory_in_fresh_process(probe, repeats=1, tensor=False)
     measured = result.get("measured_bytes")
     if result.get("status") != "ok" or measured is None:
         return None
     return max(int(measured) - _step_bytes(probe), 0)
 
 
-def _step_bytes(config: Config) -> int:
-    spec = config.spec()
+def _prediction(config: Config) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pred = predict(spec, config.batch_size, config.dtype, config.optimizer, config.backend)
+        return predict(config.spec(), config.batch_size, config.dtype, config.optimizer, config.backend)
+
+
+def _built_terms(config: Config) -> set[str]:
+    """What exists before the measured step, in the baseline: parameters, the input batch, and whatever the
+    framework allocates at build time (MXNet: the gradient buffers)."""
+    return {"parameters", "input_batch", *get_backend(config.backend).BUILT_LEDGER_TERMS}
+
+
+def ledger_step_bytes(config: Config) -> int:
+    """The static ledger's peak for the phase minus what the baseline holds."""
+    pred = _prediction(config)
     ledger = pred.training if config.phase == "training" else pred.inference
-    # What exists before the measured step is in the baseline: parameters, the input batch, and whatever
-    # the framework allocates at build time (MXNet: the gradient buffers).
-    before = {"parameters", "input_batch", *get_backend(config.backend).BUILT_LEDGER_TERMS}
+    before = _built_terms(config)
     return ledger.peak_bytes - sum(value for name, value in ledger.terms if name in before)
 
 
+def _device_kind(config: Config) -> str:
+    return "cpu" if config.device == "cpu" else "gpu"
+
+
+def simulated_timeline(config: Config, *, tracked: bool = False) -> Timeline | None:
+    """The simulated first step of ``config`` (None where the simulator cannot lower the spec). ``tracked``: the
+    steady-state step the worker's MemTracker measures, as a dispatch-mode tracker sees a torch step."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return simulate(
+                config.spec(),
+                config.batch_size,
+                config.phase,
+                config.dtype,
+                config.optimizer,
+                config.backend,
+                device=_device_kind(config),
+                warm=tracked,
+                dispatch_mode=tracked and config.backend == "torch",
+            )
+    except (SpecError, ValueError):
+        return None
+
+
+def simulated_step_bytes(config: Config) -> int | None:
+    """The simulated first step's peak minus what the baseline holds (the categories of ``_built_terms``
+    alive at the peak)."""
+    timeline = simulated_timeline(config)
+    if timeline is None:
+        return None
+    before = _built_terms(config)
+    return timeline.peak_bytes - sum(value for name, value in timeline.breakdown if name in before)
+
+
+def _step_bytes(config: Config) -> int:
+    """The process-level prediction's model part (:data:`PROCESS_PREDICTION`; the ledger where the simulator
+    cannot lower the spec)."""
+    if PROCESS_PREDICTION.get(config.backend) == "simulated":
+        simulated = simulated_step_bytes(config)
+        if simulated is not None:
+            return simulated
+    return ledger_step_bytes(config)
+
+
 def prediction_columns(config: Config) -> dict[str, Any]:
-    spec = config.spec()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pred = predict(spec, config.batch_size, config.dtype, config.optimizer, config.backend)
+    pred = _prediction(config)
     step_bytes = _step_bytes(config)
     flops = pred.forward_flops + (pred.backward_flops if config.phase == "training" else 0)
+    tensor = simulated_timeline(config, tracked=True)
     return {
         "params_predicted": pred.params,
         "flops_predicted": flops,
@@ -93,6 +191,7 @@ def prediction_columns(config: Config) -> dict[str, Any]:
         "mem_textbook_bytes": (
             pred.textbook_training_bytes if config.phase == "training" else pred.textbook_inference_bytes
         ),
+        "mem_tensor_predicted_bytes": None if tensor is None else tensor.peak_bytes,
     }
 
 
@@ -145,6 +244,7 @@ def flop_columns(work: Workload) -> dict[str, Any]:
 
 
 def memory_columns(result: dict[str, Any], predicted: int | None) -> dict[str, Any]:
+    """The measured memory columns of a row from a worker result (:func:`memory_in_fresh_process`)."""
     measured = result.get("measured_bytes")
     return {
         "mem_method": result.get("method", ""),
@@ -154,6 +254,10 @@ def memory_columns(result: dict[str, Any], predicted: int | None) -> dict[str, A
         "mem_allocator_peak_bytes": result.get("allocator_peak_bytes"),
         "mem_nvml_bytes": result.get("nvml_bytes"),
         "mem_rel_error": (predicted - measured) / measured if measured and predicted is not None else None,
+        "mem_tensor_measured_bytes": result.get("tensor_measured_bytes"),
+        "mem_tensor_breakdown": result.get("tensor_breakdown", ""),
+        "mem_repeats": result.get("repeats"),
+        "mem_spread": result.get("spread"),
     }
 
 

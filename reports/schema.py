@@ -7,8 +7,13 @@ History (bump SCHEMA_VERSION on any change to the columns or their meaning, and 
 * 2 - rows of other kinds (``kind``: model, matmul, transfer, logging, concurrency, scaling, allreduce,
   exercise) with their columns: matmul shape, transfers, GFLOP/s and fraction of a measured peak, predicted
   time, data-parallel workers, scaling mode, speedup and efficiency measured and predicted.
-* 3 - ``tf32``: the TF32 matmul policy of a GPU run (on, off; blank on CPU). Version-2 files stay readable
-  (``READABLE_VERSIONS``); the columns they lack (``ADDED_IN``) read as blank.
+* 3 - ``tf32``: the TF32 matmul policy of a GPU run (on, off; blank on CPU); memory measured three ways:
+  ``mem_tensor_measured_bytes`` / ``mem_tensor_predicted_bytes`` / ``mem_tensor_breakdown`` (tensor level:
+  PyTorch's MemTracker beside the simulated step), ``mem_repeats`` and ``mem_spread`` (each memory figure is
+  the median of N fresh processes); ``mem_measured_bytes`` became that median. Version-2 files stay readable
+  (``READABLE_VERSIONS``); the columns they lack (``ADDED_IN``) read as blank. The memory columns were added
+  to version 3 after version-3 files had been written (the committed reference CSVs among them): a version-3
+  file may lack them (``OPTIONAL_IN``), and they read as blank there too.
 
 ``python -m xfbench.reports.schema --markdown`` prints the README's column table (``markdown()``); a test
 checks that the README's copy equals it.
@@ -26,7 +31,7 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS: tuple[int, ...] = (2, 3)
 HISTORY_COMMENT = (
     "# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows,"
-    " 3 = tf32 column (see reports/schema.py)"
+    " 3 = tf32 column, tensor-level memory and memory repeats (see reports/schema.py)"
 )
 STATUSES = ("ok", "skipped", "oom", "error")
 
@@ -69,17 +74,37 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("flops_predicted", "analytic matmul FLOPs of one step (forward, or forward + backward for training)"),
     ("achieved_flops_per_s", "flops_predicted / time_median_s"),
     ("mem_method", "how memory was measured: rss-hwm (CPU) or allocator+nvml (GPU)"),
-    ("mem_measured_bytes", "peak bytes above the post-import, post-build baseline during the first step"),
+    (
+        "mem_measured_bytes",
+        "peak bytes above the post-import, post-build baseline during the first step: the median over "
+        "`mem_repeats` fresh processes",
+    ),
     (
         "mem_predicted_bytes",
-        "ledger peak for this phase minus what the baseline holds (parameters, input batch, build-time terms)",
+        "predicted first-step peak above that baseline: the simulated step's peak (torch, tensorflow) or the "
+        "ledger's (mxnet; benchmarks/measure.py PROCESS_PREDICTION) minus what the baseline holds (parameters, "
+        "input batch, build-time terms), plus the framework overhead measured on a probe model",
     ),
     ("mem_rel_error", "(predicted - measured) / measured"),
-    ("mem_baseline_bytes", "RSS (CPU) or allocated bytes (GPU) after import and build, before the step"),
-    ("mem_second_step_bytes", "the same peak measured for a second step in the same process"),
-    ("mem_allocator_peak_bytes", "framework allocator peak (GPU), bytes"),
-    ("mem_nvml_bytes", "GPU memory NVML reports for the process, bytes"),
+    ("mem_baseline_bytes", "RSS (CPU) or allocated bytes (GPU) after import and build, before the step (median)"),
+    ("mem_second_step_bytes", "the same peak measured for a second step, in the first repeat's process"),
+    ("mem_allocator_peak_bytes", "framework allocator peak (GPU), bytes (median)"),
+    ("mem_nvml_bytes", "GPU memory NVML reports for the process, bytes (median)"),
     ("mem_textbook_bytes", "the textbook lower bound (HOML ch14 ex2 method)"),
+    (
+        "mem_tensor_measured_bytes",
+        "tensor-level peak of a steady-state step (the third, in the first repeat's process; every tensor alive, "
+        "parameters and input batch included): PyTorch's MemTracker; blank where the framework exposes none "
+        "(`message` says so)",
+    ),
+    (
+        "mem_tensor_predicted_bytes",
+        "the simulated steady-state step's peak (analytics/timeline.py, the framework's rules; torch as a "
+        "dispatch-mode tracker sees it)",
+    ),
+    ("mem_tensor_breakdown", "MemTracker's categories at its peak: `Category=bytes;...`"),
+    ("mem_repeats", "fresh processes each memory figure is the median of"),
+    ("mem_spread", "(max - min) / median of mem_measured_bytes over the repeats"),
     ("shape", "matmul: MxKxN; scaling: the global batch; exercise: its id"),
     ("transfers", "matmul: 'included' (host->device->host) or 'excluded'"),
     ("gflops_per_s", "achieved GFLOP/s (10^9 FLOP/s, 2 per multiply-accumulate)"),
@@ -106,7 +131,24 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c for c, _ in COLUMNS)
 # The version in which each column was added after version 2 (the oldest readable one).
-ADDED_IN: dict[str, int] = {"tf32": 3}
+ADDED_IN: dict[str, int] = {
+    "tf32": 3,
+    "mem_tensor_measured_bytes": 3,
+    "mem_tensor_predicted_bytes": 3,
+    "mem_tensor_breakdown": 3,
+    "mem_repeats": 3,
+    "mem_spread": 3,
+}
+
+# Columns a file of exactly that version may lack (read as blank): added to version 3 before its release, after
+# version-3 files had been written.
+OPTIONAL_IN: dict[str, int] = {
+    "mem_tensor_measured_bytes": 3,
+    "mem_tensor_predicted_bytes": 3,
+    "mem_tensor_breakdown": 3,
+    "mem_repeats": 3,
+    "mem_spread": 3,
+}
 
 # The columns that identify a configuration when comparing machines: two rows pair only when all are equal
 # (blank equals blank). Everything a run chooses and that changes the work or its speed is here: the
@@ -130,11 +172,14 @@ CONFIG_KEY: tuple[str, ...] = (
 
 
 def columns_of_version(version: int) -> tuple[str, ...]:
-    """The column names a file of schema ``version`` has (one of ``READABLE_VERSIONS``), in file order."""
+    """The column names a file of schema ``version`` must have (one of ``READABLE_VERSIONS``), in file order:
+    those added by that version, less the ones a file of exactly that version may lack (``OPTIONAL_IN``)."""
     if version not in READABLE_VERSIONS:
         readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ValueError(f"schema version {version} is not readable; readable: {readable}")
-    return tuple(c for c in COLUMN_NAMES if ADDED_IN.get(c, READABLE_VERSIONS[0]) <= version)
+    return tuple(
+        c for c in COLUMN_NAMES if ADDED_IN.get(c, READABLE_VERSIONS[0]) <= version and OPTIONAL_IN.get(c) != version
+    )
 
 
 def _cell(text: str) -> str:

@@ -47,6 +47,7 @@ INT_COLUMNS: tuple[str, ...] = (
     "ram_bytes",
     "gpu_memory_bytes",
     "workers",
+    "mem_repeats",
 )
 FLOAT_COLUMNS: tuple[str, ...] = (
     "gflops_per_s",
@@ -69,6 +70,9 @@ FLOAT_COLUMNS: tuple[str, ...] = (
     "achieved_flops_per_s",
     "mem_measured_bytes",
     "mem_predicted_bytes",
+    "mem_tensor_measured_bytes",
+    "mem_tensor_predicted_bytes",
+    "mem_spread",
     "mem_rel_error",
     "mem_baseline_bytes",
     "mem_second_step_bytes",
