@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_steptime import synthetic_peaks  # one synthetic machine for both test modules
 from xfbench.analytics.spec import spec_from_dict
 from xfbench.analytics.steptime import (
-    CONV_GRID,
     CONVENTIONS,
-    COPY_SIZES,
-    GEMM_GRID,
     MachinePeaks,
     peaks_to_rows,
     predict_step,
@@ -32,24 +30,6 @@ TINY = {"name": "tiny", "input_shape": [3], "layers": [{"type": "Dense", "units"
 def flat(rate: float = 1e9, bw: float = 1e9, op: float = 1e-5) -> MachinePeaks:
     """One GEMM rate and one bandwidth for every shape and size (as in test_steptime)."""
     return MachinePeaks("flat", "measured-peaks", {(1, 1, 1): rate}, {1: bw}, op)
-
-
-def synthetic_peaks() -> MachinePeaks:
-    """Full tables with rates that vary by shape (as in test_steptime)."""
-    gemm = {(m, k, n): 1e8 * (m * k * n) ** (1 / 6) for m, k, n in GEMM_GRID}
-    conv = {kern: {s: 5e8 * (s[0] * s[1] * s[2]) ** (1 / 6) for s in grid} for kern, grid in CONV_GRID.items()}
-    return MachinePeaks(
-        "synthetic",
-        "measured-peaks",
-        gemm,
-        {size: 3e10 / (1 + i) for i, size in enumerate(COPY_SIZES)},
-        6e-6,
-        {"inference": 5e-5, "training": 4e-4},
-        rates={"elementwise": 1e9, "pool": 3e8, "transpose": 4e8},
-        threads=2,
-        fault_bw=1.5e9,
-        conv=conv,
-    )
 
 
 def _faster(peaks: MachinePeaks, factor: float) -> MachinePeaks:
@@ -362,7 +342,7 @@ def test_calibration_end_to_end_on_small_tables(framework: str, monkeypatch: pyt
 _TIME_WITH_FIXED_PEAKS = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from test_time_cli import synthetic_peaks
+from test_steptime import synthetic_peaks
 from xfbench.benchmarks import peaks
 from xfbench.benchmarks.cli import main
 peaks.measured_peaks = lambda backend, device="cpu", writer=None: synthetic_peaks()
