@@ -215,6 +215,9 @@ def test_derived_columns_agree_with_their_sources(
     assert row["time_median_s"] == statistics.median(bench.times)
     assert _close(row["achieved_flops_per_s"], row["flops_predicted"] / row["time_median_s"])
     assert _close(row["throughput_samples_per_s"], BATCH / row["time_median_s"])
+    # the step-time prediction's error from the predicted and the measured median time
+    assert row["time_predicted_s"] > 0 and row["prediction_basis"]
+    assert _close(row["time_rel_error"], (row["time_predicted_s"] - row["time_median_s"]) / row["time_median_s"])
     assert row["rounds"] == 3 == len(bench.times)
 
     # memory: the prediction is the ledger's step bytes plus the probe's overhead; the error is from the two
