@@ -39,20 +39,22 @@ from xfbench.analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
+from xfbench.analytics.vocab import canonical_backend
 from xfbench.analytics.weights import output_kind
 
+# The parameter conventions, Keras/TensorFlow's (the default) first; names and aliases are the vocabulary's.
 FRAMEWORKS = ("tensorflow", "torch", "mxnet")
-FRAMEWORK_ALIASES = {"keras": "tensorflow", "tf": "tensorflow", "pytorch": "torch", "mx": "mxnet"}
 ACTIVATION_FLOPS = {"relu": 1, "sigmoid": 1, "tanh": 1, "softmax": 3}
 
 Shape = tuple[int, ...]
 
 
 def canonical_framework(name: str) -> str:
-    key = FRAMEWORK_ALIASES.get(name.lower(), name.lower())
-    if key not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {name!r}; allowed: {', '.join(FRAMEWORKS)}")
-    return key
+    """A framework's canonical name from a user's spelling (``vocab.canonical_backend``'s aliases)."""
+    try:
+        return canonical_backend(name, FRAMEWORKS)
+    except ValueError:
+        raise ValueError(f"unknown framework {name!r}; allowed: {', '.join(FRAMEWORKS)}") from None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""The exercise catalog (data) and the framework-free arithmetic that checks it.
+"""The exercise catalog and the framework-free arithmetic that checks it.
+
+The catalog is data: ``exercise_claims.json`` beside this module (the source texts, the HOML ch14 ex3
+remedies and every exercise's question, claim, check and gap sentence), loaded once at import into
+:data:`SEEDS`, :data:`REMEDIES` and :data:`EXERCISES`. What is code stays here: the ad-hoc models the
+exercises name (:data:`ADHOC_MODELS`), the predictions and the verdict rules.
 
 Each :class:`Exercise` names its source text (``/work/shared/seeds/<file>``) and exercise number, quotes the
 question, records the text's answer as a :class:`Claim` (a number with its unit and stated precision, a shape,
@@ -22,10 +27,13 @@ Units: bytes (decimal MB = 10^6 bytes, as the texts count), FLOPs (2 per multipl
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from xfbench.analytics.catalog import catalog_model
 from xfbench.analytics.memory import dtype_bytes
@@ -43,13 +51,6 @@ from xfbench.analytics.spec import (
 )
 from xfbench.analytics.weights import weight_slots
 
-SEEDS = {
-    "000": "000_f3e221419468b9de.txt",
-    "001": "001_5bbac0261d73ea2c.txt",
-    "002": "002_4f4f53459a0b1518.txt",
-    "003": "003_86c903331c3686d2.txt",
-    "004": "004_2cb1bcf67471018b.txt",
-}
 CLAIM_KINDS = ("value", "lower_bound", "shape", "label", "less", "greater", "none")
 WITHIN = 0.10  # "holds within X%" up to this relative distance
 WRONG_FACTOR = 10.0  # a number off by this factor or more is "wrong"
@@ -58,7 +59,7 @@ VERDICT_WORDS = ("holds", "holds within", "off by", "wrong", "unanswered", "pend
 EXPECTED_ERRORS: dict[str, type[Exception]] = {"SpecError": SpecError}
 
 
-# --------------------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------------- data types
 @dataclass(frozen=True)
 class Claim:
     """What the text answers. ``value`` is in ``unit`` (bytes, params, FLOPs, ratio); ``stated`` is the text's
@@ -213,26 +214,6 @@ ADHOC_MODELS: dict[str, Callable[[], ModelSpec]] = {
     "alexnet-noconv4": lambda: _alexnet_variant(drop_conv4=True),
 }
 
-# HOML ch14 ex3: each remedy as (model, batch divisor, dtype, devices).
-REMEDIES: dict[str, dict[str, tuple[str, int, str, int]]] = {
-    "cnn3": {
-        "baseline": ("cnn3", 1, "float32", 1),
-        "smaller batch": ("cnn3", 2, "float32", 1),
-        "larger stride": ("cnn3-stride4", 1, "float32", 1),
-        "fewer layers": ("cnn3-2layers", 1, "float32", 1),
-        "16-bit floats": ("cnn3", 1, "float16", 1),
-        "two devices": ("cnn3", 2, "float32", 2),
-    },
-    "alexnet": {
-        "baseline": ("alexnet", 1, "float32", 1),
-        "smaller batch": ("alexnet", 2, "float32", 1),
-        "larger stride": ("alexnet-stride8", 1, "float32", 1),
-        "fewer layers": ("alexnet-noconv4", 1, "float32", 1),
-        "16-bit floats": ("alexnet", 1, "float16", 1),
-        "two devices": ("alexnet", 2, "float32", 2),
-    },
-}
-
 
 def model_spec(name: str) -> ModelSpec:
     """A catalog model or an ad-hoc exercise model by name."""
@@ -242,449 +223,45 @@ def model_spec(name: str) -> ModelSpec:
 
 
 # ------------------------------------------------------------------------------------------------ catalog
-_Q_HOML2 = (
-    "Three conv layers, 3x3 kernels, stride 2, 'same' padding, 100/200/400 feature maps, RGB 200x300 input: "
-    "(a) parameters, (b) RAM for one instance (32-bit), (c) RAM for training on a mini-batch of 50"
-)
-_REMEDY_NAMES = ("smaller batch", "larger stride", "fewer layers", "16-bit floats", "two devices")
+CLAIMS_FILE = Path(__file__).resolve().parent / "exercise_claims.json"  # package data: shipped in the wheel
+_ENTRY_KEYS = ("id", "seed", "number", "question", "claim", "check", "gap")
 
-EXERCISES: tuple[Exercise, ...] = (
-    Exercise(
-        "homl14-2a-000",
-        "000",
-        "HOML ch14 ex2 (a)",
-        _Q_HOML2,
-        Claim("value", "the CNN has 2,800 + 180,200 + 720,400 = 903,400 parameters", 903_400, "params", "903,400"),
-        Check("params", "cnn3"),
-        "",
-    ),
-    Exercise(
-        "homl14-2a-002",
-        "002",
-        "HOML ch14 ex2 (a)",
-        _Q_HOML2,
-        Claim("value", "28 x 100 + 901 x 200 + 1,801 x 400 = 903,400 parameters", 903_400, "params", "903,400"),
-        Check("params", "cnn3"),
-        "",
-    ),
-    Exercise(
-        "homl14-2b-000",
-        "000",
-        "HOML ch14 ex2 (b)",
-        _Q_HOML2,
-        Claim(
-            "lower_bound",
-            "The total RAM required is therefore (at least) 12,613,600 bytes (about 12.6 MB)",
-            12.6e6,
-            "bytes",
-            "12.6 MB",
-        ),
-        Check("footprint", "cnn3", "inference", 1, basis="textbook"),
-        "The bound counts the two largest layer outputs and the parameters only; a framework also holds its "
-        "input batch, convolution workspace (im2col / oneDNN scratch) and allocator slack.",
-    ),
-    Exercise(
-        "homl14-2b-002",
-        "002",
-        "HOML ch14 ex2 (b)",
-        _Q_HOML2,
-        Claim(
-            "lower_bound",
-            "72,000,000 bits, or 9 MB ... another 28,908,800 bits, or 3.61 MB ... a total of 12.61 MB",
-            12.61e6,
-            "bytes",
-            "12.61 MB",
-        ),
-        Check("footprint", "cnn3", "inference", 1, basis="textbook"),
-        "The bound counts the two largest layer outputs and the parameters only; a framework also holds its "
-        "input batch, convolution workspace (im2col / oneDNN scratch) and allocator slack.",
-    ),
-    Exercise(
-        "homl14-2c-000",
-        "000",
-        "HOML ch14 ex2 (c)",
-        _Q_HOML2,
-        Claim(
-            "lower_bound",
-            "roughly 525 + 36 + 3.6 = 564.6 MB, and that's really an optimistic bare minimum",
-            564.6e6,
-            "bytes",
-            "564.6 MB",
-        ),
-        Check("footprint", "cnn3", "training", 50, basis="textbook"),
-        "000 rounds the third layer's 1.52 MB per instance down to 1.5 MB (525 MB instead of 526 MB); the bound "
-        "ignores gradients (weights and activations), ReLU masks and workspace, which a real step holds.",
-    ),
-    Exercise(
-        "homl14-2c-002",
-        "002",
-        "HOML ch14 ex2 (c)",
-        _Q_HOML2,
-        Claim(
-            "lower_bound",
-            "526 MB ... Plus ... 3.61 MB ... Plus ... 36 MB ... This totals 565.61 MB "
-            "(not including memory required to store the gradients)",
-            565.61e6,
-            "bytes",
-            "565.61 MB",
-        ),
-        Check("footprint", "cnn3", "training", 50, basis="textbook"),
-        "The bound ignores gradients (weights and activations), ReLU masks and workspace, which a real step holds.",
-    ),
-    Exercise(
-        "homl14-3-cnn3",
-        "000",
-        "HOML ch14 ex3",
-        "If your GPU runs out of memory while training a CNN, what are five things you could try?",
-        Claim(
-            "less",
-            "Reduce the mini-batch size; larger stride; remove layers; 16-bit floats; distribute the CNN "
-            "across multiple devices (002 lists the same five)",
-        ),
-        Check("remedies", "cnn3", "training", 8, variants=_REMEDY_NAMES),
-        "Each remedy shrinks a different ledger term: batch and stride the activations, 16-bit everything, fewer "
-        "layers mostly activations, two devices halve the per-device batch but copy the parameters.",
-    ),
-    Exercise(
-        "homl14-3-alexnet",
-        "000",
-        "HOML ch14 ex3",
-        "If your GPU runs out of memory while training a CNN, what are five things you could try?",
-        Claim(
-            "less",
-            "Reduce the mini-batch size; larger stride; remove layers; 16-bit floats; distribute the CNN "
-            "across multiple devices (002 lists the same five)",
-        ),
-        Check("remedies", "alexnet", "training", 8, variants=_REMEDY_NAMES),
-        "On AlexNet the 47 M parameters (x2 with gradients) are a large fixed term, so batch and stride "
-        "remedies save less than on cnn3; dropping conv4 removes only 1.3 M parameters and one 55 kB map.",
-    ),
-    Exercise(
-        "homl15-2-seq",
-        "000",
-        "HOML ch15 ex2",
-        "How many dimensions must the inputs of an RNN layer have? ... What about its outputs?",
-        Claim(
-            "shape",
-            "an RNN layer with 32 neurons processes the batch [5, 10, 2] ... the output will have a shape "
-            "of [5, 10, 32]",
-            shape=(5, 10, 32),
-        ),
-        Check("output_shape", "rnn32-seq", "inference", 5),
-        "The answer describes a sequence-returning layer (Keras return_sequences=True).",
-    ),
-    Exercise(
-        "homl15-2-last",
-        "000",
-        "HOML ch15 ex2",
-        "How many dimensions must the inputs of an RNN layer have? ... What about its outputs?",
-        Claim("shape", "The outputs are also three-dimensional ... [5, 10, 32]", shape=(5, 10, 32)),
-        Check("output_shape", "rnn32-last", "inference", 5),
-        "Keras's default (return_sequences=False) returns only the last step: two dimensions, [5, 32].",
-    ),
-    Exercise(
-        "d2l-4.7.6-3-inference",
-        "001",
-        "D2L 4.7.6 ex3",
-        "Compute the memory footprint for training and inference in the model described in the current chapter.",
-        Claim(
-            "value",
-            "Inference: only need memory for W(1), W(2), b(1), b(2)",
-            203_530 * 4,
-            "bytes",
-            "203,530 params x 4 B",
-        ),
-        Check("footprint", "mlp", "inference", 256),
-        "Inference also holds the input batch (784 floats per sample) and the hidden activations, which at "
-        "batch 256 exceed the 0.8 MB of weights.",
-    ),
-    Exercise(
-        "d2l-4.7.6-3-training",
-        "001",
-        "D2L 4.7.6 ex3",
-        "Compute the memory footprint for training and inference in the model described in the current chapter.",
-        # W1, W2 (784x256 + 256x10), dJ/do (256x10), phi'(z) (256x256), x (256x784) at batch 256, float32.
-        Claim("value", "Training: need memory for dJ/do, W(2), W(1), phi'(z), x", 1_888_256, "bytes", "1,888,256 B"),
-        Check("footprint", "mlp", "training", 256),
-        "The list leaves out the weight gradients (as large as the weights), the biases, the hidden "
-        "activations h kept for dJ/dW(2) and the labels.",
-    ),
-    Exercise(
-        "d2l-6.4-2-forward",
-        "001",
-        "D2L 6.4 ex2",
-        "Input c_i x h x w, kernel c_o x c_i x k_h x k_w, padding (p_h, p_w), stride (s_h, s_w): computational cost "
-        "of the forward computation? (case: 32 -> 64 channels, 56x56, 3x3, padding 1, stride 1, batch 1)",
-        Claim("none", "(blank: the O(...) is written under 'memory footprint')"),
-        Check("flops", "conv-base", "inference", 1),
-        "2 c_i c_o k_h k_w m_h m_w FLOPs with m = floor((h + 2p - k)/s) + 1 (one multiply and one add per MAC).",
-    ),
-    Exercise(
-        "d2l-6.4-2-memory",
-        "001",
-        "D2L 6.4 ex2",
-        "What is the memory footprint? (same case, batch 1, float32)",
-        Claim(
-            "value", "$O(c_i c_o k_h k_w m_h m_w)$", 32 * 64 * 9 * 56 * 56 * 4, "bytes", "c_i c_o k_h k_w m_h m_w x 4 B"
-        ),
-        Check("footprint", "conv-base", "inference", 1),
-        "That product is the number of multiply-accumulates, not of stored numbers: the footprint is "
-        "input + output + kernel = (c_i h w + c_o m_h m_w + c_o c_i k_h k_w) x 4 bytes.",
-    ),
-    Exercise(
-        "d2l-6.4-2-backward",
-        "001",
-        "D2L 6.4 ex2",
-        "What is the computational cost for the backward computation? (same case)",
-        Claim("none", "(blank)"),
-        Check("backward_flops", "conv-base", "training", 1),
-        "Backward = weight gradient (as many FLOPs as the forward) + input gradient (as many again), but a first "
-        "layer needs no input gradient, so here it equals the forward cost.",
-    ),
-    Exercise(
-        "d2l-6.4-3-channels",
-        "001",
-        "D2L 6.4 ex3",
-        "By what factor does the number of calculations increase if we double c_i and c_o?",
-        Claim("none", "(blank)"),
-        Check("flops_ratio", "conv-2x-channels", other="conv-base"),
-        "FLOPs scale with c_i x c_o: doubling both is 4x; the measured time ratio is below 4 when the small case "
-        "does not saturate the cores.",
-    ),
-    Exercise(
-        "d2l-6.4-3-channels-time",
-        "001",
-        "D2L 6.4 ex3",
-        "By what factor does the number of calculations increase if we double c_i and c_o? (measured time)",
-        Claim("none", "(blank)"),
-        Check("time_ratio", "conv-2x-channels", other="conv-base", batch=8),
-        "Time follows the FLOPs only where both cases run at the same FLOP rate.",
-    ),
-    Exercise(
-        "d2l-6.4-3-padding",
-        "001",
-        "D2L 6.4 ex3",
-        "What happens if we double the padding? (56x56, 3x3: padding 1 -> 2)",
-        Claim("none", "(blank)"),
-        Check("flops_ratio", "conv-2x-padding", other="conv-base"),
-        "Padding only enlarges the output map: (h + 2p - k + 1)^2 goes from 56^2 to 58^2, about +7 %.",
-    ),
-    Exercise(
-        "d2l-6.4-4",
-        "001",
-        "D2L 6.4 ex4",
-        "If k_h = k_w = 1, what is the complexity of the forward computation? (32 -> 64 channels, 56x56)",
-        Claim("value", "$O(c_i*c_o*h*w)$", 32 * 64 * 56 * 56, "MACs", "c_i c_o h w"),
-        Check("flops", "conv-1x1", "inference", 1),
-        "The formula counts multiply-accumulates; one MAC is two FLOPs, which is what the counters count.",
-    ),
-    Exercise(
-        "d2l-6.4-4-time",
-        "001",
-        "D2L 6.4 ex4",
-        "1x1 kernel vs 3x3 kernel (same channels and map): forward time ratio",
-        Claim("none", "(blank)"),
-        Check("time_ratio", "conv-1x1", other="conv-base", batch=8),
-        "A 1x1 convolution is a plain matrix product; the 3x3 one pays for im2col/workspace on top of 9x the "
-        "FLOPs, so the time ratio need not be exactly 1/9.",
-    ),
-    Exercise(
-        "d2l-6.7-3",
-        "001",
-        "D2L 6.7 ex3",
-        "Modify the batch size, and observe the changes in accuracy and GPU memory (AlexNet, 224x224, training).",
-        Claim("none", "(blank)"),
-        Check("memory_curve", "alexnet", "training", batches=(1, 2, 4, 8, 16)),
-        "Peak memory is a fixed part (parameters, gradients, framework) plus a per-sample part (activations "
-        "kept for backward, their gradients, workspace); the largest batch is set by the per-sample part.",
-    ),
-    Exercise(
-        "d2l-6.7-4a",
-        "001",
-        "D2L 6.7 ex4a",
-        "What is the dominant part for the memory footprint of AlexNet?",
-        Claim("value", "Dense1 - 26 millions of parameters", 26e6, "params", "26 millions", label="fc6"),
-        Check("largest_layer_params", "alexnet"),
-        "fc6 maps the 256x5x5 = 6,400 flattened features to 4,096 units: 26,218,496 parameters (105 MB).",
-    ),
-    Exercise(
-        "d2l-6.7-4a-batch",
-        "001",
-        "D2L 6.7 ex4a",
-        "Is fc6 still the dominant memory part when training at D2L's batch size of 128?",
-        Claim("label", "Dense1 - 26 millions of parameters", label="fc6"),
-        Check("activation_crossover", "alexnet", "training", 128),
-        "fc6 dominates only at small batches: the activations kept for backward grow with the batch and "
-        "outweigh fc6's weights and gradients above the crossover batch.",
-    ),
-    Exercise(
-        "d2l-6.7-4b",
-        "001",
-        "D2L 6.7 ex4b",
-        "What is the dominant part for computation in AlexNet?",
-        Claim("value", "Conv2 - 16 millions of FLOP", 16e6, "FLOPs", "16 millions", label="conv2"),
-        Check("largest_layer_flops", "alexnet"),
-        "conv2 is the costliest layer, but at 26x26x256 outputs x 96x5x5 inputs it does 415 M MACs (830 M FLOPs) "
-        "per 224x224 sample, about 50x the 16 M claimed.",
-    ),
-    Exercise(
-        "d2l-6.8-2-time",
-        "001",
-        "D2L 6.8 ex2",
-        "Compared with AlexNet, VGG is much slower in terms of computation ... (VGG-11 / AlexNet training step)",
-        Claim("greater", "VGG is much slower in terms of computation (the question's premise; no answer given)"),
-        Check("time_ratio", "vgg11", "training", 2, other="alexnet"),
-        "VGG-11 runs its 3x3 convolutions at 224x224 and 112x112 with 64-128 channels: about 8x AlexNet's FLOPs.",
-    ),
-    Exercise(
-        "d2l-6.8-2-memory",
-        "001",
-        "D2L 6.8 ex2",
-        "... and it also needs more GPU memory (VGG-11 / AlexNet training peak)",
-        Claim("greater", "it also needs more GPU memory (the question's premise; no answer given)"),
-        Check("memory_ratio", "vgg11", "training", 2, other="alexnet"),
-        "VGG-11 keeps full-resolution 64-channel maps for backward and has 129 M parameters (fc6: 25088 x 4096) "
-        "against AlexNet's 47 M.",
-    ),
-    Exercise(
-        "d2l-6.9-3a",
-        "001",
-        "D2L 6.9 ex3a",
-        "Calculate the resource usage for NiN: what is the number of parameters?",
-        Claim("none", "(an image, not in the text)"),
-        Check("params", "nin"),
-        "",
-    ),
-    Exercise(
-        "d2l-6.9-3b",
-        "001",
-        "D2L 6.9 ex3b",
-        "What is the amount of computation? (forward FLOPs, one 224x224 sample)",
-        Claim("none", "(an image, not in the text)"),
-        Check("flops", "nin", "inference", 1),
-        "The framework counters add bias adds (TensorFlow) and pooling (TensorFlow) on top of the conv MACs.",
-    ),
-    Exercise(
-        "d2l-6.9-3c",
-        "001",
-        "D2L 6.9 ex3c",
-        "What is the amount of memory needed during training? (batch 4)",
-        Claim("none", "(an image, not in the text)"),
-        Check("footprint", "nin", "training", 4),
-        "",
-    ),
-    Exercise(
-        "d2l-6.9-3d",
-        "001",
-        "D2L 6.9 ex3d",
-        "What is the amount of memory needed during inference? (batch 1)",
-        Claim("none", "(an image, not in the text)"),
-        Check("footprint", "nin", "inference", 1),
-        "",
-    ),
-    Exercise(
-        "d2l-5.6.5-1",
-        "001",
-        "D2L 5.6.5 ex1",
-        "Multiply large matrices on CPU and GPU: the difference in speed? And for a small amount of calculation?",
-        Claim("none", "(code only; no timing printed)"),
-        Check("matmul", "matmul"),
-        "",
-    ),
-    Exercise(
-        "d2l-5.6.5-3",
-        "001",
-        "D2L 5.6.5 ex3",
-        "1000 100x100 matmuls, log tr(MM^T) one at a time vs keep the log on the device and transfer once",
-        Claim("none", "(code only; no timing printed)"),
-        Check("matmul", "logging"),
-        "",
-    ),
-    Exercise(
-        "d2l-5.6.5-4",
-        "001",
-        "D2L 5.6.5 ex4",
-        "Two matmuls on two GPUs at the same time vs in sequence on one GPU (hint: almost linear scaling)",
-        Claim(
-            "value",
-            "in sequence 0.0090 s; at the same time 0.0049 s (one GPU, batched dot)",
-            0.009020805358886719 / 0.004949331283569336,
-            "ratio",
-            "1.82",
-        ),
-        Check("matmul", "concurrency"),
-        "The timings in 001 run without wait_to_read (asynchronous launches), and the 'same time' case is one "
-        "batched dot on one GPU, not two GPUs.",
-    ),
-    Exercise(
-        "course-5.1.1",
-        "003",
-        "Ex. 5.1.1",
-        "One conv layer with a single 5x5x3 filter: how many weights (parameters)? Hint: don't forget the bias",
-        Claim("none", "(no answer in the notebook)"),
-        Check("params", "course-5.1.1"),
-        "",
-    ),
-    Exercise(
-        "course-5.1.2",
-        "003",
-        "Ex. 5.1.2",
-        "28x28x3 input, padding 2, stride 1, one 5x5x3 filter: dimensionality of the activation map?",
-        Claim("none", "(no answer in the notebook)"),
-        Check("layer_shape", "course-5.1.2"),
-        "(28 - 5 + 2*2)/1 + 1 = 28: 'same' size, one channel.",
-    ),
-    Exercise(
-        "course-5.1.3",
-        "003",
-        "Ex. 5.1.3",
-        "Stride 2 instead of 1: what problem does this immediately cause?",
-        Claim("none", "(no answer in the notebook)"),
-        Check("layer_shape", "course-5.1.3"),
-        "(28 - 5 + 4)/2 + 1 = 14.5 is not an integer: the frameworks floor it to 14 and drop the last padded "
-        "row and column.",
-    ),
-    Exercise(
-        "course-5.1.4",
-        "003",
-        "Ex. 5.1.4",
-        "Max-pool (2x2, stride 2) a 10x28x28x1 activation map in Keras and report the dimensionality",
-        Claim("none", "(no answer in the notebook)"),
-        Check("layer_shape", "course-5.1.4", "inference", 10),
-        "Channels-first here; Keras reports (10, 14, 14, 1).",
-    ),
-    Exercise(
-        "dlwp5-convnet-params",
-        "004",
-        "DLWP ch5 basic convnet, model.summary()",
-        "The basic MNIST convnet (conv32-pool-conv64-pool-conv64, Flatten, Dense 64, Dense 10): its summary",
-        Claim("none", "(model.summary() is called; its output is not in the notes)"),
-        Check("params", "dlwp-convnet"),
-        "",
-    ),
-    Exercise(
-        "dlwp5-convnet-shrink",
-        "004",
-        "DLWP ch5 basic convnet",
-        "Conv2D(32, (3, 3)) on a 28x28x1 input: the output size",
-        Claim(
-            "shape",
-            "The output is always smaller than the input by 1 (vertically and horizontally)",
-            shape=(1, 32, 27, 27),
-        ),
-        Check("layer_shape", "dlwp-convnet"),
-        "A 'valid' k x k convolution shrinks each side by k - 1: by 2 for 3x3 (28 -> 26), by 1 only for 2x2.",
-    ),
-    Exercise(
-        "dlwp5-convnet-output",
-        "004",
-        "DLWP ch5 basic convnet",
-        "The convnet's output for one MNIST image (after the Dense softmax head)",
-        Claim("none", "(not given)"),
-        Check("output_shape", "dlwp-convnet"),
-        "",
-    ),
-)
+
+def _exercise(entry: dict[str, Any], seeds: dict[str, str]) -> Exercise:
+    """One entry of :data:`CLAIMS_FILE` as an :class:`Exercise`: lists become tuples, the claim's ``value_from``
+    (documentation) is dropped; a key, seed or quantity that does not exist is a one-line ``ValueError``."""
+    where = f"{CLAIMS_FILE.name}: exercise {entry.get('id')!r}"
+    if sorted(entry) != sorted(_ENTRY_KEYS):
+        raise ValueError(f"{where}: keys {', '.join(sorted(entry))}; allowed: {', '.join(_ENTRY_KEYS)}")
+    claim: dict[str, Any] = {k: tuple(v) if k == "shape" else v for k, v in entry["claim"].items() if k != "value_from"}
+    check: dict[str, Any] = {k: tuple(v) if k in ("variants", "batches") else v for k, v in entry["check"].items()}
+    if entry["seed"] not in seeds:
+        raise ValueError(f"{where}: unknown seed {entry['seed']!r}; allowed: {', '.join(seeds)}")
+    if check.get("quantity") not in QUANTITIES:
+        raise ValueError(f"{where}: unknown quantity {check.get('quantity')!r}; allowed: {', '.join(QUANTITIES)}")
+    try:
+        claim_, check_ = Claim(**claim), Check(**check)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return Exercise(entry["id"], entry["seed"], entry["number"], entry["question"], claim_, check_, entry["gap"])
+
+
+def _load_claims() -> tuple[dict[str, str], dict[str, dict[str, tuple[str, int, str, int]]], tuple[Exercise, ...]]:
+    """``(SEEDS, REMEDIES, EXERCISES)`` from :data:`CLAIMS_FILE`."""
+    data = json.loads(CLAIMS_FILE.read_text(encoding="utf-8"))
+    seeds: dict[str, str] = data["seeds"]
+    remedies = {
+        model: {name: (r["model"], r["batch_divisor"], r["dtype"], r["devices"]) for name, r in variants.items()}
+        for model, variants in data["remedies"].items()
+    }
+    return seeds, remedies, tuple(_exercise(entry, seeds) for entry in data["exercises"])
+
+
+SEEDS: dict[str, str]  # seed -> source text file (/work/shared/seeds/<file>)
+# HOML ch14 ex3: each remedy as (model, batch divisor, dtype, devices).
+REMEDIES: dict[str, dict[str, tuple[str, int, str, int]]]
+EXERCISES: tuple[Exercise, ...]
+SEEDS, REMEDIES, EXERCISES = _load_claims()
 
 
 def exercise_ids() -> list[str]:
@@ -1124,6 +701,7 @@ def analytic_verdict(ex: Exercise) -> tuple[Figure, Verdict]:
 
 __all__ = [
     "ADHOC_MODELS",
+    "CLAIMS_FILE",
     "EXERCISES",
     "EXPECTED_ERRORS",
     "QUANTITIES",

@@ -29,10 +29,15 @@ from dataclasses import dataclass
 
 from xfbench.analytics.shapes import infer_shapes, padding_amounts
 from xfbench.analytics.spec import Activation, AvgPool2D, Conv2D, Dropout, Flatten, MaxPool2D, ModelSpec
+from xfbench.analytics.vocab import (  # the vocabulary's dtype and optimizer tables, re-exported here
+    DEFAULT_DTYPE,
+    DEFAULT_OPTIMIZER,
+    DTYPE_BYTES,
+    OPTIMIZER_SLOTS,
+    dtype_bytes,
+)
+from xfbench.analytics.vocab import optimizer as vocab_optimizer
 from xfbench.analytics.weights import output_kind
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2}
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,6 @@ class Ledger:
 
     def as_dict(self) -> dict[str, int]:
         return {**dict(self.terms), "peak": self.peak_bytes}
-
-
-def dtype_bytes(dtype: str) -> int:
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
-    return DTYPE_BYTES[dtype]
 
 
 def _is_view(layer: object) -> bool:
@@ -85,7 +84,7 @@ def _largest_consecutive_pair(sizes: list[int]) -> int:
     return max(a + b for a, b in itertools.pairwise(sizes))
 
 
-def inference_ledger(spec: ModelSpec, params: int, batch_size: int, dtype: str = "float32") -> Ledger:
+def inference_ledger(spec: ModelSpec, params: int, batch_size: int, dtype: str = DEFAULT_DTYPE) -> Ledger:
     width = dtype_bytes(dtype)
     x_bytes, _ = _batch_bytes(spec, batch_size, width)
     # The caller holds the input for the whole call. Each layer frees its input once its output exists, so
@@ -137,14 +136,13 @@ def training_ledger(
     spec: ModelSpec,
     params: int,
     batch_size: int,
-    dtype: str = "float32",
-    optimizer: str = "sgd",
+    dtype: str = DEFAULT_DTYPE,
+    optimizer: str = DEFAULT_OPTIMIZER,
     framework: str = "tensorflow",
 ) -> Ledger:
     """The training-step ledger; ``framework`` decides the explicit-padding copies (see above)."""
     width = dtype_bytes(dtype)
-    if optimizer not in OPTIMIZER_SLOTS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZER_SLOTS)}")
+    slots = vocab_optimizer(optimizer).slots  # ValueError naming the allowed optimizers
     x_bytes, y_bytes = _batch_bytes(spec, batch_size, width)
     outs = [e * batch_size * width for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]
     return Ledger(
@@ -152,7 +150,7 @@ def training_ledger(
         (
             ("parameters", params * width),
             ("gradients", params * width),
-            ("optimizer_state", OPTIMIZER_SLOTS[optimizer] * params * width),
+            ("optimizer_state", slots * params * width),
             ("input_batch", x_bytes + y_bytes),
             ("activations", sum(outs)),
             ("activation_gradients", _largest_consecutive_pair(outs) if outs else 0),
@@ -163,14 +161,14 @@ def training_ledger(
     )
 
 
-def textbook_inference_bytes(spec: ModelSpec, params: int, batch_size: int = 1, dtype: str = "float32") -> int:
+def textbook_inference_bytes(spec: ModelSpec, params: int, batch_size: int = 1, dtype: str = DEFAULT_DTYPE) -> int:
     """HOML ch14 ex2 (b): the two largest consecutive layer outputs + parameters."""
     width = dtype_bytes(dtype)
     outs = [e * batch_size * width for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]
     return (_largest_consecutive_pair(outs) if outs else 0) + params * width
 
 
-def textbook_training_bytes(spec: ModelSpec, params: int, batch_size: int, dtype: str = "float32") -> int:
+def textbook_training_bytes(spec: ModelSpec, params: int, batch_size: int, dtype: str = DEFAULT_DTYPE) -> int:
     """HOML ch14 ex2 (c): sum of layer outputs x batch + the input batch + parameters."""
     width = dtype_bytes(dtype)
     outs = [e for layer, e in zip(spec.layers, layer_output_elements(spec)) if not _is_view(layer)]

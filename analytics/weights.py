@@ -60,8 +60,35 @@ def weight_slots(spec: ModelSpec) -> list[WeightSlot]:
     return slots
 
 
+# The last weights made, by (spec, seed, dtype): a VGG's 138M values take about 3 s to draw, and one benchmark
+# configuration drew them up to six times (the timed build, TensorFlow's build_model, the memory worker and each
+# of its forked repeats, which inherit this cache instead). One entry bounds what it holds to one model.
+_LAST: list[tuple[tuple[ModelSpec, int, str], list[np.ndarray]]] = []
+
+
+def clear_weight_cache() -> None:
+    """Drops the cached weights (a forked memory repeat frees them once its model holds a copy, as a fresh
+    process would)."""
+    _LAST.clear()
+
+
 def random_weights(spec: ModelSpec, seed: int = 0, dtype: str = "float32") -> list[np.ndarray]:
-    """Random weights in the neutral format, scaled (He/Glorot-like) so activations stay O(1)."""
+    """Random weights in the neutral format, scaled (He/Glorot-like) so activations stay O(1).
+
+    Deterministic in (spec, seed, dtype); the last result is cached and returned again as a new list of the
+    same arrays, which callers copy into their framework and must not modify."""
+    key = (spec, seed, dtype)
+    try:
+        if _LAST and _LAST[0][0] == key:
+            return list(_LAST[0][1])
+    except TypeError:  # an unhashable/uncomparable spec field: no caching
+        pass
+    out = _draw_weights(spec, seed, dtype)
+    _LAST[:] = [(key, out)]
+    return list(out)
+
+
+def _draw_weights(spec: ModelSpec, seed: int, dtype: str) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     out: list[np.ndarray] = []
     for slot in weight_slots(spec):

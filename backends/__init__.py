@@ -15,25 +15,24 @@ import importlib.util
 from functools import cache
 from types import ModuleType
 
+from xfbench.analytics.vocab import BACKEND_ALIASES, BACKENDS, canonical_backend
 from xfbench.backends.base import BackendUnavailable, DeviceUnavailable, NotSupported
 from xfbench.backends.common import TF32_ENV, TF32_POLICIES, is_oom_error, prepare_framework_env, tf32_policy
 
-BACKENDS = ("torch", "tensorflow", "mxnet")
 _MODULE = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
 _INSTALL_HINT = {
     "torch": "pip install 'xfbench[torch]' (or run: tox -e torch)",
     "tensorflow": "pip install 'xfbench[tensorflow]' (or run: tox -e tensorflow)",
     "mxnet": "pip install 'xfbench[mxnet]' with numpy<1.24 (or run: tox -e mxnet)",
 }
-ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet"}
+# The user's spellings of the adapters' names (analytics/vocab.py's table, less the matmul-only numpy).
+ALIASES = {alias: name for alias, name in BACKEND_ALIASES.items() if name in BACKENDS}
 
 
 def canonical_name(name: str) -> str:
-    """Backend name from a user's spelling; raises ``ValueError`` naming the allowed values."""
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; allowed: {', '.join(BACKENDS)}")
-    return key
+    """Backend name from a user's spelling; raises ``ValueError`` naming the allowed values
+    (``vocab.canonical_backend``)."""
+    return canonical_backend(name)
 
 
 @cache
@@ -69,6 +68,7 @@ def get_backend(name: str) -> ModuleType:
 
 
 __all__ = [
+    "ALIASES",
     "BACKENDS",
     "TF32_ENV",
     "TF32_POLICIES",

@@ -11,12 +11,29 @@
   the fresh memory-worker processes that run beside it still find GPU memory.
 * **Out of memory** (:func:`is_oom_error`, :func:`is_oom_message`): the one classifier the backends, the memory
   worker, the matmul sweep and the exercises use.
+* **Host memory** (:func:`host_available_memory`): the CPU half of every adapter's ``available_memory``
+  (the kernel's ``MemAvailable`` estimate of memory a new allocation can get without swapping).
+* **Weights** (:func:`check_weights`): the count and shapes of neutral-format weights against the spec's slots
+  (:func:`analytics.weights.weight_slots`), with one message for every adapter's ``set_weights``.
+* **Optimizers** (:func:`optimizer_settings`): learning rate, momentum and Adam's epsilon from
+  :data:`analytics.vocab.OPTIMIZERS`, so the three adapters build the same update.
+* **dtypes** (:func:`check_dtype`, :func:`gpu_dtype_support`): names are :mod:`analytics.vocab`'s (its message
+  where a backend allows exactly vocab's set); which GPUs compute float16/bfloat16 natively, by CUDA compute
+  capability (NVIDIA's: native half arithmetic from 5.3, bfloat16 tensor cores from 8.0, Ampere).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from xfbench.analytics.vocab import ADAM_EPSILON, DTYPES, dtype_bytes, optimizer
+
+if TYPE_CHECKING:
+    from xfbench.analytics.spec import ModelSpec
+    from xfbench.analytics.weights import WeightSlot
 
 # --- TF32 --------------------------------------------------------------------------------------------------
 
@@ -151,16 +168,107 @@ def is_oom_error(exc: BaseException) -> bool:
     return False
 
 
+# --- host memory ---------------------------------------------------------------------------------------------
+
+MEMINFO = "/proc/meminfo"
+
+
+def host_available_memory(meminfo: str = MEMINFO) -> int | None:
+    """Bytes of host memory available to a new allocation: ``MemAvailable`` of ``/proc/meminfo`` (reported in
+    kB); ``None`` where it cannot be read (no such file, e.g. not Linux)."""
+    try:
+        with open(meminfo) as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# --- weights -------------------------------------------------------------------------------------------------
+
+
+def check_weights(spec: ModelSpec, weights: Sequence[Any]) -> list[WeightSlot]:
+    """The spec's weight slots (:func:`analytics.weights.weight_slots`) after checking ``weights`` against them:
+    one array per slot, each of the slot's shape. Raises ``ValueError`` (one line naming the model, the slot
+    and both shapes) otherwise."""
+    import numpy as np
+    from xfbench.analytics.weights import weight_slots  # imports numpy: not at this module's import
+
+    slots = weight_slots(spec)
+    if len(weights) != len(slots):
+        raise ValueError(f"{spec.name}: expected {len(slots)} weight arrays, got {len(weights)}")
+    for k, (slot, arr) in enumerate(zip(slots, weights)):
+        shape = tuple(np.shape(arr))
+        if shape != slot.shape:
+            raise ValueError(
+                f"{spec.name}: weight {k} ({slot.layer_name}.{slot.param}): expected shape {slot.shape}, got {shape}"
+            )
+    return slots
+
+
+# --- optimizers ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What an adapter builds for one optimizer name: ``lr`` (the given one, else vocab's default), ``momentum``
+    (0 for plain SGD and Adam) and Adam's ``epsilon`` (:data:`analytics.vocab.ADAM_EPSILON`)."""
+
+    name: str
+    lr: float
+    momentum: float
+    epsilon: float = ADAM_EPSILON
+
+
+def optimizer_settings(name: str, lr: float | None = None) -> OptimizerSettings:
+    """The settings of optimizer ``name`` (:data:`analytics.vocab.OPTIMIZERS`); raises ``ValueError`` (vocab's
+    one line) for an unknown name."""
+    opt = optimizer(name)
+    return OptimizerSettings(opt.name, opt.lr if lr is None else float(lr), opt.momentum)
+
+
+# --- dtypes --------------------------------------------------------------------------------------------------
+
+
+def check_dtype(dtype: str, framework: str, allowed: Sequence[str] = DTYPES) -> str:
+    """``dtype`` if it is one of ``allowed``, else ``ValueError`` (one line): vocab's message when ``allowed`` is
+    vocab's :data:`~analytics.vocab.DTYPES`, else one naming ``framework`` and its allowed names."""
+    if tuple(allowed) == DTYPES:
+        dtype_bytes(dtype)  # raises vocab's "unknown dtype ...; allowed: ..."
+    elif dtype not in allowed:
+        raise ValueError(f"dtype {dtype!r} is not supported with {framework}; allowed: {', '.join(allowed)}")
+    return dtype
+
+
+def gpu_dtype_support(capability: tuple[int, int], dtype: str) -> str | None:
+    """``None`` if a GPU of CUDA compute ``capability`` computes ``dtype`` natively, else the reason (one line)."""
+    major, minor = capability
+    if dtype == "bfloat16" and major < 8:
+        return f"compute capability {major}.{minor} has no bfloat16 tensor cores (needs 8.0+)"
+    if dtype == "float16" and (major, minor) < (5, 3):
+        return f"compute capability {major}.{minor} has no native float16 (needs 5.3+)"
+    return None
+
+
 __all__ = [
     "DEFAULT_TF32",
+    "MEMINFO",
     "OOM_EXCEPTION_NAMES",
     "OOM_MESSAGES",
     "TF32_ENV",
     "TF32_POLICIES",
+    "OptimizerSettings",
+    "check_dtype",
+    "check_weights",
     "effective_tf32",
     "framework_env_defaults",
+    "gpu_dtype_support",
+    "host_available_memory",
     "is_oom_error",
     "is_oom_message",
+    "optimizer_settings",
     "prepare_framework_env",
     "tf32_policy",
     "tf32_row_value",

@@ -130,6 +130,32 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _query(gpu_index: int, read: Callable[[Any, Any], Any]) -> Any:
+    """``read(nvml, handle)`` for CUDA device ``gpu_index``; ``None`` without NVML or the GPU, or when NVML raises
+    (a figure some drivers, vGPUs or partially supported devices do not give: report nothing rather than guess)."""
+    with _nvml() as nvml:
+        if nvml is None:
+            return None
+        handle = _handle(nvml, gpu_index)
+        if handle is None:
+            return None
+        try:
+            return read(nvml, handle)
+        except Exception:  # NVMLError_NotSupported / NoPermission / ...
+            return None
+
+
+def _own_process_memory(nvml: Any, handle: Any) -> int | None:
+    procs = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    if not procs:
+        return None
+    pid = os.getpid()
+    used = [p.usedGpuMemory for p in procs if p.pid == pid]
+    if not used or any(u is None for u in used):
+        return None
+    return int(sum(used))
+
+
 def nvml_process_memory(gpu_index: int) -> int | None:
     """Bytes of GPU memory NVML attributes to *this* process on GPU ``gpu_index`` (CUDA context included).
 
@@ -138,42 +164,28 @@ def nvml_process_memory(gpu_index: int) -> int | None:
     processes, e.g. in a container, also returns, so it is not evidence of 0 bytes), or when this process's id
     is not among those listed (in a container NVML reports host process ids).
     """
-    with _nvml() as nvml:
-        if nvml is None:
-            return None
-        handle = _handle(nvml, gpu_index)
-        if handle is None:
-            return None
-        try:
-            procs = nvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        except Exception:  # NotSupported on some drivers / vGPUs
-            return None
-        if not procs:
-            return None
-        pid = os.getpid()
-        used = [p.usedGpuMemory for p in procs if p.pid == pid]
-        if not used or any(u is None for u in used):
-            return None
-        return int(sum(used))
+    result: int | None = _query(gpu_index, _own_process_memory)
+    return result
+
+
+def nvml_free_memory(gpu_index: int) -> int | None:
+    """Free bytes on GPU ``gpu_index`` (the whole device, as ``cudaMemGetInfo`` reports it), or ``None``."""
+    free = _query(gpu_index, lambda nvml, handle: nvml.nvmlDeviceGetMemoryInfo(handle).free)
+    return None if free is None else int(free)
 
 
 def nvml_device_info(gpu_index: int) -> dict[str, Any] | None:
     """``{"name", "total_memory" (bytes), "driver_version", "uuid"}`` of GPU ``gpu_index``, or ``None``."""
-    with _nvml() as nvml:
-        if nvml is None:
-            return None
-        handle = _handle(nvml, gpu_index)
-        if handle is None:
-            return None
-        try:
-            return {
-                "name": _text(nvml.nvmlDeviceGetName(handle)),
-                "total_memory": int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
-                "driver_version": _text(nvml.nvmlSystemGetDriverVersion()),
-                "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
-            }
-        except Exception:  # a partially supported device: report nothing rather than guess
-            return None
+    info: dict[str, Any] | None = _query(
+        gpu_index,
+        lambda nvml, handle: {
+            "name": _text(nvml.nvmlDeviceGetName(handle)),
+            "total_memory": int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+            "driver_version": _text(nvml.nvmlSystemGetDriverVersion()),
+            "uuid": _text(nvml.nvmlDeviceGetUUID(handle)),
+        },
+    )
+    return info
 
 
 def visible_gpu_count() -> int:

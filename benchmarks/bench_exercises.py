@@ -1,6 +1,7 @@
 """The exercise checker as benchmark modules: one benchmark per (exercise, backend, device).
 
-Run: ``pytest benchmarks/bench_exercises.py --benchmark-only [--backend torch] [--device cpu] [-k homl14]``.
+Run: ``pytest benchmarks/bench_exercises.py --benchmark-only [--backend torch] [--device cpu|all] [-k homl14]``
+(options from benchmarks/options.py).
 Each exercise is measured once (``rounds=1``: its own measurement repeats what it needs, e.g. the median of
 timed steps) and its rows go to the run's CSV (``kind=exercise``, ``shape`` = the exercise id) as soon as
 they exist; the verdicts are in the ``message`` column and in pytest-benchmark's ``extra_info``.
@@ -12,17 +13,16 @@ from typing import Any
 
 import pytest
 from xfbench.analytics.exercises import EXERCISES, Exercise
-from xfbench.backends import BACKENDS, canonical_name, get_backend, is_available
+from xfbench.backends import get_backend, is_available
 from xfbench.benchmarks.exercises import Runner, csv_row
-from xfbench.benchmarks.workload import parse_list
+from xfbench.benchmarks.options import from_pytest_config
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "exercise_case" not in metafunc.fixturenames:
         return
-    backends = [canonical_name(b) for b in parse_list(metafunc.config.getoption("--backend"))] or list(BACKENDS)
-    devices = [d for d in parse_list(metafunc.config.getoption("--device")) if d != "all"] or ["cpu"]
-    cases = [(ex, b, d) for b in backends for d in devices for ex in EXERCISES]
+    opts = from_pytest_config(metafunc.config)
+    cases = [(ex, b, d) for b in opts.backends for d in opts.devices_for(b) for ex in EXERCISES]
     metafunc.parametrize("exercise_case", cases, ids=[f"{ex.id}-{b}-{d}" for ex, b, d in cases])
 
 
@@ -45,10 +45,9 @@ def test_exercise(
     ex, backend, device = exercise_case
     if not is_available(backend):
         pytest.skip(f"{backend} is not installed in this environment")
-    dev = "gpu:0" if device == "gpu" else device
-    if dev not in get_backend(backend).list_devices():
+    if device not in get_backend(backend).list_devices():
         pytest.skip(f"device {device} not visible to {backend}")
-    runner = _runner(backend, dev)
+    runner = _runner(backend, device)
     results = benchmark.pedantic(runner.measure, args=(ex,), rounds=1, iterations=1)
     for r in results:
         row = csv_row(r)

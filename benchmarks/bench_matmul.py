@@ -1,7 +1,7 @@
 """pytest-benchmark version of the matmul sweep: backend x device x square size, each beside its roofline.
 
-Run: ``pytest benchmarks/bench_matmul.py --benchmark-only [--backend torch] [--device cpu,gpu:0]``
-(options from benchmarks/conftest.py; ``numpy`` is always measured as the baseline). Each case writes a
+Run: ``pytest benchmarks/bench_matmul.py --benchmark-only [--backend torch] [--device cpu,gpu:0|all]``
+(options from benchmarks/options.py; ``numpy`` is always measured as the baseline, on the CPU). Each case writes a
 ``kind="matmul"`` row to the run's CSV and puts the prediction in pytest-benchmark's ``extra_info``.
 The full sweep with exercises and plot is ``xfbench matmul``.
 """
@@ -13,12 +13,15 @@ from typing import Any
 
 import pytest
 from xfbench.analytics.roofline import bound, matmul_bytes, matmul_flops, roofline_time
-from xfbench.backends import BACKENDS, canonical_name, is_available
+from xfbench.analytics.vocab import device_kind
+from xfbench.backends import is_available
 from xfbench.backends.common import tf32_row_value
 from xfbench.benchmarks.matmul import load_ops, time_callable
-from xfbench.benchmarks.workload import parse_list
+from xfbench.benchmarks.measurement import Measurement
+from xfbench.benchmarks.options import from_pytest_config
 
 SIZES = (64, 256, 1024)
+DTYPE = "float32"  # this module's one dtype; the sweep over dtypes is `xfbench matmul --dtypes`
 PEAK_SIZE = {"cpu": 1024, "gpu": 8192}
 COPY_BYTES = {"cpu": 64 << 20, "gpu": 1 << 30}
 
@@ -26,15 +29,14 @@ COPY_BYTES = {"cpu": 64 << 20, "gpu": 1 << 30}
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "matmul_case" not in metafunc.fixturenames:
         return
-    try:
-        chosen = [canonical_name(b) for b in parse_list(metafunc.config.getoption("--backend"))] or list(BACKENDS)
-    except ValueError as exc:
-        raise pytest.UsageError(f"--backend: {exc}") from None
-    devices = parse_list(metafunc.config.getoption("--device")) or ["cpu"]
-    if devices == ["all"]:
-        devices = ["cpu", "gpu:0"]
-    devices = ["gpu:0" if d == "gpu" else d for d in devices]
-    cases = [(b, d, n) for b in ["numpy", *chosen] for d in devices for n in SIZES if not (b == "numpy" and d != "cpu")]
+    opts = from_pytest_config(metafunc.config)
+    cases = [
+        (b, d, n)
+        for b in ["numpy", *opts.backends]
+        for d in opts.devices_for(b)
+        for n in SIZES
+        if not (b == "numpy" and d != "cpu")
+    ]
     metafunc.parametrize("matmul_case", cases, ids=[f"{b}-{d}-{n}" for b, d, n in cases])
 
 
@@ -42,17 +44,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _peaks(backend: str, device: str) -> tuple[float, float, float]:
     """(compute FLOP/s, bandwidth B/s, launch overhead s) of ``backend`` on ``device``, measured now."""
     ops = load_ops(backend)
-    kind = "cpu" if device == "cpu" else "gpu"
+    kind = device_kind(device)
     n, nbytes = PEAK_SIZE[kind], COPY_BYTES[kind]
-    flops = matmul_flops(n, n, n) / time_callable(ops.matmul_timer(n, n, n, "float32", device), 0.2).min
+    flops = matmul_flops(n, n, n) / time_callable(ops.matmul_timer(n, n, n, DTYPE, device), 0.2).min
     bw = 2 * nbytes / time_callable(ops.copy_bandwidth_callable(nbytes, device), 0.1).min
-    overhead = time_callable(ops.matmul_timer(1, 1, 1, "float32", device), 0.02, 20).median
+    overhead = time_callable(ops.matmul_timer(1, 1, 1, DTYPE, device), 0.02, 20).median
     return flops, bw, overhead
 
 
 def test_matmul(benchmark: Any, matmul_case: tuple[str, str, int], xfbench_writer: Any) -> None:
     backend, device, n = matmul_case
-    row: dict[str, Any] = {"kind": "matmul", "backend": backend, "device": device, "dtype": "float32"}
+    row: dict[str, Any] = {"kind": "matmul", "backend": backend, "device": device, "dtype": DTYPE}
     row["tf32"] = tf32_row_value(device)
     row.update(shape=f"{n}x{n}x{n}", transfers="excluded")
     if backend != "numpy" and not is_available(backend):
@@ -65,12 +67,13 @@ def test_matmul(benchmark: Any, matmul_case: tuple[str, str, int], xfbench_write
         xfbench_writer.write_row({**row, "status": "skipped", "message": reason})
         pytest.skip(reason)
     peak, bw, overhead = _peaks(backend, device)
-    flops, nbytes = matmul_flops(n, n, n), matmul_bytes(n, n, n, "float32")
+    flops, nbytes = matmul_flops(n, n, n), matmul_bytes(n, n, n, DTYPE)
     predicted = roofline_time(flops, nbytes, peak, bw, overhead)
-    fn = ops.matmul_timer(n, n, n, "float32", device)
+    fn = ops.matmul_timer(n, n, n, DTYPE, device)
     rounds = max(3, min(200, int(0.2 / max(predicted, 1e-6))))
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
-    median = float(benchmark.stats.stats.median)
+    timing = Measurement.from_stats(benchmark.stats.stats)
+    median = timing.median
     limit = bound(flops, nbytes, peak, bw)
     achieved = flops / median
     fraction = achieved / peak if limit == "compute" else nbytes / median / bw
@@ -84,17 +87,12 @@ def test_matmul(benchmark: Any, matmul_case: tuple[str, str, int], xfbench_write
         "bound": limit,
     }
     benchmark.extra_info.update(info)
-    stats = benchmark.stats.stats
     xfbench_writer.write_row(
         {
             **row,
             "status": "ok",
             "framework_version": ops.VERSION,
-            "time_median_s": median,
-            "time_iqr_s": float(stats.iqr),
-            "time_mean_s": float(stats.mean),
-            "time_min_s": float(stats.min),
-            "rounds": int(stats.rounds),
+            **timing.columns(),
             "flops_predicted": flops,
             "achieved_flops_per_s": achieved,
             **{k: v for k, v in info.items() if k not in ("flops", "bound")},

@@ -1,7 +1,8 @@
 """Time, FLOPs and memory of every selected (backend, model, phase, batch, device), beside predictions.
 
-Run: ``pytest benchmarks --benchmark-only`` (options in benchmarks/conftest.py). Each configuration
-appends one row to the run's CSV as soon as it finishes.
+Run: ``pytest benchmarks --benchmark-only`` (options in benchmarks/options.py; the configurations are selected
+once per session in benchmarks/conftest.py, ``--device all`` expanded to each backend's devices). Each
+configuration appends one row to the run's CSV as soon as it finishes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from xfbench.benchmarks.measure import (
     probe_family,
     time_columns,
 )
+from xfbench.benchmarks.measurement import Measurement
 from xfbench.benchmarks.peaks import time_prediction_columns
 from xfbench.benchmarks.profiles import Plan
 from xfbench.benchmarks.workload import Config, base_row, prepare
@@ -64,10 +66,7 @@ def test_model_step(
     b = get_backend(cfg.backend)
     row["framework_version"] = b.VERSION
     devices = b.list_devices()
-    if cfg.device == "all":
-        pytest.skip("--device all is expanded per backend; use explicit devices")
-    wanted = "gpu:0" if cfg.device == "gpu" else cfg.device
-    if wanted not in devices:
+    if cfg.device not in devices:  # named explicitly (`--device all` selected only the visible ones)
         reason = f"device {cfg.device} not visible to {cfg.backend} (has: {', '.join(devices)})"
         _finish(xfbench_writer, xfbench_rows, {**row, "status": "skipped", "message": reason})
         pytest.skip(reason)
@@ -98,10 +97,11 @@ def test_model_step(
         row["params_counted"] = int(b.count_params(work.model))
         rounds = rounds_override or plan.rounds
         benchmark.pedantic(work.step, rounds=rounds, warmup_rounds=plan.warmup_rounds, iterations=1)
-        row.update(time_columns(benchmark.stats.stats, cfg.batch_size))
+        timing = Measurement.from_stats(benchmark.stats.stats)
+        row.update(time_columns(timing, cfg.batch_size))
         row.update(time_prediction_columns(cfg, row, xfbench_writer))
-        if row.get("time_iqr_s") and row["time_iqr_s"] > 0.1 * row["time_median_s"]:
-            row["message"] = (row.get("message", "") + "; IQR > 10% of the median: noisy timing").lstrip("; ")
+        if timing.noisy:
+            row["message"] = (row.get("message", "") + "; " + timing.warning).lstrip("; ")
         try:
             row.update(flop_columns(work))
         except NotImplementedError as exc:

@@ -4,6 +4,8 @@ strong and weak scaling, rows ``kind=scaling``/``allreduce`` in the run's CSV an
 
 Same code as ``xfbench scale`` (:mod:`benchmarks.scaling`); pytest-benchmark times the whole sweep of one
 backend once (its stats are the sweep's wall time; the per-step figures are in the CSV rows).
+``--device`` (benchmarks/options.py) picks the kinds to scale on: ``cpu`` and/or ``gpu`` (``gpu:N`` scales over
+the GPUs); ``all``: the kinds of every device the backend sees.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from xfbench.backends import BACKENDS, canonical_name, is_available
+from xfbench.analytics.vocab import device_kind
+from xfbench.backends import is_available
+from xfbench.benchmarks.options import from_pytest_config
 from xfbench.benchmarks.scaling import (
     DEFAULT_MODELS,
     ScalingPlan,
@@ -22,26 +26,17 @@ from xfbench.benchmarks.scaling import (
     plot_scaling,
     run_backend,
 )
-from xfbench.benchmarks.workload import parse_list
 
 
-def _selected_backends(config: pytest.Config) -> list[str]:
-    return [canonical_name(b) for b in parse_list(config.getoption("--backend"))] or list(BACKENDS)
-
-
-def _selected_kinds(config: pytest.Config) -> list[str]:
-    """``cpu`` and/or ``gpu`` from ``--device`` (``gpu:N`` scales over the GPUs; ``all`` means both)."""
-    kinds: list[str] = []
-    for d in parse_list(config.getoption("--device")) or ["cpu"]:
-        for kind in ("cpu", "gpu") if d == "all" else ("cpu" if d == "cpu" else "gpu",):
-            if kind not in kinds:
-                kinds.append(kind)
-    return kinds
+def _kinds(devices: list[str]) -> list[str]:
+    """``cpu`` and/or ``gpu``: the kinds of ``devices`` (``gpu:N`` scales over the GPUs), in order."""
+    return list(dict.fromkeys(device_kind(d) for d in devices))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "scaling_backend" in metafunc.fixturenames:
-        pairs = [(b, k) for b in _selected_backends(metafunc.config) for k in _selected_kinds(metafunc.config)]
+        opts = from_pytest_config(metafunc.config)
+        pairs = [(b, k) for b in opts.backends for k in _kinds(opts.devices_for(b))]
         metafunc.parametrize(("scaling_backend", "scaling_device"), pairs, ids=[f"scale-{b}-{k}" for b, k in pairs])
 
 
@@ -56,7 +51,7 @@ def test_scaling(
     if not is_available(scaling_backend):
         pytest.skip(f"{scaling_backend} is not installed in this environment (tox -e {scaling_backend})")
     # --models narrows the quick set; models outside it (VGG, AlexNet, ...) are opt-in via `xfbench scale --model`.
-    wanted = parse_list(request.config.getoption("--models"))
+    wanted = from_pytest_config(request.config).models
     models = tuple(m for m in DEFAULT_MODELS if not wanted or m in wanted)
     if not models:
         pytest.skip(f"--models selects none of the scaling models {', '.join(DEFAULT_MODELS)} (use xfbench scale)")

@@ -16,12 +16,13 @@ from typing import NoReturn
 
 from xfbench.analytics.catalog import CATALOG
 from xfbench.analytics.costs import FRAMEWORKS, canonical_framework
-from xfbench.analytics.memory import DTYPE_BYTES, OPTIMIZER_SLOTS
 from xfbench.analytics.predict import Prediction, predict
 from xfbench.analytics.spec import ModelSpec, SpecError
 from xfbench.analytics.units import fmt_bytes, fmt_count, fmt_flops
-from xfbench.benchmarks import usage
-from xfbench.benchmarks.argtypes import positive_int, tf32_arg
+from xfbench.analytics.vocab import DEFAULT_DTYPE, DEFAULT_OPTIMIZER, DTYPES, OPTIMIZERS
+from xfbench.benchmarks import options, usage
+from xfbench.benchmarks.argtypes import backend_list, device_arg, positive_int
+from xfbench.benchmarks.options import RunOptions
 from xfbench.benchmarks.usage import UsageError
 from xfbench.benchmarks.workload import parse_list
 from xfbench.reports.paths import subprocess_env
@@ -157,22 +158,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend_list(text: str) -> list[str]:
-    from xfbench.backends import canonical_name
-
-    try:
-        return [canonical_name(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _device_arg(text: str) -> str:
-    d = text.strip().lower()
-    if d not in ("cpu", "gpu") and not (d.startswith("gpu:") and d[4:].isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r}; allowed: cpu, gpu or gpu:N")
-    return d
-
-
 def cmd_parity(args: argparse.Namespace) -> int:
     from xfbench.backends import BACKENDS, is_available
     from xfbench.benchmarks.parity import TOLERANCE, check_parity
@@ -225,56 +210,26 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _check_run_options(args: argparse.Namespace) -> None:
+def _check_run_options(args: argparse.Namespace) -> RunOptions:
     """What the benchmark conftest checks at configure time, checked here first so that a bad value is one
     ``xfbench: error:`` line (exit 2) before pytest starts: values, spec files, the memory each configuration
     the user named needs, and that every backend named with ``--backend`` imports (in a probe process)."""
-    from xfbench.backends import canonical_name
-    from xfbench.benchmarks.worker import parse_size
-    from xfbench.benchmarks.workload import (
-        DEFAULT_DEVICE,
-        DEFAULT_DTYPE,
-        DEFAULT_OPTIMIZER,
-        DEFAULT_PHASES,
-        DEFAULT_PROFILE,
-        parse_suites,
-        select_configs,
-    )
-
-    if args.suite is not None:
-        parse_suites(args.suite)
-    if args.memory_limit is not None:
-        try:
-            parse_size(args.memory_limit)
-        except ValueError as exc:
-            raise UsageError(f"--memory-limit: {exc}") from None
-    select_configs(
-        backend=args.backend,
-        models=args.models,
-        phase=args.phase or DEFAULT_PHASES,
-        batch=args.batch,
-        profile=args.profile or DEFAULT_PROFILE,
-        device=args.device or DEFAULT_DEVICE,
-        dtype=args.dtype or DEFAULT_DTYPE,
-        optimizer=args.optimizer or DEFAULT_OPTIMIZER,
-    )
-    if args.report_dir is not None:
-        usage.check_output_dir(args.report_dir, "--report-dir")
-    try:
-        named = [canonical_name(b) for b in parse_list(args.backend)]
-    except ValueError as exc:
-        raise UsageError(f"--backend: {exc}") from None
-    usage.require_backends(named)
+    opts = options.parse(vars(args))
+    usage.apply_tf32(opts.tf32)  # XFBENCH_TF32 for this process and every subprocess (pytest, its workers)
+    usage.check_tf32_env()
+    options.select_configs(opts, expand=False)  # this process stays framework-free: `all` is expanded by pytest
+    if opts.report_dir is not None:
+        usage.check_output_dir(opts.report_dir, "--report-dir")
+    usage.require_backends(opts.named_backends)
+    return opts
 
 
 def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
-    """Drives the same pytest run as ``pytest benchmarks --benchmark-only`` (one implementation)."""
+    """Drives the same pytest run as ``pytest benchmarks --benchmark-only`` (one implementation), with the
+    options given forwarded (:func:`options.pytest_args`)."""
     from pathlib import Path
 
-    usage.apply_tf32(args.tf32)  # XFBENCH_TF32 for this process and every subprocess (pytest, its workers)
-    usage.check_tf32_env()
-    _check_run_options(args)
-
+    opts = _check_run_options(args)
     # The benchmark modules of this installation (a checkout's benchmarks/ or site-packages/xfbench/benchmarks);
     # the working directory stays the user's, so reports go to ./reports/runs unless --report-dir says otherwise.
     bench_dir = Path(__file__).resolve().parent
@@ -285,28 +240,7 @@ def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
         "-o",
         "filterwarnings=ignore::xfbench.analytics.shapes.FlooredPaddingWarning",
     ]
-    for opt in (
-        "backend",
-        "device",
-        "models",
-        "batch",
-        "phase",
-        "profile",
-        "optimizer",
-        "dtype",
-        "report_dir",
-        "memory_limit",
-        "suite",
-        "tf32",
-        "memory_repeats",
-    ):
-        value = getattr(args, opt)
-        if value is not None:
-            cmd += [f"--{opt.replace('_', '-')}", str(value)]
-    if args.rounds is not None:
-        cmd += ["--rounds", str(args.rounds)]
-    if args.no_memory:
-        cmd.append("--no-memory")
+    cmd += options.pytest_args(opts)
     cmd += extra
     print("running: " + " ".join(cmd), flush=True)
     return _run_pytest(cmd)
@@ -411,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="per-layer shapes, params, FLOPs and the memory ledger")
     p.add_argument("model", help=f"catalog name ({', '.join(CATALOG)}) or a .json/.yaml spec file")
     p.add_argument("--batch", type=positive_int, default=None, help="default 1 (with --from: every batch measured)")
-    p.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float32")
-    p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default="sgd")
+    p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE)
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZER)
     p.add_argument("--framework", type=_framework, default="tensorflow", help="parameter convention (LSTM biases)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p.add_argument("--mib", action="store_true", help="binary units (MiB) instead of decimal MB")
@@ -422,32 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("parity", help="check that every backend computes the numpy reference's function")
-    p.add_argument("--backend", type=_backend_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
+    p.add_argument("--backend", type=backend_list, help="comma-separated: torch,tensorflow,mxnet (default: all)")
     p.add_argument("--model", type=parse_list, help="comma-separated catalog names or spec files (default: all)")
     p.add_argument("--batch", type=positive_int, default=2)
     p.add_argument(
-        "--device", type=_device_arg, default="cpu", help="cpu, gpu or gpu:N (TF32 is turned off for the check)"
+        "--device", type=device_arg, default="cpu", help="cpu, gpu or gpu:N (TF32 is turned off for the check)"
     )
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser(
         "run", help="the benchmark suite (same as: pytest benchmarks --benchmark-only ...); extra args go to pytest"
     )
-    p.add_argument("--backend", help="comma-separated: torch,tensorflow,mxnet (default: all; absent ones skip)")
-    p.add_argument("--device", help="comma-separated: cpu, gpu, gpu:N (default: cpu)")
-    p.add_argument("--models", help="comma-separated catalog names or spec files (default: the catalog)")
-    p.add_argument("--batch", help="comma-separated batch sizes (default: the profile's)")
-    p.add_argument("--phase", help="inference, training or both (default: both)")
-    p.add_argument("--profile", choices=["quick", "full"], default=None)
-    p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default=None)
-    p.add_argument("--dtype", choices=list(DTYPE_BYTES), default=None)
-    p.add_argument("--rounds", type=positive_int, default=None)
-    p.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory process")
-    p.add_argument("--memory-repeats", type=positive_int, help="fresh processes per memory figure (default 3)")
-    p.add_argument("--memory-limit", help="cap each memory process (RLIMIT_AS), e.g. 4GB")
-    p.add_argument("--suite", help="models,harness,matmul,scaling,exercises or all (default: all but exercises)")
-    p.add_argument("--tf32", type=tf32_arg, help="TF32 matmuls on GPUs: on or off (sets XFBENCH_TF32)")
-    p.add_argument("--report-dir", dest="report_dir", default=None, help="default: reports/runs")
+    options.add_options(p.add_argument)
     p.set_defaults(func=cmd_run, passthrough=True)
 
     p = sub.add_parser("compare", help="compare benchmark CSVs from different machines")

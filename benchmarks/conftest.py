@@ -20,100 +20,34 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from xfbench.benchmarks.profiles import PROFILES
-from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED, TF32_VALUES, UsageError
-from xfbench.benchmarks.workload import (
-    DEFAULT_DEVICE,
-    DEFAULT_DTYPE,
-    DEFAULT_OPTIMIZER,
-    DEFAULT_PHASES,
-    DEFAULT_PROFILE,
-    DEFAULT_SUITES,
-    SUITES,
-    Config,
-    Selection,
-    base_row,
-    parse_list,
-    parse_suites,
-    select_configs,
-)
+from xfbench.benchmarks import options
+from xfbench.benchmarks.options import Selection, from_pytest_config, select_configs
+from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED, UsageError, apply_tf32
+from xfbench.benchmarks.workload import Config, base_row
 
 # Tests that passed in this session (each measured something), counted for "measured nothing".
 _PASSED: list[str] = []
 
 
-def _suites(config: pytest.Config) -> set[str]:
-    try:
-        return parse_suites(config.getoption("--suite"))
-    except UsageError as exc:
-        raise pytest.UsageError(str(exc)) from None
-
-
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     name = collection_path.name
     if name.startswith("bench_") and name.endswith(".py"):
-        return name[len("bench_") : -len(".py")] not in _suites(config)
+        return name[len("bench_") : -len(".py")] not in from_pytest_config(config).suites
     return None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    g = parser.getgroup("xfbench")
-    g.addoption("--backend", default=None, help="comma-separated backends (default: all; absent ones skip)")
-    g.addoption("--device", default=DEFAULT_DEVICE, help="comma-separated devices: cpu, gpu, gpu:N, or 'all'")
-    g.addoption("--models", default=None, help="comma-separated catalog names or spec files (default: catalog)")
-    g.addoption("--batch", default=None, help="comma-separated batch sizes (default: the profile's)")
-    g.addoption("--phase", default=DEFAULT_PHASES, help="inference, training or both")
-    g.addoption("--profile", default=DEFAULT_PROFILE, help=f"batch sizes and rounds: {', '.join(sorted(PROFILES))}")
-    g.addoption("--optimizer", default=DEFAULT_OPTIMIZER, help="sgd, momentum or adam")
-    g.addoption("--dtype", default=DEFAULT_DTYPE, help="float32, float16 or bfloat16")
-    g.addoption("--rounds", default=None, help="timed rounds per benchmark (default: the profile's)")
-    g.addoption("--no-memory", action="store_true", help="skip the per-configuration memory process")
-    g.addoption(
-        "--memory-limit",
-        default=None,
-        help="cap each memory process's address space (RLIMIT_AS), e.g. 4GB: over-budget steps become oom rows",
-    )
-    g.addoption(
-        "--memory-repeats",
-        default=None,
-        help="fresh processes per memory figure (the median is reported, the spread beside it; default 3; sets "
-        "XFBENCH_MEMORY_REPEATS for this run's workers)",
-    )
-    g.addoption(
-        "--tf32",
-        default=None,
-        help=f"TF32 matmuls on GPUs: {' or '.join(TF32_VALUES)} (sets XFBENCH_TF32 for this run and its "
-        "subprocesses; default: the backends' own)",
-    )
-    g.addoption(
-        "--suite",
-        default=",".join(DEFAULT_SUITES),
-        help=f"benchmark modules to run, comma-separated from {', '.join(SUITES)} or 'all' "
-        f"(default: {','.join(DEFAULT_SUITES)}; the exercise checker also runs as `xfbench exercises`)",
-    )
-    g.addoption(
-        "--report-dir",
-        default=None,
-        help="where the CSV run file goes (default: ./reports/runs of the working directory)",
-    )
+    options.add_options(parser.getgroup("xfbench").addoption)
 
 
 def selection_from_options(config: pytest.Config) -> Selection:
-    """What the options select (computed once per session); ``pytest.UsageError`` for a bad value."""
+    """What the options select (computed once per session; ``--device all`` expanded per backend);
+    ``pytest.UsageError`` for a bad value."""
     cached = getattr(config, "_xfbench_selection", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     try:
-        selection = select_configs(
-            backend=config.getoption("--backend"),
-            models=config.getoption("--models"),
-            phase=config.getoption("--phase"),
-            batch=config.getoption("--batch"),
-            profile=config.getoption("--profile"),
-            device=config.getoption("--device"),
-            dtype=config.getoption("--dtype"),
-            optimizer=config.getoption("--optimizer"),
-        )
+        selection = select_configs(from_pytest_config(config))
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config._xfbench_selection = selection  # type: ignore[attr-defined]
@@ -137,46 +71,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _check_options(config: pytest.Config) -> None:
-    """Every option value, at configure time: one ``UsageError`` line for the first bad one."""
-    from xfbench.backends import canonical_name
-    from xfbench.benchmarks.usage import require_backends, tf32_value
-    from xfbench.benchmarks.worker import parse_size
+    """Every option value, at configure time: one ``UsageError`` line for the first bad one; then the
+    environment this run's subprocesses inherit (``--memory-repeats``, ``--tf32``)."""
+    from xfbench.benchmarks.measure import MEMORY_REPEATS_ENV, memory_repeats
+    from xfbench.benchmarks.usage import require_backends
 
-    parse_suites(config.getoption("--suite"))
-    rounds = config.getoption("--rounds")
-    if rounds is not None and (not str(rounds).isdigit() or int(rounds) <= 0):
-        raise UsageError(f"--rounds {rounds!r}: allowed: a positive integer")
-    limit = config.getoption("--memory-limit")
-    if limit is not None:
-        try:
-            parse_size(limit)
-        except ValueError as exc:
-            raise UsageError(f"--memory-limit: {exc}") from None
-    repeats = config.getoption("--memory-repeats")
-    if repeats is not None:
-        if not str(repeats).isdigit() or int(repeats) <= 0:
-            raise UsageError(f"--memory-repeats {repeats!r}: allowed: a positive integer")
-        from xfbench.benchmarks.measure import MEMORY_REPEATS_ENV
-
-        os.environ[MEMORY_REPEATS_ENV] = str(int(repeats))
-    from xfbench.benchmarks.measure import memory_repeats
-
+    opts = from_pytest_config(config)
+    if opts.memory_repeats is not None:
+        os.environ[MEMORY_REPEATS_ENV] = str(opts.memory_repeats)
     try:
         memory_repeats()  # a bad XFBENCH_MEMORY_REPEATS in the environment is bad input too
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    tf32 = config.getoption("--tf32")
-    if tf32 is not None:
-        try:
-            os.environ["XFBENCH_TF32"] = tf32_value(tf32)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    try:
-        named = [canonical_name(b) for b in parse_list(config.getoption("--backend"))]
-    except ValueError as exc:
-        raise UsageError(f"--backend: {exc}") from None
+    apply_tf32(opts.tf32)
     # Named backends must import; the default set skips absent frameworks with a reason.
-    require_backends(named, in_process=True)
+    require_backends(opts.named_backends, in_process=True)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -192,7 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     selection = selection_from_options(config)
-    report_dir = config.getoption("--report-dir")
+    report_dir = from_pytest_config(config).report_dir
     try:
         writer = RunWriter(Path(report_dir) if report_dir else None)
     except ReportError as exc:
@@ -268,19 +177,17 @@ def xfbench_rows(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def rounds_override(request: pytest.FixtureRequest) -> int | None:
-    value = request.config.getoption("--rounds")
-    return None if value is None else int(value)
+    return from_pytest_config(request.config).rounds
 
 
 @pytest.fixture
 def measure_memory(request: pytest.FixtureRequest) -> bool:
-    return not request.config.getoption("--no-memory")
+    return not from_pytest_config(request.config).no_memory
 
 
 @pytest.fixture
 def memory_limit(request: pytest.FixtureRequest) -> str | None:
-    value: str | None = request.config.getoption("--memory-limit")
-    return value  # checked at configure time
+    return from_pytest_config(request.config).memory_limit  # checked at configure time
 
 
 __all__ = ["sys"]

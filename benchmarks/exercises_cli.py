@@ -14,6 +14,7 @@ from typing import Any
 
 def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from xfbench.analytics.exercises import select
+    from xfbench.analytics.vocab import expand_devices
     from xfbench.backends import BACKENDS, canonical_name, is_available
     from xfbench.benchmarks.exercises import TABLE_HEADERS, analytic_results, run_backend, table_rows, write_reports
     from xfbench.benchmarks.usage import require_backends
@@ -28,9 +29,6 @@ def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         wanted = [canonical_name(b) for b in args.backend] if args.backend else list(BACKENDS)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
-    for d in args.device:
-        if d not in ("cpu", "gpu") and not (d.startswith("gpu:") and d[4:].isdigit()):
-            raise usage_error(f"--device {d!r}: allowed: cpu, gpu, gpu:N")
     if args.memory_budget not in (None, "auto"):
         try:
             budget = parse_size(args.memory_budget)
@@ -55,10 +53,9 @@ def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
             except Exception as exc:
                 skipped.append(f"{backend}: {type(exc).__name__}: {exc}")
                 continue
-            for device in args.device:
-                dev = "gpu:0" if device == "gpu" else device
+            for dev in expand_devices(args.device, devices):
                 if dev not in devices:
-                    skipped.append(f"{backend}: device {device} not visible (has: {', '.join(devices)})")
+                    skipped.append(f"{backend}: device {dev} not visible (has: {', '.join(devices)})")
                     continue
                 print(f"running {len(exercises)} exercises on {backend}/{dev} ...", file=sys.stderr, flush=True)
                 results += run_backend(
@@ -96,13 +93,20 @@ def _check_budget(text: str, budget: int, usage_error: type[Exception]) -> None:
 
 def register(sub: Any, usage_error: type[Exception]) -> None:
     """Adds the subcommand to the `xfbench` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
+    from xfbench.analytics.vocab import DEVICE_HELP
+    from xfbench.benchmarks.argtypes import device_list
 
     def _list(text: str) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()]
 
     p = sub.add_parser("exercises", help="check the textbook exercises: claim, prediction, measurement, verdict")
     p.add_argument("--backend", type=_list, default=None, help="comma-separated backends (default: all installed)")
-    p.add_argument("--device", type=_list, default=["cpu"], help="comma-separated devices: cpu, gpu, gpu:N")
+    p.add_argument(
+        "--device",
+        type=device_list,
+        default=["cpu"],
+        help=f"comma-separated devices: {DEVICE_HELP}; 'all' means every device the backend sees (default: cpu)",
+    )
     p.add_argument("--only", type=_list, default=None, help="exercise ids or id prefixes, comma-separated")
     p.add_argument(
         "--memory-budget",

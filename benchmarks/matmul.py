@@ -20,15 +20,14 @@ Order of work (:func:`run_sweep`):
    thread each vs one such process doing both.
 
 Timing: one honest warm-up call, then calls until both ``min_rounds`` and ``min_time_s`` are reached (at
-most ``max_rounds``); each call synchronizes its device. Times are medians. ``numpy`` is the plain CPU
-baseline backend.
+most ``max_rounds``); each call synchronizes its device. Times are medians; each row's time statistics are one
+:class:`benchmarks.measurement.Measurement` of its calls. ``numpy`` is the plain CPU baseline backend.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,10 +51,11 @@ from xfbench.analytics.roofline import (
     roofline_time,
     transfer_time,
 )
+from xfbench.analytics.vocab import DTYPES, device_kind, normalize_device
 from xfbench.backends.common import is_oom_error, tf32_row_value
+from xfbench.benchmarks.measurement import Measurement
 
 ALL_BACKENDS = ("numpy", "torch", "tensorflow", "mxnet")
-DTYPES = ("float32", "float16", "bfloat16")
 DEFAULT_SIZES: tuple[int, ...] = tuple(2**i for i in range(6, 14))  # 64 .. 8192
 QUICK_SIZES: tuple[int, ...] = (64, 128, 256, 512, 1024)
 # DeepBench GEMM shapes are quoted as M x N x K; stored here as (m, k, n) to match the MxKxN shape column.
@@ -95,29 +95,9 @@ class SweepConfig:
 QUICK = SweepConfig(sizes=QUICK_SIZES, shapes=((1760, 1760, 16),), min_time_s=0.05, peak_size=1024, copy_bytes=64 << 20)
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Seconds per call: median, interquartile range, mean, fastest; ``rounds`` timed calls."""
-
-    median: float
-    iqr: float
-    mean: float
-    min: float
-    rounds: int
-
-    def columns(self) -> dict[str, Any]:
-        return {
-            "time_median_s": self.median,
-            "time_iqr_s": self.iqr,
-            "time_mean_s": self.mean,
-            "time_min_s": self.min,
-            "rounds": self.rounds,
-        }
-
-
 def time_callable(
     fn: Callable[[], object], min_time_s: float = 0.2, min_rounds: int = 3, max_rounds: int = 200, warmup: int = 1
-) -> Timing:
+) -> Measurement:
     """Times ``fn`` (which must synchronize its device): ``warmup`` untimed calls, then timed calls until
     ``min_rounds`` calls and ``min_time_s`` seconds are reached, at most ``max_rounds``."""
     for _ in range(warmup):
@@ -127,8 +107,7 @@ def time_callable(
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    q = np.percentile(times, [25, 75]) if len(times) > 1 else np.array([times[0], times[0]])
-    return Timing(statistics.median(times), float(q[1] - q[0]), statistics.fmean(times), min(times), len(times))
+    return Measurement.of(times)
 
 
 # --- numpy, the plain CPU baseline: the same interface as backends.<fw>.ops ---------------------------------
@@ -192,17 +171,13 @@ def cpu_native_dtype(dtype: str) -> str | None:
     return f"this CPU has no native {dtype} arithmetic (no {' / '.join(needed)} flag); frameworks would emulate it"
 
 
-def _kind(device: str) -> str:
-    return "cpu" if device == "cpu" else "gpu"
-
-
 def _shape_text(m: int, k: int, n: int) -> str:
     return f"{m}x{k}x{n}"
 
 
 def probe_sizes(cfg: SweepConfig, device: str) -> tuple[int, int]:
     """(square size of the compute-peak matmul, bytes of the bandwidth copy) for ``device`` under ``cfg``."""
-    if _kind(device) == "gpu":
+    if device_kind(device) == "gpu":
         return cfg.gpu_peak_size or 8192, cfg.gpu_copy_bytes or (1 << 30)
     return cfg.peak_size or 2048, cfg.copy_bytes or (256 << 20)
 
@@ -238,7 +213,7 @@ class Peaks:
             return None
         return measured_device(
             f"{device} (measured, {backend})",
-            _kind(device),
+            device_kind(device),
             flops,
             bw,
             self.overhead[(backend, device)],
@@ -288,7 +263,7 @@ class _Sweep:
         self.result.rows.append(row)
         return row
 
-    def timing(self, fn: Callable[[], object], min_rounds: int | None = None) -> Timing:
+    def timing(self, fn: Callable[[], object], min_rounds: int | None = None) -> Measurement:
         c = self.cfg
         return time_callable(fn, c.min_time_s, min_rounds or c.min_rounds, c.max_rounds)
 
@@ -304,7 +279,7 @@ class _Sweep:
                 continue
             self.ops[b] = ops
             seen = list(ops.list_devices())
-            want = seen if self.cfg.devices is None else [("gpu:0" if d == "gpu" else d) for d in self.cfg.devices]
+            want = seen if self.cfg.devices is None else [normalize_device(d) for d in self.cfg.devices]
             self.devices[b] = [d for d in want if d in seen]
             for d in want:
                 if d not in seen:
@@ -322,7 +297,7 @@ class _Sweep:
         peak_rows: list[dict[str, Any]] = []
         for b, ops in self.ops.items():
             for d in self.devices[b]:
-                gpu = _kind(d) == "gpu"
+                gpu = device_kind(d) == "gpu"
                 self.log(f"peaks: {b} {d} ...")
                 p.overhead[(b, d)] = self.timing(ops.matmul_timer(1, 1, 1, "float32", d), 20).median
                 p.read_latency[(b, d)] = self.timing(ops.scalar_read_callable(d), 20).median
@@ -425,7 +400,7 @@ class _Sweep:
                         self.log(f"skipped {b} {d} {dtype}: {reason}")
                         continue
                     for m, k, n in shapes:
-                        for transfers in (False, True) if _kind(d) == "gpu" else (False,):
+                        for transfers in (False, True) if device_kind(d) == "gpu" else (False,):
                             self.one(ops, base, m, k, n, transfers)
 
     def one(self, ops: Any, base: dict[str, Any], m: int, k: int, n: int, transfers: bool) -> None:
@@ -472,7 +447,7 @@ class _Sweep:
         squares = sorted(set(c.sizes))
         any_gpu = False
         for b in self.ops:
-            gpus = [d for d in self.devices[b] if _kind(d) == "gpu"]
+            gpus = [d for d in self.devices[b] if device_kind(d) == "gpu"]
             if "cpu" not in self.devices[b]:
                 continue
             for g in gpus:
@@ -611,7 +586,7 @@ class _Sweep:
         c = self.cfg
         done_gpu = False
         for b, ops in self.ops.items():
-            gpus = [d for d in self.devices[b] if _kind(d) == "gpu"]
+            gpus = [d for d in self.devices[b] if device_kind(d) == "gpu"]
             size = c.concurrency_size or 8192
             if len(gpus) >= 2 and hasattr(ops, "two_device_matmul"):
                 pair = (gpus[0], gpus[1])
@@ -659,7 +634,7 @@ class _Sweep:
             self.note("ex4: no two GPUs here; ran the CPU variant (two worker processes)")
 
     def _concurrency_rows(
-        self, b: str, d: str, n: int, seq: Timing, conc: Timing, speedup_pred: float, how: str
+        self, b: str, d: str, n: int, seq: Measurement, conc: Measurement, speedup_pred: float, how: str
     ) -> None:
         speedup = seq.median / conc.median
         base = {"kind": "concurrency", "backend": b, "device": d, "dtype": "float32", "shape": _shape_text(n, n, n)}
@@ -705,7 +680,7 @@ def _worker_loop() -> None:
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
-def process_concurrency(n: int, rounds: int = 5) -> tuple[Timing, Timing]:
+def process_concurrency(n: int, rounds: int = 5) -> tuple[Measurement, Measurement]:
     """D2L ex4 on the CPU: one 1-thread process doing two n^3 matmuls in sequence vs two 1-thread
     processes doing one each at the same time. Returns (sequence, concurrent) wall times: from the first
     start to the last finish of each round; the parent releases the workers of a round together.
@@ -747,8 +722,7 @@ def process_concurrency(n: int, rounds: int = 5) -> tuple[Timing, Timing]:
                 if pr.stdin:
                     pr.stdin.close()
                 pr.wait(timeout=60)
-        q = np.percentile(walls, [25, 75])
-        out.append(Timing(statistics.median(walls), float(q[1] - q[0]), statistics.fmean(walls), min(walls), rounds))
+        out.append(Measurement.of(walls))
     return out[0], out[1]
 
 
@@ -872,7 +846,6 @@ __all__ = [
     "QUICK_SIZES",
     "SweepConfig",
     "SweepResult",
-    "Timing",
     "cpu_native_dtype",
     "load_ops",
     "plot",

@@ -9,41 +9,30 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from xfbench.analytics import vocab
 from xfbench.analytics.roofline import DEVICE_CATALOG, get_device
+from xfbench.benchmarks.argtypes import device_list
 from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED
 from xfbench.benchmarks.usage import UsageError as _UsageError
+from xfbench.benchmarks.workload import parse_list as _items
 
-_BACKENDS = ("numpy", "torch", "tensorflow", "mxnet")
-_ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "mx": "mxnet", "np": "numpy"}
-_DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _items(text: str) -> list[str]:
-    return [p.strip() for p in text.split(",") if p.strip()]
+_BACKENDS = ("numpy", *vocab.BACKENDS)  # numpy: the baseline every backend is compared with
 
 
 def _backends(text: str) -> tuple[str, ...]:
-    out = []
-    for item in _items(text):
-        name = _ALIASES.get(item.lower(), item.lower())
-        if name not in _BACKENDS:
-            raise argparse.ArgumentTypeError(f"unknown backend {item!r}; allowed: {', '.join(_BACKENDS)}")
-        out.append(name)
+    try:
+        out = tuple(vocab.canonical_backend(item, _BACKENDS) for item in _items(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if not out:
         raise argparse.ArgumentTypeError(f"no backend given; allowed: {', '.join(_BACKENDS)}")
-    return tuple(out)
+    return out
 
 
 def _devices(text: str) -> tuple[str, ...] | None:
-    items = _items(text)
-    if items == ["all"]:
-        return None
-    for d in items:
-        if d not in ("cpu", "gpu") and not (d.startswith("gpu:") and d[4:].isdigit()):
-            raise argparse.ArgumentTypeError(f"unknown device {d!r}; allowed: cpu, gpu, gpu:N or all")
-    if not items:
-        raise argparse.ArgumentTypeError("no device given; allowed: cpu, gpu, gpu:N or all")
-    return tuple(items)
+    """``None`` for ``all``: every device each backend sees (the sweep lists them)."""
+    devices = device_list(text)
+    return None if devices == ["all"] else tuple(devices)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -72,11 +61,13 @@ def _shapes(text: str) -> tuple[tuple[int, int, int], ...]:
 
 def _dtypes(text: str) -> tuple[str, ...]:
     items = _items(text)
-    for t in items:
-        if t not in _DTYPES:
-            raise argparse.ArgumentTypeError(f"unknown dtype {t!r}; allowed: {', '.join(_DTYPES)}")
+    try:
+        for t in items:
+            vocab.dtype_bytes(t)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if not items:
-        raise argparse.ArgumentTypeError(f"no dtype given; allowed: {', '.join(_DTYPES)}")
+        raise argparse.ArgumentTypeError(f"no dtype given; allowed: {', '.join(vocab.DTYPES)}")
     return tuple(items)
 
 

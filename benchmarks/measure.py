@@ -15,7 +15,9 @@ from xfbench.analytics.costs import tf_profiler_flops
 from xfbench.analytics.predict import counter_prediction, predict, unsupported_layer_indices
 from xfbench.analytics.spec import ModelSpec, SpecError
 from xfbench.analytics.timeline import Timeline, simulate
+from xfbench.analytics.vocab import device_kind
 from xfbench.backends import get_backend
+from xfbench.benchmarks.measurement import Measurement
 from xfbench.benchmarks.workload import Config, Workload
 from xfbench.reports.paths import subprocess_env
 
@@ -36,12 +38,37 @@ MEMORY_REPEATS_ENV = "XFBENCH_MEMORY_REPEATS"
 
 def memory_repeats() -> int:
     """Processes per memory figure: ``XFBENCH_MEMORY_REPEATS`` (a positive integer), else 3."""
-    text = os.environ.get(MEMORY_REPEATS_ENV, "").strip()
+    return _positive_env(MEMORY_REPEATS_ENV, DEFAULT_MEMORY_REPEATS)
+
+
+def _positive_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
     if not text:
-        return DEFAULT_MEMORY_REPEATS
+        return default
     if not text.isdigit() or int(text) <= 0:
-        raise ValueError(f"{MEMORY_REPEATS_ENV}={text!r}; allowed: a positive integer")
+        raise ValueError(f"{name}={text!r}; allowed: a positive integer")
     return int(text)
+
+
+#: Forked repeats of one CPU figure that run at once (``XFBENCH_MEMORY_PARALLEL``, default 2). Each child's
+#: peak is its own kernel high-water mark, so running two side by side changes their time, not their figures.
+MEMORY_PARALLEL_ENV = "XFBENCH_MEMORY_PARALLEL"
+DEFAULT_MEMORY_PARALLEL = 2
+#: ``XFBENCH_MEMORY_SERVER=0``: a fresh worker process per CPU configuration instead of the backend's memory
+#: server (:class:`benchmarks.worker.MemoryServer`), e.g. to check that both give the same figures.
+MEMORY_SERVER_ENV = "XFBENCH_MEMORY_SERVER"
+
+
+def memory_parallel() -> int:
+    return _positive_env(MEMORY_PARALLEL_ENV, DEFAULT_MEMORY_PARALLEL)
+
+
+def _with_notes(result: dict[str, Any]) -> dict[str, Any]:
+    notes = [result.get("message", ""), result.get("tensor_message", "")]
+    result["message"] = "; ".join(n for n in notes if n)
+    if not result["message"]:
+        del result["message"]
+    return result
 
 
 def memory_in_fresh_process(
@@ -56,29 +83,34 @@ def memory_in_fresh_process(
 
     Each figure is the median of ``repeats`` fresh processes (default :func:`memory_repeats`), ``spread``
     beside it; ``tensor``: also the tensor-level figure (torch: MemTracker), whose absence on a backend is
-    said in ``message``; ``timeline``: a JSON path for the step's RSS/allocator timeline (``xfbench memory``)."""
+    said in ``message``; ``timeline``: a JSON path for the step's RSS/allocator timeline (``xfbench memory``).
+
+    On the CPU the repeats are children forked from the backend's memory server, a process that has imported
+    the framework once for the whole run (:func:`benchmarks.worker.serve`), :func:`memory_parallel` at a time;
+    elsewhere (GPU, a timeline, ``XFBENCH_MEMORY_SERVER=0``) a worker process is started for the
+    configuration."""
+    from xfbench.benchmarks.worker import can_serve, served
+
     n = memory_repeats() if repeats is None else repeats
-    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", *config.worker_args(), "--repeats", str(n)]
-    cmd += ["--repeat-timeout", str(WORKER_TIMEOUT_S)]
+    argv = [*config.worker_args(), "--repeats", str(n), "--repeat-timeout", str(WORKER_TIMEOUT_S)]
+    argv += ["--parallel", str(memory_parallel())]
     if memory_limit:
-        cmd += ["--memory-limit", memory_limit]
+        argv += ["--memory-limit", memory_limit]
     if not tensor:
-        cmd.append("--no-tensor")
+        argv.append("--no-tensor")
     if timeline:
-        cmd += ["--timeline", timeline]
+        argv += ["--timeline", timeline]
     timeout = WORKER_TIMEOUT_S * (n + 2)
+    if can_serve(config.device, config.backend, timeline) and os.environ.get(MEMORY_SERVER_ENV, "1") != "0":
+        return _with_notes(served(config.backend, argv, timeout))
+    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", *argv]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"status": "error", "message": f"memory worker timed out after {timeout} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if lines:
-        result = dict(json.loads(lines[-1]))
-        notes = [result.get("message", ""), result.get("tensor_message", "")]
-        result["message"] = "; ".join(n for n in notes if n)
-        if not result["message"]:
-            del result["message"]
-        return result
+        return _with_notes(dict(json.loads(lines[-1])))
     if proc.returncode in (-9, 137):
         return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
@@ -134,10 +166,6 @@ def ledger_step_bytes(config: Config) -> int:
     return ledger.peak_bytes - sum(value for name, value in ledger.terms if name in before)
 
 
-def _device_kind(config: Config) -> str:
-    return "cpu" if config.device == "cpu" else "gpu"
-
-
 def simulated_timeline(config: Config, *, tracked: bool = False) -> Timeline | None:
     """The simulated first step of ``config`` (None where the simulator cannot lower the spec). ``tracked``: the
     steady-state step the worker's MemTracker measures, as a dispatch-mode tracker sees a torch step."""
@@ -151,7 +179,7 @@ def simulated_timeline(config: Config, *, tracked: bool = False) -> Timeline | N
                 config.dtype,
                 config.optimizer,
                 config.backend,
-                device=_device_kind(config),
+                device=device_kind(config.device),
                 warm=tracked,
                 dispatch_mode=tracked and config.backend == "torch",
             )
@@ -261,13 +289,10 @@ def memory_columns(result: dict[str, Any], predicted: int | None) -> dict[str, A
     }
 
 
-def time_columns(stats: Any, batch_size: int) -> dict[str, Any]:
-    median = float(stats.median)
-    return {
-        "time_median_s": median,
-        "time_iqr_s": float(stats.iqr),
-        "time_mean_s": float(stats.mean),
-        "time_min_s": float(stats.min),
-        "rounds": int(stats.rounds),
-        "throughput_samples_per_s": batch_size / median if median > 0 else None,
-    }
+def time_columns(timing: Measurement | Any, batch_size: int) -> dict[str, Any]:
+    """The time columns of a model row (:meth:`Measurement.columns`) and its throughput, samples per second.
+
+    ``timing``: a :class:`Measurement`, or pytest-benchmark's ``Stats`` (``benchmark.stats.stats``), whose raw
+    rounds (``data``) become one (:meth:`Measurement.from_stats`)."""
+    m = timing if isinstance(timing, Measurement) else Measurement.from_stats(timing)
+    return {**m.columns(), "throughput_samples_per_s": batch_size / m.median if m.median > 0 else None}

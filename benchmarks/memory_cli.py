@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xfbench.benchmarks.argtypes import positive_int
-
-PHASES = ("inference", "training")
+from xfbench.analytics.vocab import BACKENDS, DEFAULT_DTYPE, DEFAULT_OPTIMIZER, DTYPES, OPTIMIZERS, PHASES, device_kind
+from xfbench.benchmarks.argtypes import device_arg, one_backend, positive_int
 
 
 @dataclass
@@ -269,22 +268,6 @@ def _batches(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _device(text: str) -> str:
-    d = text.strip().lower()
-    if d not in ("cpu", "gpu") and not (d.startswith("gpu:") and d[4:].isdigit()):
-        raise argparse.ArgumentTypeError(f"{text!r}; allowed: cpu, gpu or gpu:N")
-    return "gpu:0" if d == "gpu" else d
-
-
-def _backend(text: str) -> str:
-    from xfbench.backends import canonical_name
-
-    try:
-        return canonical_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def cmd_memory(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from xfbench.benchmarks.measure import framework_overhead, probe_family
     from xfbench.benchmarks.usage import check_output_dir, load_model, require_backends, require_feasible
@@ -299,7 +282,7 @@ def cmd_memory(args: argparse.Namespace, usage_error: type[Exception]) -> int:
             dtype=args.dtype,
             optimizer=args.optimizer,
             framework=args.backend,
-            device="cpu" if args.device == "cpu" else "gpu",
+            device=device_kind(args.device),
             what=f"{args.model} {args.phase} at batch {batch}",
         )
     out_dir = args.out or os.path.join("reports", "runs", "memory")
@@ -330,14 +313,13 @@ def cmd_memory(args: argparse.Namespace, usage_error: type[Exception]) -> int:
 
 def register(sub: Any, usage_error: type[Exception]) -> None:
     """Adds ``memory`` to the ``xfbench`` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
-    from xfbench.analytics.memory import DTYPE_BYTES, OPTIMIZER_SLOTS
     from xfbench.benchmarks.measure import DEFAULT_MEMORY_REPEATS
 
     p = sub.add_parser("memory", help="step memory at several batches: fixed + per-sample, measured vs predicted")
     p.add_argument("model", help="catalog name or a .json/.yaml spec file")
-    p.add_argument("--backend", type=_backend, required=True, help="torch, tensorflow or mxnet")
+    p.add_argument("--backend", type=one_backend, required=True, help=", ".join(BACKENDS))
     p.add_argument("--batch", type=_batches, default=(8, 16, 32), help="comma-separated batches (default 8,16,32)")
-    p.add_argument("--device", type=_device, default="cpu", help="cpu, gpu or gpu:N (default cpu)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, gpu or gpu:N (default cpu)")
     p.add_argument("--phase", choices=PHASES, default="training", help="inference or training (default training)")
     p.add_argument(
         "--repeats",
@@ -345,8 +327,8 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
         default=DEFAULT_MEMORY_REPEATS,
         help=f"fresh processes per batch (median; default {DEFAULT_MEMORY_REPEATS})",
     )
-    p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default="sgd")
-    p.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float32")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZER)
+    p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE)
     p.add_argument("--out", default=None, help="directory of the PNG (default: reports/runs/memory)")
     p.add_argument("--no-plot", action="store_true", help="no PNG (and no timeline sampling)")
     p.set_defaults(func=lambda args: cmd_memory(args, usage_error))

@@ -9,7 +9,9 @@ For each backend and each worker count N, one fresh run of the backend's distrib
 
 PyTorch runs N processes joined by ``torch.distributed`` (gloo on CPU, NCCL on GPU) with DDP, started with
 ``torchrun``'s environment; TensorFlow mirrors the model over N logical CPU devices (or GPUs); MXNet uses N
-contexts and a kvstore. Every CPU worker runs one compute thread, so N workers use N cores.
+contexts and a kvstore. Every CPU worker runs one compute thread, so N workers use N cores. The job each run gets
+and the result it returns (raw times, seconds) are :class:`backends.distributed_loop.Job` and ``Result``; each row's
+time statistics are one :class:`benchmarks.measurement.Measurement` of those times.
 
 Prediction (:mod:`analytics.scaling`): the per-worker compute time measured at N=1 at the per-worker batch,
 plus one ring all-reduce of the gradients, with bandwidth and latency fitted to this run's microbenchmark.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +44,8 @@ from xfbench.analytics.scaling import (
 )
 from xfbench.analytics.spec import ModelSpec
 from xfbench.backends.common import tf32_row_value
+from xfbench.backends.distributed_loop import Job, Result, StepTimes, VerifyJob
+from xfbench.benchmarks.measurement import Measurement
 from xfbench.reports.paths import subprocess_env
 
 DEFAULT_MODELS = ("lenet", "mlp", "cnn3")
@@ -145,8 +148,9 @@ def check_plan(plan: ScalingPlan) -> None:
         plan.spec(name)
 
 
-def _job(plan: ScalingPlan, workers: int, verify: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
+def _job(plan: ScalingPlan, workers: int, verify: VerifyJob | None = None) -> Job:
+    """The job of N=``workers`` (:class:`backends.distributed_loop.Job`, the protocol of the distributed modules)."""
+    job: Job = {
         "models": [{"name": m, "spec": plan.spec(m).to_dict()} for m in plan.models],
         "batches": plan.batches_at(workers),
         "steps": plan.steps,
@@ -155,8 +159,10 @@ def _job(plan: ScalingPlan, workers: int, verify: dict[str, Any] | None = None) 
         "device": plan.device,
         "allreduce_sizes": list(plan.allreduce_sizes),
         "allreduce_repeats": plan.allreduce_repeats,
-        **({"verify": verify} if verify else {}),
     }
+    if verify:
+        job["verify"] = verify
+    return job
 
 
 def worker_command(backend: str, workers: int, job_path: str, out_path: str, python: str | None = None) -> list[str]:
@@ -166,10 +172,8 @@ def worker_command(backend: str, workers: int, job_path: str, out_path: str, pyt
     return base + (["--nprocs", str(workers)] if backend == "torch" else ["--workers", str(workers)])
 
 
-def run_job(
-    backend: str, workers: int, job: dict[str, Any], python: str | None = None, timeout_s: float = 600.0
-) -> dict[str, Any]:
-    """Runs ``job`` on ``workers`` workers in a fresh process; returns the result JSON.
+def run_job(backend: str, workers: int, job: Job, python: str | None = None, timeout_s: float = 600.0) -> Result:
+    """Runs ``job`` on ``workers`` workers in a fresh process; returns the result JSON (raw times).
 
     Raises ``RuntimeError`` with the stderr tail when the run fails.
     """
@@ -187,12 +191,8 @@ def run_job(
         if proc.returncode != 0 or not os.path.exists(out_path):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-6:]
             raise RuntimeError(f"{backend} N={workers}: exit {proc.returncode}: " + " | ".join(tail))
-        result: dict[str, Any] = json.loads(Path(out_path).read_text())
+        result: Result = json.loads(Path(out_path).read_text())
         return result
-
-
-def _median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
 
 
 def _load_note() -> str:
@@ -202,14 +202,19 @@ def _load_note() -> str:
         return ""
 
 
-def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Scaling and all-reduce rows from the per-N results (``{N: result JSON}``)."""
+def _by_step(result: Result) -> dict[tuple[str, int], StepTimes]:
+    return {(s["model"], s["batch_per_worker"]): s for s in result["steps"]}
+
+
+def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> list[dict[str, Any]]:
+    """Scaling and all-reduce rows from the per-N results (``{N: result JSON}``); every time statistic is a
+    :class:`Measurement` of the result's raw times."""
     sizes, times, counts = [], [], []
     for n, res in results.items():
         for a in res.get("allreduce", []):
             if n > 1:
                 sizes.append(a["bytes"])
-                times.append(_median(a["times"]))
+                times.append(Measurement.of(a["times"]).median)
                 counts.append(n)
     if sizes:
         bandwidth, latency = fit_allreduce(sizes, times, counts)
@@ -228,7 +233,8 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any
     rows: list[dict[str, Any]] = []
     for n, res in sorted(results.items()):
         for a in res.get("allreduce", []) if n > 1 else []:
-            med = _median(a["times"])
+            m = Measurement.of(a["times"])
+            med = m.median
             pred = ring_allreduce_time(a["bytes"], n, bandwidth, latency)
             rows.append(
                 {
@@ -238,17 +244,17 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any
                     "workers": n,
                     "shape": a["bytes"],
                     "time_median_s": med,
-                    "time_min_s": min(a["times"]),
-                    "rounds": len(a["times"]),
+                    "time_min_s": m.min,
+                    "rounds": m.rounds,
                     "time_predicted_s": pred,
                     "time_rel_error": (pred - med) / med,
                     "prediction_basis": basis + " (fitted to all N of this run)",
                     "message": f"{res.get('engine', '')}; float32 all-reduce of {a['bytes']} bytes",
                 }
             )
-    t1 = {(s["model"], s["batch_per_worker"]): s for s in one["steps"]}
+    t1 = _by_step(one)
     for n, res in sorted(results.items()):
-        tn = {(s["model"], s["batch_per_worker"]): s for s in res["steps"]}
+        tn = _by_step(res)
         note = f"{res.get('threads', '')}; {res.get('engine', '')}"
         for model in plan.models:
             spec = plan.spec(model)
@@ -256,16 +262,19 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any
             for mode in plan.modes:
                 b = per_worker_batch(plan.strong_batch if mode == "strong" else plan.batch, n, mode)
                 base_batch = plan.strong_batch if mode == "strong" else plan.batch
-                meas, base, compute = tn[(model, b)], t1[(model, base_batch)], t1[(model, b)]
-                t_pred = predict_step_time(compute["median"] / b, b, nbytes, n, bandwidth, latency)
-                sp = speedup(base["median"], meas["median"], n, mode)
-                sp_pred = speedup(base["median"], t_pred, n, mode)
+                entry = tn[(model, b)]
+                meas = Measurement.of(entry["times"])
+                base = Measurement.of(t1[(model, base_batch)]["times"]).median
+                compute = Measurement.of(t1[(model, b)]["times"]).median
+                t_pred = predict_step_time(compute / b, b, nbytes, n, bandwidth, latency)
+                sp = speedup(base, meas.median, n, mode)
+                sp_pred = speedup(base, t_pred, n, mode)
                 extra = ""
-                if "compute_only_median" in meas:
+                if "compute_only_times" in entry:
                     extra = (
                         f"; same step without all-reduce while {n} worker(s) compute: "
-                        f"{meas['compute_only_median'] * 1e3:.2f} ms "
-                        f"(the prediction's N=1 compute: {compute['median'] * 1e3:.2f} ms)"
+                        f"{Measurement.of(entry['compute_only_times']).median * 1e3:.2f} ms "
+                        f"(the prediction's N=1 compute: {compute * 1e3:.2f} ms)"
                     )
                 rows.append(
                     {
@@ -279,15 +288,11 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, dict[str, Any
                         "shape": b * n,
                         "workers": n,
                         "scaling_mode": mode,
-                        "time_median_s": meas["median"],
-                        "time_iqr_s": meas["iqr"],
-                        "time_mean_s": meas["mean"],
-                        "time_min_s": meas["min"],
-                        "rounds": len(meas["times"]),
-                        "throughput_samples_per_s": b * n / meas["median"],
-                        "params_counted": meas.get("params"),
+                        **meas.columns(),
+                        "throughput_samples_per_s": b * n / meas.median,
+                        "params_counted": entry.get("params"),
                         "time_predicted_s": t_pred,
-                        "time_rel_error": (t_pred - meas["median"]) / meas["median"],
+                        "time_rel_error": (t_pred - meas.median) / meas.median,
                         "prediction_basis": f"{basis}; compute = N=1 step at batch {b}; grads {nbytes} B",
                         "speedup": sp,
                         "speedup_predicted": sp_pred,
@@ -306,7 +311,7 @@ def run_backend(backend: str, plan: ScalingPlan, progress: Callable[[str], None]
     When the run of some N fails, the rows of the N already measured are kept (they need N=1, the basis of every
     speedup and prediction), followed by one ``error`` row for the failing N; larger N are not attempted (the
     row's message lists them)."""
-    results: dict[int, dict[str, Any]] = {}
+    results: dict[int, Result] = {}
     counts = sorted(set(plan.workers))
     for i, n in enumerate(counts):
         if progress:

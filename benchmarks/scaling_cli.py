@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from xfbench.analytics.vocab import DEFAULT_OPTIMIZER, OPTIMIZERS
 from xfbench.benchmarks.argtypes import positive_int
 from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED
 from xfbench.benchmarks.workload import parse_list
@@ -77,7 +78,7 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
     p.add_argument("--mode", type=parse_list, default=("strong", "weak"), help="strong, weak or both (default both)")
     p.add_argument("--steps", type=positive_int, default=5, help="timed steps per configuration (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], default="sgd")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZER)
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="gpu: NCCL / one GPU per worker")
     p.add_argument("--full-input", action="store_true", help="catalog input sizes (default: cnn3 at 3x64x96)")
     p.add_argument(

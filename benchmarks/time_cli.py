@@ -34,8 +34,9 @@ from xfbench.analytics.steptime import (
     peaks_from_rows,
     predict_step,
 )
+from xfbench.analytics.vocab import DEFAULT_DTYPE, DEFAULT_OPTIMIZER, DTYPES, OPTIMIZERS, PHASES
 from xfbench.benchmarks import usage
-from xfbench.benchmarks.argtypes import positive_int
+from xfbench.benchmarks.argtypes import device_arg, one_backend, positive_int
 from xfbench.benchmarks.usage import UsageError
 from xfbench.reports.table import render_table
 
@@ -172,8 +173,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     from xfbench.benchmarks.workload import Config, prepare
 
     devices = get_backend(backend).list_devices()
-    wanted = "gpu:0" if args.device == "gpu" else args.device
-    if wanted not in devices:
+    if args.device not in devices:
         raise UsageError(f"--device {args.device!r}: not visible to {backend}; allowed: {', '.join(devices)}")
     profiler = importlib.import_module(f"xfbench.backends.{backend}.profile")
     peaks = measured_peaks(backend, args.device)
@@ -209,30 +209,23 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 def _phases(text: str) -> list[str]:
     items = [p.strip() for p in text.split(",") if p.strip()]
-    if not items or any(p not in ("inference", "training") for p in items):
-        raise UsageError(f"--phase {text!r}: allowed: inference, training or both (comma-separated)")
+    if not items or any(p not in PHASES for p in items):
+        raise UsageError(f"--phase {text!r}: allowed: {', '.join(PHASES)} or both (comma-separated)")
     return list(dict.fromkeys(items))
 
 
 def register(sub: Any, usage_error: type[Exception] = UsageError) -> None:
     """Adds ``xfbench time`` to the CLI's subparsers."""
-    from xfbench.analytics.memory import DTYPE_BYTES, OPTIMIZER_SLOTS
-    from xfbench.benchmarks.cli import _add_model_overrides, _backend_list, _device_arg
-
-    def one_backend(text: str) -> str:
-        names = _backend_list(text)
-        if len(names) != 1:
-            raise argparse.ArgumentTypeError(f"{text!r}: give one backend (torch, tensorflow or mxnet)")
-        return names[0]
+    from xfbench.benchmarks.cli import _add_model_overrides
 
     p = sub.add_parser("time", help="predicted vs measured step time per layer and phase (framework profilers)")
     p.add_argument("model", help="catalog name or a .json/.yaml spec file")
     p.add_argument("--backend", type=one_backend, required=True, help="torch, tensorflow or mxnet")
     p.add_argument("--batch", type=positive_int, default=1)
-    p.add_argument("--phase", default="inference,training", help="inference, training or both (default: both)")
-    p.add_argument("--device", type=_device_arg, default="cpu")
-    p.add_argument("--dtype", choices=list(DTYPE_BYTES), default="float32")
-    p.add_argument("--optimizer", choices=list(OPTIMIZER_SLOTS), default="sgd")
+    p.add_argument("--phase", default=",".join(PHASES), help=f"{', '.join(PHASES)} or both (default: both)")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu, gpu or gpu:N")
+    p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE)
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZER)
     p.add_argument("--steps", type=positive_int, default=3, help="profiled steps (after one warm-up)")
     p.add_argument("--json", action="store_true")
     _add_model_overrides(p)
@@ -288,9 +281,9 @@ def source_rows(
             continue
         if batch is not None and int(r.get("batch_size") or 0) != batch:
             continue
-        if (r.get("dtype") or "float32") != dtype:
+        if (r.get("dtype") or DEFAULT_DTYPE) != dtype:
             continue
-        if r.get("phase") == "training" and (r.get("optimizer") or "sgd") != optimizer:
+        if r.get("phase") == "training" and (r.get("optimizer") or DEFAULT_OPTIMIZER) != optimizer:
             continue
         out.append(r)
     return out

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from xfbench.analytics.spec import ModelSpec, SpecError
+from xfbench.analytics.vocab import DEFAULT_DTYPE, DEFAULT_OPTIMIZER
 from xfbench.backends.common import TF32_ENV, TF32_POLICIES, tf32_policy
 
 EXIT_USAGE = 2
@@ -106,8 +107,8 @@ def require_feasible(
     batch_size: int,
     phase: str,
     *,
-    dtype: str = "float32",
-    optimizer: str = "sgd",
+    dtype: str = DEFAULT_DTYPE,
+    optimizer: str = DEFAULT_OPTIMIZER,
     framework: str = "tensorflow",
     device: str = "cpu",
     copies: int = 1,

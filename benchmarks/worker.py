@@ -254,7 +254,10 @@ def measure_once(
     frees them, so that its address space (``--memory-limit``) is a fresh process's."""
     work = build(config, arrays)
     if forked:
+        from xfbench.analytics.weights import clear_weight_cache
+
         arrays.weights = []
+        clear_weight_cache()
         gc.collect()
     result = _process_level(work, config, second_step)
     if tensor:
@@ -540,7 +543,17 @@ def allocator_timeline(config: Any, arrays: Arrays) -> dict[str, Any]:
     return {"allocator_t": times, "allocator_bytes": values, "allocator_source": "torch.profiler profile_memory"}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _limited(limit: int, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``work()`` in a child of the memory server, under the address-space cap a fresh worker would have had."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return work()
+
+
+def run(args: argparse.Namespace, child_limit: int | None = None) -> dict[str, Any]:
+    """The figures of ``args``' configuration. ``child_limit``: ``RLIMIT_AS`` for each forked repeat (the memory
+    server's requests; a stand-alone worker caps itself before the import instead)."""
     config = config_from_args(args)
     repeats = max(int(args.repeats), 1)
     fork = config.device == "cpu" and config.backend in FORK_AFTER_IMPORT and hasattr(__import__("os"), "fork")
@@ -566,6 +579,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             functools.partial(measure_once, config, arrays, second_step=k == 0, tensor=tensor and k == 0, forked=True)
             for k in range(repeats)
         ]
+        if child_limit is not None:
+            works = [functools.partial(_limited, child_limit, w) for w in works]
         results = in_children(works, args.parallel, args.repeat_timeout)
     else:
         try:
@@ -646,17 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    pin_malloc_threshold()  # before the framework is imported
-    limit = address_space_limit(args.device, args.memory_limit)
-    if limit is not None:
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def answer(args: argparse.Namespace, limit: int | None, child_limit: int | None = None) -> dict[str, Any]:
+    """:func:`run`'s result, or the failure as a result (``oom``/``error``, one line), with the note that a
+    ``--memory-limit`` was not applied on a GPU."""
     try:
-        result = run(args)
+        result = run(args, child_limit)
         if args.memory_limit and limit is None:
             result["message"] = f"--memory-limit {args.memory_limit} not applied on {args.device} (CPU workers only)"
     except MemoryError as exc:
@@ -664,9 +673,175 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         result = {"status": "oom" if _is_oom(exc) else "error", "message": text}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["--serve"]:
+        return serve(raw[1] if len(raw) > 1 else "")
+    args = build_parser().parse_args(raw)
+    args.argv = raw
+    pin_malloc_threshold()  # before the framework is imported
+    limit = address_space_limit(args.device, args.memory_limit)
+    if limit is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    result = answer(args, limit)
     sys.stdout.flush()
     print(json.dumps(result), flush=True)
     return 0
+
+
+# --- the memory server ------------------------------------------------------------------------------------------
+# Starting a worker per configuration paid the framework's import each time (2-6 s; TensorFlow's is the
+# slowest), twice per configuration with the overhead probes. A server imports the framework once per backend
+# and run, then serves each CPU configuration exactly as a stand-alone worker would after its import: the
+# neutral weights and batch made in numpy, every repeat a child forked from the server (nothing framework-side
+# has computed in the server, which the fork-after-import rule needs), ``--memory-limit`` applied in each child.
+# Requests and answers are one JSON line each (answers prefixed with SERVER_PREFIX, because a framework may
+# print on stdout).
+SERVER_PREFIX = "XFBENCH-RESULT "
+
+
+def serve(backend: str) -> int:
+    """``python -m xfbench.benchmarks.worker --serve BACKEND``: answers worker argument lists (JSON arrays, one
+    per stdin line) for CPU configurations of ``backend`` until stdin closes."""
+    import os
+
+    if backend not in FORK_AFTER_IMPORT or not hasattr(os, "fork"):
+        print(f"--serve {backend!r}: allowed: {', '.join(FORK_AFTER_IMPORT)} on a system with fork()", file=sys.stderr)
+        return 2
+    pin_malloc_threshold()  # before the framework is imported
+    from xfbench.backends import get_backend
+
+    get_backend(backend)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            argv = [str(a) for a in json.loads(line)]
+            args = build_parser().parse_args(argv)
+        except (ValueError, SystemExit) as exc:
+            result: dict[str, Any] = {"status": "error", "message": f"bad server request {line.strip()[:200]!r}: {exc}"}
+        else:
+            args.argv = argv
+            if args.backend != backend or args.device != "cpu" or args.timeline:
+                result = {"status": "error", "message": f"the {backend} memory server serves CPU configurations only"}
+            else:
+                limit = address_space_limit(args.device, args.memory_limit)
+                result = answer(args, limit, child_limit=limit)
+        sys.stdout.write(SERVER_PREFIX + json.dumps(result) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+class MemoryServer:
+    """Client of one :func:`serve` process (started on the first request)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.proc: Any = None
+        self.stderr: Any = None
+        self.buffer = b""
+
+    def _start(self) -> None:
+        import subprocess
+        import tempfile
+
+        from xfbench.reports.paths import subprocess_env
+
+        self.stderr = tempfile.TemporaryFile()
+        cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", "--serve", self.backend]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=subprocess_env()
+        )
+        self.buffer = b""
+
+    def _stderr_tail(self) -> str:
+        if self.stderr is None:
+            return "no output"
+        self.stderr.seek(0)
+        lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+        return (lines or ["no output"])[-1][:300]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def _died(self, timed_out: float | None = None) -> dict[str, Any]:
+        import signal
+
+        if timed_out is not None:
+            self.proc.kill()
+        code = self.proc.wait()
+        self.proc = None
+        if timed_out is not None:
+            return {"status": "error", "message": f"memory worker timed out after {timed_out:.0f} s"}
+        if code in (-signal.SIGKILL, 137):
+            return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
+        return {"status": "error", "message": f"memory worker exited {code}: {self._stderr_tail()}"}
+
+    def request(self, argv: list[str], timeout_s: float) -> dict[str, Any]:
+        """The server's answer for one worker argument list (a stand-alone worker's JSON result)."""
+        import os
+        import select
+
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        try:
+            self.proc.stdin.write((json.dumps(list(argv)) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            return self._died()
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            while b"\n" in self.buffer:
+                line, self.buffer = self.buffer.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                if text.startswith(SERVER_PREFIX):
+                    return dict(json.loads(text[len(SERVER_PREFIX) :]))
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))
+            if not ready:
+                return self._died(timed_out=timeout_s)
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return self._died()
+            self.buffer += chunk
+
+
+_SERVERS: dict[str, MemoryServer] = {}
+
+
+def can_serve(device: str, backend: str, timeline: str | None = None) -> bool:
+    """Whether a configuration's repeats can come from the backend's memory server (CPU, forkable, no timeline)."""
+    import os
+
+    return device == "cpu" and backend in FORK_AFTER_IMPORT and hasattr(os, "fork") and not timeline
+
+
+def served(backend: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
+    """A worker's result for ``argv`` from ``backend``'s memory server (one per backend per process)."""
+    if not _SERVERS:
+        import atexit
+
+        atexit.register(close_servers)
+    server = _SERVERS.setdefault(backend, MemoryServer(backend))
+    return server.request(argv, timeout_s)
+
+
+def close_servers() -> None:
+    for server in _SERVERS.values():
+        server.close()
+    _SERVERS.clear()
 
 
 if __name__ == "__main__":

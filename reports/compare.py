@@ -3,9 +3,10 @@
 Each row is labelled with its machine (the ``machine`` column, or the file stem when two files share a host
 name). The first file's machine is the baseline. Configurations (``schema.CONFIG_KEY``) measured with status
 ``ok`` on the baseline and on another machine are paired; the ratio is
-``time_median_s(other) / time_median_s(baseline)`` (> 1: the other machine is slower). The geometric mean of
-the ratios is taken per (backend, phase) per machine. When a label has the same configuration several times
-(runs repeated), the latest row (by timestamp) counts.
+``time_median_s(other) / time_median_s(baseline)`` (> 1: the other machine is slower); beside it, the other
+machine's own step-time prediction (``time_predicted_s``, ``time_rel_error``, ``prediction_basis``). The
+geometric mean of the ratios is taken per (backend, phase) per machine. When a label has the same
+configuration several times (runs repeated), the latest row (by timestamp) counts.
 
 Outputs in ``out_dir``: ``comparison.csv`` (one row per pair), ``comparison.md`` (markdown tables),
 ``time_by_model.png`` and ``memory_measured_vs_predicted.png``.
@@ -23,12 +24,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from xfbench.reports.schema import CONFIG_KEY
+from xfbench.reports.schema import COLUMN, CONFIG_KEY
 from xfbench.reports.table import render_table
 from xfbench.reports.writer import ReportError, check_distinct, check_no_shared_runs, read_report
 
-RATIO_COLUMNS: tuple[str, ...] = (*CONFIG_KEY, "baseline", "machine", "time_baseline_s", "time_s", "ratio")
+# The other machine's own step-time prediction beside its measurement (model rows; blank where it has none).
+PREDICTION_COLUMNS: tuple[str, ...] = ("time_predicted_s", "time_rel_error", "prediction_basis")
+RATIO_COLUMNS: tuple[str, ...] = (
+    *CONFIG_KEY,
+    "baseline",
+    "machine",
+    "time_baseline_s",
+    "time_s",
+    "ratio",
+    *PREDICTION_COLUMNS,
+)
 GEOMEAN_COLUMNS: tuple[str, ...] = ("backend", "phase", "baseline", "machine", "benchmarks", "geomean_ratio")
+# The key columns of a model row that tell its bars apart (model and phase: the bar label and the panel).
+_MODEL_PLOT_KEYS: tuple[str, ...] = tuple(
+    c for c in CONFIG_KEY if "model" in COLUMN[c].kinds and c not in ("kind", "model", "phase")
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +98,8 @@ def _pair(ok: pd.DataFrame, baseline: str, labels: Sequence[str]) -> pd.DataFram
     for label in labels:
         if label == baseline:
             continue
-        other = ok[ok["label"] == label][[*keys, "time_median_s"]].rename(columns={"time_median_s": "time_s"})
+        other = ok[ok["label"] == label][[*keys, "time_median_s", *PREDICTION_COLUMNS]]
+        other = other.rename(columns={"time_median_s": "time_s"})
         pairs = base.merge(other, on=keys, how="inner")
         pairs["baseline"] = baseline
         pairs["machine"] = label
@@ -133,7 +149,7 @@ def _plot_times(ok: pd.DataFrame, labels: Sequence[str], out: Path) -> Path:
     # Time per *model* per machine: matmul, scaling and exercise rows have their own plots.
     kind = ok["kind"].fillna("").astype(str)
     ok = ok[kind.isin(["model", ""])]
-    keys = ("backend", "device", "batch_size", "dtype", "tf32", "optimizer")
+    keys = _MODEL_PLOT_KEYS
     varying = [k for k in keys if ok[k].nunique(dropna=False) > 1]
     phases = sorted(ok["phase"].unique()) or ["(none)"]
     # Figure without pyplot: Agg rendering, no display and no global pyplot state.
@@ -294,7 +310,7 @@ def format_text(result: CompareResult) -> str:
     keys += [c for c in CONFIG_KEY if c not in keys and c != "kind" and any(_cell(v) for v in r[c])]
     names = {"batch_size": "batch", "scaling_mode": "mode"}
     per = render_table(
-        ["machine", *(names.get(c, c) for c in keys), "baseline s", "time s", "ratio"],
+        ["machine", *(names.get(c, c) for c in keys), "baseline s", "time s", "ratio", "predicted s", "error", "basis"],
         [
             [
                 str(row["machine"]),
@@ -302,6 +318,9 @@ def format_text(result: CompareResult) -> str:
                 f"{row['time_baseline_s']:.4g}",
                 f"{row['time_s']:.4g}",
                 f"{row['ratio']:.3f}",
+                _cell(row["time_predicted_s"]),
+                "" if _cell(row["time_rel_error"]) == "" else f"{float(row['time_rel_error']):+.1%}",
+                _cell(row["prediction_basis"]),
             ]
             for _, row in r.iterrows()
         ],

@@ -1,4 +1,5 @@
-"""The environment fingerprint: the machine columns of the report schema (see ``reports.schema.COLUMNS``).
+"""The environment fingerprint: the machine columns of the report schema (``reports.schema.COLUMNS`` whose
+source is ``env``).
 
 Framework-free: the GPU is read through NVML (``pynvml`` from ``nvidia-ml-py``, imported lazily); without it,
 without a driver, or without a GPU the GPU columns are blank. Nothing here raises: a value that cannot be
@@ -14,20 +15,11 @@ import subprocess
 from functools import lru_cache
 from typing import Any
 
-# The columns fingerprint() fills; a row may still override any of them (e.g. a synthetic machine name).
-ENV_COLUMNS: tuple[str, ...] = (
-    "machine",
-    "cpu_model",
-    "cpu_cores",
-    "ram_bytes",
-    "gpu_name",
-    "gpu_memory_bytes",
-    "gpu_driver",
-    "os",
-    "python",
-    "blas",
-    "suite_commit",
-)
+from xfbench.reports.schema import COLUMNS
+
+# The columns fingerprint() fills: those of the schema's table whose source is "env", in file order. A row may
+# still override any of them (e.g. a synthetic machine name).
+ENV_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.source == "env")
 
 
 def _cpu_model() -> str:

@@ -29,58 +29,22 @@ from xfbench.reports.env import ENV_COLUMNS, fingerprint
 from xfbench.reports.paths import runs_dir
 from xfbench.reports.schema import (
     COLUMN_NAMES,
+    COLUMNS,
     HISTORY_COMMENT,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     STATUSES,
+    WRITER_COLUMNS,
+    columns_of_type,
     columns_of_version,
 )
 
-# Column types for read_report: integers (nullable), floats; every other column is text ("" when empty).
-INT_COLUMNS: tuple[str, ...] = (
-    "schema_version",
-    "batch_size",
-    "rounds",
-    "params_counted",
-    "params_predicted",
-    "cpu_cores",
-    "ram_bytes",
-    "gpu_memory_bytes",
-    "workers",
-    "mem_repeats",
-)
-FLOAT_COLUMNS: tuple[str, ...] = (
-    "gflops_per_s",
-    "peak_fraction",
-    "time_predicted_s",
-    "time_rel_error",
-    "speedup",
-    "speedup_predicted",
-    "efficiency",
-    "efficiency_predicted",
-    "time_median_s",
-    "time_iqr_s",
-    "time_mean_s",
-    "time_min_s",
-    "throughput_samples_per_s",
-    "flops_counted",
-    "flops_predicted_counter",
-    "flops_rel_error",
-    "flops_predicted",
-    "achieved_flops_per_s",
-    "mem_measured_bytes",
-    "mem_predicted_bytes",
-    "mem_tensor_measured_bytes",
-    "mem_tensor_predicted_bytes",
-    "mem_spread",
-    "mem_rel_error",
-    "mem_baseline_bytes",
-    "mem_second_step_bytes",
-    "mem_allocator_peak_bytes",
-    "mem_nvml_bytes",
-    "mem_textbook_bytes",
-)
-_WRITER_COLUMNS = ("schema_version", "run_id", "timestamp")
+# The cell types of the schema's table (reports.schema.COLUMNS): integers (nullable), floats; every other column
+# is text ("" when empty). write_row refuses a row whose cell is not of its column's type; read_report checks and
+# parses them.
+INT_COLUMNS: tuple[str, ...] = columns_of_type("int")
+FLOAT_COLUMNS: tuple[str, ...] = columns_of_type("float")
+_NUMERIC: tuple[tuple[str, bool], ...] = tuple((c.name, c.type == "int") for c in COLUMNS if c.type != "str")
 SORT_COLUMNS = ("machine", "backend", "model", "phase", "batch_size")
 
 
@@ -167,14 +131,16 @@ class RunWriter:
     def write_row(self, row: Mapping[str, Any]) -> None:
         """Validate, complete (schema_version, run_id, timestamp, environment) and durably write one row.
 
-        Raises ``ValueError`` for unknown columns, columns the writer owns, or a missing/unknown ``status``.
+        Raises ``ValueError`` (and writes nothing) for unknown columns, columns the writer owns, a missing/unknown
+        ``status``, or a cell that is not of its column's type (``INT_COLUMNS``, ``FLOAT_COLUMNS``: a number or
+        blank), which would make the file unreadable for ``read_report``.
         """
         if self._fh is None:
             raise ValueError(f"{self._path}: writer is closed")
         unknown = sorted(set(row) - set(COLUMN_NAMES))
         if unknown:
             raise ValueError(f"unknown report column(s): {', '.join(unknown)}")
-        owned = sorted(set(row) & set(_WRITER_COLUMNS))
+        owned = sorted(set(row) & set(WRITER_COLUMNS))
         if owned:
             raise ValueError(f"column(s) set by the writer, not the caller: {', '.join(owned)}")
         status = row.get("status")
@@ -197,7 +163,12 @@ class RunWriter:
                 full.setdefault(key, "")
             else:
                 full[key] = value
-        self._csv.writerow([_format(full.get(col, "")) for col in COLUMN_NAMES])
+        cells = {col: _format(full.get(col, "")) for col in COLUMN_NAMES}
+        for col, integer in _NUMERIC:
+            fault = _number_fault(col, cells[col], integer)
+            if fault:
+                raise ValueError(fault)
+        self._csv.writerow(cells.values())
         self._sync()
         self._counts[str(status)] += 1
 
@@ -257,17 +228,20 @@ def read_text_file(path: str | os.PathLike[str], what: str = "a report CSV") -> 
         raise ReportError(f"{path}: not UTF-8 text (byte {exc.start}); allowed: {what} file (text)") from None
 
 
-def _check_number(path: str | os.PathLike[str], line: int, column: str, cell: str, integer: bool) -> None:
+def _number_fault(column: str, cell: str, integer: bool) -> str | None:
+    """Why ``cell`` is not a value of a numeric column (one line), or ``None``: blank, or a number (an integer
+    column's number must be a whole one; " 3 " and "3.0" are 3)."""
     text = cell.strip()
     if not text:
-        return
+        return None
     try:
-        value = float(text)
+        value: float | None = float(text)
     except ValueError:
         value = None
     if value is None or (integer and not (math.isfinite(value) and value == int(value))):
         kind = "an integer" if integer else "a number"
-        raise ReportError(f"{path}: line {line}: column {column} = {cell!r} is not {kind}; allowed: {kind} or blank")
+        return f"column {column} = {cell!r} is not {kind}; allowed: {kind} or blank"
+    return None
 
 
 def read_report(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -323,10 +297,10 @@ def read_report(path: str | os.PathLike[str]) -> pd.DataFrame:
     if missing:
         raise SchemaError(f"{path}: missing column(s) {', '.join(missing)} of schema version {newest}")
     for line, row in rows:
-        for col in INT_COLUMNS:
-            _check_number(path, line, col, row.get(col, ""), integer=True)
-        for col in FLOAT_COLUMNS:
-            _check_number(path, line, col, row.get(col, ""), integer=False)
+        for col, integer in _NUMERIC:
+            fault = _number_fault(col, row.get(col, ""), integer)
+            if fault:
+                raise ReportError(f"{path}: line {line}: {fault}")
         if row["status"] not in STATUSES:
             raise ReportError(f"{path}: line {line}: status {row['status']!r}; allowed: {', '.join(STATUSES)}")
     df = pd.DataFrame([[row.get(c, "") for c in COLUMN_NAMES] for _, row in rows], columns=list(COLUMN_NAMES))

@@ -116,7 +116,7 @@ def test_set_weights_rejects_wrong_shapes():
     weights = random_weights(spec)
     with pytest.raises(ValueError, match="expected 4 weight arrays"):
         tb.set_weights(model, weights[:3])
-    with pytest.raises(ValueError, match=r"weight 0 \(hidden kernel\): expected shape \(784, 256\)"):
+    with pytest.raises(ValueError, match=r"weight 0 \(hidden\.kernel\): expected shape \(784, 256\), got \(256, 784\)"):
         tb.set_weights(model, [weights[0].T, *weights[1:]])
 
 

@@ -528,17 +528,18 @@ def test_parity_without_any_framework_is_one_line(tmp_path: Path) -> None:
 
 def test_profile_configuration_over_ram_is_skipped_but_a_named_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from xfbench.benchmarks import usage
-    from xfbench.benchmarks.workload import select_configs
+    from xfbench.benchmarks.options import parse, select_configs
 
     # A machine with 10^6 bytes of RAM. mlp (Flatten, Dense 256 relu, Dense 10) inference at the quick batch 64:
     # parameters (784*256 + 256 + 256*10 + 10) * 4 = 814,120; input 64 * 784 * 4 = 200,704; the largest working
     # set is the hidden layer's output and its pre-activation, 2 * 64 * 256 * 4 = 131,072 -> 1,145,896 bytes.
     monkeypatch.setattr(usage, "host_ram_bytes", lambda: 10**6)
-    chosen = select_configs(backend="torch", phase="inference")  # the quick profile chose every model and batch
+    chosen = select_configs(parse({"backend": "torch", "phase": "inference"}))  # the quick profile chose them all
     assert chosen.configs == []
     assert {cfg.model for cfg, _ in chosen.infeasible} >= {"mlp", "vgg16"}
     assert all("1,000,000 bytes" in why for _, why in chosen.infeasible)
     with pytest.raises(usage.UsageError, match=r"--models mlp inference at batch 64: .* needs 1,145,896 bytes"):
-        select_configs(backend="torch", models="mlp", phase="inference")  # the user named it
+        select_configs(parse({"backend": "torch", "models": "mlp", "phase": "inference"}))  # the user named it
     # Batch 1: 814,120 + 3,136 (input) + 2 * 256 * 4 = 2,048 -> 819,304 bytes: fits, so it runs.
-    assert len(select_configs(backend="torch", models="mlp", phase="inference", batch="1").configs) == 1
+    one = select_configs(parse({"backend": "torch", "models": "mlp", "phase": "inference", "batch": "1"}))
+    assert len(one.configs) == 1

@@ -6,6 +6,7 @@ synthetic memory-worker result (no subprocess). Checked: ``flops_rel_error`` fro
 ``flops_predicted_counter``; ``flops_counted`` from the counter's own per-op count over the backend's
 aligned op set; ``achieved_flops_per_s`` from ``flops_predicted`` and ``time_median_s``; throughput from
 the batch and the median time; ``mem_rel_error`` from ``mem_predicted_bytes`` and ``mem_measured_bytes``.
+And every column the row (and the run's calibration rows) fills is one ``reports.schema.COLUMNS`` gives its kind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from xfbench.backends import get_backend, is_available
 from xfbench.backends.base import FlopCount
 from xfbench.benchmarks.measure import flop_columns, memory_columns, time_columns
 from xfbench.benchmarks.workload import Config, Workload
+from xfbench.reports.schema import COLUMN
 
 REL = 1e-12
 
@@ -63,7 +65,7 @@ def test_memory_columns_rel_error_by_hand() -> None:
 
 
 def test_time_columns_throughput_by_hand() -> None:
-    stats = SimpleNamespace(median=0.5, iqr=0.1, mean=0.55, min=0.4, rounds=3)
+    stats = SimpleNamespace(data=[0.4, 0.5, 0.75])  # pytest-benchmark's raw rounds: median 0.5 s
     cols = time_columns(stats, 4)
     assert cols["time_median_s"] == 0.5
     assert cols["throughput_samples_per_s"] == 8.0  # 4 samples / 0.5 s
@@ -133,6 +135,7 @@ class _Benchmark:
                 mean=statistics.fmean(self.times),
                 min=min(self.times),
                 rounds=rounds,
+                data=list(self.times),  # pytest-benchmark's raw samples, seconds per round
             )
         )
 
@@ -227,3 +230,9 @@ def test_derived_columns_agree_with_their_sources(
     assert _close(row["mem_rel_error"], (predicted - measured) / measured)
     assert row["mem_baseline_bytes"] == WORKER_RESULT["baseline_bytes"]
     assert row["mem_second_step_bytes"] == WORKER_RESULT["second_step_bytes"]
+
+    # The schema's table gives each column the row kinds that fill it: the model row and the run's calibration
+    # rows fill no other column.
+    for r in writer.rows:
+        stray = [c for c, v in r.items() if v is not None and v != "" and r["kind"] not in COLUMN[c].kinds]
+        assert stray == [], f"a {r['kind']} row fills {stray}"

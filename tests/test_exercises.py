@@ -7,15 +7,19 @@ from the code under test.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 import xfbench.analytics.exercises as exercises_module
 from xfbench.analytics.exercises import (
     ADHOC_MODELS,
+    CLAIMS_FILE,
     EXERCISES,
     QUANTITIES,
+    REMEDIES,
     SEEDS,
     Check,
     Claim,
@@ -71,6 +75,81 @@ def test_catalog_covers_the_issue() -> None:
     ).split()
     ids = {e.id for e in EXERCISES}
     assert not set(required) - ids
+
+
+# ------------------------------------------------------------------------------------ the claims data file
+def test_claims_load_as_hashable_records() -> None:
+    for e in EXERCISES:
+        hash(e)  # frozen records: a list left over from the JSON (shape, variants, batches) would not hash
+    assert get_exercise("homl15-2-seq").claim.shape == (5, 10, 32)
+    assert get_exercise("d2l-6.7-3").check.batches == (1, 2, 4, 8, 16)
+    assert REMEDIES["alexnet"]["two devices"] == ("alexnet", 2, "float32", 2)
+    assert set(REMEDIES["cnn3"]) == {"baseline", *get_exercise("homl14-3-cnn3").check.variants}
+
+
+def test_computed_claim_values_by_hand() -> None:
+    assert get_exercise("d2l-6.4-2-memory").claim.value == 32 * 64 * 9 * 56 * 56 * 4
+    assert get_exercise("d2l-6.4-4").claim.value == 32 * 64 * 56 * 56
+    assert get_exercise("d2l-5.6.5-4").claim.value == 0.009020805358886719 / 0.004949331283569336
+    assert get_exercise("homl14-2c-002").claim.value == 565.61e6
+
+
+def test_claims_file_ships_in_the_wheel() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("not a source checkout")
+    package_data = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]
+    assert CLAIMS_FILE.name in package_data["xfbench.analytics"]
+    assert CLAIMS_FILE.parent == Path(exercises_module.__file__).resolve().parent
+
+
+def _load_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **change: Any) -> tuple[Exercise, ...]:
+    """Loads a claims file holding one entry (a well-formed one, changed by ``change``)."""
+    entry = {
+        "id": "bad",
+        "seed": "000",
+        "number": "n",
+        "question": "q",
+        "claim": {"kind": "none", "quote": "q"},
+        "check": {"quantity": "params", "model": "cnn3"},
+        "gap": "",
+        **change,
+    }
+    path = tmp_path / CLAIMS_FILE.name
+    path.write_text(json.dumps({"seeds": {"000": "x.txt"}, "remedies": {}, "exercises": [entry]}))
+    monkeypatch.setattr(exercises_module, "CLAIMS_FILE", path)
+    return exercises_module._load_claims()[2]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({}, None),
+        (
+            {"gaps": ""},
+            "exercise_claims.json: exercise 'bad': keys check, claim, gap, gaps, id, number, question, "
+            "seed; allowed: id, seed, number, question, claim, check, gap",
+        ),
+        ({"seed": "009"}, "exercise 'bad': unknown seed '009'; allowed: 000"),
+        (
+            {"check": {"quantity": "parms", "model": "cnn3"}},
+            "exercise 'bad': unknown quantity 'parms'; allowed: params, ",
+        ),
+        ({"claim": {"kind": "none", "quote": "q", "valu": 1}}, "exercise 'bad': .*unexpected keyword argument 'valu'"),
+        ({"claim": {"kind": "guess", "quote": "q"}}, "exercise 'bad': unknown claim kind 'guess'; allowed: value, "),
+    ],
+)
+def test_claims_file_errors_name_the_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any], message: str | None
+) -> None:
+    if message is None:  # the well-formed entry loads
+        (ex,) = _load_entry(tmp_path, monkeypatch, **change)
+        assert (ex.id, ex.seed, ex.check.model, ex.claim.kind) == ("bad", "000", "cnn3", "none")
+        return
+    with pytest.raises(ValueError, match=message) as info:
+        _load_entry(tmp_path, monkeypatch, **change)
+    assert "\n" not in str(info.value)
 
 
 def test_select_by_prefix_and_unknown() -> None:

@@ -176,7 +176,7 @@ def test_worker_main_sets_rlimit_only_on_cpu(
 
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(resource, "setrlimit", lambda what, lim: calls.append(lim))
-    monkeypatch.setattr(worker, "run", lambda args: {"status": "ok", "config": args.device})
+    monkeypatch.setattr(worker, "run", lambda args, child_limit=None: {"status": "ok", "config": args.device})
     argv = ["--backend", "torch", "--model", "mlp", "--phase", "training", "--batch", "2", "--device", device]
     assert worker.main([*argv, "--memory-limit", "1GB"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -225,6 +225,11 @@ class _FakeNVML:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[_Proc]:
         return self.procs.get(handle, [])
 
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        if handle == 0:
+            raise RuntimeError("NVMLError_NotSupported")
+        return type("Memory", (), {"free": 3 * 2**30, "total": 8 * 2**30, "used": 5 * 2**30})()
+
 
 def test_nvml_empty_process_list_is_unknown_not_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeNVML({1: [_Proc(os.getpid(), 3 * 2**20)]})
@@ -254,6 +259,17 @@ def test_nvml_falls_back_to_the_visible_uuid_without_the_driver(monkeypatch: pyt
     assert nvml.nvml_process_memory(0) == 2**20
     assert nvml.nvml_process_memory(1) is None  # only one GPU is visible
     assert fake.bus_lookups == []
+
+
+def test_nvml_free_memory_is_the_devices_free_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeNVML({})
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(nvml, "cuda_pci_bus_id", lambda i, loader=None: {0: "0000:3b:00.0", 1: "0000:1a:00.0"}[i])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert nvml.nvml_free_memory(0) == 3 * 2**30  # CUDA 0 is NVML 1, which reports 3 GiB free
+    assert nvml.nvml_free_memory(1) is None  # NVML 0 raises NotSupported: unknown, not 0
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` now raises ImportError
+    assert nvml.nvml_free_memory(0) is None  # no nvidia-ml-py
 
 
 class _FakeLibcuda:

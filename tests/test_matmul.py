@@ -63,6 +63,14 @@ def test_time_callable_counts_rounds() -> None:
     calls = []
     t = time_callable(lambda: calls.append(1), min_time_s=0.0, min_rounds=5, max_rounds=5, warmup=2)
     assert t.rounds == 5 and len(calls) == 7 and t.min <= t.median
+    # The raw times are kept (benchmarks.measurement.Measurement): the statistics are theirs.
+    assert len(t.times) == 5 and t.min == min(t.times) and t.columns()["rounds"] == 5
+
+
+def test_gpu_means_gpu0_and_an_invisible_device_is_a_skipped_row() -> None:
+    result = run_sweep(tiny(("numpy",), devices=("gpu",)), None, lambda _line: None)
+    assert [(r["device"], r["status"]) for r in result.rows] == [("gpu:0", "skipped")]
+    assert result.rows[0]["message"] == "device gpu:0 not visible to numpy (has: cpu)"
 
 
 def test_numpy_sweep_rows_and_crossover_prediction(tmp_path: Path) -> None:

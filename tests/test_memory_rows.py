@@ -187,6 +187,7 @@ def test_worker_command_carries_repeats_and_the_tensor_message(monkeypatch: pyte
         return subprocess.CompletedProcess(cmd, 0, stdout="noise\n" + json.dumps(out) + "\n", stderr="")
 
     monkeypatch.setattr(measure.subprocess, "run", fake_run)
+    monkeypatch.setenv(measure.MEMORY_SERVER_ENV, "0")  # a worker process per configuration
     monkeypatch.setenv(measure.MEMORY_REPEATS_ENV, "4")
     result = measure.memory_in_fresh_process(Config("mxnet", "mlp", "training", 2), tensor=False)
     cmd = seen[0]
@@ -384,3 +385,70 @@ def test_gpu_repeats_are_fresh_interpreters_and_their_figures_medians(monkeypatc
     assert out["measured_bytes"] == 200 and out["spread"] == pytest.approx((300 - 100) / 200)
     assert out["allocator_peak_bytes"] == 800 and out["nvml_bytes"] == 5100
     assert out["second_step_bytes"] == 250 and out["method"] == "allocator+nvml"
+
+
+def test_cpu_figures_come_from_the_memory_server_with_the_same_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU the worker's argument list goes to the backend's server, not to a new process."""
+    asked: list[tuple[str, list[str]]] = []
+
+    def fake_served(backend: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
+        asked.append((backend, argv))
+        return {"status": "ok", "measured_bytes": 7, "tensor_message": "no tensor-level figure on mxnet CPU"}
+
+    def no_process(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a worker process was started for a CPU configuration")
+
+    monkeypatch.setattr(worker, "served", fake_served)
+    monkeypatch.setattr(measure.subprocess, "run", no_process)
+    monkeypatch.delenv(measure.MEMORY_SERVER_ENV, raising=False)
+    monkeypatch.setenv(measure.MEMORY_PARALLEL_ENV, "3")
+    result = measure.memory_in_fresh_process(Config("mxnet", "mlp", "training", 2), repeats=5, memory_limit="4GB")
+    backend, argv = asked[0]
+    assert backend == "mxnet" and argv[argv.index("--backend") + 1] == "mxnet"
+    assert argv[argv.index("--repeats") + 1] == "5" and argv[argv.index("--parallel") + 1] == "3"
+    assert argv[argv.index("--memory-limit") + 1] == "4GB"
+    assert (result["status"], result["measured_bytes"]) == ("ok", 7)
+    assert result["message"] == "no tensor-level figure on mxnet CPU"
+
+
+def test_memory_parallel_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(measure.MEMORY_PARALLEL_ENV, raising=False)
+    assert measure.memory_parallel() == 2
+    monkeypatch.setenv(measure.MEMORY_PARALLEL_ENV, "x")
+    with pytest.raises(ValueError, match="XFBENCH_MEMORY_PARALLEL='x'"):
+        measure.memory_parallel()
+
+
+def test_the_memory_server_refuses_what_it_cannot_serve() -> None:
+    """A server for an unknown backend exits 2 naming the allowed ones; a request it cannot serve is an error
+    answer, and the server goes on to answer the next one."""
+    from xfbench.reports.paths import subprocess_env
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "xfbench.benchmarks.worker", "--serve", "numpy"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2 and "allowed: torch, tensorflow, mxnet" in proc.stderr
+    assert worker.can_serve("cpu", "torch") and not worker.can_serve("gpu:0", "torch")
+    assert not worker.can_serve("cpu", "torch", timeline="t.json") and not worker.can_serve("cpu", "numpy")
+
+
+@pytest.mark.torch
+def test_the_memory_servers_figures_are_a_fresh_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server forks each repeat from a process that has served other configurations before; its figures
+    must be a fresh worker's (measured on the 2-core CPU: cnn3 training b8 276.9 vs 277.3 MB)."""
+    if not is_available("torch"):
+        pytest.skip("torch is not installed")
+    worker.close_servers()
+    config = Config("torch", "lenet", "training", 8)
+    measure.memory_in_fresh_process(Config("torch", "mlp", "inference", 4), repeats=1, tensor=False)  # served before
+    served = measure.memory_in_fresh_process(config, repeats=2, tensor=False)
+    monkeypatch.setenv(measure.MEMORY_SERVER_ENV, "0")
+    fresh = measure.memory_in_fresh_process(config, repeats=2, tensor=False)
+    worker.close_servers()
+    assert served["status"] == fresh["status"] == "ok"
+    assert abs(served["measured_bytes"] - fresh["measured_bytes"]) <= max(0.03 * fresh["measured_bytes"], 64 * 1024)

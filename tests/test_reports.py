@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import re
@@ -16,18 +17,32 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 from xfbench.reports.compare import compare, format_text
-from xfbench.reports.env import fingerprint
+from xfbench.reports.env import ENV_COLUMNS, fingerprint
 from xfbench.reports.paths import IMPORT_ROOT, subprocess_env
 from xfbench.reports.schema import (
+    ADDED_IN,
+    COLUMN,
     COLUMN_NAMES,
     COLUMNS,
     CONFIG_KEY,
     HISTORY_COMMENT,
+    OPTIONAL_IN,
+    ROW_KINDS,
     SCHEMA_VERSION,
+    WRITER_COLUMNS,
+    columns_of_version,
     markdown,
     markdown_table,
 )
-from xfbench.reports.writer import RunWriter, SchemaError, merge_reports, read_report
+from xfbench.reports.writer import (
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    ReportError,
+    RunWriter,
+    SchemaError,
+    merge_reports,
+    read_report,
+)
 
 
 def _row(**kw: object) -> dict[str, object]:
@@ -375,7 +390,7 @@ def _reports_section() -> str:
 def test_readme_table_is_the_generated_one() -> None:
     section = _reports_section()
     lines = section.splitlines()
-    first = lines.index("| column | meaning |")
+    first = lines.index("| column | type | key | since | row kinds | meaning |")
     table = []
     for line in lines[first:]:
         if not line.startswith("|"):
@@ -395,10 +410,19 @@ def test_readme_names_the_whole_configuration_key() -> None:
 
 def test_markdown_table_rows() -> None:
     lines = markdown_table().splitlines()
-    assert lines[:2] == ["| column | meaning |", "|---|---|"]
+    assert lines[:2] == ["| column | type | key | since | row kinds | meaning |", "|---|---|---|---|---|---|"]
     assert len(lines) == 2 + len(COLUMNS)
-    dtype_at = lines.index("| `dtype` | float32, float16 or bfloat16 |")
-    assert lines[dtype_at + 1] == "| `tf32` | TF32 matmul policy of the run on GPUs: on, off; blank on CPU |"
+    dtype_at = lines.index("| `dtype` | str | yes | 1 | all | float32, float16 or bfloat16 |")
+    assert lines[dtype_at + 1] == (
+        "| `tf32` | str | yes | 3 | model, matmul, transfer, logging, concurrency, scaling, allreduce, exercise "
+        "| TF32 matmul policy of the run on GPUs: on, off; blank on CPU |"
+    )
+    assert "| `run_id` | str |  | 1 | all; set by the writer | unique id of the run (one file per run) |" in lines
+    assert "| `cpu_cores` | int |  | 1 | all; the machine's fingerprint | logical CPU cores |" in lines
+    assert (
+        "| `mem_repeats` | int |  | 3 (optional in 3) | model | fresh processes each memory figure is the median of |"
+        in lines
+    )
 
 
 def test_schema_module_prints_markdown_and_rejects_bad_arguments() -> None:
@@ -410,3 +434,253 @@ def test_schema_module_prints_markdown_and_rejects_bad_arguments() -> None:
     assert bad.returncode == 2
     assert bad.stderr.splitlines() == ["xfbench: error: unknown argument '--html'; allowed: --markdown"]
     assert bad.stdout == ""
+
+
+# ------------------------------------------------------------- the schema as one table, and what derives from it
+# Written by hand from the row builders (grep '"kind"' in benchmarks/ and analytics/steptime.py): model
+# (bench_models.py, workload.base_row), matmul, transfer, logging, concurrency, exercise (matmul.py,
+# bench_matmul.py, exercises.csv_row), scaling and allreduce (scaling.py), calibration (steptime.peaks_to_rows).
+KINDS_WRITTEN = (
+    "model",
+    "matmul",
+    "transfer",
+    "logging",
+    "concurrency",
+    "scaling",
+    "allreduce",
+    "exercise",
+    "calibration",
+)
+
+# Version 3's header, spelled out: the CSV's column order must not move (files stay byte-identical).
+HEADER_V3 = (
+    "schema_version,run_id,timestamp,machine,kind,backend,framework_version,device,device_name,model,phase,"
+    "batch_size,dtype,tf32,optimizer,status,message,time_median_s,time_iqr_s,time_mean_s,time_min_s,rounds,"
+    "throughput_samples_per_s,params_counted,params_predicted,flops_counter,flops_counted,flops_predicted_counter,"
+    "flops_rel_error,flops_unsupported,flops_predicted,achieved_flops_per_s,mem_method,mem_measured_bytes,"
+    "mem_predicted_bytes,mem_rel_error,mem_baseline_bytes,mem_second_step_bytes,mem_allocator_peak_bytes,"
+    "mem_nvml_bytes,mem_textbook_bytes,mem_tensor_measured_bytes,mem_tensor_predicted_bytes,mem_tensor_breakdown,"
+    "mem_repeats,mem_spread,shape,transfers,gflops_per_s,peak_fraction,time_predicted_s,time_rel_error,"
+    "prediction_basis,workers,scaling_mode,speedup,speedup_predicted,efficiency,efficiency_predicted,cpu_model,"
+    "cpu_cores,ram_bytes,gpu_name,gpu_memory_bytes,gpu_driver,os,python,blas,suite_commit"
+)
+# The typed columns as the writer listed them before the table carried the types.
+INTS = {
+    "schema_version",
+    "batch_size",
+    "rounds",
+    "params_counted",
+    "params_predicted",
+    "cpu_cores",
+    "ram_bytes",
+    "gpu_memory_bytes",
+    "workers",
+    "mem_repeats",
+}
+FLOATS = {
+    "time_median_s",
+    "time_iqr_s",
+    "time_mean_s",
+    "time_min_s",
+    "throughput_samples_per_s",
+    "flops_counted",
+    "flops_predicted_counter",
+    "flops_rel_error",
+    "flops_predicted",
+    "achieved_flops_per_s",
+    "mem_measured_bytes",
+    "mem_predicted_bytes",
+    "mem_rel_error",
+    "mem_baseline_bytes",
+    "mem_second_step_bytes",
+    "mem_allocator_peak_bytes",
+    "mem_nvml_bytes",
+    "mem_textbook_bytes",
+    "mem_tensor_measured_bytes",
+    "mem_tensor_predicted_bytes",
+    "mem_spread",
+    "gflops_per_s",
+    "peak_fraction",
+    "time_predicted_s",
+    "time_rel_error",
+    "speedup",
+    "speedup_predicted",
+    "efficiency",
+    "efficiency_predicted",
+}
+
+
+def test_every_row_kind_in_the_table_is_one_the_code_writes() -> None:
+    assert tuple(ROW_KINDS) == KINDS_WRITTEN
+    # Each kind fills some column beyond those of every row, and the table names no other kind.
+    named = {k for c in COLUMNS if c.kinds != KINDS_WRITTEN for k in c.kinds}
+    assert named == set(KINDS_WRITTEN)
+    assert [c.name for c in COLUMNS if not c.kinds] == []
+    from xfbench.analytics.steptime import CALIBRATION_KIND
+
+    assert CALIBRATION_KIND in KINDS_WRITTEN
+
+
+def test_every_column_the_writer_types_is_in_the_table() -> None:
+    assert set(INT_COLUMNS) | set(FLOAT_COLUMNS) <= set(COLUMN_NAMES)
+    assert set(INT_COLUMNS) == INTS and set(FLOAT_COLUMNS) == FLOATS
+    assert {c.name for c in COLUMNS if c.type == "str"} == set(COLUMN_NAMES) - INTS - FLOATS
+    assert {c.type for c in COLUMNS} == {"str", "int", "float"}
+
+
+def test_header_and_keys_derived_from_the_table_are_unchanged() -> None:
+    assert ",".join(COLUMN_NAMES) == HEADER_V3 and len(COLUMN_NAMES) == len(set(COLUMN_NAMES)) == 69
+    assert list(COLUMN) == list(COLUMN_NAMES)
+    assert CONFIG_KEY == (
+        "kind",
+        "backend",
+        "device",
+        "model",
+        "phase",
+        "batch_size",
+        "dtype",
+        "tf32",
+        "optimizer",
+        "shape",
+        "transfers",
+        "workers",
+        "scaling_mode",
+    )
+    assert WRITER_COLUMNS == ("schema_version", "run_id", "timestamp")
+    assert ENV_COLUMNS == (
+        "machine",
+        "cpu_model",
+        "cpu_cores",
+        "ram_bytes",
+        "gpu_name",
+        "gpu_memory_bytes",
+        "gpu_driver",
+        "os",
+        "python",
+        "blas",
+        "suite_commit",
+    )
+    memory3 = ["mem_tensor_measured_bytes", "mem_tensor_predicted_bytes", "mem_tensor_breakdown"]
+    memory3 += ["mem_repeats", "mem_spread"]
+    assert ADDED_IN == {"tf32": 3, **{c: 3 for c in memory3}}
+    assert OPTIONAL_IN == {c: 3 for c in memory3}
+    assert columns_of_version(3) == tuple(c for c in COLUMN_NAMES if c not in memory3)
+    assert columns_of_version(2) == tuple(c for c in COLUMN_NAMES if c not in memory3 and c != "tf32")
+
+
+def test_fingerprint_fills_exactly_the_env_columns() -> None:
+    assert set(fingerprint()) == set(ENV_COLUMNS)
+    assert set(fingerprint({"torch": "2.13.0"})) == {*ENV_COLUMNS, "framework_version"}
+
+
+def test_cells_are_formatted_as_before(tmp_path: Path) -> None:
+    row = _row(
+        kind="model",
+        machine="m",
+        batch_size=32,
+        time_median_s=0.1,
+        time_min_s=1e-07,
+        time_mean_s=math.nan,
+        mem_measured_bytes=10**18,
+        mem_spread=2.5,
+        rounds=None,
+        message="a, b",
+        tf32="",
+    )
+    path = _write(tmp_path, [row])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[1] == HEADER_V3
+    cells = dict(zip(HEADER_V3.split(","), next(csv.reader([lines[2]]))))
+    expected = {
+        "machine": "m",
+        "kind": "model",
+        "batch_size": "32",
+        "time_median_s": "0.1",
+        "time_min_s": "1e-07",
+        "time_mean_s": "",
+        "mem_measured_bytes": "1000000000000000000",
+        "mem_spread": "2.5",
+        "rounds": "",
+        "message": "a, b",
+        "tf32": "",
+        "schema_version": "3",
+    }
+    assert {c: cells[c] for c in expected} == expected
+    assert '"a, b"' in lines[2]  # quoted, as csv does
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "kind"),
+    [("batch_size", "two", "an integer"), ("batch_size", 2.5, "an integer"), ("time_median_s", "fast", "a number")],
+)
+def test_write_row_refuses_a_cell_not_of_its_column_type(tmp_path: Path, column: str, value: object, kind: str) -> None:
+    with RunWriter(tmp_path) as w:
+        with pytest.raises(ValueError) as err:
+            w.write_row(_row(**{column: value}))
+        w.write_row(_row(batch_size=2.0, time_median_s="0.5"))  # whole floats and numeric text are numbers
+    assert str(err.value) == f"column {column} = {str(value)!r} is not {kind}; allowed: {kind} or blank"
+    df = read_report(w.path)
+    assert len(df) == 1 and df["batch_size"].iloc[0] == 2 and df["time_median_s"].iloc[0] == 0.5
+
+
+def test_read_report_types_each_column_as_the_table_says(tmp_path: Path) -> None:
+    df = read_report(_write(tmp_path, [_row(rounds=5, time_median_s=0.25, workers=2)]))
+    assert {c for c in df.columns if str(df[c].dtype) == "Int64"} == INTS
+    assert {c for c in df.columns if str(df[c].dtype) == "float64"} == FLOATS
+    assert df["rounds"].iloc[0] == 5 and df["workers"].iloc[0] == 2 and df["time_median_s"].iloc[0] == 0.25
+
+
+def test_read_report_refuses_a_non_number_with_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, [_row(time_median_s=0.5), _row(time_median_s=0.7)])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].replace(",0.7,", ",slow,")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ReportError) as err:
+        read_report(path)
+    assert str(err.value) == (
+        f"{path}: line 4: column time_median_s = 'slow' is not a number; allowed: a number or blank"
+    )
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "reports" / "reference"
+
+
+def test_committed_reports_fill_only_the_columns_the_table_gives_their_kind() -> None:
+    files = sorted(REFERENCE.glob("*.csv"))
+    if not files:
+        pytest.skip(f"no reference CSVs under {REFERENCE} (installed package, not a source checkout)")
+    seen: set[str] = set()
+    for path in files:
+        text = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line[:1] != "#"]
+        for row in csv.DictReader(text):
+            kind = row["kind"]
+            seen.add(kind)
+            stray = [c for c, v in row.items() if v.strip() and kind not in COLUMN[c].kinds]
+            assert stray == [], f"{path.name}: a {kind} row fills {stray}"
+    assert seen <= set(KINDS_WRITTEN) and {"model", "matmul", "scaling", "allreduce", "exercise"} <= seen
+
+
+def test_compare_shows_the_other_machines_time_prediction(tmp_path: Path) -> None:
+    """Issue 11: compare carries each paired row's own prediction (B's), not the baseline's."""
+    a = _write(tmp_path / "a", [_row(machine="A", model="cnn3", time_median_s=1.0, time_predicted_s=0.5)])
+    b = _write(
+        tmp_path / "b",
+        [
+            _row(
+                machine="B",
+                model="cnn3",
+                time_median_s=2.0,
+                time_predicted_s=1.5,
+                time_rel_error=(1.5 - 2.0) / 2.0,
+                prediction_basis="measured-peaks",
+            )
+        ],
+    )
+    res = compare([a, b], tmp_path / "cmp")
+    row = res.ratios.iloc[0]
+    assert (row["time_s"], row["time_predicted_s"], row["time_rel_error"]) == (2.0, 1.5, -0.25)
+    assert row["prediction_basis"] == "measured-peaks"
+    md = res.md_path.read_text(encoding="utf-8")
+    assert "| 1 | 2 | 2 | 1.5 | -0.25 | measured-peaks |" in md
+    text = format_text(res)
+    assert "predicted s" in text and "-25.0%" in text and "measured-peaks" in text

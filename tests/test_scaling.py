@@ -42,7 +42,10 @@ def _check_equal_steps(backend: str, tmp_path: Path) -> dict:
     # Timed steps: N=1 at per-worker batches 4 (strong) and 2 (weak); N=2 at 2.
     assert sorted(s["batch_per_worker"] for s in one["steps"]) == [2, 4]
     assert [s["batch_per_worker"] for s in two["steps"]] == [2]
-    assert all(len(s["times"]) == 2 and s["median"] > 0 for s in one["steps"] + two["steps"])
+    # Raw step times only (benchmarks.scaling computes the statistics): the protocol's StepTimes keys.
+    assert all(len(s["times"]) == 2 and min(s["times"]) > 0 for s in one["steps"] + two["steps"])
+    raw = {"model", "batch_per_worker", "times", "params", "compute_only_times"}
+    assert all(set(s) <= raw and s["params"] > 0 for s in one["steps"] + two["steps"])
     assert [a["bytes"] for a in two["allreduce"]] == [4096, 65536]
     assert all(t > 0 for a in two["allreduce"] for t in a["times"])
     # Two workers on halves of a batch take the same SGD step as one worker on the whole batch.
@@ -58,6 +61,8 @@ def test_torch_ddp_two_gloo_processes(tmp_path: Path) -> None:
     two = _check_equal_steps("torch", tmp_path)
     assert "gloo" in two["engine"] and "DistributedDataParallel" in two["engine"]
     assert "torch.set_num_threads(1)" in two["threads"]
+    # torch also times each step without DDP, as many steps as the DDP step.
+    assert all(len(s["compute_only_times"]) == 2 for s in two["steps"])
 
 
 @pytest.mark.torch
@@ -152,11 +157,8 @@ def test_check_plan_caps_gpu_workers_at_the_gpu_count(monkeypatch: pytest.Monkey
 
 
 def _fake_result(medians: dict[int, float]) -> dict:
-    """A distributed module's result JSON: one step entry per per-worker batch, with the given medians."""
-    steps = [
-        {"model": "mlp", "batch_per_worker": b, "times": [m] * 3, "median": m, "iqr": 0.0, "min": m, "mean": m}
-        for b, m in medians.items()
-    ]
+    """A distributed module's result JSON: one step entry per per-worker batch, raw times with the given medians."""
+    steps = [{"model": "mlp", "batch_per_worker": b, "times": [m] * 3} for b, m in medians.items()]
     return {"framework_version": "9.9", "engine": "fake engine", "threads": "1 thread", "allreduce": [], "steps": steps}
 
 
@@ -198,3 +200,100 @@ def test_a_failing_n1_leaves_only_the_error(monkeypatch: pytest.MonkeyPatch) -> 
     rows = scaling.run_backend("torch", ScalingPlan(models=("mlp",), workers=(1, 2), batch=8))
     assert [(r["status"], r["workers"]) for r in rows] == [("error", 1)]
     assert "not run after this failure: N=2" in rows[0]["message"]
+
+
+# --- the shared loop and the job protocol (backends.distributed_loop; framework-free) ---------------------------
+
+
+HEADER = {
+    "backend": "fake",
+    "framework_version": "0",
+    "workers": 1,
+    "engine": "fake engine",
+    "threads": "1 thread",
+    "device": "cpu",
+    "tf32": "",
+}
+
+
+def _lenet_job(**changes: object) -> dict:
+    job = dict(_job(PLAN, 2))
+    job.update(batches=[4, 2], steps=3, warmup=2, allreduce_sizes=[4096, 100], allreduce_repeats=4)
+    job.update(changes)
+    return job
+
+
+def test_the_loop_calls_each_hook_as_the_job_says() -> None:
+    from xfbench.backends.distributed_loop import ALLREDUCE_WARMUP, Engine, Trainee, run
+
+    log: list[str] = []
+    built: list[tuple[str, int]] = []
+
+    def build(spec: object, batch: int) -> Trainee:
+        built.append((getattr(spec, "name", "?"), batch))
+        return Trainee(step=lambda: log.append(f"step{batch}"), params=7, compute_only=lambda: log.append("alone"))
+
+    def allreduce(slot: int, nbytes: int) -> tuple[int, object]:
+        return nbytes // 4 * 4 or 4, lambda: log.append(f"ar{slot}")
+
+    engine = Engine(
+        header={**HEADER, "workers": 2},  # type: ignore[typeddict-item]
+        build=build,
+        verify=lambda spec, v: log.append(f"verify {v['model']}"),
+        allreduce=allreduce,  # type: ignore[arg-type]
+        settle=lambda: log.append("settle"),
+        reduce=lambda times: [float(len(times))] * len(times),  # marks the reduced lists
+    )
+    verify = {"model": "lenet", "global_batch": 4, "weights_out": "w.npz"}
+    result = run(_lenet_job(verify=verify), engine)  # type: ignore[arg-type]
+    assert ALLREDUCE_WARMUP == 2
+    # Per size: 2 untimed + 4 timed all-reduces, each after a settle; the reported bytes are the hook's.
+    assert log[:12] == ["settle", "ar0"] * 6 and log[12:24] == ["settle", "ar1"] * 6
+    assert [(a["bytes"], len(a["times"])) for a in result["allreduce"]] == [(4096, 4), (100, 4)]
+    # Per batch: 2 warm-up + 3 timed steps, one settle before the timed ones; 3 timed compute-only steps.
+    per_batch = ["step4"] * 2 + ["settle"] + ["step4"] * 3 + ["settle"] + ["alone"] * 3
+    assert log[24:34] == per_batch
+    assert log[34:44] == [x.replace("step4", "step2") for x in per_batch]
+    assert log[44:] == ["verify lenet"]
+    assert built == [("lenet", 4), ("lenet", 2)]
+    steps = result["steps"]
+    assert [(s["model"], s["batch_per_worker"], len(s["times"]), s["params"]) for s in steps] == [
+        ("lenet", 4, 3, 7),
+        ("lenet", 2, 3, 7),
+    ]
+    assert all(s["times"] == s["compute_only_times"] == [3.0] * 3 for s in steps)  # both went through reduce
+    assert {k: result[k] for k in HEADER} == {**HEADER, "workers": 2}  # the header, as the engine gave it
+
+
+def test_time_calls_reduces_and_measures() -> None:
+    from xfbench.backends.distributed_loop import time_calls
+
+    calls: list[str] = []
+    times = time_calls(lambda: calls.append("c"), 3, warmup=1, sync=lambda: calls.append("s"))
+    assert calls == ["c", "s"] * 4 and len(times) == 3 and all(t >= 0 for t in times)
+
+
+def test_read_job_fills_defaults_and_needs_models_and_batches(tmp_path: Path) -> None:
+    import json
+
+    from xfbench.backends.distributed_loop import JOB_DEFAULTS, read_job
+
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"models": [], "batches": [2], "steps": 9}))
+    job = read_job(path)
+    assert job["steps"] == 9 and job["warmup"] == 2 and job["device"] == "cpu" and job["allreduce_repeats"] == 10
+    assert set(JOB_DEFAULTS) | {"models", "batches"} == set(job)
+    path.write_text(json.dumps({"models": []}))
+    with pytest.raises(ValueError, match="missing batches"):
+        read_job(path)
+    # The job benchmarks.scaling writes has every key the workers read, so no default applies to it.
+    assert set(JOB_DEFAULTS) | {"models", "batches"} == set(_job(PLAN, 1))
+
+
+def test_a_verify_model_outside_the_job_is_an_error() -> None:
+    from xfbench.backends.distributed_loop import Engine, Trainee, run
+
+    engine = Engine(HEADER, build=lambda s, b: Trainee(lambda: None, 1), verify=print)  # type: ignore[arg-type]
+    job = _lenet_job(batches=[2], steps=1, warmup=0, verify={"model": "vgg11", "global_batch": 2, "weights_out": "w"})
+    with pytest.raises(ValueError, match="verify model 'vgg11'"):
+        run(job, engine)  # type: ignore[arg-type]

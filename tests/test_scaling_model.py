@@ -95,7 +95,7 @@ def test_batches_and_gradient_bytes() -> None:
 
 def _fake_results() -> dict[int, dict]:
     def step(model: str, b: int, t: float) -> dict:
-        return {"model": model, "batch_per_worker": b, "times": [t] * 3, "median": t, "iqr": 0.0, "min": t, "mean": t}
+        return {"model": model, "batch_per_worker": b, "times": [t] * 3}
 
     bw, lat = 1e9, 1e-4
     ar = [{"bytes": s, "times": [s / bw + 2 * lat] * 3} for s in (1 << 16, 1 << 20, 1 << 22)]
@@ -124,8 +124,26 @@ def test_build_rows_from_results(tmp_path) -> None:
     assert strong["shape"] == 16 and strong["batch_size"] == 8
     assert scaling[("strong", 1)]["speedup"] == 1.0 and scaling[("weak", 1)]["efficiency_predicted"] == 1.0
     assert strong["prediction_basis"].startswith("ring-model bw=1GB/s lat=100us")
+    assert strong["time_iqr_s"] == 0.0 and strong["rounds"] == 3 and strong["time_min_s"] == 0.010
     png = plot_scaling(rows, tmp_path / "s.png")
     assert png is not None and png.stat().st_size > 1000
+
+
+def test_step_statistics_come_from_the_raw_times() -> None:
+    """A step's time columns are computed here from the worker's raw times (benchmarks.measurement's rule)."""
+    results = _fake_results()
+    # N=2, batch 8: four raw steps. Sorted 0.010, 0.011, 0.012, 0.020: median (0.011 + 0.012) / 2 = 0.0115;
+    # quartiles the medians of the halves, 0.0105 and 0.016; mean 0.053 / 4 = 0.01325.
+    results[2]["steps"][0]["times"] = [0.012, 0.010, 0.020, 0.011]
+    plan = ScalingPlan(models=("mlp",), workers=(1, 2), batch=8)
+    rows = [r for r in build_rows("torch", plan, results) if r["kind"] == "scaling" and r["workers"] == 2]
+    assert len(rows) == 2  # strong and weak both run 8 per worker at N=2
+    for r in rows:
+        assert r["time_median_s"] == pytest.approx(0.0115, rel=1e-12)
+        assert r["time_iqr_s"] == pytest.approx(0.0055, rel=1e-9)
+        assert r["time_mean_s"] == pytest.approx(0.01325, rel=1e-12)
+        assert (r["time_min_s"], r["rounds"]) == (0.010, 4)
+        assert r["throughput_samples_per_s"] == pytest.approx(16 / 0.0115, rel=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The MXNet 1.9 (Gluon) backend. Contract: :mod:`backends.base`.
+"""The MXNet 1.9 (Gluon) backend. Contract: :class:`backends.base.ModelAdapter`.
 
 MXNet 1.9.1 is the last release (the project is retired). It needs numpy < 1.24 (it uses ``np.bool``
 and friends) and on import emits dozens of ``DeprecationWarning``s of its own (NEP 32 financial

@@ -21,14 +21,12 @@ the path the Trainer takes for gradients.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import sys
-import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
+
+from xfbench.backends.distributed_loop import Engine, Job, Result, Trainee, VerifyJob, replicas_main, run
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -40,17 +38,13 @@ THREADS_NOTE = (
 )
 
 
-def _stats(times: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median": statistics.median(times), "iqr": q[2] - q[0], "min": min(times), "mean": statistics.fmean(times)}
-
-
-def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
-    """Runs the job (same format as :mod:`backends.torch.distributed`) on ``workers`` contexts."""
+def run_job(job: Job, workers: int) -> Result:
+    """Runs the job (:class:`backends.distributed_loop.Job`) on ``workers`` contexts."""
     for key, value in THREAD_ENV.items():
         os.environ.setdefault(key, value)
     import numpy as np
-    from xfbench.analytics.spec import spec_from_dict
+    from xfbench.analytics.spec import ModelSpec
+    from xfbench.analytics.vocab import optimizer as optimizer_named
     from xfbench.analytics.weights import make_batch
     from xfbench.backends.mxnet import build_model, count_params, get_weights
 
@@ -60,7 +54,7 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
     from xfbench.backends.mxnet.device import _num_gpus, apply_tf32_policy
     from xfbench.backends.mxnet.model import _loss_fn
 
-    device = job.get("device", "cpu")
+    device = job["device"]
     tf32 = ""
     if device != "cpu":
         if _num_gpus() < workers:
@@ -68,111 +62,78 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
         tf32 = apply_tf32_policy()  # before the first GPU operation (backends.mxnet.device applied it at import)
     ctxs = [mx.cpu(i) if device == "cpu" else mx.gpu(i) for i in range(workers)]
     kv_type = "local" if device == "cpu" else "device"
-    result: dict[str, Any] = {
-        "backend": "mxnet",
-        "framework_version": mx.__version__,
-        "workers": workers,
-        "engine": f"gluon Trainer + kvstore '{kv_type}' over {workers} context(s)",
-        "threads": THREADS_NOTE if device == "cpu" else "one GPU per context",
-        "device": device,
-        "tf32": tf32,
-        "allreduce": [],
-        "steps": [],
-    }
-
     kv = mx.kv.create(kv_type)
-    for slot, nbytes in enumerate(job.get("allreduce_sizes", []) if workers > 1 else []):
-        count = max(1, int(nbytes) // 4)
+    opt = optimizer_named(job["optimizer"])
+
+    def allreduce(slot: int, nbytes: int) -> tuple[int, Callable[[], object]]:
+        count = max(1, nbytes // 4)
         kv.init(slot, mx.nd.zeros((count,), ctx=ctxs[0]))
         grads = [mx.nd.ones((count,), ctx=c) for c in ctxs]
         outs = [mx.nd.zeros((count,), ctx=c) for c in ctxs]
         mx.nd.waitall()
-        times = []
-        for i in range(int(job.get("allreduce_repeats", 10)) + 2):
-            t0 = time.perf_counter()
+
+        def push_pull() -> None:
             kv.push(slot, grads)
             kv.pull(slot, out=outs)
-            mx.nd.waitall()
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        result["allreduce"].append({"bytes": count * 4, "times": times})
 
-    optimizer = job.get("optimizer", "sgd")
+        return count * 4, push_pull
 
-    def make(spec: Any) -> tuple[Any, Any, Any]:
+    def trainer_step(spec: ModelSpec, x: Any, y: Any) -> tuple[Any, Callable[[], None]]:
+        """The model on every context and one data-parallel step on the global batch ``(x, y)``."""
         net = build_model(spec, seed=0)
         net.collect_params().reset_ctx(ctxs)
-        if optimizer == "adam":
-            trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.001}, kvstore=kv_type)
+        if opt.name == "adam":
+            params = {"learning_rate": opt.lr}
         else:
-            momentum = 0.9 if optimizer == "momentum" else 0.0
-            trainer = gluon.Trainer(
-                net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": momentum}, kvstore=kv_type
-            )
-        return net, trainer, _loss_fn(output_kind(spec))
-
-    def train_step(net: Any, trainer: Any, loss_of: Any, xs: list[Any], ys: list[Any]) -> None:
-        with autograd.record(train_mode=True):
-            losses = [loss_of(net(x), y) for x, y in zip(xs, ys)]
-        autograd.backward(losses)
-        trainer.step(workers)  # kvstore sums N per-context mean gradients; /N = mean over the global batch
-        mx.nd.waitall()
-
-    def load(spec: Any, x: Any, y: Any) -> tuple[list[Any], list[Any]]:
+            params = {"learning_rate": opt.lr, "momentum": opt.momentum}
+        trainer = gluon.Trainer(net.collect_params(), "adam" if opt.name == "adam" else "sgd", params, kvstore=kv_type)
+        loss_of = _loss_fn(output_kind(spec))
         y = np.asarray(y)
         if output_kind(spec) == "regression":
             y = y.astype(np.float32)
-        return (
-            gluon.utils.split_and_load(mx.nd.array(x, dtype=x.dtype), ctxs),
-            gluon.utils.split_and_load(mx.nd.array(y, dtype=y.dtype), ctxs),
-        )
+        xs = gluon.utils.split_and_load(mx.nd.array(x, dtype=x.dtype), ctxs)
+        ys = gluon.utils.split_and_load(mx.nd.array(y, dtype=y.dtype), ctxs)
 
-    for entry in job["models"]:
-        spec = spec_from_dict(entry["spec"])
-        for batch in job["batches"]:
-            net, trainer, loss_of = make(spec)
-            x, y = make_batch(spec, int(batch) * workers, seed=1)
-            xs, ys = load(spec, x, y)
-            for _ in range(int(job.get("warmup", 2))):
-                train_step(net, trainer, loss_of, xs, ys)
-            times = []
-            for _ in range(int(job.get("steps", 5))):
-                t0 = time.perf_counter()
-                train_step(net, trainer, loss_of, xs, ys)
-                times.append(time.perf_counter() - t0)
-            result["steps"].append(
-                {
-                    "model": entry["name"],
-                    "batch_per_worker": int(batch),
-                    "times": times,
-                    "params": count_params(net),
-                    **_stats(times),
-                }
-            )
+        def step() -> None:
+            with autograd.record(train_mode=True):
+                losses = [loss_of(net(xi), yi) for xi, yi in zip(xs, ys)]
+            autograd.backward(losses)
+            trainer.step(workers)  # kvstore sums N per-context mean gradients; /N = mean over the global batch
 
-    verify = job.get("verify")
-    if verify:
-        spec = next(spec_from_dict(e["spec"]) for e in job["models"] if e["name"] == verify["model"])
-        x, y = make_batch(spec, int(verify["global_batch"]), seed=123)
-        net, trainer, loss_of = make(spec)
-        xs, ys = load(spec, x, y)
-        train_step(net, trainer, loss_of, xs, ys)
+        return net, step
+
+    def build(spec: ModelSpec, batch: int) -> Trainee:
+        net, step = trainer_step(spec, *make_batch(spec, batch * workers, seed=1))
+        return Trainee(step=step, params=count_params(net))
+
+    def verify(spec: ModelSpec, check: VerifyJob) -> None:
+        net, step = trainer_step(spec, *make_batch(spec, int(check["global_batch"]), seed=123))
+        step()
+        mx.nd.waitall()
         net.collect_params().reset_ctx(ctxs[0])  # get_weights reads the (now identical) first copy
-        np.savez(verify["weights_out"], *get_weights(net))
-    return result
+        np.savez(check["weights_out"], *get_weights(net))
+
+    engine = Engine(
+        header={
+            "backend": "mxnet",
+            "framework_version": mx.__version__,
+            "workers": workers,
+            "engine": f"gluon Trainer + kvstore '{kv_type}' over {workers} context(s)",
+            "threads": THREADS_NOTE if device == "cpu" else "one GPU per context",
+            "device": device,
+            "tf32": tf32,
+        },
+        build=build,
+        verify=verify,
+        allreduce=allreduce if workers > 1 else None,
+        sync=mx.nd.waitall,
+    )
+    return run(job, engine)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``--workers N --job JOB.json --out RESULT.json`` (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m backends.mxnet.distributed")
-    p.add_argument("--job", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--workers", type=int, required=True, help="contexts (CPU contexts or GPUs)")
-    args = p.parse_args(argv)
-    job = json.loads(Path(args.job).read_text())
-    result = run_job(job, args.workers)
-    Path(args.out).write_text(json.dumps(result))
-    return 0
+    return replicas_main("python -m backends.mxnet.distributed", run_job, "contexts (CPU contexts or GPUs)", argv)
 
 
 if __name__ == "__main__":

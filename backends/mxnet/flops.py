@@ -4,18 +4,22 @@
 ``HybridBlock`` on ``mx.sym.var("data")`` runs the same code path that builds the graph ``net.export``
 writes (``HybridBlock._get_graph``), without running a forward pass. :func:`count_flops` walks its
 JSON, infers every node's shapes with MXNet's own shape inference for the given batch size, and counts
-each operator MXNet actually built:
+each operator MXNet actually built with its rule: a small function in the registry :data:`SUPPORTED_OPS`
+(operator name -> rule, as fvcore's ``_DEFAULT_SUPPORTED_OPS``), its formula in its docstring; an operator
+without an entry gets :data:`DEFAULT_RULE`:
 
-* ``Convolution``: ``2 * N * Hout * Wout * Cout * (Cin / groups) * kh * kw`` (2 per MAC); its bias adds
-  (``N * Hout * Wout * Cout``, when ``no_bias`` is false) go to ``"Convolution.bias"``.
-* ``FullyConnected``: ``2 * rows * in * out`` and ``"FullyConnected.bias"``: ``rows * out``.
-* ``RNN`` (mode ``lstm``: 4 gates; ``gru``: 3; ``rnn_*``: 1): per time step and sample, ``2 * G*h * in``
-  for the input matrix product plus ``2 * G*h * h`` for the recurrent one; its two biases
-  (``2 * G*h`` = 8h adds for an LSTM) go to ``"RNN.bias"``. The gates' element-wise math is not counted.
-* ``Pooling``: one FLOP per window element per output (``kh * kw`` or ``H * W`` for global pooling).
-* every other operator that computes: one FLOP per output element, under its MXNet name (``Activation``,
-  ``softmax``, ``LRN``, ``elemwise_div``...); ``Dropout`` only in the training phase.
-* data movement (``Reshape``, ``Flatten``, ``SwapAxis``, ``Pad``, ``_zeros``, ``Embedding``...): 0.
+* ``Convolution``, ``FullyConnected``: :func:`matmul_rule`, ``2 * N * Hout * Wout * Cout * (Cin / groups) *
+  kh * kw`` (2 per MAC) or ``2 * rows * in * out``; bias adds under ``"<op>.bias"``.
+* ``RNN`` (mode ``lstm``: 4 gates; ``gru``: 3; ``rnn_*``: 1): :func:`rnn_rule`, per time step and sample
+  ``2 * G*h * in`` for the input matrix product plus ``2 * G*h * h`` for the recurrent one; its two biases
+  (``2 * G*h`` = 8h adds for an LSTM) under ``"RNN.bias"``. The gates' element-wise math is not counted.
+* ``Pooling``: :func:`pooling_rule`, one FLOP per window element per output (``kh * kw`` or ``H * W`` for
+  global pooling).
+* ``Dropout``: :func:`dropout_rule`, one FLOP per output element, in the training phase only.
+* data movement (``Reshape``, ``Flatten``, ``SwapAxis``, ``Pad``, ``_zeros``, ``Embedding``...):
+  :func:`free_rule`, 0.
+* every other operator that computes (``Activation``, ``softmax``, ``LRN``, ``elemwise_div``...):
+  :data:`DEFAULT_RULE` = :func:`elementwise_rule`, one FLOP per output element under its MXNet name.
 
 ``total`` is the matrix-product work only: ``Convolution + FullyConnected + RNN`` (2 per MAC, no bias,
 no activation/pooling); ``by_op`` has all of the above.
@@ -34,6 +38,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import mxnet as mx
@@ -42,43 +48,182 @@ from xfbench.backends.base import FlopCount
 
 COUNTER = "mxnet-symbol-graph"
 _MATMUL_OPS = ("Convolution", "FullyConnected", "RNN")
-# Operators that only move, reshape, pad or create data: no arithmetic.
-_FREE_OPS = frozenset(
-    {
-        "Reshape",
-        "reshape",
-        "Flatten",
-        "flatten",
-        "SwapAxis",
-        "swapaxes",
-        "transpose",
-        "expand_dims",
-        "squeeze",
-        "slice_axis",
-        "slice",
-        "_slice",
-        "Pad",
-        "pad",
-        "_zeros",
-        "_ones",
-        "zeros_like",
-        "ones_like",
-        "_rnn_param_concat",
-        "Concat",
-        "concat",
-        "_copy",
-        "identity",
-        "BlockGrad",
-        "stop_gradient",
-        "Cast",
-        "cast",
-        "Embedding",
-    }
-)
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 # The counter's total is already what the analytic count predicts under its convention.
 ALIGNED_OPS: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OpNode:
+    """One operator node of the symbol graph, as a rule sees it.
+
+    ``out_shape``: its first output's shape; ``in_dep``: whether its data input (input 0) depends on a
+    trainable parameter, i.e. a gradient must flow back into that input; ``training``: the phase counted is
+    forward + backward. :meth:`input_shape` gives the shape of input ``i`` (0: data, 1: weight, ...).
+    """
+
+    op: str
+    attrs: dict[str, str]
+    out_shape: tuple[int, ...]
+    in_dep: bool
+    training: bool
+    inputs: tuple[tuple[int, int], ...]  # (source node, output index) per input
+    graph_shapes: list[list[tuple[int, ...]]]  # per node of the graph, the shapes of its outputs
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.out_shape)
+
+    def input_shape(self, i: int) -> tuple[int, ...]:
+        src, out = self.inputs[i]
+        return self.graph_shapes[src][out]
+
+
+# One term of a rule: (key in ``by_op``, FLOPs, whether they count toward ``total``).
+Term = tuple[str, int, bool]
+Rule = Callable[[OpNode], list[Term]]
+
+
+def matmul_rule(node: OpNode) -> list[Term]:
+    """``Convolution`` and ``FullyConnected``: ``2 * numel(out) * prod(weight.shape[1:])`` FLOPs (2 per MAC;
+    ``weight.shape[1:]`` is ``(Cin/groups, kh, kw)`` or ``(in,)``), in ``total``. Bias adds (``numel(out)``,
+    unless ``no_bias``) under ``"<op>.bias"``, not in ``total``.
+
+    Training adds ``"<op>.grad_weight"`` = the forward FLOPs and, when ``in_dep``, ``"<op>.grad_input"`` = the
+    forward FLOPs again (both in ``total``), and ``"<op>.bias_grad"`` = ``numel(out)`` (not in ``total``).
+    """
+    flops = 2 * node.numel * math.prod(node.input_shape(1)[1:])
+    has_bias = node.attrs.get("no_bias", "False") != "True"
+    terms: list[Term] = [(node.op, flops, True)]
+    if has_bias:
+        terms.append((f"{node.op}.bias", node.numel, False))
+    if node.training:
+        terms.append((f"{node.op}.grad_weight", flops, True))
+        if node.in_dep:
+            terms.append((f"{node.op}.grad_input", flops, True))
+        if has_bias:
+            terms.append((f"{node.op}.bias_grad", node.numel, False))
+    return terms
+
+
+def _rnn_macs(attrs: dict[str, str], data_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``(input MACs of layer 0, input MACs of later layers, recurrent MACs, bias adds)`` of a fused RNN op.
+
+    ``data_shape`` is ``(T, N, F)`` (the operator's own TNC layout).
+    """
+    t, n, f = data_shape
+    h = int(attrs["state_size"])
+    layers = int(attrs.get("num_layers", "1"))
+    dirs = 2 if attrs.get("bidirectional", "False") == "True" else 1
+    gates = _GATES[attrs.get("mode", "lstm")]
+    steps = t * n * dirs
+    first_input = steps * gates * h * f
+    later_input = steps * gates * h * dirs * h * (layers - 1)
+    recurrent = steps * gates * h * h * layers
+    bias = steps * 2 * gates * h * layers
+    return first_input, later_input, recurrent, bias
+
+
+def rnn_rule(node: OpNode) -> list[Term]:
+    """``RNN`` (fused; data ``(T, N, F)``, ``G`` gates, ``h`` = ``state_size``, ``D`` directions, ``L`` layers):
+    per time step, sample and direction ``2 * G*h * F`` for layer 0's input product, ``2 * G*h * D*h`` per later
+    layer's, ``2 * G*h * h`` per layer for the recurrent product: all in ``total``. Its two biases
+    (``2 * G*h`` per layer, 8h adds for an LSTM) under ``"RNN.bias"``, not in ``total``.
+
+    Training adds ``"RNN.grad_weight"`` = the forward FLOPs, ``"RNN.grad_state"`` = 2 x (recurrent + later
+    layers' input MACs), and, when ``in_dep``, ``"RNN.grad_input"`` = 2 x layer 0's input MACs (all in
+    ``total``); ``"RNN.bias_grad"`` = half the bias adds (not in ``total``).
+    """
+    first_in, later_in, recurrent, bias = _rnn_macs(node.attrs, node.input_shape(0))
+    flops = 2 * (first_in + later_in + recurrent)
+    terms: list[Term] = [(node.op, flops, True), ("RNN.bias", bias, False)]
+    if node.training:
+        terms += [("RNN.grad_weight", flops, True), ("RNN.grad_state", 2 * (recurrent + later_in), True)]
+        if node.in_dep:
+            terms.append(("RNN.grad_input", 2 * first_in, True))
+        terms.append(("RNN.bias_grad", bias // 2, False))
+    return terms
+
+
+def pooling_rule(node: OpNode) -> list[Term]:
+    """``Pooling``: ``numel(out) * window`` FLOPs, one per window element per output; the window is
+    ``kh * kw`` or, for global pooling, the input's ``H * W``. Training adds ``"Pooling.grad"``, as many again,
+    when ``in_dep``. Not in ``total``."""
+    if node.attrs.get("global_pool", "False") == "True":
+        area = math.prod(node.input_shape(0)[2:])
+    else:
+        area = math.prod(int(v) for v in node.attrs["kernel"].strip("()").split(",") if v.strip())
+    terms: list[Term] = [(node.op, node.numel * area, False)]
+    if node.training and node.in_dep:
+        terms.append((f"{node.op}.grad", node.numel * area, False))
+    return terms
+
+
+def dropout_rule(node: OpNode) -> list[Term]:
+    """``Dropout``: in the training phase only (inference skips it), ``numel(out)`` FLOPs, and
+    ``"Dropout.grad"``, as many again, when ``in_dep``. Not in ``total``."""
+    if not node.training:
+        return []
+    return elementwise_rule(node)
+
+
+def elementwise_rule(node: OpNode) -> list[Term]:
+    """Any other computing operator (``Activation``, ``softmax``, ``LRN``, ``elemwise_div``...): ``numel(out)``
+    FLOPs, one per output element, under its MXNet name; training adds ``"<op>.grad"``, as many again, when
+    ``in_dep``. Not in ``total``."""
+    terms: list[Term] = [(node.op, node.numel, False)]
+    if node.training and node.in_dep:
+        terms.append((f"{node.op}.grad", node.numel, False))
+    return terms
+
+
+def free_rule(node: OpNode) -> list[Term]:
+    """Operators that only move, reshape, pad, cast or create data: 0 FLOPs."""
+    return []
+
+
+# Operators that only move, reshape, pad or create data: no arithmetic.
+_FREE_OPS = (
+    "Reshape",
+    "reshape",
+    "Flatten",
+    "flatten",
+    "SwapAxis",
+    "swapaxes",
+    "transpose",
+    "expand_dims",
+    "squeeze",
+    "slice_axis",
+    "slice",
+    "_slice",
+    "Pad",
+    "pad",
+    "_zeros",
+    "_ones",
+    "zeros_like",
+    "ones_like",
+    "_rnn_param_concat",
+    "Concat",
+    "concat",
+    "_copy",
+    "identity",
+    "BlockGrad",
+    "stop_gradient",
+    "Cast",
+    "cast",
+    "Embedding",
+)
+# Operator name -> its rule (as fvcore's ``_DEFAULT_SUPPORTED_OPS``); any other operator gets DEFAULT_RULE.
+SUPPORTED_OPS: dict[str, Rule] = {
+    "Convolution": matmul_rule,
+    "FullyConnected": matmul_rule,
+    "RNN": rnn_rule,
+    "Pooling": pooling_rule,
+    "Dropout": dropout_rule,
+    **dict.fromkeys(_FREE_OPS, free_rule),
+}
+DEFAULT_RULE: Rule = elementwise_rule
 
 
 def model_symbol(model: Any) -> mx.sym.Symbol:
@@ -124,24 +269,6 @@ def _param_dependence(nodes: list[dict[str, Any]], data_name: str) -> list[bool]
     return dep
 
 
-def _rnn_macs(attrs: dict[str, str], data_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """``(input MACs of layer 0, input MACs of later layers, recurrent MACs, bias adds)`` of a fused RNN op.
-
-    ``data_shape`` is ``(T, N, F)`` (the operator's own TNC layout).
-    """
-    t, n, f = data_shape
-    h = int(attrs["state_size"])
-    layers = int(attrs.get("num_layers", "1"))
-    dirs = 2 if attrs.get("bidirectional", "False") == "True" else 1
-    gates = _GATES[attrs.get("mode", "lstm")]
-    steps = t * n * dirs
-    first_input = steps * gates * h * f
-    later_input = steps * gates * h * dirs * h * (layers - 1)
-    recurrent = steps * gates * h * h * layers
-    bias = steps * 2 * gates * h * layers
-    return first_input, later_input, recurrent, bias
-
-
 def count_flops(model: Any, spec: ModelSpec, batch_size: int, phase: str = "inference") -> FlopCount:
     """FLOPs of one batch of ``batch_size`` counted on the model's MXNet symbol graph (see module docstring)."""
     if phase not in ("inference", "training"):
@@ -161,73 +288,28 @@ def count_flops(model: Any, spec: ModelSpec, batch_size: int, phase: str = "infe
     by_op: dict[str, int] = {}
     total = 0
     seen_layers: set[int] = set()
-
-    def add(key: str, value: int) -> None:
-        if value:
-            by_op[key] = by_op.get(key, 0) + int(value)
-
     for idx, node in enumerate(nodes):
         op = node["op"]
-        if op == "null" or op in _FREE_OPS:
+        if op == "null":
             continue
-        attrs = node.get("attrs", {})
         name = node["name"]
-        out_shape = node_shapes[idx][0]
         inputs = node["inputs"]
-        in_dep = bool(inputs) and needs_grad[inputs[0][0]]
-        numel = math.prod(out_shape)
         if op in _MATMUL_OPS and name.startswith("l") and name[1:].split("_", 1)[0].isdigit():
             seen_layers.add(int(name[1:].split("_", 1)[0]))
-        if op in ("Convolution", "FullyConnected"):
-            w_shape = node_shapes[inputs[1][0]][inputs[1][1]]
-            per_out = math.prod(w_shape[1:])  # (Cin/groups)*kh*kw, or `in` for FullyConnected
-            flops = 2 * numel * per_out
-            add(op, flops)
-            total += flops
-            has_bias = attrs.get("no_bias", "False") != "True"
-            if has_bias:
-                add(f"{op}.bias", numel)
-            if training:
-                add(f"{op}.grad_weight", flops)
-                total += flops
-                if in_dep:
-                    add(f"{op}.grad_input", flops)
-                    total += flops
-                if has_bias:
-                    add(f"{op}.bias_grad", numel)
-        elif op == "RNN":
-            data_shape = node_shapes[inputs[0][0]][inputs[0][1]]
-            first_in, later_in, recurrent, bias = _rnn_macs(attrs, data_shape)
-            flops = 2 * (first_in + later_in + recurrent)
-            add(op, flops)
-            total += flops
-            add("RNN.bias", bias)
-            if training:
-                add("RNN.grad_weight", flops)
-                add("RNN.grad_state", 2 * (recurrent + later_in))
-                total += flops + 2 * (recurrent + later_in)
-                if in_dep:
-                    add("RNN.grad_input", 2 * first_in)
-                    total += 2 * first_in
-                add("RNN.bias_grad", bias // 2)
-        elif op == "Pooling":
-            if attrs.get("global_pool", "False") == "True":
-                in_shape = node_shapes[inputs[0][0]][inputs[0][1]]
-                area = math.prod(in_shape[2:])
-            else:
-                area = math.prod(int(v) for v in attrs["kernel"].strip("()").split(",") if v.strip())
-            add(op, numel * area)
-            if training and in_dep:
-                add(f"{op}.grad", numel * area)
-        elif op == "Dropout":
-            if training:
-                add(op, numel)
-                if in_dep:
-                    add(f"{op}.grad", numel)
-        else:
-            add(op, numel)
-            if training and in_dep:
-                add(f"{op}.grad", numel)
+        op_node = OpNode(
+            op=op,
+            attrs=node.get("attrs", {}),
+            out_shape=node_shapes[idx][0],
+            in_dep=bool(inputs) and needs_grad[inputs[0][0]],
+            training=training,
+            inputs=tuple((src, out) for src, out, _ in inputs),
+            graph_shapes=node_shapes,
+        )
+        for key, value, in_total in SUPPORTED_OPS.get(op, DEFAULT_RULE)(op_node):
+            if value:
+                by_op[key] = by_op.get(key, 0) + int(value)
+            if in_total:
+                total += value
 
     # A weighted spec layer without a matrix-product operator of its own would be work the walk missed.
     unsupported = tuple(

@@ -3,13 +3,16 @@
 On a GPU, ``mx.context.gpu_memory_info(N)`` gives CUDA's ``(free, total)`` for the whole device, so
 ``reserved`` is ``total - free``: everything in use on the GPU (MXNet's pooled memory, the CUDA context,
 and any other process). There are no peak figures, so :func:`reset_peak_memory` is a no-op.
+
+``is_oom_error`` is :func:`backends.common.is_oom_error`, the one classifier of every backend (``MemoryError``, an
+``MXNetError`` such as 'cudaMalloc retry failed: out of memory').
 """
 
 from __future__ import annotations
 
 import mxnet as mx
-from xfbench.backends import common
 from xfbench.backends.base import MemoryStats
+from xfbench.backends.common import is_oom_error
 from xfbench.backends.mxnet.device import resolve_device
 
 
@@ -36,7 +39,4 @@ def release_cached_memory(device: str | mx.Context) -> None:
         ctx.empty_cache()
 
 
-def is_oom_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory failure: :func:`backends.common.is_oom_error`, the one classifier of
-    every backend (``MemoryError``, an ``MXNetError`` such as 'cudaMalloc retry failed: out of memory')."""
-    return common.is_oom_error(exc)
+__all__ = ["is_oom_error", "memory_stats", "release_cached_memory", "reset_peak_memory"]

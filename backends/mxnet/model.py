@@ -25,7 +25,7 @@ Where MXNet differs from the spec:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import mxnet as mx
@@ -48,11 +48,14 @@ from xfbench.analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
+from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, weight_slots
-from xfbench.backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
+from xfbench.backends.base import NotSupported
+from xfbench.backends.common import check_dtype, check_weights, optimizer_settings
 from xfbench.backends.mxnet.device import resolve_device
 
-DTYPES = ("float32", "float16", "float64")
+# analytics.vocab's dtypes without bfloat16 (MXNet 1.9 has no bfloat16 GEMM), and float64 (a reference precision).
+DTYPES: tuple[str, ...] = (*(d for d in DTYPE_NAMES if d != "bfloat16"), "float64")
 # Smallest normal float32: keeps log(p) finite when a probability underflows, and changes nothing else.
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -259,8 +262,7 @@ def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", se
     the caller; MXNet's LRN has no float64 kernel, and float16 needs a GPU: MXNet has no CPU FP16 GEMM,
     so it raises :class:`NotSupported` on the CPU).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of: {', '.join(DTYPES)}")
+    check_dtype(dtype, "mxnet", DTYPES)
     ctx = resolve_device(device)
     if dtype == "float16" and ctx.device_type == "cpu":
         raise NotSupported("float16 on the CPU is not supported with mxnet (it has no CPU FP16 GEMM)")
@@ -302,17 +304,10 @@ def _mx_slots(model: XfNet) -> list[tuple[gluon.Parameter, Callable[[np.ndarray]
     return out
 
 
-def set_weights(model: XfNet, weights: list[np.ndarray]) -> None:
-    """Loads neutral-format weights (:mod:`analytics.weights`); zeroes each LSTM's ``h2h_bias``."""
-    slots = weight_slots(model.xf_spec)
-    if len(weights) != len(slots):
-        raise ValueError(f"got {len(weights)} weight arrays, expected {len(slots)}")
-    for slot, arr in zip(slots, weights):
-        if tuple(np.shape(arr)) != slot.shape:
-            raise ValueError(
-                f"weight {slot.layer_name}.{slot.param} (layer {slot.layer}) has shape {tuple(np.shape(arr))}, "
-                f"expected {slot.shape}"
-            )
+def set_weights(model: XfNet, weights: Sequence[np.ndarray]) -> None:
+    """Loads neutral-format weights (:mod:`analytics.weights`; count and shapes checked by
+    :func:`backends.common.check_weights`); zeroes each LSTM's ``h2h_bias``."""
+    check_weights(model.xf_spec, weights)
     for (param, to_mx), arr in zip(_mx_slots(model), weights):
         param.set_data(mx.nd.array(np.ascontiguousarray(to_mx(np.asarray(arr))), dtype=model.xf_dtype))
     for i, layer in enumerate(model.xf_spec.layers):
@@ -394,17 +389,16 @@ def make_train_step(
 
     The loss is a mean over the batch (:func:`analytics.weights.output_kind`), so ``trainer.step(1)`` is
     called: Gluon's ``step(batch_size)`` divides gradients by ``batch_size``, which would average twice.
-    Optimizers: ``sgd``, ``momentum`` (MXNet ``sgd`` with momentum 0.9), ``adam`` (MXNet defaults:
-    beta1 0.9, beta2 0.999, epsilon 1e-8). The returned loss ``NDArray`` is not yet synchronized.
+    Optimizers: ``sgd``, ``momentum`` (MXNet ``sgd`` with a momentum), ``adam`` (MXNet's beta1 0.9 and beta2
+    0.999), with the learning rate, momentum and Adam's epsilon of :func:`backends.common.optimizer_settings`.
+    The returned loss ``NDArray`` is not yet synchronized.
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-    rate = DEFAULT_LR[optimizer] if lr is None else float(lr)
-    if optimizer == "adam":
-        trainer = gluon.Trainer(model.collect_params(), "adam", {"learning_rate": rate})
+    opt = optimizer_settings(optimizer, lr)
+    if opt.name == "adam":
+        settings = {"learning_rate": opt.lr, "epsilon": opt.epsilon}
+        trainer = gluon.Trainer(model.collect_params(), "adam", settings)
     else:
-        momentum = MOMENTUM if optimizer == "momentum" else 0.0
-        trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": rate, "momentum": momentum})
+        trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": opt.lr, "momentum": opt.momentum})
     loss_fn = _loss_fn(output_kind(spec))
     regression = output_kind(spec) == "regression"
 

@@ -10,29 +10,24 @@ from collections.abc import Callable
 
 import numpy as np
 from xfbench.backends.base import DeviceUnavailable
+from xfbench.backends.common import check_dtype
 
 # Through the package, whose __init__ silences MXNet's import-time DeprecationWarnings.
 from xfbench.backends.mxnet.device import list_devices, mx, resolve_device
 
 NAME = "mxnet"
 VERSION = mx.__version__
-_DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _check_dtype(name: str) -> None:
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(_DTYPES)}")
 
 
 def _host(shape: tuple[int, ...], dtype: str, seed: int, scale: float = 1.0) -> mx.nd.NDArray:
-    _check_dtype(dtype)
+    check_dtype(dtype, NAME)
     data = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32) * np.float32(scale)
     return mx.nd.array(data, ctx=mx.cpu(), dtype=np.float32).astype(dtype)
 
 
 def dtype_support(device: str, dtype: str) -> str | None:
     """``None`` if MXNet computes ``dtype`` on ``device``, else the reason (one line)."""
-    _check_dtype(dtype)
+    check_dtype(dtype, NAME)
     ctx = resolve_device(device)
     if dtype == "bfloat16":
         return "MXNet 1.9 has no bfloat16 dot kernel (bfloat16 is limited to some oneDNN CPU operators)"

@@ -1,4 +1,4 @@
-"""The TensorFlow / Keras 3 backend (contract: :mod:`backends.base`).
+"""The TensorFlow / Keras 3 backend (contract: :class:`backends.base.ModelAdapter`).
 
 Importing this package imports TensorFlow (with ``TF_CPP_MIN_LOG_LEVEL=2`` unless already set, so its C++
 start-up messages stay quiet) and Keras 3 on the TensorFlow backend.
@@ -7,7 +7,7 @@ start-up messages stay quiet) and Keras 3 on the TensorFlow backend.
 from __future__ import annotations
 
 from xfbench.backends.tensorflow._tf import keras, tf
-from xfbench.backends.tensorflow.device import list_devices, resolve_device, synchronize
+from xfbench.backends.tensorflow.device import available_memory, list_devices, resolve_device, synchronize
 from xfbench.backends.tensorflow.flops import ALIGNED_OPS, count_flops
 from xfbench.backends.tensorflow.memory import is_oom_error, memory_stats, reset_peak_memory
 from xfbench.backends.tensorflow.model import (
@@ -35,6 +35,7 @@ __all__ = [
     "KERAS_VERSION",
     "NAME",
     "VERSION",
+    "available_memory",
     "build_model",
     "count_flops",
     "count_params",

@@ -10,7 +10,8 @@ It also applies the run's TF32 policy (:func:`apply_tf32_policy`).
 from __future__ import annotations
 
 from xfbench.backends.base import DeviceUnavailable, parse_device
-from xfbench.backends.common import effective_tf32, prepare_framework_env, tf32_policy
+from xfbench.backends.common import effective_tf32, host_available_memory, prepare_framework_env, tf32_policy
+from xfbench.backends.nvml import nvml_free_memory
 
 prepare_framework_env("tensorflow")
 
@@ -67,4 +68,19 @@ def synchronize(device: str) -> None:
                 tf.constant(0.0).numpy()
 
 
+def available_memory(device: str) -> int | None:
+    """Free memory in bytes on ``device``: NVML's free figure for the GPU on a GPU (TensorFlow reports only what
+    its own allocator holds; ``None`` without ``nvidia-ml-py``, the ``gpu`` extra), the host's
+    (:func:`backends.common.host_available_memory`, ``None`` where unreadable) on the CPU.
+
+    TensorFlow numbers its physical GPUs as CUDA does, so ``gpu:N`` is CUDA device N (:mod:`backends.nvml`)."""
+    tf_device = resolve_device(device)
+    if tf_device.startswith("/GPU"):
+        return nvml_free_memory(int(tf_device.split(":")[1]))
+    return host_available_memory()
+
+
 apply_tf32_policy()
+
+
+__all__ = ["apply_tf32_policy", "available_memory", "list_devices", "resolve_device", "synchronize"]

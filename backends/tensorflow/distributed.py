@@ -24,14 +24,12 @@ each replica's result on its own device (:func:`wait_first_elements`), not by co
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import sys
-import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
+
+from xfbench.backends.distributed_loop import Engine, Job, Result, Trainee, VerifyJob, replicas_main, run
 
 THREADS_NOTE = "1 thread per replica (TF intra-op threads 1, inter-op threads = N replicas, OMP_NUM_THREADS=1)"
 
@@ -84,18 +82,13 @@ def wait_first_elements(strategy: Any, values: Any) -> list[float]:
     return out
 
 
-def _stats(times: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median": statistics.median(times), "iqr": q[2] - q[0], "min": min(times), "mean": statistics.fmean(times)}
-
-
-def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
-    """Runs the job (same format as :mod:`backends.torch.distributed`) on ``workers`` replicas."""
+def run_job(job: Job, workers: int) -> Result:
+    """Runs the job (:class:`backends.distributed_loop.Job`) on ``workers`` replicas."""
     import numpy as np
 
-    device = job.get("device", "cpu")
+    device = job["device"]
     devices = configure(workers, device)
-    from xfbench.analytics.spec import spec_from_dict
+    from xfbench.analytics.spec import ModelSpec
     from xfbench.analytics.weights import make_batch
     from xfbench.backends.tensorflow import build_model, count_params, get_weights
     from xfbench.backends.tensorflow._tf import tf
@@ -105,39 +98,24 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
     tf32 = apply_tf32_policy() if device != "cpu" else ""
     strategy = tf.distribute.MirroredStrategy(devices=devices)
     n = strategy.num_replicas_in_sync
-    result: dict[str, Any] = {
-        "backend": "tensorflow",
-        "framework_version": tf.__version__,
-        "workers": n,
-        "engine": f"tf.distribute.MirroredStrategy ({type(strategy.extended._cross_device_ops).__name__})",
-        "threads": THREADS_NOTE if device == "cpu" else "one GPU per replica",
-        "device": device,
-        "tf32": tf32,
-        "allreduce": [],
-        "steps": [],
-    }
 
     def distribute(make: Any) -> Any:
         return per_replica_values(strategy, make)
 
-    def _allreduce(v: Any) -> Any:
+    @tf.function
+    def reduce_sum(v: Any) -> Any:
         return strategy.run(lambda t: tf.distribute.get_replica_context().all_reduce("sum", t), args=(v,))
 
-    allreduce = tf.function(_allreduce)
-    # One replica has nothing to reduce (the ring model gives 0; MirroredStrategy has no destinations).
-    for nbytes in job.get("allreduce_sizes", []) if n > 1 else []:
-        count = max(1, int(nbytes) // 4)
-        values = distribute(lambda i, count=count: tf.ones([count], tf.float32))
-        times = []
-        for i in range(int(job.get("allreduce_repeats", 10)) + 2):
-            t0 = time.perf_counter()
-            out = allreduce(values)
-            wait_first_elements(strategy, out)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        result["allreduce"].append({"bytes": count * 4, "times": times})
+    def allreduce(slot: int, nbytes: int) -> tuple[int, Callable[[], object]]:
+        count = max(1, nbytes // 4)
+        values = distribute(lambda i: tf.ones([count], tf.float32))
+        return count * 4, lambda: wait_first_elements(strategy, reduce_sum(values))
 
-    def make_step(model: Any, spec: Any, opt: Any) -> Any:
+    def make_step(spec: ModelSpec) -> tuple[Any, Any]:
+        with strategy.scope():
+            model = build_model(spec, seed=0)
+            opt = make_optimizer(job["optimizer"])
+            opt.build(model.trainable_variables)
         loss_of = loss_fn(spec)
 
         def replica_step(x: Any, y: Any) -> Any:
@@ -151,76 +129,49 @@ def run_job(job: dict[str, Any], workers: int) -> dict[str, Any]:
         def step(x: Any, y: Any) -> Any:
             return strategy.reduce("sum", strategy.run(replica_step, args=(x, y)), axis=None)
 
-        return step
+        return model, step
 
-    def shards(spec: Any, per_replica: int, seed: int, global_xy: tuple[Any, Any] | None = None) -> tuple[Any, Any]:
-        arrays = []
-        for r in range(n):
-            if global_xy is None:
-                arrays.append(make_batch(spec, per_replica, seed=seed + r))
-            else:
-                gx, gy = global_xy
-                arrays.append(
-                    (gx[r * per_replica : (r + 1) * per_replica], gy[r * per_replica : (r + 1) * per_replica])
-                )
+    def shards(arrays: list[tuple[Any, Any]]) -> tuple[Any, Any]:
         x = distribute(lambda i: tf.constant(arrays[i][0]))
         y = distribute(lambda i: tf.constant(np.asarray(arrays[i][1])))
         return x, y
 
-    optimizer = job.get("optimizer", "sgd")
-    for entry in job["models"]:
-        spec = spec_from_dict(entry["spec"])
-        for batch in job["batches"]:
-            with strategy.scope():
-                model = build_model(spec, seed=0)
-                opt = make_optimizer(optimizer)
-                opt.build(model.trainable_variables)
-            step = make_step(model, spec, opt)
-            x, y = shards(spec, int(batch), seed=1)
-            for _ in range(int(job.get("warmup", 2))):
-                float(step(x, y))
-            times = []
-            for _ in range(int(job.get("steps", 5))):
-                t0 = time.perf_counter()
-                float(step(x, y))  # reading the loss waits for the step
-                times.append(time.perf_counter() - t0)
-            result["steps"].append(
-                {
-                    "model": entry["name"],
-                    "batch_per_worker": int(batch),
-                    "times": times,
-                    "params": count_params(model),
-                    **_stats(times),
-                }
-            )
+    def build(spec: ModelSpec, batch: int) -> Trainee:
+        model, step = make_step(spec)
+        x, y = shards([make_batch(spec, batch, seed=1 + r) for r in range(n)])
+        return Trainee(step=lambda: float(step(x, y)), params=count_params(model))  # the loss read waits
 
-    verify = job.get("verify")
-    if verify:
-        spec = next(spec_from_dict(e["spec"]) for e in job["models"] if e["name"] == verify["model"])
-        gb = int(verify["global_batch"])
+    def verify(spec: ModelSpec, check: VerifyJob) -> None:
+        gb = int(check["global_batch"])
         gx, gy = make_batch(spec, gb, seed=123)
-        with strategy.scope():
-            model = build_model(spec, seed=0)
-            opt = make_optimizer(optimizer)
-            opt.build(model.trainable_variables)
-        step = make_step(model, spec, opt)
-        x, y = shards(spec, gb // n, seed=0, global_xy=(gx, np.asarray(gy)))
-        float(step(x, y))
-        np.savez(verify["weights_out"], *get_weights(model))
-    return result
+        gy, per = np.asarray(gy), gb // n
+        model, step = make_step(spec)
+        float(step(*shards([(gx[r * per : (r + 1) * per], gy[r * per : (r + 1) * per]) for r in range(n)])))
+        np.savez(check["weights_out"], *get_weights(model))
+
+    engine = Engine(
+        header={
+            "backend": "tensorflow",
+            "framework_version": tf.__version__,
+            "workers": n,
+            "engine": f"tf.distribute.MirroredStrategy ({type(strategy.extended._cross_device_ops).__name__})",
+            "threads": THREADS_NOTE if device == "cpu" else "one GPU per replica",
+            "device": device,
+            "tf32": tf32,
+        },
+        build=build,
+        verify=verify,
+        # One replica has nothing to reduce (the ring model gives 0; MirroredStrategy has no destinations).
+        allreduce=allreduce if n > 1 else None,
+    )
+    return run(job, engine)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``--workers N --job JOB.json --out RESULT.json`` (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="python -m backends.tensorflow.distributed")
-    p.add_argument("--job", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--workers", type=int, required=True, help="replicas (logical CPU devices or GPUs)")
-    args = p.parse_args(argv)
-    job = json.loads(Path(args.job).read_text())
-    result = run_job(job, args.workers)
-    Path(args.out).write_text(json.dumps(result))
-    return 0
+    return replicas_main(
+        "python -m backends.tensorflow.distributed", run_job, "replicas (logical CPU devices or GPUs)", argv
+    )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from xfbench.analytics.costs import TF_PROFILER_OPS
 from xfbench.analytics.spec import LSTM, ModelSpec
+from xfbench.analytics.vocab import check_phase
 from xfbench.analytics.weights import make_batch
 from xfbench.backends.base import FlopCount
 from xfbench.backends.tensorflow._tf import keras, tf
@@ -145,8 +146,7 @@ def count_flops(model: Any, spec: ModelSpec, batch_size: int, phase: str = "infe
 
     ``by_op`` splits ``total`` by TensorFlow op type (``Conv2D``, ``MatMul``, ``BiasAdd``, ``AvgPool``, ...).
     """
-    if phase not in ("inference", "training"):
-        raise ValueError(f"unknown phase {phase!r}; allowed: inference, training")
+    check_phase(phase)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     with _lstms_unrolled(model):

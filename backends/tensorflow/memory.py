@@ -1,9 +1,13 @@
-"""GPU allocator figures from TensorFlow's BFC allocator (``tf.config.experimental.get_memory_info``)."""
+"""GPU allocator figures from TensorFlow's BFC allocator (``tf.config.experimental.get_memory_info``).
+
+``is_oom_error`` is :func:`backends.common.is_oom_error`, the one classifier of every backend
+(``ResourceExhaustedError`` 'OOM when allocating ...', ``MemoryError``, allocator messages).
+"""
 
 from __future__ import annotations
 
-from xfbench.backends import common
 from xfbench.backends.base import MemoryStats
+from xfbench.backends.common import is_oom_error
 from xfbench.backends.tensorflow._tf import tf
 from xfbench.backends.tensorflow.device import resolve_device
 
@@ -41,7 +45,4 @@ def release_cached_memory(device: str) -> None:
     resolve_device(device)
 
 
-def is_oom_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory failure: :func:`backends.common.is_oom_error`, the one classifier of
-    every backend (``ResourceExhaustedError`` 'OOM when allocating ...', ``MemoryError``, allocator messages)."""
-    return common.is_oom_error(exc)
+__all__ = ["is_oom_error", "memory_stats", "release_cached_memory", "reset_peak_memory"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,14 +44,15 @@ from xfbench.analytics.spec import (
     MaxPool2D,
     ModelSpec,
 )
-from xfbench.analytics.weights import output_kind, random_weights, weight_slots
-from xfbench.backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS, NotSupported
+from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
+from xfbench.analytics.weights import output_kind, random_weights
+from xfbench.backends.base import NotSupported
+from xfbench.backends.common import check_dtype, check_weights, optimizer_settings
 from xfbench.backends.tensorflow._tf import keras, tf
 from xfbench.backends.tensorflow.device import resolve_device
 
-DTYPES = ("float32", "float64", "float16")
-# Keras's Adam default epsilon is 1e-7; PyTorch and MXNet use 1e-8. One value keeps the backends' steps equal.
-ADAM_EPSILON = 1e-8
+# analytics.vocab's dtypes without bfloat16 (not built here), and float64 (a reference precision for parity).
+DTYPES: tuple[str, ...] = (*(d for d in DTYPE_NAMES if d != "bfloat16"), "float64")
 
 
 @dataclass(frozen=True)
@@ -120,12 +121,6 @@ class _LocalResponseNorm(keras.layers.Layer):
 def _keras_name(index: int, layer: Any, suffix: str = "") -> str:
     base = re.sub(r"[^A-Za-z0-9_]", "_", layer.name or layer.type.lower())
     return f"l{index}_{base}{suffix}"
-
-
-def _check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported with tensorflow; allowed: {', '.join(DTYPES)}")
-    return dtype
 
 
 def _info(model: Any) -> _ModelInfo:
@@ -262,7 +257,7 @@ def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", se
     the same numbers for the same seed. The model takes NCHW (or ``(N, T, F)``) input and returns the
     spec's channels-first output.
     """
-    _check_dtype(dtype)
+    check_dtype(dtype, "tensorflow", DTYPES)
     tf_device = resolve_device(device)
     with tf.device(tf_device):
         model, entries = _build_graph(spec, dtype, seed)
@@ -303,15 +298,14 @@ def _layer_params(entry: _WeightEntry) -> list[tuple[str, Any]]:
     return out
 
 
-def set_weights(model: Any, weights: list[np.ndarray]) -> None:
+def set_weights(model: Any, weights: Sequence[np.ndarray]) -> None:
     """Loads neutral-format weights (:mod:`analytics.weights`) into ``model``; values are cast to its dtype.
 
-    Raises ``ValueError`` naming the slot when the count or a shape does not match.
+    Raises ``ValueError`` naming the slot when the count or a shape does not match
+    (:func:`backends.common.check_weights`).
     """
     info = _info(model)
-    slots = weight_slots(info.spec)
-    if len(weights) != len(slots):
-        raise ValueError(f"expected {len(slots)} weight arrays for {info.spec.name}, got {len(weights)}")
+    slots = check_weights(info.spec, weights)
     by_layer = {e.index: e for e in info.entries}
     pos = 0
     for entry in info.entries:
@@ -320,11 +314,6 @@ def set_weights(model: Any, weights: list[np.ndarray]) -> None:
             pos += 1
             if slot.layer != entry.index or slot.param != param:  # the two orders are built from the same spec
                 raise AssertionError(f"weight order mismatch at {slot}")
-            if tuple(arr.shape) != tuple(slot.shape):
-                raise ValueError(
-                    f"weight {pos - 1} ({slot.layer_name}.{slot.param}) has shape {tuple(arr.shape)}, "
-                    f"expected {tuple(slot.shape)}"
-                )
             var.assign(np.ascontiguousarray(_to_keras(by_layer[slot.layer], param, arr)).astype(info.dtype))
 
 
@@ -391,15 +380,13 @@ def loss_fn(spec: ModelSpec) -> Callable[[Any, Any], Any]:
 
 
 def make_optimizer(optimizer: str = "sgd", lr: float | None = None) -> Any:
-    """A Keras optimizer: ``sgd``, ``momentum`` (SGD with momentum 0.9) or ``adam`` (epsilon 1e-8)."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-    rate = DEFAULT_LR[optimizer] if lr is None else float(lr)
-    if optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=rate)
-    if optimizer == "momentum":
-        return keras.optimizers.SGD(learning_rate=rate, momentum=MOMENTUM)
-    return keras.optimizers.Adam(learning_rate=rate, epsilon=ADAM_EPSILON)
+    """A Keras optimizer: ``sgd``, ``momentum`` or ``adam``, with the learning rate, momentum and Adam's epsilon of
+    :func:`backends.common.optimizer_settings` (Keras's own Adam default epsilon, 1e-7, is not used, so the three
+    backends' steps agree)."""
+    opt = optimizer_settings(optimizer, lr)
+    if opt.name == "adam":
+        return keras.optimizers.Adam(learning_rate=opt.lr, epsilon=opt.epsilon)
+    return keras.optimizers.SGD(learning_rate=opt.lr, momentum=opt.momentum)
 
 
 def _train_step(model: Any, loss: Callable[[Any, Any], Any], opt: Any, variables: list, x: Any, y: Any) -> Any:

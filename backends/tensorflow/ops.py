@@ -15,18 +15,17 @@ from collections.abc import Callable
 
 import numpy as np
 from xfbench.backends.base import DeviceUnavailable
+from xfbench.backends.common import check_dtype, gpu_dtype_support
 from xfbench.backends.tensorflow._tf import tf
 from xfbench.backends.tensorflow.device import list_devices, resolve_device, synchronize
 
 NAME = "tensorflow"
 VERSION = tf.__version__
-_DTYPES = {"float32": tf.float32, "float16": tf.float16, "bfloat16": tf.bfloat16}
 
 
 def _dtype(name: str) -> tf.DType:
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    """TensorFlow's dtype for one of :data:`analytics.vocab.DTYPES` (vocab's error for another name)."""
+    return tf.as_dtype(check_dtype(name, NAME))
 
 
 def _host(shape: tuple[int, ...], dtype: str, seed: int, scale: float = 1.0) -> tf.Tensor:
@@ -57,11 +56,7 @@ def dtype_support(device: str, dtype: str) -> str | None:
     if tf_device.startswith("/GPU"):
         index = int(tf_device.split(":")[1])
         details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[index])
-        major, minor = details.get("compute_capability", (0, 0))
-        if dtype == "bfloat16" and major < 8:
-            return f"compute capability {major}.{minor} has no bfloat16 tensor cores (needs 8.0+)"
-        if dtype == "float16" and (major, minor) < (5, 3):
-            return f"compute capability {major}.{minor} has no native float16 (needs 5.3+)"
+        return gpu_dtype_support(details.get("compute_capability", (0, 0)), dtype)
     return None
 
 

@@ -1,4 +1,4 @@
-"""The PyTorch backend (contract: :mod:`backends.base`). Importing this module imports torch."""
+"""The PyTorch backend (contract: :class:`backends.base.ModelAdapter`). Importing this module imports torch."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 from xfbench.backends.base import DeviceUnavailable, parse_device
-from xfbench.backends.common import effective_tf32, tf32_policy
+from xfbench.backends.common import effective_tf32, host_available_memory, tf32_policy
 
 
 def apply_tf32_policy(policy: str | None = None) -> str:
@@ -56,22 +56,16 @@ def synchronize(device: str | torch.device) -> None:
 
 
 def available_memory(device: str | torch.device) -> int | None:
-    """Free memory in bytes on ``device``: CUDA's free figure on a GPU, ``MemAvailable`` of the host on the CPU.
-
-    ``None`` where the figure cannot be read (e.g. no ``/proc/meminfo``).
-    """
+    """Free memory in bytes on ``device``: CUDA's free figure on a GPU (``torch.cuda.mem_get_info``), the host's
+    (:func:`backends.common.host_available_memory`, ``None`` where unreadable) on the CPU."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         free, _total = torch.cuda.mem_get_info(dev)
         return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the file reports kB
-    except OSError:
-        pass
-    return None
+    return host_available_memory()
 
 
 apply_tf32_policy()
+
+
+__all__ = ["apply_tf32_policy", "available_memory", "list_devices", "resolve_device", "synchronize"]

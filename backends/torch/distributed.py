@@ -20,25 +20,32 @@ of workers, not of threads. On GPUs (``--device gpu``) each rank takes ``cuda:LO
 every tensor a collective touches (the all-reduce microbenchmark, the per-step times reduced to their maximum
 over ranks) lives on the rank's collective device (:func:`collective_setup`): NCCL reduces CUDA tensors only.
 
-The job (JSON): ``models`` (``[{"name", "spec"}]`` with ``spec`` = :meth:`ModelSpec.to_dict`), ``batches``
-(per-worker batch sizes), ``steps``, ``warmup``, ``optimizer``, ``allreduce_sizes`` (bytes),
-``allreduce_repeats``, optional ``device`` (``cpu``/``gpu``), optional ``verify`` (``{"model", "global_batch",
-"weights_out"}``: one step on the rank's shard of a fixed global batch, rank 0 saves the weights as ``.npz``).
+The job and the result (JSON) are :class:`backends.distributed_loop.Job` and ``Result``; the loop (all-reduce
+microbenchmark, warm-up, timed steps, verify) is :func:`backends.distributed_loop.run`, to which this module gives
+its hooks (:func:`_engine`). Its extra: each (model, batch) is also timed without DDP (``compute_only_times``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
+
+from xfbench.backends.distributed_loop import (
+    Engine,
+    Job,
+    Trainee,
+    VerifyJob,
+    job_parser,
+    read_job,
+    run,
+    write_result,
+)
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 THREADS_NOTE = "1 compute thread per worker process (torch.set_num_threads(1), interop 1, OMP_NUM_THREADS=1)"
@@ -121,17 +128,13 @@ def max_over_ranks(values: list[float], device: Any) -> list[float]:
     return [float(v) for v in t.cpu().tolist()]
 
 
-def _median_iqr(times: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median": statistics.median(times), "iqr": q[2] - q[0], "min": min(times), "mean": statistics.fmean(times)}
-
-
-def _worker(job: dict[str, Any], out_path: str) -> None:
+def _engine(job: Job, rank: int, world: int, local_rank: int) -> Engine:
+    """Joins the process group and returns this rank's hooks for :func:`backends.distributed_loop.run`."""
     import numpy as np
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from xfbench.analytics.spec import spec_from_dict
+    from xfbench.analytics.spec import ModelSpec
     from xfbench.analytics.weights import make_batch
     from xfbench.backends.torch.model import build_model, count_params, get_weights, loss_fn, make_optimizer
 
@@ -140,9 +143,7 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set (only possible before any parallel work)
         pass
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    gpu = job.get("device", "cpu") != "cpu"
+    gpu = job["device"] != "cpu"
     pg_backend, coll_device = collective_setup(gpu, local_rank)
     dev = torch.device(coll_device)
     tf32 = ""
@@ -160,140 +161,103 @@ def _worker(job: dict[str, Any], out_path: str) -> None:
     dist.init_process_group(
         pg_backend, init_method="env://", timeout=timedelta(seconds=300), device_id=dev if gpu else None
     )
+    model_device = f"gpu:{local_rank}" if gpu else "cpu"
+    optimizer = job["optimizer"]
 
     def sync() -> None:
         if gpu:
             torch.cuda.synchronize(dev)
 
-    def barrier() -> None:
+    def settle() -> None:
+        sync()
         # NCCL's barrier otherwise guesses the rank's device (and warns); gloo takes no device ids.
         if gpu:
             dist.barrier(device_ids=[local_rank])
         else:
             dist.barrier()
+        sync()
 
-    result: dict[str, Any] = {
-        "backend": "torch",
-        "framework_version": torch.__version__,
-        "workers": world,
-        "engine": f"torch.distributed {dist.get_backend()} + DistributedDataParallel",
-        "threads": THREADS_NOTE if not gpu else "one GPU per worker process (NCCL)",
-        "device": "gpu" if gpu else "cpu",
-        "tf32": tf32,
-        "allreduce": [],
-        "steps": [],
-    }
+    def allreduce(slot: int, nbytes: int) -> tuple[int, Callable[[], object]]:
+        # The collective DDP uses for gradients, over a float32 tensor.
+        t = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=dev)
+        return int(t.numel() * 4), lambda: dist.all_reduce(t)
 
-    # All-reduce microbenchmark: the collective DDP uses for gradients, over float32 tensors.
-    for nbytes in job.get("allreduce_sizes", []):
-        t = torch.ones(max(1, int(nbytes) // 4), dtype=torch.float32, device=dev)
-        times = []
-        for i in range(int(job.get("allreduce_repeats", 10)) + 2):
-            barrier()
-            sync()
-            t0 = time.perf_counter()
-            dist.all_reduce(t)
-            sync()
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        result["allreduce"].append({"bytes": int(t.numel() * 4), "times": times})
+    def train_step(net: Any, opt: Any, loss_of: Any, x: Any, y: Any) -> Callable[[], None]:
+        def step() -> None:
+            net.train()
+            opt.zero_grad(set_to_none=True)
+            loss_of(net(x), y).backward()
+            opt.step()
 
-    optimizer = job.get("optimizer", "sgd")
-    for entry in job["models"]:
-        spec = spec_from_dict(entry["spec"])
+        return step
+
+    def on_device(x: Any, y: Any) -> tuple[Any, Any]:
+        return torch.from_numpy(x).to(dev), torch.from_numpy(np.asarray(y)).to(dev)
+
+    def build(spec: ModelSpec, batch: int) -> Trainee:
+        model = build_model(spec, device=model_device, seed=0)
+        ddp = DDP(model, device_ids=[local_rank] if gpu else None)
+        xt, yt = on_device(*make_batch(spec, batch, seed=1 + rank))
         loss_of = loss_fn(spec)
-        for batch in job["batches"]:
-            model = build_model(spec, device=f"gpu:{local_rank}" if gpu else "cpu", seed=0)
-            ddp = DDP(model, device_ids=[local_rank] if gpu else None)
-            opt = make_optimizer(ddp, optimizer)
-            x, y = make_batch(spec, int(batch), seed=1 + rank)
-            xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(np.asarray(y)).to(dev)
-
-            def step(ddp: Any = ddp, opt: Any = opt, xt: Any = xt, yt: Any = yt, loss_of: Any = loss_of) -> None:
-                ddp.train()
-                opt.zero_grad(set_to_none=True)
-                loss_of(ddp(xt), yt).backward()
-                opt.step()
-
-            for _ in range(int(job.get("warmup", 2))):
-                step()
-            sync()
-            barrier()
-            times = []
-            for _ in range(int(job.get("steps", 5))):
-                t0 = time.perf_counter()
-                step()
-                sync()
-                times.append(time.perf_counter() - t0)
-            # The slowest rank sets the pace: report, per step, the maximum over ranks.
-            step_times = max_over_ranks(times, dev)
+        return Trainee(
+            step=train_step(ddp, make_optimizer(ddp, optimizer), loss_of, xt, yt),
+            params=count_params(model),
             # Diagnostic: the same step without DDP (no all-reduce) while all N workers compute, which shows how
             # much of a gap to the prediction is CPU sharing rather than communication.
-            plain_opt = make_optimizer(model, optimizer)
+            compute_only=train_step(model, make_optimizer(model, optimizer), loss_of, xt, yt),
+        )
 
-            def plain(
-                model: Any = model, opt: Any = plain_opt, xt: Any = xt, yt: Any = yt, loss_of: Any = loss_of
-            ) -> None:
-                model.train()
-                opt.zero_grad(set_to_none=True)
-                loss_of(model(xt), yt).backward()
-                opt.step()
-
-            barrier()
-            alone = []
-            for _ in range(int(job.get("steps", 5))):
-                t0 = time.perf_counter()
-                plain()
-                sync()
-                alone.append(time.perf_counter() - t0)
-            alone_times = max_over_ranks(alone, dev)
-            result["steps"].append(
-                {
-                    "model": entry["name"],
-                    "batch_per_worker": int(batch),
-                    "times": step_times,
-                    "params": count_params(model),
-                    "compute_only_median": statistics.median(alone_times),
-                    **_median_iqr(step_times),
-                }
-            )
-            del ddp, opt
-
-    verify = job.get("verify")
-    if verify:
-        spec = next(spec_from_dict(e["spec"]) for e in job["models"] if e["name"] == verify["model"])
-        gb = int(verify["global_batch"])
+    def verify(spec: ModelSpec, check: VerifyJob) -> None:
+        gb = int(check["global_batch"])
         x, y = make_batch(spec, gb, seed=123)
         lo, hi = rank * gb // world, (rank + 1) * gb // world
-        model = build_model(spec, device=f"gpu:{local_rank}" if gpu else "cpu", seed=0)
+        model = build_model(spec, device=model_device, seed=0)
         ddp = DDP(model, device_ids=[local_rank] if gpu else None)
-        opt = make_optimizer(ddp, optimizer)
-        ddp.train()
-        opt.zero_grad(set_to_none=True)
-        loss_fn(spec)(
-            ddp(torch.from_numpy(x[lo:hi]).to(dev)), torch.from_numpy(np.asarray(y)[lo:hi]).to(dev)
-        ).backward()
-        opt.step()
+        train_step(ddp, make_optimizer(ddp, optimizer), loss_fn(spec), *on_device(x[lo:hi], np.asarray(y)[lo:hi]))()
         sync()
         if rank == 0:
-            np.savez(verify["weights_out"], *get_weights(model))
+            np.savez(check["weights_out"], *get_weights(model))
 
-    barrier()
+    return Engine(
+        header={
+            "backend": "torch",
+            "framework_version": torch.__version__,
+            "workers": world,
+            "engine": f"torch.distributed {dist.get_backend()} + DistributedDataParallel",
+            "threads": THREADS_NOTE if not gpu else "one GPU per worker process (NCCL)",
+            "device": "gpu" if gpu else "cpu",
+            "tf32": tf32,
+        },
+        build=build,
+        verify=verify,
+        allreduce=allreduce,
+        sync=sync,
+        settle=settle,
+        # The slowest rank sets the pace: per step, the maximum over ranks.
+        reduce=lambda times: max_over_ranks(times, dev),
+    )
+
+
+def _worker(job: Job, out_path: str) -> None:
+    """One rank: runs the job; rank 0 writes the result to ``out_path``."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    engine = _engine(job, rank, world, int(os.environ.get("LOCAL_RANK", "0")))
+    result = run(job, engine)
+    engine.settle()
     if rank == 0:
-        Path(out_path).write_text(json.dumps(result))
+        write_result(out_path, result)
     dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Worker (``RANK`` set) or local launcher (``--nprocs N``); see the module docstring."""
-    p = argparse.ArgumentParser(prog="python -m backends.torch.distributed")
-    p.add_argument("--job", required=True, help="job JSON (see module docstring)")
-    p.add_argument("--out", required=True, help="rank 0 writes the result JSON here")
+    p = job_parser("python -m backends.torch.distributed")
     p.add_argument("--nprocs", type=int, default=None, help="launcher: start N local workers (no torchrun)")
     args = p.parse_args(argv)
-    job = json.loads(Path(args.job).read_text())
     if "RANK" in os.environ:
-        _worker(job, args.out)
+        _worker(read_job(args.job), args.out)
         return 0
     if not args.nprocs:
         p.error("RANK is not set: start under torchrun, or give --nprocs N to launch N local workers")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from xfbench.analytics.spec import LSTM, Conv2D, Dense, ModelSpec
+from xfbench.analytics.vocab import check_phase
 from xfbench.analytics.weights import make_batch
 from xfbench.backends.base import FlopCount
 from xfbench.backends.torch.model import TorchModel, loss_fn, model_placement, to_device
 
 COUNTER = f"torch.utils.flop_counter.FlopCounterMode (torch {torch.__version__})"
 CONVENTION = "2 per MAC, bias ignored (FlopCounterMode)"
-PHASES = ("inference", "training")
 # Layers whose work is multiply-accumulates the counter is expected to see; 0 for one of them means
 # the counter has no formula for its op.
 _MAC_LAYERS = (Conv2D, Dense, LSTM)
@@ -31,8 +31,7 @@ def count_flops(model: TorchModel, spec: ModelSpec, batch_size: int, phase: str 
     """FLOPs of one batch of ``batch_size``: the forward pass under ``no_grad`` (``"inference"``) or
     forward + loss + backward (``"training"``; the optimizer update is not run, the model's weights and
     existing gradients are left as they were)."""
-    if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase!r}; allowed: {', '.join(PHASES)}")
+    check_phase(phase)
     device, dtype = model_placement(model)
     x_np, y_np = make_batch(spec, batch_size, seed=0)
     x = to_device(x_np, device, dtype)

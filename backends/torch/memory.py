@@ -1,12 +1,16 @@
-"""Allocator figures from PyTorch's CUDA caching allocator (the CPU allocator exposes none)."""
+"""Allocator figures from PyTorch's CUDA caching allocator (the CPU allocator exposes none).
+
+``is_oom_error`` is :func:`backends.common.is_oom_error`, the one classifier of every backend
+(``torch.OutOfMemoryError``, ``MemoryError``, allocator messages).
+"""
 
 from __future__ import annotations
 
 import gc
 
 import torch
-from xfbench.backends import common
 from xfbench.backends.base import MemoryStats
+from xfbench.backends.common import is_oom_error
 from xfbench.backends.torch.device import resolve_device
 
 
@@ -44,7 +48,4 @@ def release_cached_memory(device: str | torch.device) -> None:
             torch.cuda.empty_cache()
 
 
-def is_oom_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an out-of-memory failure (CUDA or host): :func:`backends.common.is_oom_error`, the one
-    classifier of every backend (``torch.OutOfMemoryError``, ``MemoryError``, allocator messages)."""
-    return common.is_oom_error(exc)
+__all__ = ["is_oom_error", "memory_stats", "release_cached_memory", "reset_peak_memory"]

@@ -33,11 +33,13 @@ from xfbench.analytics.spec import (
     ModelSpec,
     SpecError,
 )
-from xfbench.analytics.weights import output_kind, weight_slots
-from xfbench.backends.base import DEFAULT_LR, MOMENTUM, OPTIMIZERS
+from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
+from xfbench.analytics.weights import output_kind
+from xfbench.backends.common import check_dtype, check_weights, optimizer_settings
 from xfbench.backends.torch.device import resolve_device
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# analytics.vocab's dtype names -> torch's dtypes (torch.float32, torch.float16, torch.bfloat16).
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 # Keras clips probabilities to [eps, 1 - eps] before the log in sparse categorical cross-entropy.
 PROB_EPS = 1e-7
 
@@ -343,9 +345,7 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
         if dtype in DTYPES.values():
             return dtype
         dtype = str(dtype).removeprefix("torch.")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return DTYPES[check_dtype(dtype, "torch")]
 
 
 def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> TorchModel:
@@ -366,15 +366,9 @@ def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", se
 
 
 def set_weights(model: TorchModel, weights: Sequence[np.ndarray]) -> None:
-    """Loads neutral-format weights (:mod:`analytics.weights`). Raises ``ValueError`` on a count or shape mismatch."""
-    slots = weight_slots(model.spec)
-    if len(weights) != len(slots):
-        raise ValueError(f"{model.spec.name}: expected {len(slots)} weight arrays, got {len(weights)}")
-    for k, (slot, arr) in enumerate(zip(slots, weights)):
-        if tuple(np.shape(arr)) != slot.shape:
-            raise ValueError(
-                f"weight {k} ({slot.layer_name} {slot.param}): expected shape {slot.shape}, got {tuple(np.shape(arr))}"
-            )
+    """Loads neutral-format weights (:mod:`analytics.weights`). Raises ``ValueError`` on a count or shape mismatch
+    (:func:`backends.common.check_weights`)."""
+    check_weights(model.spec, weights)
     pos = 0
     for layer in model.spec_layers():
         n = layer.neutral_count()
@@ -455,16 +449,13 @@ def loss_fn(spec: ModelSpec) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 
 def make_optimizer(model: nn.Module, optimizer: str = "sgd", lr: float | None = None) -> torch.optim.Optimizer:
-    """``sgd`` / ``momentum`` (0.9) / ``adam`` over the model's parameters. Raises ``ValueError`` otherwise."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
-    rate = DEFAULT_LR[optimizer] if lr is None else float(lr)
+    """``sgd`` / ``momentum`` / ``adam`` over the model's parameters, with the learning rate, momentum and Adam's
+    epsilon of :func:`backends.common.optimizer_settings`. Raises ``ValueError`` for another name."""
+    opt = optimizer_settings(optimizer, lr)
     params = list(model.parameters())
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=rate)
-    if optimizer == "momentum":
-        return torch.optim.SGD(params, lr=rate, momentum=MOMENTUM)
-    return torch.optim.Adam(params, lr=rate)
+    if opt.name == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, eps=opt.epsilon)
+    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum)
 
 
 def make_train_step(

@@ -4,7 +4,9 @@ Every ``*_callable``/``*_timer`` function prepares its data once and returns a z
 does the operation and waits for it to finish (device synchronized), so timing the callable times the
 operation. Host data is pageable CPU memory (what ordinary code has), the same for the bandwidth probe and
 the matmul transfers, so the transfer model and the measurement see the same link. Same interface in
-``backends.tensorflow.ops`` and ``backends.mxnet.ops``.
+``backends.tensorflow.ops`` and ``backends.mxnet.ops`` (the contract :class:`backends.base.MatmulOps`; the
+two-stream exercise, :class:`backends.base.StreamOps`, is torch's only). dtype names are
+:data:`analytics.vocab.DTYPES`.
 """
 
 from __future__ import annotations
@@ -14,17 +16,16 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from xfbench.backends.base import DeviceUnavailable
+from xfbench.backends.common import check_dtype, gpu_dtype_support
 from xfbench.backends.torch.device import list_devices, resolve_device, synchronize
+from xfbench.backends.torch.model import DTYPES
 
 NAME = "torch"
 VERSION = torch.__version__
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _dtype(name: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; allowed: {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    return DTYPES[check_dtype(name, NAME)]
 
 
 def _host(shape: tuple[int, ...], dtype: str, seed: int) -> torch.Tensor:
@@ -41,11 +42,7 @@ def dtype_support(device: str, dtype: str) -> str | None:
     _dtype(dtype)
     dev = resolve_device(device)
     if dev.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(dev)
-        if dtype == "bfloat16" and major < 8:
-            return f"compute capability {major}.{minor} has no bfloat16 tensor cores (needs 8.0+)"
-        if dtype == "float16" and (major, minor) < (5, 3):
-            return f"compute capability {major}.{minor} has no native float16 (needs 5.3+)"
+        return gpu_dtype_support(torch.cuda.get_device_capability(dev), dtype)
     return None
 
 

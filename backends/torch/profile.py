@@ -1,6 +1,7 @@
 """PyTorch: per-layer measured time from ``torch.profiler``, and the step-time calibration probes.
 
-Importing this imports torch. Same interface in ``backends.tensorflow.profile`` and ``backends.mxnet.profile``:
+Importing this imports torch. Same interface in ``backends.tensorflow.profile`` and ``backends.mxnet.profile``
+(the contract :class:`backends.base.Profiler`):
 
 * :func:`threads` - intra-op threads the framework uses;
 * :func:`dispatch_callable(n_ops, device)` - a callable running ``n_ops`` tiny element-wise ops in the step's

@@ -1,0 +1,273 @@
+"""The data-parallel scaling job, once for the three frameworks: its JSON protocol and the loop that runs it.
+
+Framework-free (importing it imports no framework). :mod:`benchmarks.scaling` writes a :class:`Job` as JSON and
+runs ``python -m xfbench.backends.<backend>.distributed --job JOB.json --out RESULT.json`` (torch: ``--nprocs N``
+processes; TensorFlow and MXNet: ``--workers N`` replicas in one process); the module writes a :class:`Result`.
+
+What every framework does the same way is :func:`run`:
+
+1. an all-reduce microbenchmark: per size, :data:`ALLREDUCE_WARMUP` untimed then ``allreduce_repeats`` timed
+   reductions of a float32 array;
+2. per model and per-worker batch: build, ``warmup`` untimed steps, then ``steps`` timed data-parallel training
+   steps (and, where the framework offers it, the same step without the all-reduce while every worker computes);
+3. ``verify`` (optional): one step on a fixed global batch, the weights saved for the equivalence test.
+
+What differs is an :class:`Engine` of hooks each ``backends/<fw>/distributed.py`` supplies: how a model is built
+and stepped (:class:`Trainee`), how one all-reduce runs, how a timed call waits for its device (``sync``), how the
+workers line up before timing (``settle``), and how per-worker step times become one (``reduce``: torch, one
+process per worker, takes the maximum over ranks, the slowest worker setting the pace).
+
+The result carries RAW times (seconds); :mod:`benchmarks.scaling` turns them into the report's statistics
+(:class:`benchmarks.measurement.Measurement`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict, cast
+
+from xfbench.analytics.spec import ModelSpec, spec_from_dict
+
+#: Untimed all-reduces before the timed ones (the first calls set up communicators and buffers).
+ALLREDUCE_WARMUP = 2
+
+
+# --- the protocol -------------------------------------------------------------------------------------------
+
+
+class ModelEntry(TypedDict):
+    """One model of a job: its name (the report's ``model``) and its spec (:meth:`ModelSpec.to_dict`)."""
+
+    name: str
+    spec: dict[str, Any]
+
+
+class VerifyJob(TypedDict):
+    """One training step of ``model`` on a fixed global batch of ``global_batch`` samples (seed 123), split over
+    the workers; the weights after it are saved to ``weights_out`` (``.npz``, by the first worker)."""
+
+    model: str
+    global_batch: int
+    weights_out: str
+
+
+class _JobFields(TypedDict):
+    models: list[ModelEntry]
+    batches: list[int]
+    steps: int
+    warmup: int
+    optimizer: str
+    device: str
+    allreduce_sizes: list[int]
+    allreduce_repeats: int
+
+
+class Job(_JobFields, total=False):
+    """What one run of a distributed module does (the job JSON).
+
+    ``models``; ``batches``: per-worker batch sizes, each timed for every model; ``steps`` timed and ``warmup``
+    untimed training steps per (model, batch); ``optimizer`` (``sgd``, ``momentum``, ``adam``); ``device``
+    (``cpu`` or ``gpu``: one GPU per worker); ``allreduce_sizes`` (bytes of float32 arrays) and
+    ``allreduce_repeats`` (timed reductions per size); optional ``verify`` (:class:`VerifyJob`). A job file
+    may leave out what :data:`JOB_DEFAULTS` gives (:func:`read_job`); ``models`` and ``batches`` it must give.
+    """
+
+    verify: VerifyJob
+
+
+JOB_DEFAULTS: dict[str, Any] = {
+    "steps": 5,
+    "warmup": 2,
+    "optimizer": "sgd",
+    "device": "cpu",
+    "allreduce_sizes": [],
+    "allreduce_repeats": 10,
+}
+
+
+class AllreduceTimes(TypedDict):
+    """``times``: seconds of each timed all-reduce of ``bytes`` bytes (float32) over all workers."""
+
+    bytes: int
+    times: list[float]
+
+
+class _StepFields(TypedDict):
+    model: str
+    batch_per_worker: int
+    times: list[float]
+    params: int
+
+
+class StepTimes(_StepFields, total=False):
+    """``times``: seconds of each timed training step of ``model`` at ``batch_per_worker`` samples per worker
+    (already reduced over the workers); ``params``: the model's parameters as the framework counts them;
+    ``compute_only_times`` (torch): the same step without the all-reduce while every worker computes."""
+
+    compute_only_times: list[float]
+
+
+class Header(TypedDict):
+    """Who ran a job and how: ``backend``, ``framework_version``, ``workers`` (the N that ran), ``engine`` and
+    ``threads`` (for the rows' messages), ``device`` (``cpu``/``gpu``), ``tf32`` (``on``/``off`` on GPUs, ``""``
+    on the CPU)."""
+
+    backend: str
+    framework_version: str
+    workers: int
+    engine: str
+    threads: str
+    device: str
+    tf32: str
+
+
+class Result(Header):
+    """What a distributed module writes (the result JSON): the :class:`Header`, then ``allreduce`` and ``steps``
+    (raw times)."""
+
+    allreduce: list[AllreduceTimes]
+    steps: list[StepTimes]
+
+
+def read_job(path: str | Path) -> Job:
+    """The job in ``path`` with :data:`JOB_DEFAULTS` filled in. Raises ``ValueError`` without models or batches."""
+    raw = json.loads(Path(path).read_text())
+    missing = [key for key in ("models", "batches") if key not in raw]
+    if missing:
+        raise ValueError(f"job {path}: missing {', '.join(missing)}; a job needs models and batches")
+    return cast(Job, {**JOB_DEFAULTS, **raw})
+
+
+def write_result(path: str | Path, result: Result) -> None:
+    Path(path).write_text(json.dumps(result))
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+
+
+def _nothing() -> None:
+    return None
+
+
+def _same(times: list[float]) -> list[float]:
+    return times
+
+
+@dataclass
+class Trainee:
+    """One model at one per-worker batch, built with its data on every worker: ``step()`` runs one data-parallel
+    training step; ``compute_only()``, where given, the same step without the all-reduce (a diagnostic)."""
+
+    step: Callable[[], object]
+    params: int
+    compute_only: Callable[[], object] | None = None
+
+
+@dataclass
+class Engine:
+    """One framework's hooks for :func:`run`, and the result's :class:`Header`.
+
+    ``build(spec, per_worker_batch)`` -> :class:`Trainee`; ``verify(spec, verify_job)`` does the verify step and
+    saves the weights; ``allreduce(slot, nbytes)`` -> ``(bytes reduced, call)`` where ``call()`` runs one
+    all-reduce (``None``: not measured, e.g. one replica with nothing to reduce); ``sync()`` runs after each timed
+    call, inside the timing (a GPU's queue drained); ``settle()`` lines the workers up, untimed, before each
+    timed all-reduce and before each run of timed steps; ``reduce(times)`` makes per-worker step times one list.
+    """
+
+    header: Header
+    build: Callable[[ModelSpec, int], Trainee]
+    verify: Callable[[ModelSpec, VerifyJob], None]
+    allreduce: Callable[[int, int], tuple[int, Callable[[], object]]] | None = None
+    sync: Callable[[], None] = _nothing
+    settle: Callable[[], None] = _nothing
+    reduce: Callable[[list[float]], list[float]] = _same
+
+
+def time_calls(
+    call: Callable[[], object],
+    rounds: int,
+    *,
+    warmup: int = 0,
+    sync: Callable[[], None] = _nothing,
+    before: Callable[[], None] = _nothing,
+    start: Callable[[], None] = _nothing,
+) -> list[float]:
+    """Seconds of ``rounds`` timed calls: ``warmup`` untimed ``before(); call(); sync()``, then ``start()`` once,
+    then per round ``before()`` untimed and ``call(); sync()`` timed."""
+    for _ in range(warmup):
+        before()
+        call()
+        sync()
+    start()
+    times = []
+    for _ in range(rounds):
+        before()
+        t0 = time.perf_counter()
+        call()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run(job: Job, engine: Engine) -> Result:
+    """Runs ``job`` through ``engine``'s hooks (steps 1-3 of the module docstring); returns the result."""
+    e = engine
+    result: Result = {**e.header, "allreduce": [], "steps": []}
+    if e.allreduce is not None:
+        for slot, nbytes in enumerate(job["allreduce_sizes"]):
+            size, call = e.allreduce(slot, int(nbytes))
+            times = time_calls(
+                call, int(job["allreduce_repeats"]), warmup=ALLREDUCE_WARMUP, sync=e.sync, before=e.settle
+            )
+            result["allreduce"].append({"bytes": size, "times": times})
+    for entry in job["models"]:
+        spec = spec_from_dict(entry["spec"])
+        for batch in job["batches"]:
+            trainee = e.build(spec, int(batch))
+            steps = int(job["steps"])
+            times = time_calls(trainee.step, steps, warmup=int(job["warmup"]), sync=e.sync, start=e.settle)
+            step: StepTimes = {
+                "model": entry["name"],
+                "batch_per_worker": int(batch),
+                "times": e.reduce(times),
+                "params": trainee.params,
+            }
+            if trainee.compute_only is not None:
+                alone = time_calls(trainee.compute_only, steps, sync=e.sync, start=e.settle)
+                step["compute_only_times"] = e.reduce(alone)
+            result["steps"].append(step)
+            del trainee
+    verify = job.get("verify")
+    if verify:
+        entries = {m["name"]: m for m in job["models"]}
+        if verify["model"] not in entries:
+            raise ValueError(f"verify model {verify['model']!r}; allowed: a model of the job ({', '.join(entries)})")
+        e.verify(spec_from_dict(entries[verify["model"]]["spec"]), verify)
+    return result
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def job_parser(prog: str) -> argparse.ArgumentParser:
+    """``--job JOB.json --out RESULT.json``, the arguments every distributed module takes."""
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--job", required=True, help="job JSON (backends.distributed_loop.Job)")
+    p.add_argument("--out", required=True, help="the result JSON is written here (backends.distributed_loop.Result)")
+    return p
+
+
+def replicas_main(
+    prog: str, run_job: Callable[[Job, int], Result], workers_help: str, argv: list[str] | None = None
+) -> int:
+    """The command line of a one-process module (``--workers N --job JOB.json --out RESULT.json``)."""
+    p = job_parser(prog)
+    p.add_argument("--workers", type=int, required=True, help=workers_help)
+    args = p.parse_args(argv)
+    write_result(args.out, run_job(read_job(args.job), args.workers))
+    return 0
