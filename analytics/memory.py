@@ -10,7 +10,7 @@ input batch and the labels), and the largest pair of activation gradients alive 
 backward pass. Inference terms: parameters, the input batch, and the largest working set of one layer:
 its input and output, plus the pre-activation output where the layer has a fused activation.
 ``framework_overhead`` (a framework's fixed first-step memory) is measured, not derived: the benchmark
-suite fills it from a tiny probe model of the same kernel family (benchmarks/measure.py).
+suite fills it from a tiny probe model of the same kernel family (benchmarks/harness/rows.py).
 
 The textbook lower bound (HOML ch14 ex2) is its own line, not the prediction:
 

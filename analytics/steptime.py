@@ -1,6 +1,6 @@
 """Step-time prediction per layer and phase: a roofline with this machine's measured peaks.
 
-Framework-free (no deep-learning import); the peaks come from :mod:`benchmarks.peaks`, which measures them
+Framework-free (no deep-learning import); the peaks come from :mod:`benchmarks.harness.peaks`, which measures them
 with the framework itself in the same run, or from a report's ``calibration`` rows, or from a datasheet
 (:data:`analytics.roofline.DEVICE_CATALOG`, labelled ``datasheet:<name>``).
 

@@ -18,7 +18,7 @@ workers line up before timing (``settle``), and how per-worker step times become
 process per worker, takes the maximum over ranks, the slowest worker setting the pace).
 
 The result carries RAW times (seconds); :mod:`benchmarks.scaling` turns them into the report's statistics
-(:class:`benchmarks.measurement.Measurement`).
+(:class:`benchmarks.harness.measurement.Measurement`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The exercise checker as benchmark modules: one benchmark per (exercise, backend, device).
 
 Run: ``pytest benchmarks/bench_exercises.py --benchmark-only [--backend torch] [--device cpu|all] [-k homl14]``
-(options from benchmarks/options.py).
+(options from benchmarks/harness/options.py).
 Each exercise is measured once (``rounds=1``: its own measurement repeats what it needs, e.g. the median of
 timed steps) and its rows go to the run's CSV (``kind=exercise``, ``shape`` = the exercise id) as soon as
 they exist; the verdicts are in the ``message`` column and in pytest-benchmark's ``extra_info``.
@@ -15,7 +15,7 @@ import pytest
 from xfbench.analytics.exercises import EXERCISES, Exercise
 from xfbench.backends import get_backend, is_available
 from xfbench.benchmarks.exercises import Runner, csv_row
-from xfbench.benchmarks.options import from_pytest_config
+from xfbench.benchmarks.harness.options import from_pytest_config
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

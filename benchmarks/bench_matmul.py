@@ -1,8 +1,8 @@
 """pytest-benchmark version of the matmul sweep: backend x device x square size, each beside its roofline.
 
 Run: ``pytest benchmarks/bench_matmul.py --benchmark-only [--backend torch] [--device cpu,gpu:0|all]``
-(options from benchmarks/options.py; ``numpy`` is always measured as the baseline, on the CPU). Each case writes a
-``kind="matmul"`` row to the run's CSV and puts the prediction in pytest-benchmark's ``extra_info``.
+(options from benchmarks/harness/options.py; ``numpy`` is always measured as the baseline, on the CPU). Each
+case writes a ``kind="matmul"`` row to the run's CSV and puts the prediction in pytest-benchmark's ``extra_info``.
 The full sweep with exercises and plot is ``xfbench matmul``.
 """
 
@@ -16,9 +16,9 @@ from xfbench.analytics.roofline import bound, matmul_bytes, matmul_flops, roofli
 from xfbench.analytics.vocab import device_kind
 from xfbench.backends import is_available
 from xfbench.backends.common import tf32_row_value
+from xfbench.benchmarks.harness.measurement import Measurement
+from xfbench.benchmarks.harness.options import from_pytest_config
 from xfbench.benchmarks.matmul import load_ops, time_callable
-from xfbench.benchmarks.measurement import Measurement
-from xfbench.benchmarks.options import from_pytest_config
 
 SIZES = (64, 256, 1024)
 DTYPE = "float32"  # this module's one dtype; the sweep over dtypes is `xfbench matmul --dtypes`

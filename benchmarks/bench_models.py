@@ -1,6 +1,6 @@
 """Time, FLOPs and memory of every selected (backend, model, phase, batch, device), beside predictions.
 
-Run: ``pytest benchmarks --benchmark-only`` (options in benchmarks/options.py; the configurations are selected
+Run: ``pytest benchmarks --benchmark-only`` (options in benchmarks/harness/options.py; the configurations are selected
 once per session in benchmarks/conftest.py, ``--device all`` expanded to each backend's devices). Each
 configuration appends one row to the run's CSV as soon as it finishes.
 """
@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 from xfbench.backends import get_backend, is_available
 from xfbench.backends.common import is_oom_error
-from xfbench.benchmarks.measure import (
+from xfbench.benchmarks.harness.measurement import Measurement
+from xfbench.benchmarks.harness.peaks import time_prediction_columns
+from xfbench.benchmarks.harness.profiles import Plan
+from xfbench.benchmarks.harness.rows import (
     flop_columns,
     framework_overhead,
     memory_columns,
@@ -22,10 +25,7 @@ from xfbench.benchmarks.measure import (
     probe_family,
     time_columns,
 )
-from xfbench.benchmarks.measurement import Measurement
-from xfbench.benchmarks.peaks import time_prediction_columns
-from xfbench.benchmarks.profiles import Plan
-from xfbench.benchmarks.workload import Config, base_row, prepare
+from xfbench.benchmarks.harness.workload import Config, base_row, prepare
 
 _base_row = base_row
 

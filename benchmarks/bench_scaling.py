@@ -4,7 +4,7 @@ strong and weak scaling, rows ``kind=scaling``/``allreduce`` in the run's CSV an
 
 Same code as ``xfbench scale`` (:mod:`benchmarks.scaling`); pytest-benchmark times the whole sweep of one
 backend once (its stats are the sweep's wall time; the per-step figures are in the CSV rows).
-``--device`` (benchmarks/options.py) picks the kinds to scale on: ``cpu`` and/or ``gpu`` (``gpu:N`` scales over
+``--device`` (benchmarks/harness/options.py) picks the kinds to scale on: ``cpu`` and/or ``gpu`` (``gpu:N`` scales over
 the GPUs); ``all``: the kinds of every device the backend sees.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from xfbench.analytics.vocab import device_kind
 from xfbench.backends import is_available
-from xfbench.benchmarks.options import from_pytest_config
+from xfbench.benchmarks.harness.options import from_pytest_config
 from xfbench.benchmarks.scaling import (
     DEFAULT_MODELS,
     ScalingPlan,

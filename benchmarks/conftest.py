@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from xfbench.benchmarks import options
-from xfbench.benchmarks.options import Selection, from_pytest_config, select_configs
-from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED, UsageError, apply_tf32
-from xfbench.benchmarks.workload import Config, base_row
+from xfbench.benchmarks.cli.usage import EXIT_NOTHING_MEASURED, UsageError, apply_tf32
+from xfbench.benchmarks.harness import options
+from xfbench.benchmarks.harness.options import Selection, from_pytest_config, select_configs
+from xfbench.benchmarks.harness.workload import Config, base_row
 
 # Tests that passed in this session (each measured something), counted for "measured nothing".
 _PASSED: list[str] = []
@@ -73,8 +73,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _check_options(config: pytest.Config) -> None:
     """Every option value, at configure time: one ``UsageError`` line for the first bad one; then the
     environment this run's subprocesses inherit (``--memory-repeats``, ``--tf32``)."""
-    from xfbench.benchmarks.measure import MEMORY_REPEATS_ENV, memory_repeats
-    from xfbench.benchmarks.usage import require_backends
+    from xfbench.benchmarks.cli.usage import require_backends
+    from xfbench.benchmarks.harness.rows import MEMORY_REPEATS_ENV, memory_repeats
 
     opts = from_pytest_config(config)
     if opts.memory_repeats is not None:
@@ -143,7 +143,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if writer is None:
         return
     if rows:
-        from xfbench.benchmarks.summary import summary_table
+        from xfbench.benchmarks.harness.summary import summary_table
 
         terminalreporter.write_sep("=", "xfbench summary")
         terminalreporter.write_line(summary_table(rows))

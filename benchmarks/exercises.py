@@ -5,7 +5,7 @@ For every exercise: one framework-free row (the claim against the analytic predi
 
 * parameters, shapes, FLOPs: the backend's own objects and counter, in this process;
 * time: the workload's step callable, median of ``TIME_ROUNDS`` runs after one warm-up;
-* memory: :func:`benchmarks.measure.memory_in_fresh_process` (a fresh worker per configuration); the
+* memory: :func:`benchmarks.harness.rows.memory_in_fresh_process` (a fresh worker per configuration); the
   measured footprint is the worker's step peak above its post-build baseline + the parameters and the input
   batch that baseline holds (so it is comparable with the textbooks' whole-footprint figures);
 * the largest AlexNet batch in a memory budget: bisection on real out-of-memory failures of the worker,
@@ -58,9 +58,9 @@ from xfbench.analytics.exercises import (
 from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import make_batch
 from xfbench.backends.common import is_oom_message
-from xfbench.benchmarks.measure import memory_in_fresh_process
-from xfbench.benchmarks.worker import parse_size
-from xfbench.benchmarks.workload import Config, prepare
+from xfbench.benchmarks.harness.rows import memory_in_fresh_process
+from xfbench.benchmarks.harness.worker import parse_size
+from xfbench.benchmarks.harness.workload import Config, prepare
 from xfbench.reports.paths import reports_dir, subprocess_env
 
 TIME_ROUNDS = 3
@@ -354,7 +354,7 @@ class Runner:
         training step at batch 1, in bytes: what RLIMIT_AS must allow before any batch-dependent memory."""
         cfg = self.config(model, "training", 1)
         code = (
-            "import sys; from xfbench.benchmarks.workload import Config, prepare; "
+            "import sys; from xfbench.benchmarks.harness.workload import Config, prepare; "
             f"w = prepare(Config({cfg.backend!r}, {cfg.model!r}, 'training', 1, {cfg.device!r})); w.step(); "
             "print([l for l in open('/proc/self/status') if l.startswith('VmPeak')][0].split()[1])"
         )

@@ -21,7 +21,7 @@ Order of work (:func:`run_sweep`):
 
 Timing: one honest warm-up call, then calls until both ``min_rounds`` and ``min_time_s`` are reached (at
 most ``max_rounds``); each call synchronizes its device. Times are medians; each row's time statistics are one
-:class:`benchmarks.measurement.Measurement` of its calls. ``numpy`` is the plain CPU baseline backend.
+:class:`benchmarks.harness.measurement.Measurement` of its calls. ``numpy`` is the plain CPU baseline backend.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from xfbench.analytics.roofline import (
 )
 from xfbench.analytics.vocab import DTYPES, device_kind, normalize_device
 from xfbench.backends.common import is_oom_error, tf32_row_value
-from xfbench.benchmarks.measurement import Measurement
+from xfbench.benchmarks.harness.measurement import Measurement
 
 ALL_BACKENDS = ("numpy", "torch", "tensorflow", "mxnet")
 DEFAULT_SIZES: tuple[int, ...] = tuple(2**i for i in range(6, 14))  # 64 .. 8192

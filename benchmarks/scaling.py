@@ -11,7 +11,7 @@ PyTorch runs N processes joined by ``torch.distributed`` (gloo on CPU, NCCL on G
 ``torchrun``'s environment; TensorFlow mirrors the model over N logical CPU devices (or GPUs); MXNet uses N
 contexts and a kvstore. Every CPU worker runs one compute thread, so N workers use N cores. The job each run gets
 and the result it returns (raw times, seconds) are :class:`backends.distributed_loop.Job` and ``Result``; each row's
-time statistics are one :class:`benchmarks.measurement.Measurement` of those times.
+time statistics are one :class:`benchmarks.harness.measurement.Measurement` of those times.
 
 Prediction (:mod:`analytics.scaling`): the per-worker compute time measured at N=1 at the per-worker batch,
 plus one ring all-reduce of the gradients, with bandwidth and latency fitted to this run's microbenchmark.
@@ -45,7 +45,7 @@ from xfbench.analytics.scaling import (
 from xfbench.analytics.spec import ModelSpec
 from xfbench.backends.common import tf32_row_value
 from xfbench.backends.distributed_loop import Job, Result, StepTimes, VerifyJob
-from xfbench.benchmarks.measurement import Measurement
+from xfbench.benchmarks.harness.measurement import Measurement
 from xfbench.reports.paths import subprocess_env
 
 DEFAULT_MODELS = ("lenet", "mlp", "cnn3")

@@ -10,7 +10,7 @@ types the writer checks and ``read_report`` parses (``reports.writer``), and the
 (``markdown()``; a test checks that the README's copy equals it).
 
 The row kinds are those the code writes (``kind`` column): ``model`` (benchmarks/bench_models.py, with
-benchmarks/workload.py ``base_row``), ``matmul``, ``transfer``, ``logging``, ``concurrency`` and ``exercise``
+benchmarks/harness/workload.py ``base_row``), ``matmul``, ``transfer``, ``logging``, ``concurrency`` and ``exercise``
 (benchmarks/matmul.py, bench_matmul.py; ``exercise`` also benchmarks/exercises.py ``csv_row``), ``scaling`` and
 ``allreduce`` (benchmarks/scaling.py), ``calibration`` (analytics/steptime.py ``peaks_to_rows``). A column's
 row kinds are the kinds whose rows set it (read from those row builders); a cell of another kind is blank.
@@ -214,7 +214,7 @@ COLUMNS: tuple[Column, ...] = (
         "float",
         "model exercise",
         "predicted first-step peak above that baseline: the simulated step's peak (torch, tensorflow) or the "
-        "ledger's (mxnet; benchmarks/measure.py PROCESS_PREDICTION) minus what the baseline holds (parameters, "
+        "ledger's (mxnet; benchmarks/harness/rows.py PROCESS_PREDICTION) minus what the baseline holds (parameters, "
         "input batch, build-time terms), plus the framework overhead measured on a probe model",
     ),
     _col("mem_rel_error", "float", "model", "(predicted - measured) / measured"),

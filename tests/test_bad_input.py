@@ -481,17 +481,18 @@ def _unset_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_run_tf32_reaches_pytest_and_its_subprocesses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from xfbench.benchmarks import cli
+    from xfbench.benchmarks.cli import run as run_cmd
 
     seen: dict[str, object] = {}
 
     def fake_run_pytest(cmd: list[str]) -> int:
         seen["cmd"] = cmd
-        seen["env"] = cli.subprocess_env()  # what the child gets
+        seen["env"] = run_cmd.subprocess_env()  # what the child gets
         return 0
 
     monkeypatch.chdir(tmp_path)
     _unset_tf32(monkeypatch)
-    monkeypatch.setattr(cli, "_run_pytest", fake_run_pytest)
+    monkeypatch.setattr(run_cmd, "_run_pytest", fake_run_pytest)
     assert cli.main(["run", "--models", "mlp", "--tf32", "OFF", "--suite", "models"]) == 0
     cmd = seen["cmd"]
     assert isinstance(cmd, list) and cmd[cmd.index("--tf32") + 1] == "off"
@@ -527,8 +528,8 @@ def test_parity_without_any_framework_is_one_line(tmp_path: Path) -> None:
 
 
 def test_profile_configuration_over_ram_is_skipped_but_a_named_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from xfbench.benchmarks import usage
-    from xfbench.benchmarks.options import parse, select_configs
+    from xfbench.benchmarks.cli import usage
+    from xfbench.benchmarks.harness.options import parse, select_configs
 
     # A machine with 10^6 bytes of RAM. mlp (Flatten, Dense 256 relu, Dense 10) inference at the quick batch 64:
     # parameters (784*256 + 256 + 256*10 + 10) * 4 = 814,120; input 64 * 784 * 4 = 200,704; the largest working

@@ -23,8 +23,8 @@ import pytest
 from xfbench.analytics.spec import spec_from_dict
 from xfbench.backends import get_backend, is_available
 from xfbench.backends.base import FlopCount
-from xfbench.benchmarks.measure import flop_columns, memory_columns, time_columns
-from xfbench.benchmarks.workload import Config, Workload
+from xfbench.benchmarks.harness.rows import flop_columns, memory_columns, time_columns
+from xfbench.benchmarks.harness.workload import Config, Workload
 from xfbench.reports.schema import COLUMN
 
 REL = 1e-12
@@ -171,8 +171,8 @@ def test_derived_columns_agree_with_their_sources(
     backend: str, phase: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from xfbench.benchmarks import bench_models
-    from xfbench.benchmarks.measure import prediction_columns
-    from xfbench.benchmarks.profiles import Plan
+    from xfbench.benchmarks.harness.profiles import Plan
+    from xfbench.benchmarks.harness.rows import prediction_columns
 
     spec_path = tmp_path / "derived.json"
     spec_path.write_text(json.dumps(TINY))

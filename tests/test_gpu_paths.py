@@ -146,7 +146,7 @@ def test_oom_messages_in_worker_results() -> None:
 
 
 def test_worker_classifies_with_the_one_table() -> None:
-    from xfbench.benchmarks.worker import _is_oom
+    from xfbench.benchmarks.harness.worker import _is_oom
 
     assert _is_oom(ResourceExhaustedError("OOM when allocating tensor with shape[1]"))
     assert _is_oom(OutOfMemoryError("CUDA out of memory."))
@@ -157,7 +157,7 @@ def test_worker_classifies_with_the_one_table() -> None:
 
 
 def test_address_space_limit_applies_to_cpu_workers_only() -> None:
-    from xfbench.benchmarks.worker import address_space_limit
+    from xfbench.benchmarks.harness.worker import address_space_limit
 
     assert address_space_limit("cpu", "1GB") == 10**9
     assert address_space_limit("cpu", "512MiB") == 512 * 2**20
@@ -172,7 +172,7 @@ def test_worker_main_sets_rlimit_only_on_cpu(
 ) -> None:
     import resource
 
-    from xfbench.benchmarks import worker
+    from xfbench.benchmarks.harness import worker
 
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(resource, "setrlimit", lambda what, lim: calls.append(lim))
@@ -435,7 +435,7 @@ def test_memory_worker_gets_the_gpu_cache_released_first(monkeypatch: pytest.Mon
 
 
 def _cfg(backend: str, device: str) -> Any:
-    from xfbench.benchmarks.workload import Config
+    from xfbench.benchmarks.harness.workload import Config
 
     return Config(backend, "mlp", "training", 2, device, "float32", "sgd")
 
@@ -620,7 +620,7 @@ def test_gpu_nccl_reduction_of_times(tmp_path: Path) -> None:
 @pytest.mark.torch
 def test_gpu_memory_worker_ignores_the_address_space_cap() -> None:
     _torch_gpu()
-    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", "--backend", "torch", "--model", "mlp"]
+    cmd = [sys.executable, "-m", "xfbench.benchmarks.harness.worker", "--backend", "torch", "--model", "mlp"]
     cmd += ["--phase", "training", "--batch", "8", "--device", "gpu:0", "--memory-limit", "2GB"]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
     result = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])

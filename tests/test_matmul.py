@@ -63,7 +63,7 @@ def test_time_callable_counts_rounds() -> None:
     calls = []
     t = time_callable(lambda: calls.append(1), min_time_s=0.0, min_rounds=5, max_rounds=5, warmup=2)
     assert t.rounds == 5 and len(calls) == 7 and t.min <= t.median
-    # The raw times are kept (benchmarks.measurement.Measurement): the statistics are theirs.
+    # The raw times are kept (benchmarks.harness.measurement.Measurement): the statistics are theirs.
     assert len(t.times) == 5 and t.min == min(t.times) and t.columns()["rounds"] == 5
 
 

@@ -1,4 +1,4 @@
-"""benchmarks.measurement: quartiles, IQR and the noisy-timing flag against hand-computed values, and against
+"""benchmarks.harness.measurement: quartiles, IQR and the noisy-timing flag against hand-computed values, and against
 pytest-benchmark's own ``Stats`` on the same samples (the model rows' figures must not change).
 
 Hand rule (Wikipedia "Quartile", methods 2 and 3, 1-based positions): even n, the medians of the lower and upper
@@ -13,7 +13,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
-from xfbench.benchmarks.measurement import NOISY_NOTE, Measurement, quartiles
+from xfbench.benchmarks.harness.measurement import NOISY_NOTE, Measurement, quartiles
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ def test_same_figures_as_pytest_benchmark_stats() -> None:
 
 
 def test_time_columns_of_a_model_row() -> None:
-    from xfbench.benchmarks.measure import time_columns
+    from xfbench.benchmarks.harness.rows import time_columns
 
     cols = time_columns(Measurement((0.5, 0.4, 0.75)), 4)
     assert cols["time_median_s"] == 0.5 and cols["rounds"] == 3

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from xfbench.backends import is_available
-from xfbench.benchmarks.memory_cli import Point, fit_line, fits, format_report, plot, rel_error
+from xfbench.benchmarks.cli.memory import Point, fit_line, fits, format_report, plot, rel_error
 
 REPO = Path(__file__).resolve().parents[1]
 MLP_FIXED = (784 * 256 + 256 + 256 * 10 + 10) * 4  # 814,120
@@ -72,7 +72,7 @@ def test_report_says_when_a_backend_has_no_tensor_figure_and_when_a_batch_failed
 
 
 def test_plot_writes_a_png_with_the_simulated_curve(tmp_path: Path) -> None:
-    from xfbench.benchmarks.workload import Config
+    from xfbench.benchmarks.harness.workload import Config
 
     points = [
         Point(2, measured=3_000_000, predicted=2_500_000, timeline={"rss_t": [0.0, 0.1, 0.2], "rss_bytes": [0, 2, 1]})
@@ -117,8 +117,8 @@ def test_backend_not_installed_names_the_install_command() -> None:
 def test_torch_run_fits_the_hand_counted_tensor_level_series(tmp_path: Path) -> None:
     if not is_available("torch"):
         pytest.skip("torch is not installed in this environment (tox -e torch)")
-    from xfbench.benchmarks.memory_cli import measure_point
-    from xfbench.benchmarks.workload import Config
+    from xfbench.benchmarks.cli.memory import measure_point
+    from xfbench.benchmarks.harness.workload import Config
 
     points = [measure_point(Config("torch", "mlp", "inference", b), 2, True, 0) for b in (4, 8)]
     assert all(p.status == "ok" for p in points), [p.message for p in points]

@@ -23,8 +23,9 @@ from xfbench.analytics.catalog import resolve_model
 from xfbench.analytics.predict import predict
 from xfbench.analytics.spec import spec_from_dict
 from xfbench.backends import is_available
-from xfbench.benchmarks import measure, worker
-from xfbench.benchmarks.workload import Config
+from xfbench.benchmarks.harness import rows as measure
+from xfbench.benchmarks.harness import worker
+from xfbench.benchmarks.harness.workload import Config
 from xfbench.reports import schema
 from xfbench.reports.writer import RunWriter, SchemaError, read_report
 
@@ -252,7 +253,7 @@ def _need(backend: str) -> None:
 def _worker(tmp_path: Path, backend: str, *args: str) -> dict[str, Any]:
     spec = tmp_path / "tiny_dense.json"
     spec.write_text(json.dumps(TINY))
-    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", "--backend", backend, "--model", str(spec)]
+    cmd = [sys.executable, "-m", "xfbench.benchmarks.harness.worker", "--backend", backend, "--model", str(spec)]
     cmd += ["--batch", "2", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -425,7 +426,7 @@ def test_the_memory_server_refuses_what_it_cannot_serve() -> None:
     from xfbench.reports.paths import subprocess_env
 
     proc = subprocess.run(
-        [sys.executable, "-m", "xfbench.benchmarks.worker", "--serve", "numpy"],
+        [sys.executable, "-m", "xfbench.benchmarks.harness.worker", "--serve", "numpy"],
         capture_output=True,
         text=True,
         env=subprocess_env(),

@@ -1,4 +1,4 @@
-"""The run options (benchmarks/options.py): ``pytest benchmarks`` and ``xfbench run`` declare the same options
+"""The run options (benchmarks/harness/options.py): ``pytest benchmarks`` and ``xfbench run`` declare the same options
 with the same defaults and parse them to the same typed selection; ``xfbench run`` forwards what was given so
 that pytest parses it back to the same; ``--device all`` means every device the backend sees in every bench
 module. Framework-free: the devices each backend sees are faked; expected values are written out by hand.
@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from xfbench.benchmarks import options
-from xfbench.benchmarks.options import RunOptions
-from xfbench.benchmarks.usage import UsageError
+from xfbench.benchmarks.cli.usage import UsageError
+from xfbench.benchmarks.harness import options
+from xfbench.benchmarks.harness.options import RunOptions
 
 FLAGS = {
     "--backend",
@@ -158,10 +158,12 @@ def _unset_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_xfbench_run_forwards_the_given_options_to_pytest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from xfbench.benchmarks import cli, usage
+    from xfbench.benchmarks import cli
+    from xfbench.benchmarks.cli import run as run_cmd
+    from xfbench.benchmarks.cli import usage
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(cli, "_run_pytest", lambda cmd: seen.append(cmd) or 0)
+    monkeypatch.setattr(run_cmd, "_run_pytest", lambda cmd: seen.append(cmd) or 0)
     monkeypatch.setattr(usage, "require_backends", lambda names, **kw: None)  # no framework here to probe
     monkeypatch.chdir(tmp_path)
     _unset_tf32(monkeypatch)

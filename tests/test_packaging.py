@@ -75,7 +75,7 @@ def test_installed_package_imports_from_site_not_checkout(site: Path, tmp_path: 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)
     code = (
-        "import xfbench, xfbench.benchmarks.measure as m; "
+        "import xfbench, xfbench.benchmarks.harness.rows as m; "
         "print(xfbench.__file__); print(m.PROBES); print(sorted(p.name for p in m.PROBES.glob('*.json')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)

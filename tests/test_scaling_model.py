@@ -130,7 +130,7 @@ def test_build_rows_from_results(tmp_path) -> None:
 
 
 def test_step_statistics_come_from_the_raw_times() -> None:
-    """A step's time columns are computed here from the worker's raw times (benchmarks.measurement's rule)."""
+    """A step's time columns are computed here from the worker's raw times (benchmarks.harness.measurement's rule)."""
     results = _fake_results()
     # N=2, batch 8: four raw steps. Sorted 0.010, 0.011, 0.012, 0.020: median (0.011 + 0.012) / 2 = 0.0115;
     # quartiles the medians of the halves, 0.0105 and 0.016; mean 0.053 / 4 = 0.01325.

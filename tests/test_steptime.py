@@ -1,4 +1,4 @@
-"""Step-time prediction (analytics/steptime.py, benchmarks/peaks.py): the roofline arithmetic, the rate tables,
+"""Step-time prediction (analytics/steptime.py, benchmarks/harness/peaks.py): the roofline arithmetic, the rate tables,
 the per-layer aggregation and the cross-machine scaling against hand computation (framework-free)."""
 
 from __future__ import annotations
@@ -284,11 +284,11 @@ def test_every_catalog_model_predicts_fast_and_finite() -> None:
                 assert {t.work.layer for t in pred.items} <= set(range(-1, len(spec.layers)))
 
 
-# --- benchmarks/peaks.py: the calibration arithmetic -------------------------------------------------------------
+# --- benchmarks/harness/peaks.py: the calibration arithmetic ---------------------------------------------------
 
 
 def test_proxy_shape_by_hand() -> None:
-    from xfbench.benchmarks.peaks import proxy_shape
+    from xfbench.benchmarks.harness.peaks import proxy_shape
 
     # 2*4096*8192*4096 = 2.7e11 FLOPs > 1.2e9: halve the largest dimension (the first of equals) each time:
     # k 8192->4096, m->2048, k->2048, n->2048, m->1024, k->1024, n->1024, m->512: 2*512*1024*1024 = 1.07e9.
@@ -298,7 +298,7 @@ def test_proxy_shape_by_hand() -> None:
 
 
 def test_gemm_rates_by_hand() -> None:
-    from xfbench.benchmarks.peaks import gemm_rates, proxy_shape
+    from xfbench.benchmarks.harness.peaks import gemm_rates, proxy_shape
 
     # Every product takes its dispatch (100 us) plus FLOPs / 1e10: the net rate is 1e10 wherever the net time
     # is above 5% of the total; a tiny product is floored there (16x16x16: 8192 FLOPs / (0.05 x 100.8 us)).
@@ -314,7 +314,7 @@ def test_gemm_rates_by_hand() -> None:
 
 
 def test_conv_probe_side_by_hand() -> None:
-    from xfbench.benchmarks.peaks import conv_probe_side
+    from xfbench.benchmarks.harness.peaks import conv_probe_side
 
     # 2*56^2*2304*512 = 7.4e9 FLOPs > 2e9 -> 28 (1.85e9); small classes keep their side.
     assert conv_probe_side(3136, 2304, 512) == 28
@@ -331,8 +331,8 @@ class _Writer:
 
 
 def test_time_prediction_columns(monkeypatch: pytest.MonkeyPatch) -> None:
-    from xfbench.benchmarks import peaks as peaks_mod
-    from xfbench.benchmarks.workload import Config
+    from xfbench.benchmarks.harness import peaks as peaks_mod
+    from xfbench.benchmarks.harness.workload import Config
 
     peaks = synthetic_peaks()
     monkeypatch.setattr(peaks_mod, "_cached", lambda backend, device: (peaks, (("gemm:1x1x1", 1e-5),)))

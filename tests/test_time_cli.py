@@ -116,7 +116,7 @@ def test_predict_from_without_the_framework_here_skips_with_a_reason(
     # Without --to, this machine's peaks are measured now with the report's framework: where it is not installed
     # the row says so and names the way out.
     from xfbench.backends import BackendUnavailable
-    from xfbench.benchmarks import time_cli
+    from xfbench.benchmarks.cli import time as time_cli
 
     def absent(name: str) -> Any:
         raise BackendUnavailable(f"{name} is not installed (pip install 'xfbench[{name}]')")
@@ -170,7 +170,7 @@ def test_time_needs_the_framework_installed(framework: str, capsys: pytest.Captu
 
 
 def test_compare_layers_by_hand() -> None:
-    from xfbench.benchmarks.time_cli import compare_layers
+    from xfbench.benchmarks.cli.time import compare_layers
 
     # TINY (Dense 3 -> 4, batch 2) training with flat peaks (test_steptime.test_dense_training_by_hand):
     # forward 10.136 us; backward = weight gradient 10.152 us + bias gradient 10.032 us; the SGD update
@@ -323,7 +323,7 @@ def test_probes_measure_what_they_say(framework: str) -> None:
 @pytest.mark.parametrize("framework", MARKED)
 def test_calibration_end_to_end_on_small_tables(framework: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _framework(framework)
-    from xfbench.benchmarks import peaks as peaks_mod
+    from xfbench.benchmarks.harness import peaks as peaks_mod
 
     monkeypatch.setattr(peaks_mod, "GEMM_GRID", tuple((m, k, n) for m in (1, 64) for k in (16, 64) for n in (16, 64)))
     monkeypatch.setattr(peaks_mod, "COPY_SIZES", (1 << 16, 1 << 20))
@@ -343,7 +343,7 @@ _TIME_WITH_FIXED_PEAKS = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from test_steptime import synthetic_peaks
-from xfbench.benchmarks import peaks
+from xfbench.benchmarks.harness import peaks
 from xfbench.benchmarks.cli import main
 peaks.measured_peaks = lambda backend, device="cpu", writer=None: synthetic_peaks()
 sys.exit(main(sys.argv[2:]))

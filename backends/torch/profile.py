@@ -218,7 +218,7 @@ def attribute_events(events: list[Any], n_layers: int, steps: int) -> dict[tuple
 
 
 def profile_layers(work: Any, steps: int = 3) -> dict[tuple[int, str], float]:
-    """Measured seconds per (spec layer, phase) of one step of a prepared :class:`benchmarks.workload.Workload`
+    """Measured seconds per (spec layer, phase) of one step of a prepared :class:`benchmarks.harness.workload.Workload`
     (averaged over ``steps`` profiled steps after one warm-up step), from ``torch.profiler``."""
     from torch.profiler import ProfilerActivity, profile
 

@@ -15,9 +15,9 @@ import sys
 from typing import Any
 
 from xfbench.analytics.vocab import DEFAULT_OPTIMIZER, OPTIMIZERS
-from xfbench.benchmarks.argtypes import positive_int
-from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED
-from xfbench.benchmarks.workload import parse_list
+from xfbench.benchmarks.cli.argtypes import positive_int
+from xfbench.benchmarks.cli.usage import EXIT_NOTHING_MEASURED
+from xfbench.benchmarks.harness.workload import parse_list
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -35,7 +35,7 @@ def _check_resources(plan: Any, backends: list[str]) -> None:
     cores (each worker is one single-threaded process on its own core), and a step whose memory ledger, times
     the workers that each hold it, exceeds this machine's RAM."""
     from xfbench.analytics.scaling import per_worker_batch
-    from xfbench.benchmarks.usage import UsageError, require_feasible
+    from xfbench.benchmarks.cli.usage import UsageError, require_feasible
 
     cores = os.cpu_count() or 1
     if plan.device == "cpu" and max(plan.workers) > cores:
@@ -92,6 +92,13 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
 
     def run(args: argparse.Namespace) -> int:
         from xfbench.backends import BACKENDS, canonical_name, is_available
+        from xfbench.benchmarks.cli.usage import (
+            check_output_dir,
+            check_tf32_env,
+            load_model,
+            one_line,
+            require_backends,
+        )
         from xfbench.benchmarks.scaling import (
             DEFAULT_MODELS,
             ScalingPlan,
@@ -101,7 +108,6 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
             plot_scaling,
             run_scaling,
         )
-        from xfbench.benchmarks.usage import check_output_dir, check_tf32_env, load_model, one_line, require_backends
         from xfbench.reports.writer import ReportError, RunWriter
 
         check_tf32_env()

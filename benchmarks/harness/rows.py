@@ -17,8 +17,8 @@ from xfbench.analytics.spec import ModelSpec, SpecError
 from xfbench.analytics.timeline import Timeline, simulate
 from xfbench.analytics.vocab import device_kind
 from xfbench.backends import get_backend
-from xfbench.benchmarks.measurement import Measurement
-from xfbench.benchmarks.workload import Config, Workload
+from xfbench.benchmarks.harness.measurement import Measurement
+from xfbench.benchmarks.harness.workload import Config, Workload
 from xfbench.reports.paths import subprocess_env
 
 WORKER_TIMEOUT_S = 900  # per repeat
@@ -55,7 +55,7 @@ def _positive_env(name: str, default: int) -> int:
 MEMORY_PARALLEL_ENV = "XFBENCH_MEMORY_PARALLEL"
 DEFAULT_MEMORY_PARALLEL = 2
 #: ``XFBENCH_MEMORY_SERVER=0``: a fresh worker process per CPU configuration instead of the backend's memory
-#: server (:class:`benchmarks.worker.MemoryServer`), e.g. to check that both give the same figures.
+#: server (:class:`benchmarks.harness.worker.MemoryServer`), e.g. to check that both give the same figures.
 MEMORY_SERVER_ENV = "XFBENCH_MEMORY_SERVER"
 
 
@@ -79,17 +79,17 @@ def memory_in_fresh_process(
     tensor: bool = True,
     timeline: str | None = None,
 ) -> dict[str, Any]:
-    """Runs :mod:`benchmarks.worker` for ``config``; returns its JSON result (status ok/oom/error).
+    """Runs :mod:`benchmarks.harness.worker` for ``config``; returns its JSON result (status ok/oom/error).
 
     Each figure is the median of ``repeats`` fresh processes (default :func:`memory_repeats`), ``spread``
     beside it; ``tensor``: also the tensor-level figure (torch: MemTracker), whose absence on a backend is
     said in ``message``; ``timeline``: a JSON path for the step's RSS/allocator timeline (``xfbench memory``).
 
     On the CPU the repeats are children forked from the backend's memory server, a process that has imported
-    the framework once for the whole run (:func:`benchmarks.worker.serve`), :func:`memory_parallel` at a time;
+    the framework once for the whole run (:func:`benchmarks.harness.worker.serve`), :func:`memory_parallel` at a time;
     elsewhere (GPU, a timeline, ``XFBENCH_MEMORY_SERVER=0``) a worker process is started for the
     configuration."""
-    from xfbench.benchmarks.worker import can_serve, served
+    from xfbench.benchmarks.harness.worker import can_serve, served
 
     n = memory_repeats() if repeats is None else repeats
     argv = [*config.worker_args(), "--repeats", str(n), "--repeat-timeout", str(WORKER_TIMEOUT_S)]
@@ -103,7 +103,7 @@ def memory_in_fresh_process(
     timeout = WORKER_TIMEOUT_S * (n + 2)
     if can_serve(config.device, config.backend, timeline) and os.environ.get(MEMORY_SERVER_ENV, "1") != "0":
         return _with_notes(served(config.backend, argv, timeout))
-    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", *argv]
+    cmd = [sys.executable, "-m", "xfbench.benchmarks.harness.worker", *argv]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -117,7 +117,7 @@ def memory_in_fresh_process(
     return {"status": "error", "message": f"memory worker exited {proc.returncode}: {tail}"}
 
 
-PROBES = Path(__file__).resolve().parent / "probes"  # package data: shipped in the wheel
+PROBES = Path(__file__).resolve().parent.parent / "probes"  # benchmarks/probes: package data, shipped in the wheel
 
 
 def probe_family(spec: ModelSpec) -> str:

@@ -4,7 +4,7 @@ a fixed part and a per-sample part.
 ``xfbench memory MODEL --backend B --batch 8,16,32 [--device cpu] [--phase training] [--repeats 3]
 [--optimizer sgd] [--dtype float32] [--out DIR] [--no-plot]``
 
-For each batch the memory worker (:mod:`benchmarks.worker`) measures the first step in ``--repeats`` fresh
+For each batch the memory worker (:mod:`benchmarks.harness.worker`) measures the first step in ``--repeats`` fresh
 processes: the process-level peak above the post-build baseline (median and spread) and, with torch, the
 tensor-level peak (``MemTracker``). Beside them: the process-level prediction (the row's
 ``mem_predicted_bytes``: the simulated step above the baseline plus the framework overhead measured on a probe
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from xfbench.analytics.vocab import BACKENDS, DEFAULT_DTYPE, DEFAULT_OPTIMIZER, DTYPES, OPTIMIZERS, PHASES, device_kind
-from xfbench.benchmarks.argtypes import device_arg, one_backend, positive_int
+from xfbench.benchmarks.cli.argtypes import device_arg, one_backend, positive_int
 
 
 @dataclass
@@ -165,7 +165,7 @@ def format_report(title: str, points: list[Point], repeats: int) -> str:
 
 def _simulated_curve(config: Any) -> tuple[list[float], list[float]]:
     """The simulated first step above its baseline (what exists after the setup events): progress, bytes."""
-    from xfbench.benchmarks.measure import simulated_timeline
+    from xfbench.benchmarks.harness.rows import simulated_timeline
 
     timeline = simulated_timeline(config)
     if timeline is None:
@@ -235,7 +235,7 @@ def plot(points: list[Point], configs: dict[int, Any], path: Path, title: str) -
 
 def measure_point(config: Any, repeats: int, timeline: bool, overhead: int | None) -> Point:
     """One batch: the worker's figures (median, spread, tensor level) and the predictions."""
-    from xfbench.benchmarks.measure import memory_in_fresh_process, prediction_columns
+    from xfbench.benchmarks.harness.rows import memory_in_fresh_process, prediction_columns
 
     point = Point(config.batch_size)
     predicted = prediction_columns(config)
@@ -269,9 +269,9 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def cmd_memory(args: argparse.Namespace, usage_error: type[Exception]) -> int:
-    from xfbench.benchmarks.measure import framework_overhead, probe_family
-    from xfbench.benchmarks.usage import check_output_dir, load_model, require_backends, require_feasible
-    from xfbench.benchmarks.workload import Config
+    from xfbench.benchmarks.cli.usage import check_output_dir, load_model, require_backends, require_feasible
+    from xfbench.benchmarks.harness.rows import framework_overhead, probe_family
+    from xfbench.benchmarks.harness.workload import Config
 
     spec = load_model(args.model, option="model")
     for batch in args.batch:
@@ -313,7 +313,7 @@ def cmd_memory(args: argparse.Namespace, usage_error: type[Exception]) -> int:
 
 def register(sub: Any, usage_error: type[Exception]) -> None:
     """Adds ``memory`` to the ``xfbench`` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
-    from xfbench.benchmarks.measure import DEFAULT_MEMORY_REPEATS
+    from xfbench.benchmarks.harness.rows import DEFAULT_MEMORY_REPEATS
 
     p = sub.add_parser("memory", help="step memory at several batches: fixed + per-sample, measured vs predicted")
     p.add_argument("model", help="catalog name or a .json/.yaml spec file")

@@ -1,7 +1,7 @@
 """``xfbench time`` (predicted vs measured step time per layer and phase) and ``xfbench predict --from``.
 
 ``xfbench time MODEL --backend B [--batch N] [--phase inference,training] [--device cpu] [--optimizer sgd]
-[--steps 3] [--json]``: measures this machine's peaks with the framework (:mod:`benchmarks.peaks`), predicts
+[--steps 3] [--json]``: measures this machine's peaks with the framework (:mod:`benchmarks.harness.peaks`), predicts
 each layer and phase (:mod:`analytics.steptime`), measures the same with the framework's own profiler
 (``backends.<fw>.profile.profile_layers``) and the whole step with a wall clock, and prints both side by side
 with the largest gaps.
@@ -35,9 +35,9 @@ from xfbench.analytics.steptime import (
     predict_step,
 )
 from xfbench.analytics.vocab import DEFAULT_DTYPE, DEFAULT_OPTIMIZER, DTYPES, OPTIMIZERS, PHASES
-from xfbench.benchmarks import usage
-from xfbench.benchmarks.argtypes import device_arg, one_backend, positive_int
-from xfbench.benchmarks.usage import UsageError
+from xfbench.benchmarks.cli import usage
+from xfbench.benchmarks.cli.argtypes import device_arg, one_backend, positive_int
+from xfbench.benchmarks.cli.usage import UsageError
 from xfbench.reports.table import render_table
 
 PROFILED_PHASES = ("forward", "backward", "update")
@@ -144,7 +144,7 @@ def time_report(
 
 
 def cmd_time(args: argparse.Namespace) -> int:
-    from xfbench.benchmarks.cli import load_model
+    from xfbench.benchmarks.cli.argtypes import load_model
 
     usage.check_tf32_env()
     backend = args.backend
@@ -168,9 +168,9 @@ def cmd_time(args: argparse.Namespace) -> int:
     import importlib
 
     from xfbench.backends import get_backend
+    from xfbench.benchmarks.harness.peaks import measured_peaks
+    from xfbench.benchmarks.harness.workload import Config, prepare
     from xfbench.benchmarks.matmul import time_callable
-    from xfbench.benchmarks.peaks import measured_peaks
-    from xfbench.benchmarks.workload import Config, prepare
 
     devices = get_backend(backend).list_devices()
     if args.device not in devices:
@@ -216,7 +216,7 @@ def _phases(text: str) -> list[str]:
 
 def register(sub: Any, usage_error: type[Exception] = UsageError) -> None:
     """Adds ``xfbench time`` to the CLI's subparsers."""
-    from xfbench.benchmarks.cli import _add_model_overrides
+    from xfbench.benchmarks.cli.argtypes import add_model_overrides
 
     p = sub.add_parser("time", help="predicted vs measured step time per layer and phase (framework profilers)")
     p.add_argument("model", help="catalog name or a .json/.yaml spec file")
@@ -228,7 +228,7 @@ def register(sub: Any, usage_error: type[Exception] = UsageError) -> None:
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZER)
     p.add_argument("--steps", type=positive_int, default=3, help="profiled steps (after one warm-up)")
     p.add_argument("--json", action="store_true")
-    _add_model_overrides(p)
+    add_model_overrides(p)
     p.set_defaults(func=cmd_time)
 
 
@@ -401,7 +401,7 @@ def _measure_here(backend: str, device: str) -> MachinePeaks | str:
             f"{backend} is not usable here ({usage.one_line(exc)}); give --to REPORT.csv of this machine, "
             "or run in that framework's environment"
         )
-    from xfbench.benchmarks.peaks import measured_peaks
+    from xfbench.benchmarks.harness.peaks import measured_peaks
 
     try:
         return measured_peaks(backend, device)

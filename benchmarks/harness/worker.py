@@ -1,4 +1,4 @@
-"""Memory of one configuration, measured in fresh processes (``python -m benchmarks.worker ... --repeats N``).
+"""Memory of one configuration, measured in fresh processes (``python -m benchmarks.harness.worker ... --repeats N``).
 
 Allocator caches make a second reading in the same process meaningless, so every figure comes from a
 process that has run nothing but this configuration; the worker prints one JSON object as its last stdout
@@ -184,7 +184,7 @@ def populate_file_mappings() -> bool:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from xfbench.benchmarks.workload import Config
+    from xfbench.benchmarks.harness.workload import Config
 
     return Config(
         backend=args.backend,
@@ -210,11 +210,11 @@ class Arrays:
 
 
 def build(config: Any, arrays: Arrays) -> Any:
-    """What :func:`benchmarks.workload.prepare` builds (same backend calls, same weights and batch), from
+    """What :func:`benchmarks.harness.workload.prepare` builds (same backend calls, same weights and batch), from
     ``arrays``; returns a ``Workload`` whose ``tracked`` attribute lists what exists before the step (model,
     input batch, labels, optimizer), for the tensor-level tracker."""
     from xfbench.backends import get_backend
-    from xfbench.benchmarks.workload import Workload
+    from xfbench.benchmarks.harness.workload import Workload
 
     b = get_backend(config.backend)
     spec = arrays.spec
@@ -401,7 +401,7 @@ def in_fresh_interpreter(argv: list[str], tensor: bool = False) -> dict[str, Any
 
     from xfbench.reports.paths import subprocess_env
 
-    cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", *argv, "--repeats", "1"]
+    cmd = [sys.executable, "-m", "xfbench.benchmarks.harness.worker", *argv, "--repeats", "1"]
     cmd += [] if tensor else ["--no-tensor"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -643,7 +643,7 @@ def pin_malloc_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.worker")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.harness.worker")
     p.add_argument("--backend", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--phase", required=True)
@@ -706,7 +706,7 @@ SERVER_PREFIX = "XFBENCH-RESULT "
 
 
 def serve(backend: str) -> int:
-    """``python -m xfbench.benchmarks.worker --serve BACKEND``: answers worker argument lists (JSON arrays, one
+    """``python -m xfbench.benchmarks.harness.worker --serve BACKEND``: answers worker argument lists (JSON arrays, one
     per stdin line) for CPU configurations of ``backend`` until stdin closes."""
     import os
 
@@ -753,7 +753,7 @@ class MemoryServer:
         from xfbench.reports.paths import subprocess_env
 
         self.stderr = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "xfbench.benchmarks.worker", "--serve", self.backend]
+        cmd = [sys.executable, "-m", "xfbench.benchmarks.harness.worker", "--serve", self.backend]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=subprocess_env()
         )

@@ -18,7 +18,7 @@ What is measured (each with :func:`benchmarks.matmul.time_callable`; the fastest
 4. element rates of the framework's non-streaming kernels: a sigmoid, a 3x3/2 max pooling, an NCHW->NHWC
    transpose (``profile.elementwise_callable``, ``pool_callable``, ``transpose_callable``);
 5. the fixed cost of one step, inference and training: a one-layer probe model (:data:`STEP_PROBE`) stepped
-   through the real backend (``benchmarks.workload.prepare``), minus what its work items predict;
+   through the real backend (``benchmarks.harness.workload.prepare``), minus what its work items predict;
 6. the framework's own convolution kernels over :data:`analytics.steptime.CONV_GRID` (3x3 probe convolutions
    of im2col shape M x K x N, ``profile.conv_callable``): forward, backward (input and weight gradients) and
    a first layer's backward (weight gradient only). On a CPU the frameworks run convolutions as oneDNN
@@ -192,8 +192,8 @@ def _fault_bandwidth(
 
 
 def _step_best(backend: str, device: str, spec_dict: dict[str, Any], phase: str, batch: int = 1) -> float:
-    """Median step time of a probe spec through the real backend (``benchmarks.workload.prepare``)."""
-    from xfbench.benchmarks.workload import Config, prepare
+    """Median step time of a probe spec through the real backend (``benchmarks.harness.workload.prepare``)."""
+    from xfbench.benchmarks.harness.workload import Config, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"{spec_dict['name']}.json")

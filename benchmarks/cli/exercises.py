@@ -16,9 +16,9 @@ def _cmd(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from xfbench.analytics.exercises import select
     from xfbench.analytics.vocab import expand_devices
     from xfbench.backends import BACKENDS, canonical_name, is_available
+    from xfbench.benchmarks.cli.usage import require_backends
     from xfbench.benchmarks.exercises import TABLE_HEADERS, analytic_results, run_backend, table_rows, write_reports
-    from xfbench.benchmarks.usage import require_backends
-    from xfbench.benchmarks.worker import parse_size
+    from xfbench.benchmarks.harness.worker import parse_size
     from xfbench.reports.table import render_table
 
     try:
@@ -94,7 +94,7 @@ def _check_budget(text: str, budget: int, usage_error: type[Exception]) -> None:
 def register(sub: Any, usage_error: type[Exception]) -> None:
     """Adds the subcommand to the `xfbench` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
     from xfbench.analytics.vocab import DEVICE_HELP
-    from xfbench.benchmarks.argtypes import device_list
+    from xfbench.benchmarks.cli.argtypes import device_list
 
     def _list(text: str) -> list[str]:
         return [t.strip() for t in text.split(",") if t.strip()]

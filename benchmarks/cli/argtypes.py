@@ -1,7 +1,7 @@
 """argparse value types shared by the ``xfbench`` subcommands (bad values: one line naming what is allowed).
 
 The words (backend names and aliases, devices) are analytics/vocab.py's; the run options of ``xfbench run``
-and ``pytest benchmarks`` are parsed by benchmarks/options.py instead.
+and ``pytest benchmarks`` are parsed by benchmarks/harness/options.py instead.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from xfbench.analytics import vocab
+from xfbench.analytics.costs import FRAMEWORKS, canonical_framework
+from xfbench.analytics.spec import ModelSpec
 
 T = TypeVar("T")
 
@@ -39,7 +41,7 @@ def positive_int(text: str) -> int:
 
 def tf32_arg(text: str) -> str:
     """``--tf32``: on or off."""
-    from xfbench.benchmarks.usage import tf32_value
+    from xfbench.benchmarks.cli.usage import tf32_value
 
     try:
         return tf32_value(text)
@@ -65,3 +67,39 @@ def one_backend(text: str) -> str:
     if len(names) != 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give one backend ({', '.join(vocab.BACKENDS)})")
     return names[0]
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; allowed: e.g. 3x224x224 or 40,60") from None
+    if not shape or any(v <= 0 for v in shape):
+        raise argparse.ArgumentTypeError(f"{text!r} has a non-positive size; allowed: positive integers")
+    return shape
+
+
+def framework_arg(text: str) -> str:
+    try:
+        return canonical_framework(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; allowed: {', '.join(FRAMEWORKS)}") from None
+
+
+def load_model(name: str, args: argparse.Namespace) -> ModelSpec:
+    """A catalog model or spec file, with the command's overrides; any failure is a one-line UsageError."""
+    from xfbench.benchmarks.cli import usage
+
+    return usage.load_model(
+        name,
+        input_shape=getattr(args, "input_shape", None),
+        num_classes=getattr(args, "num_classes", None),
+        vocab=getattr(args, "vocab", None),
+    )
+
+
+def add_model_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", type=shape_arg, help="per-sample input shape, channels first (e.g. 3x224x224)")
+    p.add_argument("--num-classes", type=positive_int, help="override the number of classes")
+    p.add_argument("--vocab", type=positive_int, help="override the vocabulary (lstm)")

@@ -25,9 +25,9 @@ from functools import cache
 from typing import Any
 
 from xfbench.analytics import vocab
-from xfbench.benchmarks.profiles import DEFAULT_PLAN, PROFILES, Plan
-from xfbench.benchmarks.usage import TF32_VALUES, UsageError, tf32_value
-from xfbench.benchmarks.workload import Config, parse_list
+from xfbench.benchmarks.cli.usage import TF32_VALUES, UsageError, tf32_value
+from xfbench.benchmarks.harness.profiles import DEFAULT_PLAN, PROFILES, Plan
+from xfbench.benchmarks.harness.workload import Config, parse_list
 
 DEFAULT_PROFILE = "quick"
 SUITES = ("models", "harness", "matmul", "scaling", "exercises")
@@ -100,7 +100,7 @@ def _positive(flag: str) -> Callable[[str | None], int | None]:
 
 def _memory_limit(text: str | None) -> str | None:
     if text is not None:
-        from xfbench.benchmarks.worker import parse_size
+        from xfbench.benchmarks.harness.worker import parse_size
 
         try:
             parse_size(text)
@@ -339,7 +339,7 @@ def select_configs(options: RunOptions, *, expand: bool = True) -> Selection:
     run``'s check, which stays framework-free) ``all`` stays and is checked as the CPU, which every backend sees.
     """
     from xfbench.analytics.catalog import CATALOG
-    from xfbench.benchmarks.usage import load_model, require_feasible
+    from xfbench.benchmarks.cli.usage import load_model, require_feasible
 
     names = list(options.models) or list(CATALOG)
     specs = {m: load_model(m, option="--models") for m in names}

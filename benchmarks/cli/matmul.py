@@ -11,10 +11,10 @@ from typing import Any
 
 from xfbench.analytics import vocab
 from xfbench.analytics.roofline import DEVICE_CATALOG, get_device
-from xfbench.benchmarks.argtypes import device_list
-from xfbench.benchmarks.usage import EXIT_NOTHING_MEASURED
-from xfbench.benchmarks.usage import UsageError as _UsageError
-from xfbench.benchmarks.workload import parse_list as _items
+from xfbench.benchmarks.cli.argtypes import device_list
+from xfbench.benchmarks.cli.usage import EXIT_NOTHING_MEASURED
+from xfbench.benchmarks.cli.usage import UsageError as _UsageError
+from xfbench.benchmarks.harness.workload import parse_list as _items
 
 _BACKENDS = ("numpy", *vocab.BACKENDS)  # numpy: the baseline every backend is compared with
 
@@ -97,7 +97,7 @@ def _check_feasible(cfg: Any) -> None:
     transfers, one on each side) must fit this machine's RAM: an absurd size is refused before allocation."""
     from xfbench.analytics.memory import InfeasibleError, Ledger, check_feasible
     from xfbench.analytics.roofline import matmul_bytes
-    from xfbench.benchmarks.usage import host_ram_bytes
+    from xfbench.benchmarks.cli.usage import host_ram_bytes
 
     shapes = [(n, n, n) for n in cfg.sizes] + list(cfg.shapes)
     if not shapes:
@@ -114,8 +114,8 @@ def _check_feasible(cfg: Any) -> None:
 
 
 def cmd_matmul(args: argparse.Namespace) -> int:
+    from xfbench.benchmarks.cli.usage import apply_tf32, check_output_dir, check_tf32_env, one_line, require_backends
     from xfbench.benchmarks.matmul import QUICK, SweepConfig, run_sweep, summary_table, with_overrides
-    from xfbench.benchmarks.usage import apply_tf32, check_output_dir, check_tf32_env, one_line, require_backends
     from xfbench.reports.writer import ReportError, RunWriter
 
     base = QUICK if args.quick else SweepConfig()
@@ -163,7 +163,7 @@ def cmd_matmul(args: argparse.Namespace) -> int:
 
 def register(sub: Any, usage_error: type[Exception]) -> None:
     """Adds ``matmul`` to the ``xfbench`` parser (sub: argparse subparsers; usage_error: exit-2 error)."""
-    from xfbench.benchmarks.argtypes import tf32_arg
+    from xfbench.benchmarks.cli.argtypes import tf32_arg
 
     p = sub.add_parser("matmul", help="CPU vs GPU matmul sweep with the roofline model, D2L 5.6.5 ex3/ex4")
     p.add_argument("--backend", type=_backends, help="comma-separated: numpy,torch,tensorflow,mxnet (default: all)")
