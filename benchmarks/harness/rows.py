@@ -78,7 +78,7 @@ def memory_in_fresh_process(
     *,
     tensor: bool = True,
     timeline: str | None = None,
-    served: bool = True,
+    use_server: bool = True,
 ) -> dict[str, Any]:
     """Runs :mod:`benchmarks.harness.worker` for ``config``; returns its JSON result (status ok/oom/error).
 
@@ -88,7 +88,7 @@ def memory_in_fresh_process(
 
     On the CPU the repeats are children forked from the backend's memory server, a process that has imported
     the framework once for the whole run (:func:`benchmarks.harness.worker.serve`), :func:`memory_parallel` at a time;
-    elsewhere (GPU, a timeline, ``served=False``, ``XFBENCH_MEMORY_SERVER=0``) a worker process is started for
+    elsewhere (GPU, a timeline, ``use_server=False``, ``XFBENCH_MEMORY_SERVER=0``) a worker process is started for
     the configuration."""
     from xfbench.benchmarks.harness.worker import can_serve, served
 
@@ -102,7 +102,11 @@ def memory_in_fresh_process(
     if timeline:
         argv += ["--timeline", timeline]
     timeout = WORKER_TIMEOUT_S * (n + 2)
-    if served and can_serve(config.device, config.backend, timeline) and os.environ.get(MEMORY_SERVER_ENV, "1") != "0":
+    if (
+        use_server
+        and can_serve(config.device, config.backend, timeline)
+        and os.environ.get(MEMORY_SERVER_ENV, "1") != "0"
+    ):
         return _with_notes(served(config.backend, argv, timeout))
     cmd = [sys.executable, "-m", "xfbench.benchmarks.harness.worker", *argv]
     try:
@@ -146,7 +150,7 @@ def framework_overhead(backend: str, device: str, phase: str, optimizer: str, fa
     # conv probe, quick profile): served, the training overhead read 0.50 MB where fresh workers read 0.94 and
     # 1.14 MB in two runs, inference 0.10 vs 0.13 and 0.24 MB, while the models' own figures agreed within 0.2%
     # (median) either way.
-    result = memory_in_fresh_process(probe, repeats=1, tensor=False, served=False)
+    result = memory_in_fresh_process(probe, repeats=1, tensor=False, use_server=False)
     measured = result.get("measured_bytes")
     if result.get("status") != "ok" or measured is None:
         return None
