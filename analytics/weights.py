@@ -78,11 +78,8 @@ def random_weights(spec: ModelSpec, seed: int = 0, dtype: str = "float32") -> li
     Deterministic in (spec, seed, dtype); the last result is cached and returned again as a new list of the
     same arrays, which callers copy into their framework and must not modify."""
     key = (spec, seed, dtype)
-    try:
-        if _LAST and _LAST[0][0] == key:
-            return list(_LAST[0][1])
-    except TypeError:  # an unhashable/uncomparable spec field: no caching
-        pass
+    if _LAST and _LAST[0][0] == key:
+        return list(_LAST[0][1])
     out = _draw_weights(spec, seed, dtype)
     _LAST[:] = [(key, out)]
     return list(out)

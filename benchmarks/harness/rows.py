@@ -90,7 +90,7 @@ def memory_in_fresh_process(
     the framework once for the whole run (:func:`benchmarks.harness.worker.serve`), :func:`memory_parallel` at a time;
     elsewhere (GPU, a timeline, ``use_server=False``, ``XFBENCH_MEMORY_SERVER=0``) a worker process is started for
     the configuration."""
-    from xfbench.benchmarks.harness.worker import can_serve, served
+    from xfbench.benchmarks.harness.worker import can_serve, served, worker_exit_result
 
     n = memory_repeats() if repeats is None else repeats
     argv = [*config.worker_args(), "--repeats", str(n), "--repeat-timeout", str(WORKER_TIMEOUT_S)]
@@ -116,10 +116,7 @@ def memory_in_fresh_process(
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if lines:
         return _with_notes(dict(json.loads(lines[-1])))
-    if proc.returncode in (-9, 137):
-        return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-    return {"status": "error", "message": f"memory worker exited {proc.returncode}: {tail}"}
+    return worker_exit_result(proc.returncode, (proc.stderr.strip().splitlines() or ["no output"])[-1][:300])
 
 
 PROBES = Path(__file__).resolve().parent.parent / "probes"  # benchmarks/probes: package data, shipped in the wheel

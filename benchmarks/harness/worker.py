@@ -304,6 +304,14 @@ def _process_level(work: Any, config: Any, second_step: bool) -> dict[str, Any]:
     return result
 
 
+def worker_exit_result(code: int, stderr_tail: str) -> dict[str, Any]:
+    """A memory worker process that ended without a result: SIGKILL (the kernel's OOM killer) is ``oom``,
+    anything else an ``error`` naming the exit code and the last line of its stderr."""
+    if code in (-9, 137):
+        return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
+    return {"status": "error", "message": f"memory worker exited {code}: {stderr_tail}"}
+
+
 def _failure(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, MemoryError):
         return {"status": "oom", "message": f"MemoryError: {exc}"}
@@ -668,11 +676,8 @@ def answer(args: argparse.Namespace, limit: int | None, child_limit: int | None 
         result = run(args, child_limit)
         if args.memory_limit and limit is None:
             result["message"] = f"--memory-limit {args.memory_limit} not applied on {args.device} (CPU workers only)"
-    except MemoryError as exc:
-        result = {"status": "oom", "message": f"MemoryError: {exc}"}
-    except Exception as exc:
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        result = {"status": "oom" if _is_oom(exc) else "error", "message": text}
+    except Exception as exc:  # MemoryError included: _failure makes it an oom result
+        result = _failure(exc)
     return result
 
 
@@ -777,17 +782,13 @@ class MemoryServer:
         self.proc = None
 
     def _died(self, timed_out: float | None = None) -> dict[str, Any]:
-        import signal
-
         if timed_out is not None:
             self.proc.kill()
         code = self.proc.wait()
         self.proc = None
         if timed_out is not None:
             return {"status": "error", "message": f"memory worker timed out after {timed_out:.0f} s"}
-        if code in (-signal.SIGKILL, 137):
-            return {"status": "oom", "message": "memory worker killed (SIGKILL: out of host memory?)"}
-        return {"status": "error", "message": f"memory worker exited {code}: {self._stderr_tail()}"}
+        return worker_exit_result(code, self._stderr_tail())
 
     def request(self, argv: list[str], timeout_s: float) -> dict[str, Any]:
         """The server's answer for one worker argument list (a stand-alone worker's JSON result)."""
