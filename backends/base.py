@@ -162,8 +162,12 @@ class ModelAdapter(Devices, Memory, Protocol):
         """Memory-ledger terms (:mod:`analytics.memory`) the framework allocates when the model is built."""
         ...
 
-    def build_model(self, spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> Any:
-        """The spec as the framework's model on ``device`` in ``dtype``, initialised from ``seed``."""
+    def build_model(
+        self, spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0, init: bool = True
+    ) -> Any:
+        """The spec as the framework's model on ``device`` in ``dtype``, initialised from ``seed``;
+        ``init=False``: its parameters are allocated but not drawn (the caller loads weights with
+        :meth:`set_weights` next; VGG-16's draw took MXNet 7 s)."""
         ...
 
     def set_weights(self, model: Any, weights: Sequence[np.ndarray]) -> None:

@@ -172,6 +172,30 @@ def test_set_weights_gives_the_one_message(backend: str) -> None:
         b.set_weights(net, [weights[0].T, *weights[1:]])
 
 
+@pytest.mark.parametrize("model", ["lenet", "lstm"])  # conv + dense after a flatten; embedding + LSTM
+def test_a_model_built_without_init_is_the_initialised_one_once_weights_are_loaded(backend: str, model: str) -> None:
+    """``build_model(init=False)`` (the benchmarks' build) followed by ``set_weights`` holds the same weights and
+    computes the same outputs as an initialised model given the same weights; the weights are a second draw
+    (seed 5), so that neither model keeps anything of its own initialisation."""
+    import numpy as np
+    from xfbench.analytics.weights import make_batch, random_weights
+
+    b = get_backend(backend)
+    spec = catalog_model(model)
+    weights = random_weights(spec, seed=5)
+    x = b.to_device(make_batch(spec, 2, seed=6)[0], "cpu", "float32")
+    outputs, loaded = [], []
+    for init in (True, False):
+        net = b.build_model(spec, init=init)
+        b.set_weights(net, weights)
+        loaded.append(b.get_weights(net))
+        outputs.append(b.to_numpy(b.infer(net, x)))
+    for got in loaded:
+        assert [w.shape for w in got] == [w.shape for w in weights]
+        assert all(np.array_equal(g, w) for g, w in zip(got, weights))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
 # --- 2. the Protocols cover what benchmarks/ calls -----------------------------------------------------------
 
 # (module, member, args, kwargs, where): each call benchmarks/ makes into ``backends.<fw>[.module]``, with the
@@ -181,7 +205,8 @@ BENCHMARK_CALLS: list[tuple[str, str, tuple[Any, ...] | None, dict[str, Any], st
     ("", "ALIGNED_OPS", None, {}, "measure.py"),
     ("", "BUILT_LEDGER_TERMS", None, {}, "measure.py"),
     ("", "list_devices", (), {}, "bench_models.py, bench_exercises.py, exercises.py, time_cli.py"),
-    ("", "build_model", ("spec",), {"device": "d", "dtype": "t", "seed": 0}, "workload.py, worker.py, exercises.py"),
+    ("", "build_model", ("spec",), {"device": "d", "dtype": "t", "seed": 0, "init": False}, "workload.py, worker.py"),
+    ("", "build_model", ("spec",), {"device": "d", "dtype": "t", "seed": 0}, "exercises.py"),
     ("", "build_model", ("spec",), {"device": "d", "seed": 0}, "parity.py"),
     ("", "set_weights", ("model", "weights"), {}, "workload.py, worker.py, parity.py"),
     ("", "get_weights", ("model",), {}, "exercises.py"),

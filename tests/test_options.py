@@ -285,3 +285,22 @@ def test_visible_devices_of_the_baseline_and_of_an_absent_backend() -> None:
     if absent is None:
         pytest.skip("every framework is installed here: none is absent")
     assert options.visible_devices(absent) == ("cpu",)  # its rows are skipped as not installed
+
+
+def test_the_quick_profile_leaves_vgg16_and_vgg19_to_be_named() -> None:
+    """The quick profile's default run is every catalog model but VGG-16 and VGG-19 (issue 12's time budget);
+    named, they run at the profile's batch 1 with 3 rounds; the full profile runs every catalog model."""
+    from xfbench.analytics.catalog import CATALOG
+
+    def models(argv: list[str]) -> list[str]:
+        sel = options.select_configs(_run_options(["--backend", "torch", "--phase", "training", *argv]), expand=False)
+        return [cfg.model for cfg, _ in sel.configs]
+
+    expected_quick = ["cnn3", "alexnet", "vgg11", "lstm", "lenet", "nin", "mlp"]
+    assert models([]) == [m for m in CATALOG if m in expected_quick] and set(expected_quick) <= set(CATALOG)
+    named = options.select_configs(_run_options(["--backend", "torch", "--models", "vgg16"]), expand=False)
+    assert [(c.model, c.phase, c.batch_size, p.rounds) for c, p in named.configs] == [
+        ("vgg16", "inference", 1, 3),
+        ("vgg16", "training", 1, 3),
+    ]
+    assert models(["--profile", "full"]) == list(CATALOG)

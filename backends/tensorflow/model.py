@@ -250,11 +250,12 @@ def _build_graph(spec: ModelSpec, dtype: str, seed: int) -> tuple[Any, tuple[_We
     return model, tuple(entries)
 
 
-def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> Any:
+def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0, init: bool = True) -> Any:
     """A ``keras.Model`` for ``spec`` with its variables on ``device``.
 
     The weights are :func:`analytics.weights.random_weights` ``(spec, seed)``, so every backend starts from
-    the same numbers for the same seed. The model takes NCHW (or ``(N, T, F)``) input and returns the
+    the same numbers for the same seed; ``init=False``: the layers' zero initialisers, for a caller that loads
+    weights next. The model takes NCHW (or ``(N, T, F)``) input and returns the
     spec's channels-first output.
     """
     check_dtype(dtype, "tensorflow", DTYPES)
@@ -262,7 +263,8 @@ def build_model(spec: ModelSpec, device: str = "cpu", dtype: str = "float32", se
     with tf.device(tf_device):
         model, entries = _build_graph(spec, dtype, seed)
         model._xf_info = _ModelInfo(spec=spec, tf_device=tf_device, dtype=dtype, entries=entries)
-        set_weights(model, random_weights(spec, seed=seed, dtype=dtype))
+        if init:
+            set_weights(model, random_weights(spec, seed=seed, dtype=dtype))
     return model
 
 

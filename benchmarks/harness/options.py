@@ -169,7 +169,12 @@ OPTIONS: tuple[Option, ...] = (
         _devices,
         default="cpu",
     ),
-    Option("--models", "models", "comma-separated catalog names or spec files (default: the catalog)", _models),
+    Option(
+        "--models",
+        "models",
+        "comma-separated catalog names or spec files (default: the profile's; quick leaves out vgg16, vgg19)",
+        _models,
+    ),
     Option("--batch", "batches", "comma-separated batch sizes (default: the profile's)", _batches),
     Option("--phase", "phases", f"{', '.join(vocab.PHASES)} or both, comma-separated", _phases, ",".join(vocab.PHASES)),
     Option(
@@ -341,10 +346,10 @@ def select_configs(options: RunOptions, *, expand: bool = True) -> Selection:
     from xfbench.analytics.catalog import CATALOG
     from xfbench.benchmarks.cli.usage import load_model, require_feasible
 
-    names = list(options.models) or list(CATALOG)
+    plans = PROFILES[options.profile]
+    names = list(options.models) or [m for m in CATALOG if plans.get(m, DEFAULT_PLAN).by_default]
     specs = {m: load_model(m, option="--models") for m in names}
     explicit = "models" in options.given or "batch" in options.given
-    plans = PROFILES[options.profile]
     configs: list[tuple[Config, Plan]] = []
     infeasible: list[tuple[Config, str]] = []
     checked: dict[tuple[str, str, int, str, str], str | None] = {}

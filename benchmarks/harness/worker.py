@@ -218,7 +218,7 @@ def build(config: Any, arrays: Arrays) -> Any:
 
     b = get_backend(config.backend)
     spec = arrays.spec
-    model = b.build_model(spec, device=config.device, dtype=config.dtype, seed=0)
+    model = b.build_model(spec, device=config.device, dtype=config.dtype, seed=0, init=False)
     b.set_weights(model, arrays.weights)
     x = b.to_device(arrays.x, config.device, config.dtype)
     device = config.device

@@ -76,7 +76,7 @@ def prepare(config: Config, seed: int = 0) -> Workload:
     check_phase(config.phase)
     b = get_backend(config.backend)
     spec = config.spec()
-    model = b.build_model(spec, device=config.device, dtype=config.dtype, seed=seed)
+    model = b.build_model(spec, device=config.device, dtype=config.dtype, seed=seed, init=False)
     b.set_weights(model, random_weights(spec, seed))
     x_np, y_np = make_batch(spec, config.batch_size, seed + 1)
     x = b.to_device(x_np, config.device, config.dtype)
