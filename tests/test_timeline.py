@@ -224,3 +224,17 @@ def test_bad_arguments_name_what_is_allowed(kwargs: dict[str, str], needle: str)
 def test_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive integer"):
         simulate(DENSE, 0)
+
+
+def test_tensorflow_bias_add_and_relu_write_into_the_conv_output() -> None:
+    # Conv2D(2 filters, 3x3 same, bias, relu) -> Flatten -> Dense(3) on (1, 4, 4) at batch 1, TensorFlow inference:
+    # the conv output 2*4*4 floats = 128 B is the only forward buffer of the conv layer (BiasAdd and Relu forward
+    # it, as measured in benchmarks/diagnostics/tf_step_memory.py), then the dense output 3 floats = 12 B + its
+    # bias add, in place too.
+    spec = ModelSpec("c", (1, 4, 4), (Conv2D(2, 3, padding="same", activation="relu"), Flatten(), Dense(3)))
+    tl = simulate(spec, 1, "inference", framework="tensorflow")
+    assert [e.nbytes for e in tl.events if e.action == "alloc" and e.stage == "forward"] == [128, 12]
+    # training: Relu's saved output is the conv buffer itself, so nothing more is allocated forward
+    train = simulate(spec, 1, "training", framework="tensorflow")
+    forward = [e for e in train.events if e.action == "alloc" and e.stage == "forward"]
+    assert [e.nbytes for e in forward][:2] == [128, 12]
