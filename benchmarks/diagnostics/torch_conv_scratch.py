@@ -51,20 +51,18 @@ MB = 1e6
 
 
 def _status() -> tuple[int, int]:
-    """(VmRSS, VmHWM) in bytes."""
-    rss = hwm = 0
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    return rss, hwm
+    """(VmRSS, VmHWM) in bytes, read as the suite's memory worker reads them."""
+    from xfbench.benchmarks.harness.worker import _status_kb
+
+    return _status_kb("VmRSS"), _status_kb("VmHWM")
 
 
 def _reset_hwm() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+    """Resets the kernel's high-water mark to the current RSS (the worker's ``clear_refs`` write)."""
+    from xfbench.benchmarks.harness.worker import _can_reset_hwm
+
+    if not _can_reset_hwm():
+        raise SystemExit("this kernel cannot reset the RSS high-water mark (/proc/self/clear_refs)")
 
 
 def _workload(batch: int) -> Any:
