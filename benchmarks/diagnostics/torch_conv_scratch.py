@@ -65,11 +65,11 @@ def _reset_hwm() -> None:
         raise SystemExit("this kernel cannot reset the RSS high-water mark (/proc/self/clear_refs)")
 
 
-def _workload(batch: int) -> Any:
+def _workload(batch: int, model: str = "cnn3", phase: str = "training") -> Any:
     from xfbench.benchmarks.harness.worker import Arrays, build
     from xfbench.benchmarks.harness.workload import Config
 
-    config = Config(backend="torch", model="cnn3", phase="training", batch_size=batch, optimizer="sgd")
+    config = Config(backend="torch", model=model, phase=phase, batch_size=batch, optimizer="sgd")
     return build(config, Arrays(config))
 
 
@@ -185,7 +185,7 @@ def _alloc_step(work: Any) -> dict[str, Any]:
     return {"alloc_ops": out, "alloc_step_peak": overall}
 
 
-def child(mode: str, batch: int, mkldnn: bool) -> dict[str, Any]:
+def child(mode: str, batch: int, mkldnn: bool, model: str = "cnn3", phase: str = "training") -> dict[str, Any]:
     from xfbench.benchmarks.harness.worker import measure_cpu_step, pin_malloc_threshold
 
     pin_malloc_threshold()  # before the framework's import, as the suite's worker does
@@ -193,7 +193,7 @@ def child(mode: str, batch: int, mkldnn: bool) -> dict[str, Any]:
 
     result: dict[str, Any] = {"mode": mode, "batch": batch, "mkldnn": mkldnn, "threads": torch.get_num_threads()}
     with torch.backends.mkldnn.flags(enabled=mkldnn):
-        work = _workload(batch)
+        work = _workload(batch, model, phase)
         if mode == "whole":
             _prepare()
             result["first_step"] = measure_cpu_step(work.step)[1]
@@ -206,8 +206,9 @@ def child(mode: str, batch: int, mkldnn: bool) -> dict[str, Any]:
     return result
 
 
-def _run_child(mode: str, batch: int, mkldnn: bool) -> dict[str, Any]:
+def _run_child(mode: str, batch: int, mkldnn: bool, model: str, phase: str) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, str(batch), "1" if mkldnn else "0"]
+    cmd += [model, phase]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-800:]}")
@@ -232,17 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mkldnn", nargs="+", default=["on", "off"], choices=["on", "off"])
     p.add_argument("--top", type=int, default=12, help="ops listed per configuration (largest scratch)")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
-    p.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--model", default="cnn3", help="catalog name or spec file (default cnn3, gap A)")
+    p.add_argument("--phase", default="training", choices=["training", "inference"])
+    p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        mode, batch, mk = args.child
-        print(json.dumps(child(mode, int(batch), mk == "1")))
+        mode, batch, mk, model, phase = args.child
+        print(json.dumps(child(mode, int(batch), mk == "1", model, phase)))
         return 0
     results = []
     for mk in args.mkldnn:
         for batch in args.batches:
             for mode in args.modes:
-                r = _run_child(mode, batch, mk == "on")
+                r = _run_child(mode, batch, mk == "on", args.model, args.phase)
                 results.append(r)
                 head = f"== mkldnn {mk}, batch {batch}, {mode}"
                 if mode == "whole":
