@@ -412,30 +412,13 @@ def _measure_here(backend: str, device: str) -> MachinePeaks | str:
 def cross_machine_text(results: list[dict[str, Any]]) -> str:
     body = []
     for r in results:
+        head = [r["backend"], r["device"], r["phase"], r["batch_size"], _ms(r["source_measured_s"])]
         if r["status"] != "ok":
-            body.append(
-                [
-                    r["backend"],
-                    r["device"],
-                    r["phase"],
-                    r["batch_size"],
-                    _ms(r["source_measured_s"]),
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    f"skipped: {r['message']}",
-                ]
-            )
+            body.append([*head, "-", "-", "-", "-", "-", f"skipped: {r['message']}"])
             continue
         body.append(
             [
-                r["backend"],
-                r["device"],
-                r["phase"],
-                r["batch_size"],
-                _ms(r["source_measured_s"]),
+                *head,
                 _ms(r["source_predicted_s"]),
                 _ms(r["target_roofline_s"]),
                 _ms(r["time_predicted_s"]),

@@ -56,6 +56,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# RSS and its high-water mark, read and reset as the suite's memory worker does (imports no framework).
+from xfbench.benchmarks.harness.worker import reset_hwm as _reset_hwm  # noqa: E402
+from xfbench.benchmarks.harness.worker import rss_and_hwm as _status  # noqa: E402
+
 MB = 1e6
 
 #: name -> (hybridize keyword arguments, or None for imperative; extra environment)
@@ -83,21 +87,6 @@ VARIANTS: dict[str, tuple[dict[str, Any] | None, dict[str, str]]] = {
         {"MXNET_EXEC_BULK_EXEC_TRAIN": "0", "MXNET_MKLDNN_ENABLED": "0"},
     ),
 }
-
-
-def _status() -> tuple[int, int]:
-    """(VmRSS, VmHWM) in bytes, read as the suite's memory worker reads them."""
-    from xfbench.benchmarks.harness.worker import _status_kb
-
-    return _status_kb("VmRSS"), _status_kb("VmHWM")
-
-
-def _reset_hwm() -> None:
-    """Resets the kernel's high-water mark to the current RSS (the worker's ``clear_refs`` write)."""
-    from xfbench.benchmarks.harness.worker import _can_reset_hwm
-
-    if not _can_reset_hwm():
-        raise SystemExit("this kernel cannot reset the RSS high-water mark (/proc/self/clear_refs)")
 
 
 class _Trace:

@@ -47,22 +47,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# RSS and its high-water mark, read and reset as the suite's memory worker does (imports no framework).
+from xfbench.benchmarks.harness.worker import reset_hwm as _reset_hwm  # noqa: E402
+from xfbench.benchmarks.harness.worker import rss_and_hwm as _status  # noqa: E402
+
 MB = 1e6
-
-
-def _status() -> tuple[int, int]:
-    """(VmRSS, VmHWM) in bytes, read as the suite's memory worker reads them."""
-    from xfbench.benchmarks.harness.worker import _status_kb
-
-    return _status_kb("VmRSS"), _status_kb("VmHWM")
-
-
-def _reset_hwm() -> None:
-    """Resets the kernel's high-water mark to the current RSS (the worker's ``clear_refs`` write)."""
-    from xfbench.benchmarks.harness.worker import _can_reset_hwm
-
-    if not _can_reset_hwm():
-        raise SystemExit("this kernel cannot reset the RSS high-water mark (/proc/self/clear_refs)")
 
 
 def _workload(batch: int, model: str = "cnn3", phase: str = "training") -> Any:

@@ -72,10 +72,21 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def rss_and_hwm() -> tuple[int, int]:
+    """This process's resident set and its high-water mark (``VmRSS``, ``VmHWM``), bytes."""
+    return _status_kb("VmRSS"), _status_kb("VmHWM")
+
+
+def reset_hwm() -> None:
+    """Resets this process's RSS high-water mark to its current RSS (``5`` into ``/proc/self/clear_refs``);
+    ``OSError`` where the kernel cannot."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 def _can_reset_hwm() -> bool:
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+        reset_hwm()
         return True
     except OSError:
         return False
@@ -124,8 +135,7 @@ def measure_cpu_step(step: Callable[[], Any]) -> tuple[int, int, str]:
     _release_free_heap()
     if _can_reset_hwm():
         baseline = _status_kb("VmRSS")
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+        reset_hwm()
         step()
         return baseline, max(_status_kb("VmHWM") - baseline, 0), "rss-hwm"
     import psutil
