@@ -31,6 +31,7 @@ approximation, flagged in :attr:`Timeline.notes`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -66,6 +67,7 @@ from xfbench.analytics.timeline_rules import (
     ceil_to,
     element_bytes,
     lstm_workspace_bytes,
+    tf_conv_grad_col_elems,
 )
 from xfbench.analytics.weights import output_kind
 
@@ -251,6 +253,7 @@ class _Ctx:
     device: str
     dispatch_mode: bool
     warm: bool
+    threads: int = 1
 
 
 class _Lowering:
@@ -359,11 +362,19 @@ class _Lowering:
         seed = self.p.alloc("grad_seed", self.c.width, "temporaries", "ones_like", self.stage, holder="root")
         self.p.hold(seed, "g")
         grads[loss.vid] = seed
+        # TensorFlow: each variable's update runs as soon as its gradient exists (the step is one dataflow graph)
+        # and the gradient is freed once the update has run, which the simulation puts at the end of the next layer
+        # that makes parameter gradients (the update runs beside that layer's backward ops). Measured
+        # (tf_step_memory.py --gap E, TensorFlow's allocator records, VGG-11 batch 1): the step's tensor peak is
+        # the fc6 weight gradient's allocation, with fc7's gradient still live and no conv gradient yet
+        applied_early = self.c.framework == "tensorflow"
+        pending: list[int] = []  # the last layer's parameter gradients, whose update runs beside the next one
         for node in reversed(self.nodes):
             g_out = grads.pop(node.output.vid, None)
             if g_out is None:
                 self._release(node)
                 continue
+            made: list[int] = []
             rule = node.rule
             delivered: list[tuple[_Val, int]] = []
             unneeded: list[int] = []
@@ -371,7 +382,7 @@ class _Lowering:
             if rule.passthrough or (rule.view and not rule.backward):
                 src = node.inputs.get("input")
                 for buf in rule.backward:  # a passthrough op may still produce parameter gradients
-                    self._param_grad(node, buf)
+                    made += self._param_grad(node, buf)
                 if src is not None and src.requires_grad:
                     delivered.append((src, g_out))  # the same storage goes on: not freed here
             else:
@@ -382,11 +393,13 @@ class _Lowering:
                         temps = []
                         continue
                     if buf.role.startswith("param:"):
-                        self._param_grad(node, buf)
+                        made += self._param_grad(node, buf)
                         continue
                     n = node.sizes[buf.size] * element_bytes(buf.dtype, self.c.width)
-                    if buf.role == "temp":
-                        temps.append(self.p.alloc(f"{node.key}.temp", n, "temporaries", node.key, self.stage, "g"))
+                    if buf.role in ("temp", "workspace"):
+                        if n:  # a workspace of 0 elements: the op does not run (e.g. no input gradient wanted)
+                            cat = "temporaries" if buf.role == "temp" else "workspace"
+                            temps.append(self.p.alloc(f"{node.key}.{buf.role}", n, cat, node.key, self.stage, "g"))
                         continue
                     operand = node.inputs.get(buf.role.split(":", 1)[1])
                     wanted = operand is not None and operand.requires_grad
@@ -404,15 +417,23 @@ class _Lowering:
                 self.p.drop(g_out, "g", node.key, self.stage)
             self._release(node)
             self._deliver(grads, delivered, node.key)
+            if applied_early and made:
+                for tid in pending:
+                    self.p.drop(tid, "grads", f"{node.key}:apply", self.stage)
+                pending = made
+        for tid in pending:
+            self.p.drop(tid, "grads", "apply", self.stage)
         for tid in list(grads.values()):
             self.p.drop(tid, "g", "backward_end", self.stage)
         self.p.drop(seed, "root", "backward_end", self.stage)
 
-    def _param_grad(self, node: _Node, buf: Buf) -> None:
-        """A parameter gradient: AccumulateGrad steals it (no copy), so it lives until the next zero_grad."""
+    def _param_grad(self, node: _Node, buf: Buf) -> list[int]:
+        """A parameter gradient: AccumulateGrad steals it (no copy), so it lives until the next zero_grad (torch,
+        MXNet); TensorFlow frees it once its update has run (:meth:`backward`)."""
         name = buf.role.split(":", 1)[1]
-        if name in node.params:
-            self.p.alloc(f"{node.key}.grad_{name}", node.params[name], "gradients", node.key, self.stage, "grads")
+        if name not in node.params:
+            return []
+        return [self.p.alloc(f"{node.key}.grad_{name}", node.params[name], "gradients", node.key, self.stage, "grads")]
 
     def _deliver(self, grads: dict[int, int], delivered: list[tuple[_Val, int]], key: str) -> None:
         """Hands gradients to the values they belong to; a second gradient for one value is accumulated."""
@@ -800,11 +821,13 @@ class _TorchModel:
 
 
 class _ApproxModel(_TorchModel):
-    """TensorFlow and MXNet: the same walk with their op tables. FIRST APPROXIMATION, not measured.
+    """TensorFlow and MXNet: the same walk with their op tables (see :mod:`analytics.timeline_rules` for which
+    rules are measured and which are a first approximation).
 
-    TensorFlow (Keras): ``same`` padding inside the op (no copy), ``ZeroPadding2D`` for int padding; the bias
-    add and the activation are separate ops (BiasAdd output, activation output). MXNet (Gluon): explicit pad
-    copies as PyTorch, activations in place on the conv/dense output (planner ``FInplaceOption``).
+    TensorFlow (Keras): ``same`` padding inside the op (no copy), ``ZeroPadding2D`` for int padding, whose input
+    is freed once the Pad has run; the bias add and the activation write into the conv/dense output (measured,
+    ``TF_OPS``). MXNet (Gluon): explicit pad copies as PyTorch, activations in place on the conv/dense output
+    (planner ``FInplaceOption``).
     """
 
     def act(self, label: str, kind: str, x: _Val) -> _Val:
@@ -834,10 +857,22 @@ class _ApproxModel(_TorchModel):
                 if explicit:
                     n = self.b * in_shape[0] * (in_shape[1] + t + bt) * (in_shape[2] + lf + rt)
                     src = low.out("Pad", {"input": x}, {"input": x.elems, "output": n}, label=label)
+                    if tf:
+                        # TensorFlow's executor frees a tensor once its last consumer has run: the Pad is the
+                        # only consumer of the layer's input (measured: tf_step_memory.py --gap C, VGG-16 conv1_2)
+                        low.drop(x, label)
                 op = "Conv2D" if tf else "Convolution"
             else:
                 op = "MatMul" if tf else "FullyConnected"
-            y = low.out(op, {"input": src}, {"input": src.elems, "output": out_elems}, label=label, params=params)
+            sizes = {"input": src.elems, "output": out_elems}
+            if tf and isinstance(layer, Conv2D):
+                kh, kw = layer.kernel  # type: ignore[misc]
+                col_in, col_filter = tf_conv_grad_col_elems(
+                    self.b, out_shape[1] * out_shape[2], kh * kw * in_shape[0], layer.filters, low.c.threads
+                )
+                sizes["col_input"] = col_in if src.requires_grad else 0
+                sizes["col_filter"] = col_filter
+            y = low.out(op, {"input": src}, sizes, label=label, params=params)
             if src is not x:
                 low.drop(src, label)
             if tf and getattr(layer, "use_bias", False):
@@ -939,13 +974,16 @@ def simulate(
     device: str = "cpu",
     warm: bool = True,
     dispatch_mode: bool = False,
+    threads: int | None = None,
 ) -> Timeline:
     """Simulates one step and returns its :class:`Timeline`.
 
     ``dispatch_mode=True`` reproduces what PyTorch runs while a ``TorchDispatchMode`` (such as
     ``MemTracker``) is active: composite ops take their out-of-place paths (``isTensorSubclassLike`` is true
     for every tensor then), i.e. the bias add of a linear layer on a non-contiguous 3-D input and gradient
-    accumulation allocate a new tensor. Raises ``ValueError`` / :class:`SpecError` on bad arguments.
+    accumulation allocate a new tensor. ``threads``: the framework's intra-op threads (default: this machine's
+    core count, the frameworks' default), which TensorFlow's conv-gradient scratch depends on. Raises
+    ``ValueError`` / :class:`SpecError` on bad arguments.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -962,7 +1000,13 @@ def simulate(
     ops = {"torch": TORCH_OPS, "tensorflow": TF_OPS, "mxnet": MXNET_OPS}[framework]
     round_to = TORCH_CUDA_ROUND_BYTES if (framework == "torch" and device == "gpu") else 1
     prog = _Program(round_to)
-    ctx = _Ctx(framework, ops, width, batch_size, training, device, dispatch_mode and framework == "torch", warm)
+    if threads is None:
+        threads = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    ctx = _Ctx(
+        framework, ops, width, batch_size, training, device, dispatch_mode and framework == "torch", warm, threads
+    )
     low = _Lowering(prog, ctx)
     notes: list[str] = []
     if framework != "torch":

@@ -298,8 +298,10 @@ CONV_WORKSPACE: dict[tuple[str, str], int | None] = {
     # cuDNN's workspace is taken from the caching allocator inside the op (not a returned tensor): invisible to
     # MemTracker, visible to torch.cuda.max_memory_allocated; depends on the algorithm. Not measured.
     ("torch", "gpu"): None,
-    # TensorFlow: Conv2D's scratch comes from the BFC allocator, sized by autotuning. Not measured.
-    ("tensorflow", "cpu"): None,
+    # TensorFlow on CPU (oneDNN's ops off, the default without AVX512_VNNI/AMX): the forward Conv2D allocates no
+    # temporary tensor (measured: the inference tensor peak is one layer's input + output, gap C); the gradient
+    # ops' im2col buffers are in the Conv2D rule (tf_conv_grad_col_elems, gap D).
+    ("tensorflow", "cpu"): 0,
     ("tensorflow", "gpu"): None,
     # MXNet: Convolution's temp space from the resource manager, capped by its ``workspace`` argument. Not measured.
     ("mxnet", "cpu"): None,
@@ -316,6 +318,52 @@ def _good_ld(dim: int, elem_bytes: int = 4) -> int:
     per = 64 // elem_bytes
     ld = -(-dim // per) * per
     return ld + per if ld % 256 == 0 else ld
+
+
+#: TensorFlow's CPU convolution-gradient kernels (``conv_grad_input_ops.h`` Conv2DCustomBackpropInputOp,
+#: ``conv_grad_filter_ops.cc`` Conv2DCustomBackpropFilterOp) size their im2col buffer for this working set
+#: (``target_working_set_size = l3_cache_size / sizeof(T)``, l3 = 30 MiB) and the parallel-contraction test for
+#: this one (``l2_cache_size / sizeof(T)``, l2 = 256 KiB), in elements.
+TF_CONV_GRAD_TARGET_ELEMS = (30 << 20) // 4
+TF_CONV_GRAD_L2_ELEMS = (256 << 10) // 4
+
+
+def tf_conv_grad_col_shards(batch: int, out_hw: int, kernel_elems: int, cout: int, threads: int) -> tuple[int, int]:
+    """Images per im2col buffer (``shard_size``) of TensorFlow's CPU conv-gradient ops:
+    ``(Conv2DBackpropInput's, Conv2DBackpropFilter's)``; ``out_hw`` = OH*OW, ``kernel_elems`` = kh*kw*Cin,
+    ``threads`` = the intra-op pool's size (TensorFlow's default: the core count). The buffer of one call is
+    ``shard_size * out_hw * kernel_elems`` elements.
+
+    Basis (TensorFlow 2.21, the kernels registered for float on CPU when oneDNN's ops are off, the default on
+    CPUs without AVX512_VNNI/AMX; ``conv_grad_input_ops.h`` Conv2DCustomBackpropInputOp, ``conv_grad_filter_ops.cc``
+    Conv2DCustomBackpropFilterOp): both ops ``allocate_temp`` a ``col_buffer`` of ``[shard_size, OH*OW,
+    kh*kw*Cin]`` for the call. Input op: ``work_unit = OH*OW*Cout + kh*kw*Cin*Cout + OH*OW*kh*kw*Cin``;
+    ``use_parallel_contraction = N == 1 or work_unit / threads >= l2 / 4`` (then ``shard_size = 1``), else
+    ``shard_size = ceil(target / work_unit)``. Filter op: ``shard_size = ceil(target / (OH*OW*kh*kw*Cin +
+    OH*OW*Cout + kh*kw*Cin*Cout))``, with no batch term. Checked against TensorFlow 2.21's own allocation
+    records (FULL_TRACE step stats) for 8 shapes, to the byte (``tests/test_timeline.py``).
+    """
+    per_image = out_hw * kernel_elems
+    work_in = out_hw * cout + kernel_elems * cout + per_image
+    if batch == 1 or work_in / max(threads, 1) >= TF_CONV_GRAD_L2_ELEMS:
+        shard_in = 1
+    else:
+        shard_in = math.ceil(TF_CONV_GRAD_TARGET_ELEMS / work_in)
+    shard_filter = math.ceil(TF_CONV_GRAD_TARGET_ELEMS / (per_image + out_hw * cout + kernel_elems * cout))
+    return shard_in, shard_filter
+
+
+def tf_conv_grad_col_elems(batch: int, out_hw: int, kernel_elems: int, cout: int, threads: int) -> tuple[int, int]:
+    """Elements of the im2col buffers (:func:`tf_conv_grad_col_shards`) that one call of each op writes:
+    ``min(shard_size, N)`` images (the batch loops in groups of ``shard_size``; the parallel path reuses one
+    slice). The rest of the buffer is allocated but never written, and a process's memory counts written pages,
+    so the simulated step holds the written part. Measured with ``benchmarks/diagnostics/tf_step_memory.py --gap
+    D`` (cnn3, NiN, batches 1-8): the step's pages grow with the batch up to the shard, then stay; with
+    ``MALLOC_PERTURB_``, which writes every allocated byte, the step rises to the whole allocation.
+    """
+    shard_in, shard_filter = tf_conv_grad_col_shards(batch, out_hw, kernel_elems, cout, threads)
+    per_image = out_hw * kernel_elems
+    return min(shard_in, batch) * per_image, min(shard_filter, batch) * per_image
 
 
 def lstm_workspace_bytes(batch: int, steps: int, features: int, units: int, elem_bytes: int = 4) -> int:
@@ -358,9 +406,28 @@ def lstm_workspace_bytes(batch: int, steps: int, features: int, units: int, elem
 #: add's. Measured (``benchmarks/diagnostics/tf_step_memory.py --gap C``, TensorFlow 2.21 CPU, grappler
 #: remapping off so that BiasAdd and Relu stay separate nodes): AlexNet's 8 BiasAdd and 7 Relu nodes allocate
 #: nothing, and the inference tensor peak equals one layer's input + output within 0.25 MB (AlexNet b8, VGG-11,
-#: VGG-16 b1, cnn3 b8). The rest is NOT MEASURED.
+#: VGG-16 b1, cnn3 b8). Also measured (same script): a layer's input is freed once its explicit Pad has run
+#: (gap C, VGG-16); the conv-gradient ops' im2col buffers (:func:`tf_conv_grad_col_elems`, gap D); each weight
+#: gradient is freed once its update has run, which the simulator places at the next layer's gradients (gap E,
+#: VGG-11 batch 1: the simulated tensor peak, 526.6 MB above the baseline, against 526.5 MB in the allocator's
+#: records). Measured and NOT modelled: SGD's ``AssignSubVariableOp`` copies a variable whose buffer a running op
+#: still reads (``PrepareToUpdateVariable``): AlexNet b8 and VGG-11 b2 copied fc6 (and fc7), VGG-11 b1 did not, so
+#: whether it happens depends on the executor's order. The rest is NOT MEASURED.
 TF_OPS: dict[str, OpRule] = {
-    "Conv2D": OpRule(_OUT, ("input",), _GRAD_IN_W, "tensorflow/python/ops/nn_grad.py _Conv2DGrad: op.inputs[0], [1]"),
+    "Conv2D": OpRule(
+        _OUT,
+        ("input",),
+        (
+            Buf("grad:input", "input"),
+            Buf("workspace", "col_input"),
+            FREE_TEMPS,
+            Buf("param:weight", "weight"),
+            Buf("workspace", "col_filter"),
+            FREE_TEMPS,
+        ),
+        "tensorflow/python/ops/nn_grad.py _Conv2DGrad: op.inputs[0], [1]; Conv2DBackpropInput, then "
+        "Conv2DBackpropFilter, each with its im2col buffer for the call (tf_conv_grad_col_elems)",
+    ),
     "BiasAdd": OpRule(
         (), (), (), "nn_grad.py _BiasAddGrad: reads only the gradient; in place (measured)", view=True, passthrough=True
     ),
@@ -386,7 +453,15 @@ TF_OPS: dict[str, OpRule] = {
     "MaxPool": OpRule(_OUT, ("input", "output"), _GRAD_IN, "nn_grad.py _MaxPoolGrad: op.inputs[0], op.outputs[0]"),
     "AvgPool": OpRule(_OUT, (), _GRAD_IN, "nn_grad.py _AvgPoolGrad: only the input's shape"),
     "Mean": OpRule(_OUT, (), _GRAD_IN, "math_grad.py _MeanGrad: only shapes"),
-    "Pad": OpRule(_OUT, (), _GRAD_IN, "array_grad.py _PadGrad: a slice of the gradient (the input's size)"),
+    "Pad": OpRule(
+        _OUT,
+        (),
+        _GRAD_IN,
+        "array_grad.py _PadGrad: a slice of the gradient (the input's size). The executor frees a tensor after its "
+        "last consumer, and the Pad is the only consumer of the layer's input: the simulator drops it right after "
+        "the Pad (measured: benchmarks/diagnostics/tf_step_memory.py --gap C, VGG-16 inference, the step's tensor "
+        "peak is conv1_2's Pad output + its output)",
+    ),
     "Dropout": OpRule(
         (Buf("aux:mask", "output", "bool"), Buf("output", "output")),
         ("aux:mask",),

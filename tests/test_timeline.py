@@ -238,3 +238,105 @@ def test_tensorflow_bias_add_and_relu_write_into_the_conv_output() -> None:
     train = simulate(spec, 1, "training", framework="tensorflow")
     forward = [e for e in train.events if e.action == "alloc" and e.stage == "forward"]
     assert [e.nbytes for e in forward][:2] == [128, 12]
+
+
+def test_tensorflow_frees_a_layers_input_once_its_pad_has_run() -> None:
+    # Two convs with integer padding 1 (Keras: ZeroPadding2D, then a valid conv), no bias, no activation, on
+    # (1, 4, 4) at batch 1, TensorFlow inference. Conv1: Pad 1x6x6 = 144 B, output 2x4x4 = 128 B. Conv2: Pad
+    # 2x6x6 = 288 B, output 2x4x4 = 128 B. TensorFlow frees a tensor after its last consumer (measured for
+    # VGG-16's conv1_2 with tf_step_memory.py --gap C), so conv1's output (128 B) is gone before conv2 runs:
+    # the input batch (64 B) stays alive (the caller holds it); forward events: +144 (pad1), +128 (out1), -144,
+    # +288 (pad2), -128 (out1, right after its pad), +128 (out2), -288. Without the rule out1 would be freed
+    # only after conv2's output exists: peak 128 + 288 + 128 = 544 B over the input instead of 416.
+    spec = ModelSpec(
+        "p", (1, 4, 4), (Conv2D(2, 3, padding=1, use_bias=False), Conv2D(2, 3, padding=1, use_bias=False), Flatten())
+    )
+    tl = simulate(spec, 1, "inference", framework="tensorflow")
+    fwd = [(e.action, e.nbytes) for e in tl.events if e.stage == "forward"]
+    assert fwd[:7] == [
+        ("alloc", 144),
+        ("alloc", 128),
+        ("free", 144),
+        ("alloc", 288),
+        ("free", 128),
+        ("alloc", 128),
+        ("free", 288),
+    ]
+    # peak: the parameters (conv1 2*1*3*3 = 72 B, conv2 2*2*3*3 floats = 144 B) + input + pad2 + out2
+    assert tl.peak_bytes == 72 + 144 + 64 + 288 + 128
+
+
+@pytest.mark.parametrize(
+    ("batch", "hw", "cin", "cout", "threads", "input_bytes", "filter_bytes"),
+    [
+        # TensorFlow 2.21's own allocation records (FULL_TRACE step stats, TF_ENABLE_ONEDNN_OPTS=0), 3x3 SAME convs:
+        (8, 16, 8, 8, 2, None, 27_574_272),  # filter col_buffer: 374 images of 16*16 x 72
+        (1, 16, 8, 8, 2, None, 27_574_272),  # the filter op's shard has no batch term
+        (32, 56, 64, 64, 2, 7_225_344, 28_901_376),  # input: parallel path (1 image); filter: 4 images
+        (4, 32, 16, 16, 2, 589_824, None),  # input: work unit / 2 threads >= 65,536 -> parallel, 1 image
+        (4, 32, 16, 16, 4, 28_311_552, None),  # ... / 4 threads below it -> 48 images
+    ],
+)
+def test_tensorflow_conv_grad_col_buffer_matches_tensorflows_allocation_records(
+    batch: int, hw: int, cin: int, cout: int, threads: int, input_bytes: int | None, filter_bytes: int | None
+) -> None:
+    from xfbench.analytics.timeline_rules import tf_conv_grad_col_shards
+
+    shard_in, shard_filter = tf_conv_grad_col_shards(batch, hw * hw, 9 * cin, cout, threads)
+    per_image_bytes = hw * hw * 9 * cin * 4
+    if input_bytes is not None:
+        assert shard_in * per_image_bytes == input_bytes
+    if filter_bytes is not None:
+        assert shard_filter * per_image_bytes == filter_bytes
+
+
+def test_tensorflow_conv_backward_holds_the_written_part_of_its_col_buffers() -> None:
+    # Conv2D(8 filters, 3x3 valid, no bias) on (8, 16, 16) -> (8, 14, 14), Flatten, Dense(3, no bias), batch 2,
+    # TensorFlow training, 2 threads. One image's columns: 14*14 output positions x 3*3*8 = 196 * 72 = 14,112
+    # floats. Work unit 196*8 + 72*8 + 14,112 = 16,256 floats: / 2 threads = 8,128 < 65,536, so the input op
+    # shards ceil(7,864,320 / 16,256) = 484 images and the filter op (same sum) 484: each writes min(484, 2) = 2
+    # images = 28,224 floats = 112,896 B. The input is the batch, so no input gradient is wanted: the
+    # Conv2DBackpropInput (and its buffer) does not run; the filter op's buffer is allocated after the kernel's
+    # gradient (8*8*3*3 floats = 2,304 B) and freed at once.
+    spec = ModelSpec("c", (8, 16, 16), (Conv2D(8, 3, use_bias=False), Flatten(), Dense(3, use_bias=False)))
+    tl = simulate(spec, 2, "training", framework="tensorflow", warm=False, threads=2)
+    conv_bwd = [(e.action, e.category, e.nbytes) for e in tl.events if e.stage == "backward" and "0:" in e.op]
+    assert ("alloc", "gradients", 2304) in conv_bwd
+    i = conv_bwd.index(("alloc", "gradients", 2304))
+    assert conv_bwd[i + 1 : i + 3] == [("alloc", "workspace", 112_896), ("free", "workspace", 112_896)]
+    assert not any(c == "workspace" for _, c, n in conv_bwd[:i])
+    # a second conv in front: now the input gradient of the second one is wanted and its buffer appears first
+    two = ModelSpec(
+        "c2", (8, 16, 16), (Conv2D(8, 3, use_bias=False), Conv2D(8, 3, use_bias=False), Flatten(), Dense(3))
+    )
+    tl2 = simulate(two, 2, "training", framework="tensorflow", warm=False, threads=2)
+    # conv 2: 12*12 = 144 positions x 72 = 10,368 floats per image; work unit 144*8 + 576 + 10,368 = 12,096:
+    # shard ceil(7,864,320 / 12,096) = 651 images, written min(651, 2) = 2 -> 82,944 B, for both ops
+    ws = [(e.action, e.nbytes) for e in tl2.events if e.category == "workspace"]
+    assert ws == [
+        ("alloc", 82_944),
+        ("free", 82_944),
+        ("alloc", 82_944),
+        ("free", 82_944),
+        ("alloc", 112_896),
+        ("free", 112_896),
+    ]
+
+
+def test_tensorflow_frees_each_weight_gradient_after_its_update() -> None:
+    # Dense(4) on (5,) -> Dense(3), batch 2, sgd. TensorFlow's layer keeps its kernel and bias as one simulated
+    # parameter: (5*4 + 4) floats = 96 B and (4*3 + 3) floats = 60 B. Its update runs as soon as the gradient
+    # exists and frees it; the simulation frees a layer's gradient when the next layer's gradients are made
+    # (measured on VGG-11: fc7's gradient is still live when fc6's is allocated), the last one at the end.
+    spec = ModelSpec("d2", (5,), (Dense(4), Dense(3)))
+    tf = simulate(spec, 2, "training", framework="tensorflow", warm=False)
+    assert [(e.action, e.nbytes) for e in tf.events if e.category == "gradients"] == [
+        ("alloc", 60),
+        ("alloc", 96),
+        ("free", 60),
+        ("free", 96),
+    ]
+    # torch keeps every .grad until the next zero_grad: W2 48 B, b2 12 B, W1 80 B, b1 16 B, no free in the step
+    torch = simulate(spec, 2, "training", framework="torch", warm=False)
+    grads = [(e.action, e.nbytes) for e in torch.events if e.category == "gradients"]
+    assert sorted(grads) == sorted([("alloc", 48), ("alloc", 12), ("alloc", 80), ("alloc", 16)])
