@@ -68,6 +68,7 @@ from xfbench.analytics.timeline_rules import (
     element_bytes,
     lstm_workspace_bytes,
     tf_conv_grad_col_elems,
+    torch_onednn_conv_scratch_elems,
 )
 from xfbench.analytics.weights import output_kind
 
@@ -254,6 +255,7 @@ class _Ctx:
     dispatch_mode: bool
     warm: bool
     threads: int = 1
+    kernel_scratch: bool = False
 
 
 class _Lowering:
@@ -493,7 +495,7 @@ class _TorchModel:
         out_elems = b * math.prod(out_shape)
         low = self.low
         if isinstance(layer, Conv2D):
-            return self.conv(label, layer, x, in_shape, out_elems)
+            return self.conv(label, layer, x, in_shape, out_shape)
         if isinstance(layer, (MaxPool2D, AvgPool2D)):
             return self.pool(label, layer, x, in_shape, out_shape)
         if isinstance(layer, GlobalAvgPool2D):
@@ -537,8 +539,9 @@ class _TorchModel:
             _TORCH_ACT[kind], {"input": x}, {"input": x.elems, "output": x.elems}, label=label, name=kind
         )
 
-    def conv(self, label: str, layer: Conv2D, x: _Val, in_shape: tuple[int, ...], out_elems: int) -> _Val:
+    def conv(self, label: str, layer: Conv2D, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Val:
         low = self.low
+        out_elems = self.b * math.prod(out_shape)
         kernel, stride = layer.kernel, layer.stride
         assert isinstance(kernel, tuple) and isinstance(stride, tuple)
         c_in = in_shape[0]
@@ -555,9 +558,17 @@ class _TorchModel:
                     "constant_pad_nd", {"input": x}, {"input": x.elems, "output": n}, label=label, name="pad"
                 )
                 src = padded
-        y = low.out(
-            "convolution", {"input": src}, {"input": src.elems, "output": out_elems}, label=label, params=params
-        )
+        sizes = {"input": src.elems, "output": out_elems, "scratch": 0}
+        if low.c.kernel_scratch and low.c.device == "cpu":
+            sizes["scratch"] = torch_onednn_conv_scratch_elems(
+                self.b,
+                (c_in, src.elems // (self.b * c_in)),
+                (layer.filters, math.prod(out_shape[1:])),
+                kernel,
+                stride,
+                src.requires_grad,
+            )
+        y = low.out("convolution", {"input": src}, sizes, label=label, params=params)
         result = self.act(label, layer.activation, y) if layer.activation else y
         if padded is not None:  # ConvLayer.forward's locals: the padded input, then the conv result
             low.drop(padded, label)
@@ -975,6 +986,7 @@ def simulate(
     warm: bool = True,
     dispatch_mode: bool = False,
     threads: int | None = None,
+    kernel_scratch: bool = False,
 ) -> Timeline:
     """Simulates one step and returns its :class:`Timeline`.
 
@@ -1005,7 +1017,16 @@ def simulate(
     if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     ctx = _Ctx(
-        framework, ops, width, batch_size, training, device, dispatch_mode and framework == "torch", warm, threads
+        framework,
+        ops,
+        width,
+        batch_size,
+        training,
+        device,
+        dispatch_mode and framework == "torch",
+        warm,
+        threads,
+        kernel_scratch and not dispatch_mode,
     )
     low = _Lowering(prog, ctx)
     notes: list[str] = []

@@ -76,7 +76,12 @@ TORCH_OPS: dict[str, OpRule] = {
     "convolution": OpRule(
         _OUT,
         ("input",),
-        (Buf("grad:input", "input"), Buf("param:weight", "weight"), Buf("param:bias", "bias")),
+        (
+            Buf("grad:input", "input"),
+            Buf("param:weight", "weight"),
+            Buf("param:bias", "bias"),
+            Buf("workspace", "scratch"),
+        ),
         f"{_DY} convolution: convolution_backward(grad, input, weight, ...) saves input and weight; one op returns "
         "grad_input (skipped when the input needs no gradient), grad_weight, grad_bias",
     ),
@@ -307,6 +312,57 @@ CONV_WORKSPACE: dict[tuple[str, str], int | None] = {
     ("mxnet", "cpu"): None,
     ("mxnet", "gpu"): None,
 }
+
+#: oneDNN's channel block for float32 on AVX2 CPUs (``nChw8c``); AVX-512 CPUs use 16.
+ONEDNN_AVX2_BLOCK = 8
+
+
+def torch_onednn_conv_scratch_elems(
+    batch: int,
+    in_ch_hw: tuple[int, int],
+    out_ch_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    grad_input: bool,
+    block: int = ONEDNN_AVX2_BLOCK,
+) -> int:
+    """Elements of memory that PyTorch's CPU ``convolution_backward`` (oneDNN through ideep) holds inside the op
+    and releases before it returns. Not tensors: ``MemTracker`` does not see them, the process does.
+    ``in_ch_hw`` / ``out_ch_hw``: (channels, H*W) of the conv's input and output.
+
+    What they are (``aten/src/ATen/native/mkldnn/Conv.cpp`` ``mkldnn_convolution_backward`` and ideep's
+    ``conv.hpp``; ``ONEDNN_VERBOSE``): with plain NCHW tensors oneDNN computes in blocked layouts (channels padded
+    to ``block``), so backward-data and backward-weights reorder the output gradient and the input into blocked
+    copies, and write their results blocked before copying them out. Sizes: ``X``, ``Y`` = the input and the
+    output padded to the block (an input of 3 channels is read in place: oneDNN's first-layer kernels take a
+    plain source), ``W`` = the weight. Backward: ``X + Y`` without an input gradient (the first layer); with one,
+    ``X + 2 Y`` for a strided conv (oneDNN's strided backward-data kernel writes NHWC, copied once more) and
+    ``max(X + Y, W)`` otherwise.
+
+    Basis: a measurement, not a formula of oneDNN's: ``benchmarks/diagnostics/torch_conv_scratch.py`` (the RSS
+    high-water mark reset around every ATen op) on the 30 conv layers of cnn3 (b8), AlexNet (b8), NiN (b2), VGG-11
+    (b1) and LeNet (b32), torch 2.13 CPU, AVX2, 2 threads (``tests/data/torch_conv_scratch_avx2.json``): within 8%
+    of the measured scratch for 22 of the 23 ops above 2 MB, +20% for NiN's nin2_1x1b (2.8 vs 2.3 MB); below 2 MB
+    it over-counts by up to 0.9 MB (NiN's last 1x1 convs, LeNet). The
+    forward convolution also holds a blocked copy of its output (or of its weight) while it runs, but LeNet's
+    convs hold none (oneDNN picks plain-layout kernels for them), so no forward rule is written; the catalog's
+    inference peaks are not inside a conv of the simulated step. oneDNN picks its kernels and layouts per CPU and
+    shape, so other CPUs (AVX-512: block 16) need their own measurement.
+    """
+    cin, hw = in_ch_hw
+    cout, out_hw = out_ch_hw
+
+    def padded(c: int) -> int:
+        return -(-c // block) * block
+
+    x = 0 if cin == 3 else batch * padded(cin) * hw
+    y = batch * padded(cout) * out_hw
+    if not grad_input:
+        return x + y
+    if stride[0] > 1 or stride[1] > 1:
+        return x + 2 * y
+    return max(x + y, cout * cin * kernel[0] * kernel[1])
+
 
 #: Minimum block of PyTorch's CUDA caching allocator (``c10/cuda/CUDACachingAllocator.cpp`` kMinBlockSize);
 #: MemTracker rounds every CUDA storage up to it. CPU storages are counted exactly.

@@ -190,6 +190,7 @@ def simulated_timeline(config: Config, *, tracked: bool = False) -> Timeline | N
                 device=device_kind(config.device),
                 warm=tracked,
                 dispatch_mode=tracked and config.backend == "torch",
+                kernel_scratch=not tracked,
             )
     except (SpecError, ValueError):
         return None
