@@ -68,6 +68,7 @@ from xfbench.analytics.timeline_rules import (
     element_bytes,
     lstm_workspace_bytes,
     tf_conv_grad_col_elems,
+    torch_onednn_conv_forward_scratch_elems,
     torch_onednn_conv_scratch_elems,
 )
 from xfbench.analytics.weights import output_kind
@@ -559,16 +560,18 @@ class _TorchModel:
                 )
                 src = padded
         sizes = {"input": src.elems, "output": out_elems, "scratch": 0}
+        forward_scratch = 0
         if low.c.kernel_scratch and low.c.device == "cpu":
+            in_ch_hw = (c_in, src.elems // (self.b * c_in))
+            out_ch_hw = (layer.filters, math.prod(out_shape[1:]))
+            forward_scratch = torch_onednn_conv_forward_scratch_elems(self.b, in_ch_hw, out_ch_hw, kernel)
             sizes["scratch"] = torch_onednn_conv_scratch_elems(
-                self.b,
-                (c_in, src.elems // (self.b * c_in)),
-                (layer.filters, math.prod(out_shape[1:])),
-                kernel,
-                stride,
-                src.requires_grad,
+                self.b, in_ch_hw, out_ch_hw, kernel, stride, src.requires_grad
             )
         y = low.out("convolution", {"input": src}, sizes, label=label, params=params)
+        if forward_scratch:  # held while the op runs, beside its output, and released before it returns
+            tid = low.p.alloc(f"{label}.scratch", forward_scratch * low.c.width, "workspace", label, low.stage, "tmp")
+            low.p.drop(tid, "tmp", label, low.stage)
         result = self.act(label, layer.activation, y) if layer.activation else y
         if padded is not None:  # ConvLayer.forward's locals: the padded input, then the conv result
             low.drop(padded, label)

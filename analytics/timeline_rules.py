@@ -343,11 +343,9 @@ def torch_onednn_conv_scratch_elems(
     high-water mark reset around every ATen op) on the 30 conv layers of cnn3 (b8), AlexNet (b8), NiN (b2), VGG-11
     (b1) and LeNet (b32), torch 2.13 CPU, AVX2, 2 threads (``tests/data/torch_conv_scratch_avx2.json``): within 8%
     of the measured scratch for 22 of the 23 ops above 2 MB, +20% for NiN's nin2_1x1b (2.8 vs 2.3 MB); below 2 MB
-    it over-counts by up to 0.9 MB (NiN's last 1x1 convs, LeNet). The
-    forward convolution also holds a blocked copy of its output (or of its weight) while it runs, but LeNet's
-    convs hold none (oneDNN picks plain-layout kernels for them), so no forward rule is written; the catalog's
-    inference peaks are not inside a conv of the simulated step. oneDNN picks its kernels and layouts per CPU and
-    shape, so other CPUs (AVX-512: block 16) need their own measurement.
+    it over-counts by at most 0.5 MB (NiN's 1x1 convs, LeNet). The forward pass has a rule of its own
+    (:func:`torch_onednn_conv_forward_scratch_elems`). oneDNN picks its kernels and layouts per CPU and shape, so
+    other CPUs (AVX-512: block 16) need their own measurement.
     """
     cin, hw = in_ch_hw
     cout, out_hw = out_ch_hw
@@ -362,6 +360,35 @@ def torch_onednn_conv_scratch_elems(
     if stride[0] > 1 or stride[1] > 1:
         return x + 2 * y
     return max(x + y, cout * cin * kernel[0] * kernel[1])
+
+
+def torch_onednn_conv_forward_scratch_elems(
+    batch: int,
+    in_ch_hw: tuple[int, int],
+    out_ch_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    block: int = ONEDNN_AVX2_BLOCK,
+) -> int:
+    """Elements that PyTorch's CPU ``convolution`` forward (oneDNN) holds while it runs and releases before it
+    returns, beside its output: ``max(Y, X + W)``, ``Y`` the output in oneDNN's blocked layout (written there,
+    then reordered into the returned NCHW tensor), ``X`` the input's blocked copy, ``W`` the weight's; ``Y`` only
+    when the conv has at least ``block`` output channels and ``X`` only with at least ``block`` input channels
+    (with fewer, oneDNN's kernels read or write the plain layout).
+
+    Basis: a measurement (``benchmarks/diagnostics/torch_conv_scratch.py``, the forward convs of cnn3, AlexNet, NiN,
+    VGG-11 and LeNet, same machine as :func:`torch_onednn_conv_scratch_elems`,
+    ``tests/data/torch_conv_scratch_avx2.json``): within 10% for the 21 ops above 2 MB but NiN's first 1x1 conv
+    (+10.9%, 2.28 vs 2.05 MB); below 2 MB it over-counts by at most 0.4 MB (NiN's 1x1 convs, LeNet's conv2).
+    """
+    cin, hw = in_ch_hw
+    cout, out_hw = out_ch_hw
+
+    def padded(c: int) -> int:
+        return -(-c // block) * block
+
+    y = batch * padded(cout) * out_hw if cout >= block else 0
+    x = batch * padded(cin) * hw if cin >= block else 0
+    return max(y, x + cout * cin * kernel[0] * kernel[1])
 
 
 #: Minimum block of PyTorch's CUDA caching allocator (``c10/cuda/CUDACachingAllocator.cpp`` kMinBlockSize);
