@@ -493,7 +493,8 @@ def lstm_workspace_bytes(batch: int, steps: int, features: int, units: int, elem
 #: (gap C, VGG-16); the conv-gradient ops' im2col buffers (:func:`tf_conv_grad_col_elems`, gap D); each weight
 #: gradient is freed once its update has run, which the simulator places at the next layer's gradients (gap E,
 #: VGG-11 batch 1: the simulated tensor peak, 526.6 MB above the baseline, against 526.5 MB in the allocator's
-#: records). Measured and NOT modelled: SGD's ``AssignSubVariableOp`` copies a variable whose buffer a running op
+#: records); the two conv-gradient ops of a layer run at once, both im2col buffers live (gaps D and F, NiN and
+#: LeNet). Measured and NOT modelled: SGD's ``AssignSubVariableOp`` copies a variable whose buffer a running op
 #: still reads (``PrepareToUpdateVariable``): AlexNet b8 and VGG-11 b2 copied fc6 (and fc7), VGG-11 b1 did not, so
 #: whether it happens depends on the executor's order. The rest is NOT MEASURED.
 TF_OPS: dict[str, OpRule] = {
@@ -503,13 +504,14 @@ TF_OPS: dict[str, OpRule] = {
         (
             Buf("grad:input", "input"),
             Buf("workspace", "col_input"),
-            FREE_TEMPS,
             Buf("param:weight", "weight"),
             Buf("workspace", "col_filter"),
             FREE_TEMPS,
         ),
-        "tensorflow/python/ops/nn_grad.py _Conv2DGrad: op.inputs[0], [1]; Conv2DBackpropInput, then "
-        "Conv2DBackpropFilter, each with its im2col buffer for the call (tf_conv_grad_col_elems)",
+        "tensorflow/python/ops/nn_grad.py _Conv2DGrad: op.inputs[0], [1]; Conv2DBackpropInput and "
+        "Conv2DBackpropFilter, each with its im2col buffer for the call (tf_conv_grad_col_elems), run at once: "
+        "measured (tf_step_memory.py --gap D and F, the allocator's records): both buffers are live together at "
+        "the peak of NiN batch 2 (nin4_conv) and LeNet batch 32 (conv2)",
     ),
     "BiasAdd": OpRule(
         (), (), (), "nn_grad.py _BiasAddGrad: reads only the gradient; in place (measured)", view=True, passthrough=True

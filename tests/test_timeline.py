@@ -297,7 +297,7 @@ def test_tensorflow_conv_backward_holds_the_written_part_of_its_col_buffers() ->
     # shards ceil(7,864,320 / 16,256) = 484 images and the filter op (same sum) 484: each writes min(484, 2) = 2
     # images = 28,224 floats = 112,896 B. The input is the batch, so no input gradient is wanted: the
     # Conv2DBackpropInput (and its buffer) does not run; the filter op's buffer is allocated after the kernel's
-    # gradient (8*8*3*3 floats = 2,304 B) and freed at once.
+    # gradient (8*8*3*3 floats = 2,304 B) and freed when the layer's gradient ops are done.
     spec = ModelSpec("c", (8, 16, 16), (Conv2D(8, 3, use_bias=False), Flatten(), Dense(3, use_bias=False)))
     tl = simulate(spec, 2, "training", framework="tensorflow", warm=False, threads=2)
     conv_bwd = [(e.action, e.category, e.nbytes) for e in tl.events if e.stage == "backward" and "0:" in e.op]
@@ -311,12 +311,13 @@ def test_tensorflow_conv_backward_holds_the_written_part_of_its_col_buffers() ->
     )
     tl2 = simulate(two, 2, "training", framework="tensorflow", warm=False, threads=2)
     # conv 2: 12*12 = 144 positions x 72 = 10,368 floats per image; work unit 144*8 + 576 + 10,368 = 12,096:
-    # shard ceil(7,864,320 / 12,096) = 651 images, written min(651, 2) = 2 -> 82,944 B, for both ops
+    # shard ceil(7,864,320 / 12,096) = 651 images, written min(651, 2) = 2 -> 82,944 B, for both ops, which run at
+    # once (measured: both buffers live together in TensorFlow's allocator records, NiN and LeNet)
     ws = [(e.action, e.nbytes) for e in tl2.events if e.category == "workspace"]
     assert ws == [
         ("alloc", 82_944),
-        ("free", 82_944),
         ("alloc", 82_944),
+        ("free", 82_944),
         ("free", 82_944),
         ("alloc", 112_896),
         ("free", 112_896),

@@ -215,7 +215,13 @@ def plot(points: list[Point], configs: dict[int, Any], path: Path, title: str) -
             )
         x, y = _simulated_curve(configs[p.batch])
         if x:
-            ax.plot(x, [v / 1e6 for v in y], label="simulated step (tensors)", color="tab:orange", linestyle="--")
+            ax.plot(
+                x,
+                [v / 1e6 for v in y],
+                label="simulated step (tensors + kernel scratch)",
+                color="tab:orange",
+                linestyle="--",
+            )
         if p.measured is not None:
             ax.axhline(p.measured / 1e6, color="tab:blue", linestyle=":", label="measured peak (median)")
         if p.predicted is not None:
