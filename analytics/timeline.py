@@ -997,8 +997,10 @@ def simulate(
     ``MemTracker``) is active: composite ops take their out-of-place paths (``isTensorSubclassLike`` is true
     for every tensor then), i.e. the bias add of a linear layer on a non-contiguous 3-D input and gradient
     accumulation allocate a new tensor. ``threads``: the framework's intra-op threads (default: this machine's
-    core count, the frameworks' default), which TensorFlow's conv-gradient scratch depends on. Raises
-    ``ValueError`` / :class:`SpecError` on bad arguments.
+    core count, the frameworks' default), which TensorFlow's conv-gradient scratch depends on.
+    ``kernel_scratch=True``: the process-level step, which adds memory a kernel holds while it runs that is no
+    tensor (torch CPU convolutions: oneDNN's blocked copies); off, and ignored under ``dispatch_mode``, the step is
+    the tensor level ``MemTracker`` sees. Raises ``ValueError`` / :class:`SpecError` on bad arguments.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")

@@ -298,7 +298,8 @@ OPTIMIZER_STATE: dict[str, tuple[int, int]] = {"sgd": (0, 0), "momentum": (1, 0)
 #: chosen at run time (cuDNN heuristics or autotuning, oneDNN's scratchpad), so none is a constant here.
 CONV_WORKSPACE: dict[tuple[str, str], int | None] = {
     # oneDNN keeps its scratchpad inside the primitive, not as an ATen tensor: MemTracker sees none (measured:
-    # every catalog model matches MemTracker without it). The allocator-level peak is higher (not yet isolated).
+    # every catalog model matches MemTracker without it). The process-level simulation adds oneDNN's blocked copies
+    # (torch_onednn_conv_scratch_elems, torch_onednn_conv_forward_scratch_elems; simulate(kernel_scratch=True)).
     ("torch", "cpu"): 0,
     # cuDNN's workspace is taken from the caching allocator inside the op (not a returned tensor): invisible to
     # MemTracker, visible to torch.cuda.max_memory_allocated; depends on the algorithm. Not measured.
@@ -350,11 +351,8 @@ def torch_onednn_conv_scratch_elems(
     cin, hw = in_ch_hw
     cout, out_hw = out_ch_hw
 
-    def padded(c: int) -> int:
-        return -(-c // block) * block
-
-    x = 0 if cin == 3 else batch * padded(cin) * hw
-    y = batch * padded(cout) * out_hw
+    x = 0 if cin == 3 else batch * ceil_to(cin, block) * hw
+    y = batch * ceil_to(cout, block) * out_hw
     if not grad_input:
         return x + y
     if stride[0] > 1 or stride[1] > 1:
@@ -383,11 +381,8 @@ def torch_onednn_conv_forward_scratch_elems(
     cin, hw = in_ch_hw
     cout, out_hw = out_ch_hw
 
-    def padded(c: int) -> int:
-        return -(-c // block) * block
-
-    y = batch * padded(cout) * out_hw if cout >= block else 0
-    x = batch * padded(cin) * hw if cin >= block else 0
+    y = batch * ceil_to(cout, block) * out_hw if cout >= block else 0
+    x = batch * ceil_to(cin, block) * hw if cin >= block else 0
     return max(y, x + cout * cin * kernel[0] * kernel[1])
 
 
