@@ -36,7 +36,14 @@ Run from the repository root (every variant: about 8 minutes on 2 cores)::
     nice -n 10 .tox/mxnet/bin/python benchmarks/diagnostics/mxnet_step_memory.py --variants suite imperative_nobulk
     nice -n 10 .tox/mxnet/bin/python benchmarks/diagnostics/mxnet_step_memory.py --variants imperative --storage
 
-``--inference`` adds the inference step (batch 8) per variant. One process at a time. Not a switch here:
+``--inference`` adds the inference step per variant (at the first of ``--batches``); ``--model`` measures another
+catalog model or spec (default cnn3), ``--no-phases`` skips the per-phase runs, e.g. the suite's settings against
+all three switches off for one quick-profile row::
+
+    .tox/mxnet/bin/python benchmarks/diagnostics/mxnet_step_memory.py --model lstm --batches 16 --inference \
+        --no-phases --variants suite imperative_nobulk_nomkldnn
+
+One process at a time. Not a switch here:
 ``MXNET_EXEC_ENABLE_INPLACE`` (the name does not occur in MXNet 1.9.1's ``libmxnet.so``, so 1.9.1 does not read
 it); ``MXNET_MEM_PLAN_VERBOSE_LOGGING=1`` logs only the outer imperative graph (``_CachedOp`` and the loss), not
 the cached graph's static plan.
@@ -138,7 +145,7 @@ def _prepare() -> None:
     populate_file_mappings()
 
 
-def child(variant: str, batch: int, mode: str, phase: str) -> dict[str, Any]:
+def child(variant: str, batch: int, mode: str, phase: str, model_name: str = "cnn3") -> dict[str, Any]:
     from xfbench.benchmarks.harness.worker import Arrays, measure_cpu_step, pin_malloc_threshold
 
     pin_malloc_threshold()  # before the framework's import, as the suite's worker does
@@ -151,7 +158,7 @@ def child(variant: str, batch: int, mode: str, phase: str) -> dict[str, Any]:
     from xfbench.benchmarks.harness.workload import Config
 
     flags, _env = VARIANTS[variant]
-    config = Config(backend="mxnet", model="cnn3", phase=phase, batch_size=batch, optimizer="sgd")
+    config = Config(backend="mxnet", model=model_name, phase=phase, batch_size=batch, optimizer="sgd")
     arrays = Arrays(config)
     b = get_backend("mxnet")
     model = b.build_model(arrays.spec, device="cpu", dtype="float32", seed=0)
@@ -162,7 +169,7 @@ def child(variant: str, batch: int, mode: str, phase: str) -> dict[str, Any]:
         model.hybridize(**flags)
     x = b.to_device(arrays.x, "cpu", "float32")
     y = b.to_device(arrays.y, "cpu", "float32")
-    result: dict[str, Any] = {"variant": variant, "batch": batch, "mode": mode, "phase": phase}
+    result: dict[str, Any] = {"variant": variant, "model": model_name, "batch": batch, "mode": mode, "phase": phase}
     if phase == "inference":
 
         def step() -> None:
@@ -304,10 +311,10 @@ def _storage_step(step: Any, mx: Any) -> dict[str, Any]:
     }
 
 
-def _run_child(variant: str, batch: int, mode: str, phase: str) -> dict[str, Any]:
+def _run_child(variant: str, batch: int, mode: str, phase: str, model: str = "cnn3") -> dict[str, Any]:
     env = dict(os.environ)
     env.update(VARIANTS[variant][1])
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, str(batch), mode, phase]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant, str(batch), mode, phase, model]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-800:]}")
@@ -316,30 +323,36 @@ def _run_child(variant: str, batch: int, mode: str, phase: str) -> dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--model", default="cnn3", help="catalog model or spec file (default cnn3)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--batches", type=int, nargs="+", default=[8, 16])
     p.add_argument("--phase-batch", type=int, default=8, help="batch of the per-phase runs (default 8)")
     p.add_argument("--storage", action="store_true", help="also MXNet's storage counter per op (profiler)")
-    p.add_argument("--inference", action="store_true", help="also the inference step (batch 8) per variant")
+    p.add_argument("--no-phases", action="store_true", help="skip the per-phase runs")
+    p.add_argument(
+        "--inference", action="store_true", help="also the inference step per variant (at the first of --batches)"
+    )
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
-    p.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        variant, batch, mode, phase = args.child
-        print(json.dumps(child(variant, int(batch), mode, phase)))
+        variant, batch, mode, phase, model = args.child
+        print(json.dumps(child(variant, int(batch), mode, phase, model)))
         return 0
     results: list[dict[str, Any]] = []
     for variant in args.variants:
         for batch in args.batches:
-            r = _run_child(variant, batch, "whole", "training")
+            r = _run_child(variant, batch, "whole", "training", args.model)
             results.append(r)
             print(
-                f"{variant:<20} b{batch:<3} training  first step {r['first_step'] / MB:7.1f} MB, "
+                f"{args.model} {variant:<20} b{batch:<3} training  first step {r['first_step'] / MB:7.1f} MB, "
                 f"second {r['second_step'] / MB:7.1f} MB",
                 flush=True,
             )
-        r = _run_child(variant, args.phase_batch, "phases", "training")
-        results.append(r)
+        r = {"phases": []}
+        if not args.no_phases:
+            r = _run_child(variant, args.phase_batch, "phases", "training", args.model)
+            results.append(r)
         for ph in r["phases"]:
             print(
                 f"{'':<20} b{args.phase_batch:<3} {ph['phase']:<14} rss before {ph['rss_before'] / MB:7.1f}  "
@@ -348,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         if args.storage:
-            r = _run_child(variant, args.phase_batch, "storage", "training")
+            r = _run_child(variant, args.phase_batch, "storage", "training", args.model)
             results.append(r)
             print(
                 f"{'':<20} b{args.phase_batch:<3} storage (MXNet profiler) peak {r['storage_peak'] / MB:7.1f} MB "
@@ -363,10 +376,11 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         if args.inference:
-            r = _run_child(variant, 8, "whole", "inference")
+            r = _run_child(variant, args.batches[0], "whole", "inference", args.model)
             results.append(r)
             print(
-                f"{variant:<20} b8   inference first step {r['first_step'] / MB:7.1f} MB, "
+                f"{args.model} {variant:<20} b{args.batches[0]:<3} inference first step "
+                f"{r['first_step'] / MB:7.1f} MB, "
                 f"second {r['second_step'] / MB:7.1f} MB",
                 flush=True,
             )

@@ -1,0 +1,341 @@
+"""Who holds the memory at a step's peak, to the native allocation: memray's high-water mark, itemized.
+
+The suite's process-level memory figure is the RSS high-water mark above the baseline over a model's first step
+in a fresh process (``benchmarks/harness/worker.py``, ``rss-hwm``). Where it differs from the simulated step and
+neither the tensor level (``MemTracker``) nor a framework's allocator records account for the difference, the
+difference is memory that no tensor holds: first-call state of a library, a runtime's own buffers, Python
+objects. This script names it, with `memray <https://bloomberg.github.io/memray/>`_ (``pip install memray``),
+which intercepts every ``malloc``/``calloc``/``realloc``/``posix_memalign``/``mmap`` of the process, C and C++
+libraries included, with its native stack.
+
+Method, per case (backend, model, phase, batch), each figure in a fresh interpreter, glibc's mmap threshold
+pinned before the framework's import and the shared libraries faulted in, model, weights and batch from the
+suite's ``build`` (as ``torch_conv_scratch.py`` and ``tf_step_memory.py`` do):
+
+* ``rss``: the suite's figure, ``measure_cpu_step`` over the first step, untraced.
+* ``traced``: the first step again in another fresh process, under ``memray.Tracker(native_traces=True)``
+  started after the build: the RSS figure under the tracker, memray's heap high-water mark over the step
+  (``metadata.peak_memory``: bytes allocated during the step and still live at its peak; a pre-existing
+  allocation the step frees is not subtracted) and the allocations live at that peak
+  (``get_high_watermark_allocation_records``), each attributed to an **owner**: the innermost frame of its
+  native stack that matches one of ``OWNERS`` (the allocator family that asked: c10's CPU allocator for a torch
+  tensor, MKL's buffer manager, oneDNN, TensorFlow's allocators, MXNet's storage manager, the OpenMP runtime,
+  the interpreter, thread stacks), and to a **site**: the innermost frame naming an operator (``at::_ops::X``,
+  a TensorFlow kernel's ``Compute``, an MXNet operator) or else the first frame above the allocator's plumbing;
+  per owner and site the bytes in blocks below glibc's mmap threshold (128 KiB, pinned) are shown apart: those
+  come from the heap and are resident, a larger block is mapped and resident only where written.
+
+memray counts bytes allocated, the kernel counts pages touched: an allocation never written (oneDNN's and
+TensorFlow's large scratch buffers are written in part) counts here and not in RSS, and heap that glibc keeps
+after a free counts in RSS and not here. The tracker's own buffers add to the traced RSS figure, which is why
+the untraced one is taken beside it. The attribution is what this measurement settles: whose allocations the
+step's peak holds.
+
+Run from the repository root, in the framework's env with memray installed (``pip install memray``)::
+
+    nice -n 10 .tox/torch/bin/python benchmarks/diagnostics/native_step_memory.py torch mlp inference 64
+    nice -n 10 .tox/tensorflow/bin/python benchmarks/diagnostics/native_step_memory.py tensorflow nin training 2
+    .tox/mxnet/bin/python benchmarks/diagnostics/native_step_memory.py mxnet lstm training 16 --json out.json
+    .tox/tensorflow/bin/python benchmarks/diagnostics/native_step_memory.py tensorflow cnn3 training 8,16,32
+
+With several batches, each owner's bytes at the peak are fitted as fixed + per_sample x batch (least squares),
+beside the same fit of the RSS figure and of the simulated step: which owner's growth the prediction misses.
+
+One process at a time (the figures are memory, not time, but two steps at once on 2 cores slow both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MB = 1e6
+BACKENDS = ("torch", "tensorflow", "mxnet")
+PHASES = ("inference", "training")
+
+#: owner -> pattern of a native frame (symbol) that marks it; tried frame by frame from the innermost, the first
+#: frame matching any pattern names the owner (so a tensor that oneDNN asks c10's allocator for is c10's).
+OWNERS: tuple[tuple[str, str], ...] = (
+    ("torch tensors (c10 CPU allocator)", r"^c10::alloc_cpu|^c10::DefaultCPUAllocator"),
+    ("MKL buffers (mkl_serv_allocate)", r"^mkl_serv_(allocate|malloc)"),
+    ("oneDNN (own allocations)", r"^dnnl::|^dnnl_|^zendnn::"),
+    ("TensorFlow allocator (tensors)", r"^(tensorflow|tsl)::.*(Allocat|AlignedMalloc)|^(tensorflow|tsl)::port::Malloc"),
+    ("Eigen", r"^Eigen::"),
+    ("MXNet storage (NDArray)", r"^mxnet::.*[Ss]torage"),
+    ("OpenMP runtime", r"^gomp_|^GOMP_|^__kmp|^kmp_"),
+    ("thread stacks, thread-local storage", r"^allocate_stack|^pthread_create|^_dl_allocate_tls"),
+    ("Python interpreter (objects, code)", r"^_?Py[A-Z_]|^list_resize|^dictresize|^new_keys_object"),
+    ("torch runtime (other)", r"^(torch|at|c10|caffe2|ideep)::"),
+    ("TensorFlow runtime (other)", r"^(tensorflow|tsl|xla|mlir|absl|google::protobuf)::"),
+    ("MXNet runtime (other)", r"^(mxnet|nnvm|dmlc)::"),
+)
+#: (owner, pattern of any frame of the stack, refined owner): where one allocator serves several purposes, the
+#: caller that tells them apart (MXNet's storage manager hands out NDArrays, the temporary workspace of
+#: ``Resource::get_space`` and the oneDNN-layout copies of arrays alike).
+REFINE: tuple[tuple[str, str, str], ...] = (
+    ("MXNet storage (NDArray)", r"^mxnet::Resource::get_(host_)?space", "MXNet temp space (Resource::get_space)"),
+    ("MXNet storage (NDArray)", r"SetMKLMem|MKLDNNDataReorder|CreateMKLDNNMem", "MXNet oneDNN-layout copies"),
+    ("oneDNN (own allocations)", r"^mxnet::NDArray::Chunk::MKLDNNDataReorder", "MXNet oneDNN-layout copies"),
+)
+#: glibc's mmap threshold as the suite's worker pins it (128 KiB): a smaller block comes from the heap, whose pages
+#: its neighbours and malloc's own headers touch; a larger one is mapped and counts in RSS only where written.
+MMAP_THRESHOLD = 128 * 1024
+#: Frames that are allocator plumbing, never a site.
+PLUMBING = re.compile(
+    r"^(malloc|calloc|realloc|free|posix_memalign|aligned_alloc|memalign|valloc|mmap|mmap64|operator new|"
+    r"__libc_|_int_malloc|mm_internal_malloc|c10::alloc_cpu|c10::DefaultCPUAllocator|std::|__gnu_cxx::)"
+)
+#: A frame naming the operator on whose behalf memory was allocated, in order of preference (the innermost frame
+#: matching the first pattern that matches any).
+SITES = (
+    re.compile(r"^at::_ops::(\w+)::call"),
+    re.compile(r"^tensorflow::(?:\w+::)*(\w+Op)(?:<[^>]*>)?::Compute"),
+    re.compile(r"^mxnet::op::(\w+)"),
+    re.compile(r"^mkl_blas_\w*?gemm"),
+    re.compile(r"^dnnl::impl::(\w+)"),
+)
+
+
+def symbol(frame: Any) -> str:
+    """A memray native frame ``(function, file, line)``, or a bare string, as its symbol."""
+    return str(frame[0] if isinstance(frame, (tuple, list)) else frame)
+
+
+def attribute(stack: Sequence[Any]) -> tuple[str, str]:
+    """(owner, site) of one allocation, from its native stack (innermost frame first)."""
+    names = [symbol(f) for f in stack]
+    owner = "other"
+    for name in names:
+        hit = next((label for label, pattern in OWNERS if re.search(pattern, name)), None)
+        if hit is not None:
+            owner = hit
+            break
+    for base, frame_pattern, refined in REFINE:
+        if owner == base and any(re.search(frame_pattern, name) for name in names):
+            owner = refined
+            break
+    for site_pattern in SITES:  # in order: the framework's operator before the library's routine
+        for name in names:
+            m = site_pattern.match(name)
+            if m:
+                return owner, m.group(0)
+    site = next((n for n in names if not PLUMBING.match(n)), names[0] if names else "?")
+    return owner, site.split("(")[0][:120]
+
+
+def itemize(records: Iterable[tuple[int, int, Sequence[Any]]], top: int = 12) -> dict[str, Any]:
+    """Sums (bytes, allocation count) per owner and per (owner, site) over ``(size, count, stack)`` records."""
+    owners: dict[str, list[int]] = {}
+    sites: dict[tuple[str, str], list[int]] = {}
+    total = 0
+    for size, count, stack in records:
+        owner, site = attribute(stack)
+        total += size
+        small = size if count and size / count < MMAP_THRESHOLD else 0
+        for table, key in ((owners, owner), (sites, (owner, site))):
+            entry = table.setdefault(key, [0, 0, 0])  # type: ignore[arg-type]
+            entry[0] += size
+            entry[1] += count
+            entry[2] += small
+    by_owner = sorted(owners.items(), key=lambda kv: -kv[1][0])
+    by_site = sorted(sites.items(), key=lambda kv: -kv[1][0])[:top]
+    return {
+        "total_bytes": total,
+        "owners": [{"owner": k, "bytes": v[0], "allocations": v[1], "small_bytes": v[2]} for k, v in by_owner],
+        "sites": [
+            {"owner": k[0], "site": k[1], "bytes": v[0], "allocations": v[1], "small_bytes": v[2]} for k, v in by_site
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------------- in the child
+
+
+def child(backend: str, model: str, phase: str, batch: int, traced: bool, top: int, stacks: int = 0) -> dict[str, Any]:
+    import gc
+
+    from xfbench.benchmarks.harness.worker import (
+        Arrays,
+        _release_free_heap,
+        build,
+        measure_cpu_step,
+        pin_malloc_threshold,
+        populate_file_mappings,
+    )
+    from xfbench.benchmarks.harness.workload import Config
+
+    pin_malloc_threshold()  # before the framework's import, as the suite's worker does
+    config = Config(backend=backend, model=model, phase=phase, batch_size=batch, optimizer="sgd")
+    arrays = Arrays(config)
+    work = build(config, arrays)
+    arrays.weights = []
+    gc.collect()
+    _release_free_heap()
+    populate_file_mappings()
+    out: dict[str, Any] = {"traced": traced}
+    if not traced:
+        out["rss_bytes"] = measure_cpu_step(work.step)[1]
+        return out
+    import memray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "step.bin")
+        with memray.Tracker(path, native_traces=True, follow_fork=False):
+            out["rss_bytes"] = measure_cpu_step(work.step)[1]
+        reader = memray.FileReader(path)
+        out["memray_peak_bytes"] = int(reader.metadata.peak_memory)
+        records = [
+            (int(r.size), int(r.n_allocations), [symbol(f) for f in r.native_stack_trace(max_stacks=40)])
+            for r in reader.get_high_watermark_allocation_records(merge_threads=True)
+        ]
+    out.update(itemize(records, top))
+    largest = sorted(records, key=lambda r: -r[0])[:stacks]
+    out["largest"] = [{"bytes": size, "allocations": count, "stack": stack[:30]} for size, count, stack in largest]
+    return out
+
+
+def _run_child(
+    backend: str, model: str, phase: str, batch: int, traced: bool, top: int, stacks: int = 0
+) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, model, phase, str(batch)]
+    cmd += ["--top", str(top), "--stacks", str(stacks)] + (["--traced"] if traced else [])
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-800:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def predicted(backend: str, model: str, phase: str, batch: int) -> dict[str, float]:
+    """The suite's prediction for the row (process level) and the simulated tensor-level step, MB."""
+    import warnings
+
+    from xfbench.benchmarks.harness.rows import simulated_step_bytes
+    from xfbench.benchmarks.harness.workload import Config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = Config(backend, model, phase, batch)
+        return {"simulated_step_mb": (simulated_step_bytes(config) or 0) / MB}
+
+
+def report(case: dict[str, Any]) -> str:
+    t = case["traced"]
+    lines = [
+        f"{case['backend']} {case['model']} {case['phase']} batch {case['batch']}: first step RSS above baseline "
+        f"{case['rss']['rss_bytes'] / MB:.2f} MB untraced, {t['rss_bytes'] / MB:.2f} MB traced; memray's heap "
+        f"high-water mark over the step {t['memray_peak_bytes'] / MB:.2f} MB "
+        f"(the simulated step without the probe's overhead: {case['predicted']['simulated_step_mb']:.2f} MB)",
+        "",
+        f"{'owner at the peak':44s} {'MB':>9s} {'< 128 KiB':>9s} {'allocs':>7s}",
+    ]
+    lines += [
+        f"{o['owner']:44s} {o['bytes'] / MB:9.3f} {o['small_bytes'] / MB:9.3f} {o['allocations']:7d}"
+        for o in t["owners"]
+    ]
+    lines += ["", f"{'owner':36s} {'site':52s} {'MB':>9s} {'< 128 KiB':>9s} {'allocs':>7s}"]
+    lines += [
+        f"{s['owner'][:36]:36s} {s['site'][:52]:52s} {s['bytes'] / MB:9.3f} {s['small_bytes'] / MB:9.3f} "
+        f"{s['allocations']:7d}"
+        for s in t["sites"]
+    ]
+    for rec in t.get("largest", []):
+        lines += ["", f"{rec['bytes'] / MB:.3f} MB in {rec['allocations']} allocation(s):"]
+        lines += [f"    {frame.split('(')[0][:150]}" for frame in rec["stack"]]
+    return "\n".join(lines)
+
+
+def slopes(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per owner, the bytes at memray's peak at each batch and the least-squares fit bytes = fixed +
+    per_sample x batch; the untraced RSS figure and the simulated step alongside (MB)."""
+    batches = [c["batch"] for c in cases]
+
+    def fit(values: list[float]) -> tuple[float, float]:
+        n, mx, my = len(batches), sum(batches) / len(batches), sum(values) / len(values)
+        sxx = sum((b - mx) ** 2 for b in batches)
+        slope = sum((b - mx) * (v - my) for b, v in zip(batches, values)) / sxx if n > 1 and sxx else 0.0
+        return my - slope * mx, slope
+
+    series: dict[str, list[float]] = {
+        "RSS above baseline (untraced)": [c["rss"]["rss_bytes"] / MB for c in cases],
+        "memray's peak (all owners)": [c["traced"]["memray_peak_bytes"] / MB for c in cases],
+        "simulated step (no overhead term)": [c["predicted"]["simulated_step_mb"] for c in cases],
+    }
+    for owner in dict.fromkeys(o["owner"] for c in cases for o in c["traced"]["owners"]):
+        series[owner] = [sum(o["bytes"] for o in c["traced"]["owners"] if o["owner"] == owner) / MB for c in cases]
+    out = []
+    for name, values in series.items():
+        fixed, per_sample = fit(values)
+        out.append({"series": name, "mb": values, "fixed_mb": fixed, "per_sample_mb": per_sample})
+    return out
+
+
+def slope_table(rows: list[dict[str, Any]], batches: Sequence[int]) -> str:
+    head = f"{'MB at the peak, by batch':44s} " + " ".join(f"{'b' + str(b):>9s}" for b in batches)
+    lines = [head + f" {'fixed':>9s} {'/sample':>9s}"]
+    for r in rows:
+        cells = " ".join(f"{v:9.3f}" for v in r["mb"])
+        lines.append(f"{r['series'][:44]:44s} {cells} {r['fixed_mb']:9.3f} {r['per_sample_mb']:9.4f}")
+    return "\n".join(lines)
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch {text!r} is not a list of integers, e.g. 8 or 8,16,32") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch {text!r} must be positive integers, e.g. 8 or 8,16,32")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("backend", choices=BACKENDS)
+    parser.add_argument("model", help="catalog model or spec file")
+    parser.add_argument("phase", choices=PHASES)
+    parser.add_argument("batch", type=_batches, help="a batch, or several (8,16,32): then each owner's slope too")
+    parser.add_argument("--top", type=int, default=12, help="sites to list (default 12)")
+    parser.add_argument("--stacks", type=int, default=0, help="print the native stacks of the N largest records")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        batch = args.batch[0]
+        print(json.dumps(child(args.backend, args.model, args.phase, batch, args.traced, args.top, args.stacks)))
+        return 0
+    try:
+        import memray  # noqa: F401
+    except ImportError:
+        print("native_step_memory: memray is not installed in this env; install it with: pip install memray")
+        return 2
+    cases: list[dict[str, Any]] = []
+    for batch in args.batch:
+        case: dict[str, Any] = {"backend": args.backend, "model": args.model, "phase": args.phase, "batch": batch}
+        case["rss"] = _run_child(args.backend, args.model, args.phase, batch, False, args.top)
+        case["traced"] = _run_child(args.backend, args.model, args.phase, batch, True, args.top, args.stacks)
+        case["predicted"] = predicted(args.backend, args.model, args.phase, batch)
+        cases.append(case)
+        print(report(case), end="\n\n", flush=True)
+    out: dict[str, Any] = cases[0] if len(cases) == 1 else {"cases": cases, "slopes": slopes(cases)}
+    if len(cases) > 1:
+        print(slope_table(out["slopes"], args.batch))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
