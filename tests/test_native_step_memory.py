@@ -181,3 +181,46 @@ def test_slopes_fit_each_owner(nsm: ModuleType) -> None:
     assert rows["RSS above baseline (untraced)"]["per_sample_mb"] == pytest.approx(0.25)
     assert rows["memray's peak (all owners)"]["per_sample_mb"] == pytest.approx(0.5)
     assert rows["simulated step (no overhead term)"]["fixed_mb"] == pytest.approx(0.0)
+
+
+def test_live_at_end_replays_frees_reallocs_and_unmaps(nsm: ModuleType) -> None:
+    # Hand-written event sequence: a freed block, a realloc (memray: FREE of the old block + REALLOC of the new),
+    # a mapping unmapped at its tail, one split in the middle, one unmapped whole.
+    events = [
+        ("MALLOC", 0x1000, 100, "a"),
+        ("MALLOC", 0x2000, 50, "b"),
+        ("FREE", 0x1000, 0, None),
+        ("MALLOC", 0x3000, 10, "c"),
+        ("FREE", 0x3000, 0, None),
+        ("REALLOC", 0x4000, 20, "c"),
+        ("MMAP", 0x10000, 0x4000, "m"),
+        ("MUNMAP", 0x13000, 0x1000, None),  # the last page of m
+        ("MMAP", 0x20000, 0x3000, "s"),
+        ("MUNMAP", 0x21000, 0x1000, None),  # the middle page of s
+        ("MMAP", 0x30000, 0x1000, "w"),
+        ("MUNMAP", 0x30000, 0x1000, None),
+    ]
+    assert nsm.live_at_end(events) == {
+        0x2000: (50, "b"),
+        0x4000: (20, "c"),
+        0x10000: (0x3000, "m"),
+        0x20000: (0x1000, "s"),
+        0x22000: (0x1000, "s"),
+    }
+
+
+def test_resident_bytes_counts_touched_pages(nsm: ModuleType) -> None:
+    import mmap
+
+    page = mmap.PAGESIZE
+    region = mmap.mmap(-1, 8 * page)
+    try:
+        import ctypes
+
+        address = ctypes.addressof(ctypes.c_char.from_buffer(region))
+        region[0] = 1  # first page
+        region[5 * page] = 1  # sixth page
+        assert nsm.resident_bytes(address, 8 * page) == 2 * page
+    finally:
+        del address
+        region.close()

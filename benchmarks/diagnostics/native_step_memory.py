@@ -25,6 +25,11 @@ suite's ``build`` (as ``torch_conv_scratch.py`` and ``tf_step_memory.py`` do):
   per owner and site the bytes in blocks below glibc's mmap threshold (128 KiB, pinned) are shown apart: those
   come from the heap and are resident, a larger block is mapped and resident only where written.
 
+* ``held after``: the allocations made during the step and still live at its end (memray's every event replayed),
+  per owner, with the bytes of their pages resident then (``mincore``; a block below the mmap threshold counted
+  whole): for what a step keeps (a library's first-call state, a framework's caches, reordered weights) this
+  is resident memory, not allocation, beside the traced RSS figure held after the step.
+
 memray counts bytes allocated, the kernel counts pages touched: an allocation never written (oneDNN's and
 TensorFlow's large scratch buffers are written in part) counts here and not in RSS, and heap that glibc keeps
 after a free counts in RSS and not here. The tracker's own buffers add to the traced RSS figure, which is why
@@ -160,6 +165,72 @@ def itemize(records: Iterable[tuple[int, int, Sequence[Any]]], top: int = 12) ->
     }
 
 
+def live_at_end(events: Iterable[tuple[str, int, int, Any]]) -> dict[int, tuple[int, Any]]:
+    """The allocations still live after a sequence of memray events ``(kind, address, size, key)`` (kind an
+    ``AllocatorType`` name; memray records a ``realloc`` as a ``FREE`` of the old block and a ``REALLOC`` of the
+    new one): address -> (size, key). A ``MUNMAP`` removes the mapped pages from the start or the end of a live
+    mapping it overlaps, or splits it."""
+    live: dict[int, tuple[int, Any]] = {}
+    for kind, address, size, key in events:
+        if kind in ("FREE", "PYMALLOC_FREE"):
+            live.pop(address, None)
+        elif kind == "MUNMAP":
+            end = address + size
+            for start, (length, k) in list(live.items()):
+                stop = start + length
+                if start >= end or stop <= address:
+                    continue
+                del live[start]
+                if start < address:
+                    live[start] = (address - start, k)
+                if stop > end:
+                    live[end] = (stop - end, k)
+        else:
+            live[address] = (size, key)
+    return live
+
+
+def resident_bytes(address: int, size: int) -> int | None:
+    """Bytes of the pages of ``[address, address + size)`` resident now (``mincore``), or ``None`` where the call
+    fails."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = address - address % page
+    pages = (address + size - start + page - 1) // page
+    vec = (ctypes.c_ubyte * pages)()
+    if libc.mincore(start, pages * page, vec) != 0:
+        return None
+    return sum(v & 1 for v in vec) * page
+
+
+def _held_after(reader: Any, memray: Any) -> list[dict[str, Any]]:
+    """Per owner, what the step allocated and still holds at its end: bytes, and bytes resident now (a block
+    below the mmap threshold counted whole: heap pages; a mapped one by ``mincore``)."""
+    kinds = memray.AllocatorType
+    events, stacks = [], {}
+    for r in reader.get_allocation_records():
+        kind = kinds(r.allocator).name
+        key = (r.native_stack_id, r.native_segment_generation)
+        if kind not in ("FREE", "PYMALLOC_FREE", "MUNMAP") and key not in stacks:
+            stacks[key] = [symbol(f) for f in r.native_stack_trace(max_stacks=40)]
+        events.append((kind, int(r.address), int(r.size), key))
+    owners: dict[str, list[int]] = {}
+    for address, (size, key) in live_at_end(events).items():
+        owner = attribute(stacks.get(key, []))[0]
+        resident = size if size < MMAP_THRESHOLD else resident_bytes(address, size)
+        entry = owners.setdefault(owner, [0, 0, 0])
+        entry[0] += size
+        entry[1] += resident if resident is not None else 0
+        entry[2] += 1
+    return [
+        {"owner": k, "bytes": v[0], "resident_bytes": v[1], "allocations": v[2]}
+        for k, v in sorted(owners.items(), key=lambda kv: -kv[1][1])
+    ]
+
+
 # ------------------------------------------------------------------------------------------- in the child
 
 
@@ -189,17 +260,20 @@ def child(backend: str, model: str, phase: str, batch: int, traced: bool, top: i
         out["rss_bytes"] = measure_cpu_step(work.step)[1]
         return out
     import memray
+    from xfbench.benchmarks.harness.worker import rss_and_hwm
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "step.bin")
         with memray.Tracker(path, native_traces=True, follow_fork=False):
-            out["rss_bytes"] = measure_cpu_step(work.step)[1]
+            baseline, out["rss_bytes"], _ = measure_cpu_step(work.step)
+            out["rss_held_after_bytes"] = rss_and_hwm()[0] - baseline
         reader = memray.FileReader(path)
         out["memray_peak_bytes"] = int(reader.metadata.peak_memory)
         records = [
             (int(r.size), int(r.n_allocations), [symbol(f) for f in r.native_stack_trace(max_stacks=40)])
             for r in reader.get_high_watermark_allocation_records(merge_threads=True)
         ]
+        out["held_after"] = _held_after(reader, memray)
     out.update(itemize(records, top))
     largest = sorted(records, key=lambda r: -r[0])[:stacks]
     out["largest"] = [{"bytes": size, "allocations": count, "stack": stack[:30]} for size, count, stack in largest]
@@ -250,6 +324,17 @@ def report(case: dict[str, Any]) -> str:
         f"{s['allocations']:7d}"
         for s in t["sites"]
     ]
+    if "held_after" in t:
+        lines += [
+            "",
+            f"held after the step: RSS {t['rss_held_after_bytes'] / MB:.2f} MB above the baseline (traced); "
+            "allocations of the step still live, per owner:",
+            f"{'owner':44s} {'MB':>9s} {'resident':>9s} {'allocs':>7s}",
+        ]
+        lines += [
+            f"{o['owner'][:44]:44s} {o['bytes'] / MB:9.3f} {o['resident_bytes'] / MB:9.3f} {o['allocations']:7d}"
+            for o in t["held_after"]
+        ]
     for rec in t.get("largest", []):
         lines += ["", f"{rec['bytes'] / MB:.3f} MB in {rec['allocations']} allocation(s):"]
         lines += [f"    {frame.split('(')[0][:150]}" for frame in rec["stack"]]
