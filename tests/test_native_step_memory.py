@@ -224,3 +224,12 @@ def test_resident_bytes_counts_touched_pages(nsm: ModuleType) -> None:
     finally:
         del address
         region.close()
+
+
+def test_live_at_snapshot_counts_intervals_spanning_it(nsm: ModuleType) -> None:
+    # (allocated before snapshot a, freed before snapshot d or never, allocations, bytes)
+    spans = [(2, 5, 1, 100), (5, None, 2, 30), (0, 2, 1, 7), (4, 5, 3, 11)]
+    assert nsm.live_at_snapshot(spans, 4) == (100 + 11, 1 + 3)
+    assert nsm.live_at_snapshot(spans, 5) == (30, 2)  # the first and last span were freed before snapshot 5
+    assert nsm.live_at_snapshot(spans, 1) == (7, 1)
+    assert nsm.live_at_snapshot([], 3) == (0, 0)

@@ -25,6 +25,10 @@ suite's ``build`` (as ``torch_conv_scratch.py`` and ``tf_step_memory.py`` do):
   per owner and site the bytes in blocks below glibc's mmap threshold (128 KiB, pinned) are shown apart: those
   come from the heap and are resident, a larger block is mapped and resident only where written.
 
+* ``at the RSS peak``: memray also reads the process's RSS every millisecond (``memory_interval_ms=1``); the
+  allocations live at the reading with the highest RSS (memray's temporal records: each allocation's interval
+  between snapshots), itemized the same way: who holds memory when the resident set is largest, which need not
+  be the moment the most bytes are allocated.
 * ``held after``: the allocations made during the step and still live at its end (memray's every event replayed),
   per owner, with the bytes of their pages resident then (``mincore``; a block below the mmap threshold counted
   whole): for what a step keeps (a library's first-call state, a framework's caches, reordered weights) this
@@ -231,6 +235,45 @@ def _held_after(reader: Any, memray: Any) -> list[dict[str, Any]]:
     ]
 
 
+def live_at_snapshot(intervals: Iterable[tuple[int, int | None, int, int]], snapshot: int) -> tuple[int, int]:
+    """(bytes, allocations) live when memray took snapshot ``snapshot``, from one stack's intervals
+    ``(allocated_before_snapshot, deallocated_before_snapshot or None, n_allocations, n_bytes)``: an allocation
+    made before snapshot ``a`` and freed before snapshot ``d`` is live at the snapshots ``a <= k < d``."""
+    size = count = 0
+    for allocated, deallocated, n, nbytes in intervals:
+        if allocated <= snapshot and (deallocated is None or deallocated > snapshot):
+            size += nbytes
+            count += n
+    return size, count
+
+
+def _at_rss_peak(reader: Any, top: int) -> dict[str, Any]:
+    """The allocations live at the snapshot (every millisecond) where memray read the highest RSS of the step,
+    itemized as at the allocation peak: who holds memory when the resident set is largest."""
+    snaps = list(reader.get_memory_snapshots())
+    if not snaps:
+        return {}
+    k = max(range(len(snaps)), key=lambda i: snaps[i].rss)  # intervals count snapshots by their position
+    peak = snaps[k]
+    records = []
+    for r in reader.get_temporal_allocation_records(merge_threads=True):
+        spans = [
+            (i.allocated_before_snapshot, i.deallocated_before_snapshot, i.n_allocations, i.n_bytes)
+            for i in r.intervals
+        ]
+        size, count = live_at_snapshot(spans, k)
+        if size:
+            records.append((size, count, [symbol(f) for f in r.native_stack_trace(max_stacks=40)]))
+    out = itemize(records, top)
+    out.update(
+        snapshot=k,
+        snapshots=len(snaps),
+        rss_above_first_snapshot_bytes=int(peak.rss - snaps[0].rss),
+        ms_after_first_snapshot=int(peak.time - snaps[0].time),
+    )
+    return out
+
+
 # ------------------------------------------------------------------------------------------- in the child
 
 
@@ -264,7 +307,7 @@ def child(backend: str, model: str, phase: str, batch: int, traced: bool, top: i
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "step.bin")
-        with memray.Tracker(path, native_traces=True, follow_fork=False):
+        with memray.Tracker(path, native_traces=True, follow_fork=False, memory_interval_ms=1):
             baseline, out["rss_bytes"], _ = measure_cpu_step(work.step)
             out["rss_held_after_bytes"] = rss_and_hwm()[0] - baseline
         reader = memray.FileReader(path)
@@ -274,6 +317,7 @@ def child(backend: str, model: str, phase: str, batch: int, traced: bool, top: i
             for r in reader.get_high_watermark_allocation_records(merge_threads=True)
         ]
         out["held_after"] = _held_after(reader, memray)
+        out["at_rss_peak"] = _at_rss_peak(reader, top)
     out.update(itemize(records, top))
     largest = sorted(records, key=lambda r: -r[0])[:stacks]
     out["largest"] = [{"bytes": size, "allocations": count, "stack": stack[:30]} for size, count, stack in largest]
@@ -324,6 +368,21 @@ def report(case: dict[str, Any]) -> str:
         f"{s['allocations']:7d}"
         for s in t["sites"]
     ]
+    if t.get("at_rss_peak"):
+        p = t["at_rss_peak"]
+        lines += [
+            "",
+            f"at the RSS peak (memray's snapshot {p['snapshot']} of {p['snapshots']}, "
+            f"{p['ms_after_first_snapshot']} ms in, RSS {p['rss_above_first_snapshot_bytes'] / MB:.2f} MB above the "
+            "first snapshot): live allocations "
+            f"of the step {p['total_bytes'] / MB:.2f} MB",
+            f"{'owner':44s} {'MB':>9s} {'< 128 KiB':>9s} {'allocs':>7s}",
+        ]
+        lines += [
+            f"{o['owner'][:44]:44s} {o['bytes'] / MB:9.3f} {o['small_bytes'] / MB:9.3f} {o['allocations']:7d}"
+            for o in p["owners"]
+        ]
+        lines += [f"  {s['owner'][:34]:34s} {s['site'][:52]:52s} {s['bytes'] / MB:9.3f}" for s in p["sites"]]
     if "held_after" in t:
         lines += [
             "",
@@ -359,6 +418,12 @@ def slopes(cases: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     }
     for owner in dict.fromkeys(o["owner"] for c in cases for o in c["traced"]["owners"]):
         series[owner] = [sum(o["bytes"] for o in c["traced"]["owners"] if o["owner"] == owner) / MB for c in cases]
+    if all(c["traced"].get("at_rss_peak") for c in cases):
+        peaks = [c["traced"]["at_rss_peak"] for c in cases]
+        for owner in dict.fromkeys(o["owner"] for p in peaks for o in p["owners"]):
+            series[f"at the RSS peak: {owner}"] = [
+                sum(o["bytes"] for o in p["owners"] if o["owner"] == owner) / MB for p in peaks
+            ]
     out = []
     for name, values in series.items():
         fixed, per_sample = fit(values)
