@@ -29,6 +29,9 @@ suite's ``build`` (as ``torch_conv_scratch.py`` and ``tf_step_memory.py`` do):
   allocations live at the reading with the highest RSS (memray's temporal records: each allocation's interval
   between snapshots), itemized the same way: who holds memory when the resident set is largest, which need not
   be the moment the most bytes are allocated.
+* ``glibc``: in the untraced process, glibc's ``mallinfo2()`` before and after the step: heap in use, free
+  blocks the heap keeps (resident where written: memory no allocation holds, which RSS counts and memray does
+  not), mapped blocks.
 * ``held after``: the allocations made during the step and still live at its end (memray's every event replayed),
   per owner, with the bytes of their pages resident then (``mincore``; a block below the mmap threshold counted
   whole): for what a step keeps (a library's first-call state, a framework's caches, reordered weights) this
@@ -274,6 +277,39 @@ def _at_rss_peak(reader: Any, top: int) -> dict[str, Any]:
     return out
 
 
+def glibc_heap() -> dict[str, int] | None:
+    """glibc's ``mallinfo2()`` over all arenas, bytes: ``in_use`` (``uordblks``, allocated from the heap),
+    ``free_held`` (``fordblks``, freed blocks the heap keeps: resident where they were written), ``mapped``
+    (``hblkhd``, blocks served by ``mmap``), ``arena`` (``arena``, heap obtained by ``sbrk`` and arenas); ``None``
+    where the C library has no ``mallinfo2`` (glibc < 2.33, musl)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo2
+    info = fn()
+    return {"in_use": info.uordblks, "free_held": info.fordblks, "mapped": info.hblkhd, "arena": info.arena}
+
+
 # ------------------------------------------------------------------------------------------- in the child
 
 
@@ -300,7 +336,11 @@ def child(backend: str, model: str, phase: str, batch: int, traced: bool, top: i
     populate_file_mappings()
     out: dict[str, Any] = {"traced": traced}
     if not traced:
+        before = glibc_heap()
         out["rss_bytes"] = measure_cpu_step(work.step)[1]
+        after = glibc_heap()
+        if before and after:
+            out["glibc_before"], out["glibc_after"] = before, after
         return out
     import memray
     from xfbench.benchmarks.harness.worker import rss_and_hwm
@@ -358,6 +398,14 @@ def report(case: dict[str, Any]) -> str:
         "",
         f"{'owner at the peak':44s} {'MB':>9s} {'< 128 KiB':>9s} {'allocs':>7s}",
     ]
+    g0, g1 = case["rss"].get("glibc_before"), case["rss"].get("glibc_after")
+    if g0 and g1:
+        lines.insert(
+            1,
+            "glibc's heap over the untraced step (mallinfo2, change): "
+            + ", ".join(f"{k} {(g1[k] - g0[k]) / MB:+.2f} MB" for k in ("in_use", "free_held", "mapped", "arena"))
+            + f"; free blocks it holds after the step {g1['free_held'] / MB:.2f} MB",
+        )
     lines += [
         f"{o['owner']:44s} {o['bytes'] / MB:9.3f} {o['small_bytes'] / MB:9.3f} {o['allocations']:7d}"
         for o in t["owners"]
