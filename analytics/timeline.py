@@ -1035,7 +1035,12 @@ def simulate(
     )
     low = _Lowering(prog, ctx)
     notes: list[str] = []
-    if framework != "torch":
+    if framework == "tensorflow":
+        notes.append(
+            "tensorflow rules: the conv, bias add, relu, padding and gradient-lifetime rules are measured (allocator "
+            "records, memray; analytics/timeline_rules.py TF_OPS), the others read from its gradient functions"
+        )
+    elif framework != "torch":
         notes.append(f"{framework} rules are a first approximation (not measured)")
     if CONV_WORKSPACE[(framework, device)] is None and any(isinstance(layer, Conv2D) for layer in spec.layers):
         notes.append(f"convolution workspace on {framework} {device} is not modelled (not measured)")

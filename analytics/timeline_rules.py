@@ -13,9 +13,11 @@ Bases, per framework:
   events that ``torch.distributed._tools.mem_tracker.MemTracker`` records for one step of this repo's
   torch backend (torch 2.13 CPU, float32): for every op below, the allocations, the frees and their order
   matched the trace. Which ops a layer runs comes from ``backends/torch/model.py``.
-* **TensorFlow** (``TF_OPS``) and **MXNet** (``MXNET_OPS``): FIRST APPROXIMATION, not measured. TF: what a
-  gradient function reads (``tensorflow/python/ops/nn_grad.py``, ``math_grad.py``); Keras pads ``same``
-  inside the op (no padding copy). MXNet: the gradient inputs of its operators
+* **TensorFlow** (``TF_OPS``): what a gradient function reads (``tensorflow/python/ops/nn_grad.py``,
+  ``math_grad.py``); Keras pads ``same`` inside the op (no padding copy). Measured, each stated at its rule: the
+  bias add and ReLU in place (forward and ReluGrad), the explicit Pad, the conv-gradient ops' im2col buffers and
+  their concurrency, the weight gradients' lifetime; the rest is not measured.
+* **MXNet** (``MXNET_OPS``): FIRST APPROXIMATION, not measured: the gradient inputs of its operators
   (``src/operator/nn/*.cc``, ``FGradient``) and its graph planner (``src/nnvm/plan_memory.cc``), which
   runs element-wise activations in place and shares buffers whose lifetimes do not overlap.
 """
@@ -475,7 +477,7 @@ def lstm_workspace_bytes(batch: int, steps: int, features: int, units: int, elem
     return sum(pages(p) for p in parts)
 
 
-# --------------------------------------------------------------------------- TensorFlow (first approximation)
+# ------------------------------------------------------------------------------ TensorFlow (partly measured)
 
 #: Per layer op: which tensors its gradient function reads (kept alive by the tape until backward), whether the
 #: activation is a separate op whose gradient reads its output. The bias add and the element-wise activations
@@ -489,7 +491,8 @@ def lstm_workspace_bytes(batch: int, steps: int, features: int, units: int, elem
 #: gradient is freed once its update has run, which the simulator places at the next layer's gradients (gap E,
 #: VGG-11 batch 1: the simulated tensor peak, 526.6 MB above the baseline, against 526.5 MB in the allocator's
 #: records); the two conv-gradient ops of a layer run at once, both im2col buffers live (gaps D and F, NiN and
-#: LeNet). Measured and NOT modelled: SGD's ``AssignSubVariableOp`` copies a variable whose buffer a running op
+#: LeNet); ReluGrad writes into the gradient it receives (memray's records of cnn3 training). Measured and NOT
+#: modelled: SGD's ``AssignSubVariableOp`` copies a variable whose buffer a running op
 #: still reads (``PrepareToUpdateVariable``): AlexNet b8 and VGG-11 b2 copied fc6 (and fc7), VGG-11 b1 did not, so
 #: whether it happens depends on the executor's order. The rest is NOT MEASURED.
 TF_OPS: dict[str, OpRule] = {
@@ -514,8 +517,12 @@ TF_OPS: dict[str, OpRule] = {
     "Relu": OpRule(
         (),
         ("output",),
-        _GRAD_IN,
-        "nn_grad.py _ReluGrad: relu_grad(grad, op.outputs[0]); in place (measured)",
+        (),
+        "nn_grad.py _ReluGrad: relu_grad(grad, op.outputs[0]); forward in place (measured); the backward too: "
+        "ReluGrad is a BinaryElementWiseOp (core/kernels/relu_op.h, numeric_op.h), which writes into its incoming "
+        "gradient's buffer (forward_input_or_allocate_output({0, 1}, ...)) when the ReluGrad is that gradient's "
+        "only reader, as it is here. Measured (native_step_memory.py's memray records, cnn3 batch 8 training): no "
+        "allocation of 1 MB or more in any ReluGrad, where a new gradient of conv1's output would be 48 MB",
         view=True,
     ),
     "Sigmoid": OpRule(
