@@ -19,8 +19,9 @@ suite's ``build`` (as ``torch_conv_scratch.py`` and ``tf_step_memory.py`` do):
   allocation the step frees is not subtracted) and the allocations live at that peak
   (``get_high_watermark_allocation_records``), each attributed to an **owner**: the innermost frame of its
   native stack that matches one of ``OWNERS`` (the allocator family that asked: c10's CPU allocator for a torch
-  tensor, MKL's buffer manager, oneDNN, TensorFlow's allocators, MXNet's storage manager, the OpenMP runtime,
-  the interpreter, thread stacks), and to a **site**: the innermost frame naming an operator (``at::_ops::X``,
+  tensor, MKL's buffer manager, oneDNN, TensorFlow's allocators, MXNet's storage manager split by its caller
+  into NDArrays, temp space and oneDNN-layout copies (``REFINE``), the OpenMP runtime, the interpreter, thread
+  stacks), and to a **site**: the innermost frame naming an operator (``at::_ops::X``,
   a TensorFlow kernel's ``Compute``, an MXNet operator) or else the first frame above the allocator's plumbing;
   per owner and site the bytes in blocks below glibc's mmap threshold (128 KiB, pinned) are shown apart: those
   come from the heap and are resident, a larger block is mapped and resident only where written.
