@@ -60,6 +60,7 @@ One process at a time (the figures are memory, not time, but two steps at once o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -73,6 +74,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# glibc's mmap threshold as the suite's worker pins it (imports no framework): a smaller block comes from the
+# heap, whose pages its neighbours and malloc's own headers touch; a larger one is mapped and counts in RSS only
+# where written.
+from xfbench.benchmarks.harness.worker import MMAP_THRESHOLD_BYTES as MMAP_THRESHOLD  # noqa: E402
 
 MB = 1e6
 BACKENDS = ("torch", "tensorflow", "mxnet")
@@ -102,9 +108,6 @@ REFINE: tuple[tuple[str, str, str], ...] = (
     ("MXNet storage (NDArray)", r"SetMKLMem|MKLDNNDataReorder|CreateMKLDNNMem", "MXNet oneDNN-layout copies"),
     ("oneDNN (own allocations)", r"^mxnet::NDArray::Chunk::MKLDNNDataReorder", "MXNet oneDNN-layout copies"),
 )
-#: glibc's mmap threshold as the suite's worker pins it (128 KiB): a smaller block comes from the heap, whose pages
-#: its neighbours and malloc's own headers touch; a larger one is mapped and counts in RSS only where written.
-MMAP_THRESHOLD = 128 * 1024
 #: Frames that are allocator plumbing, never a site.
 PLUMBING = re.compile(
     r"^(malloc|calloc|realloc|free|posix_memalign|aligned_alloc|memalign|valloc|mmap|mmap64|operator new|"
@@ -198,18 +201,26 @@ def live_at_end(events: Iterable[tuple[str, int, int, Any]]) -> dict[int, tuple[
     return live
 
 
+@functools.cache
+def _mincore() -> Any:
+    """libc's ``mincore``, loaded once."""
+    import ctypes
+
+    fn = ctypes.CDLL("libc.so.6", use_errno=True).mincore
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return fn
+
+
 def resident_bytes(address: int, size: int) -> int | None:
     """Bytes of the pages of ``[address, address + size)`` resident now (``mincore``), or ``None`` where the call
     fails."""
     import ctypes
 
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     page = os.sysconf("SC_PAGE_SIZE")
     start = address - address % page
     pages = (address + size - start + page - 1) // page
     vec = (ctypes.c_ubyte * pages)()
-    if libc.mincore(start, pages * page, vec) != 0:
+    if _mincore()(start, pages * page, vec) != 0:
         return None
     return sum(v & 1 for v in vec) * page
 
@@ -218,16 +229,16 @@ def _held_after(reader: Any, memray: Any) -> list[dict[str, Any]]:
     """Per owner, what the step allocated and still holds at its end: bytes, and bytes resident now (a block
     below the mmap threshold counted whole: heap pages; a mapped one by ``mincore``)."""
     kinds = memray.AllocatorType
-    events, stacks = [], {}
+    events, owner_of = [], {}  # owner per native stack, attributed once
     for r in reader.get_allocation_records():
         kind = kinds(r.allocator).name
         key = (r.native_stack_id, r.native_segment_generation)
-        if kind not in ("FREE", "PYMALLOC_FREE", "MUNMAP") and key not in stacks:
-            stacks[key] = [symbol(f) for f in r.native_stack_trace(max_stacks=40)]
+        if kind not in ("FREE", "PYMALLOC_FREE", "MUNMAP") and key not in owner_of:
+            owner_of[key] = attribute([symbol(f) for f in r.native_stack_trace(max_stacks=40)])[0]
         events.append((kind, int(r.address), int(r.size), key))
     owners: dict[str, list[int]] = {}
     for address, (size, key) in live_at_end(events).items():
-        owner = attribute(stacks.get(key, []))[0]
+        owner = owner_of.get(key, "other")
         resident = size if size < MMAP_THRESHOLD else resident_bytes(address, size)
         entry = owners.setdefault(owner, [0, 0, 0])
         entry[0] += size
