@@ -349,17 +349,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"second {r['second_step'] / MB:7.1f} MB",
                 flush=True,
             )
-        r = {"phases": []}
         if not args.no_phases:
             r = _run_child(variant, args.phase_batch, "phases", "training", args.model)
             results.append(r)
-        for ph in r["phases"]:
-            print(
-                f"{'':<20} b{args.phase_batch:<3} {ph['phase']:<14} rss before {ph['rss_before'] / MB:7.1f}  "
-                f"peak {ph['peak'] / MB:7.1f}  held after {ph['held_after'] / MB:7.1f} MB  "
-                f"(released before its peak {ph['released_before_peak'] / MB:.1f} MB, {ph['samples']} samples)",
-                flush=True,
-            )
+            for ph in r["phases"]:
+                print(
+                    f"{'':<20} b{args.phase_batch:<3} {ph['phase']:<14} rss before {ph['rss_before'] / MB:7.1f}  "
+                    f"peak {ph['peak'] / MB:7.1f}  held after {ph['held_after'] / MB:7.1f} MB  "
+                    f"(released before its peak {ph['released_before_peak'] / MB:.1f} MB, {ph['samples']} samples)",
+                    flush=True,
+                )
         if args.storage:
             r = _run_child(variant, args.phase_batch, "storage", "training", args.model)
             results.append(r)
