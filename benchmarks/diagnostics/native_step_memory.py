@@ -531,20 +531,36 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("native_step_memory: memray is not installed in this env; install it with: pip install memray")
         return 2
+    from xfbench.analytics.spec import SpecError
+    from xfbench.benchmarks.harness.workload import Config
+
+    try:  # the model, in the parent: a bad name is one line, not a child's traceback
+        Config(args.backend, args.model, args.phase, args.batch[0]).spec()
+    except SpecError as exc:
+        print(f"native_step_memory: {exc}")
+        return 2
     cases: list[dict[str, Any]] = []
+    failed: list[int] = []
     for batch in args.batch:
         case: dict[str, Any] = {"backend": args.backend, "model": args.model, "phase": args.phase, "batch": batch}
-        case["rss"] = _run_child(args.backend, args.model, args.phase, batch, False, args.top)
-        case["traced"] = _run_child(args.backend, args.model, args.phase, batch, True, args.top, args.stacks)
+        try:
+            case["rss"] = _run_child(args.backend, args.model, args.phase, batch, False, args.top)
+            case["traced"] = _run_child(args.backend, args.model, args.phase, batch, True, args.top, args.stacks)
+        except RuntimeError as exc:  # the child's own error, its last line; the other batches still run
+            print(f"native_step_memory: batch {batch} failed: {str(exc).strip().splitlines()[-1]}", flush=True)
+            failed.append(batch)
+            continue
         case["predicted"] = predicted(args.backend, args.model, args.phase, batch)
         cases.append(case)
         print(report(case), end="\n\n", flush=True)
+    if not cases:
+        return 1
     out: dict[str, Any] = cases[0] if len(cases) == 1 else {"cases": cases, "slopes": slopes(cases)}
     if len(cases) > 1:
-        print(slope_table(out["slopes"], args.batch))
+        print(slope_table(out["slopes"], [c["batch"] for c in cases]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
