@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xfbench.analytics.layers import Add, BatchNorm, Concatenate
 from xfbench.analytics.spec import (
     LSTM,
+    Activation,
     AvgPool2D,
     Conv2D,
     Dense,
@@ -138,6 +140,114 @@ def _mlp(input_shape: Sequence[int], num_classes: int = 10, **_: Any) -> list[La
     ]
 
 
+def _resnet(stages: Sequence[int], bottleneck: bool, num_classes: int) -> list[Layer]:
+    """torchvision's ResNet (``torchvision/models/resnet.py``): a 7x7/2 stem (pad 3, no bias) + BatchNorm + ReLU, a
+    3x3/2 max pool (pad 1), four stages of 64/128/256/512 channels, global average pool, a biased Dense. Basic
+    blocks: 3x3 (stride) -> BN -> ReLU -> 3x3 -> BN; bottlenecks ("V1.5"): 1x1 -> BN -> ReLU -> 3x3 (stride)
+    -> BN -> ReLU -> 1x1 (4x) -> BN. The shortcut is the block's input, or a 1x1 (stride) conv + BN where the
+    stride or the width changes; Add, then ReLU. Convolutions have no bias."""
+    layers: list[Layer] = [
+        Conv2D(64, 7, 2, 3, use_bias=False, name="conv1"),
+        BatchNorm(name="bn1"),
+        Activation("relu", name="relu1"),
+        MaxPool2D(3, 2, 1, name="pool1"),
+    ]
+    prev, in_c = "pool1", 64
+    for s, blocks in enumerate(stages):
+        width = 64 * 2**s
+        out_c = 4 * width if bottleneck else width
+        for b in range(blocks):
+            stride = 2 if s > 0 and b == 0 else 1
+            p = f"s{s + 1}b{b + 1}"
+            if bottleneck:
+                layers += [
+                    Conv2D(width, 1, 1, 0, use_bias=False, name=f"{p}_conv1", inputs=(prev,)),
+                    BatchNorm(name=f"{p}_bn1"),
+                    Activation("relu", name=f"{p}_relu1"),
+                    Conv2D(width, 3, stride, 1, use_bias=False, name=f"{p}_conv2"),
+                    BatchNorm(name=f"{p}_bn2"),
+                    Activation("relu", name=f"{p}_relu2"),
+                    Conv2D(out_c, 1, 1, 0, use_bias=False, name=f"{p}_conv3"),
+                    BatchNorm(name=f"{p}_bn3"),
+                ]
+            else:
+                layers += [
+                    Conv2D(width, 3, stride, 1, use_bias=False, name=f"{p}_conv1", inputs=(prev,)),
+                    BatchNorm(name=f"{p}_bn1"),
+                    Activation("relu", name=f"{p}_relu1"),
+                    Conv2D(width, 3, 1, 1, use_bias=False, name=f"{p}_conv2"),
+                    BatchNorm(name=f"{p}_bn2"),
+                ]
+            branch, shortcut = layers[-1].label, prev
+            if stride != 1 or in_c != out_c:
+                layers += [
+                    Conv2D(out_c, 1, stride, 0, use_bias=False, name=f"{p}_down", inputs=(prev,)),
+                    BatchNorm(name=f"{p}_downbn"),
+                ]
+                shortcut = f"{p}_downbn"
+            layers += [Add(name=f"{p}_add", inputs=(branch, shortcut)), Activation("relu", name=f"{p}_out")]
+            prev, in_c = f"{p}_out", out_c
+    layers += [GlobalAvgPool2D(name="avgpool"), Dense(num_classes, name="fc")]
+    return layers
+
+
+def _resnet18(input_shape: Sequence[int], num_classes: int = 1000, **_: Any) -> list[Layer]:
+    return _resnet((2, 2, 2, 2), False, num_classes)
+
+
+def _resnet34(input_shape: Sequence[int], num_classes: int = 1000, **_: Any) -> list[Layer]:
+    return _resnet((3, 4, 6, 3), False, num_classes)
+
+
+def _resnet50(input_shape: Sequence[int], num_classes: int = 1000, **_: Any) -> list[Layer]:
+    return _resnet((3, 4, 6, 3), True, num_classes)
+
+
+# GoogLeNet's inception modules (Szegedy et al. 2014, Table 1): #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj
+_INCEPTION_MODULES = {
+    "3a": (64, 96, 128, 16, 32, 32),
+    "3b": (128, 128, 192, 32, 96, 64),
+    "4a": (192, 96, 208, 16, 48, 64),
+}
+
+
+def _inception_module(tag: str, prev: str) -> list[Layer]:
+    n1, r3, n3, r5, n5, pp = _INCEPTION_MODULES[tag]
+    p = f"inc{tag}"
+
+    def conv(filters: int, kernel: int, name: str, inputs: tuple[str, ...] | None = None) -> Conv2D:
+        return Conv2D(filters, kernel, 1, "same", activation="relu", name=f"{p}_{name}", inputs=inputs)
+
+    return [
+        conv(n1, 1, "1x1", (prev,)),
+        conv(r3, 1, "3x3r", (prev,)),
+        conv(n3, 3, "3x3"),
+        conv(r5, 1, "5x5r", (prev,)),
+        conv(n5, 5, "5x5"),
+        MaxPool2D(3, 1, "same", name=f"{p}_pool", inputs=(prev,)),
+        conv(pp, 1, "poolproj"),
+        Concatenate(name=f"{p}_out", inputs=(f"{p}_1x1", f"{p}_3x3", f"{p}_5x5", f"{p}_poolproj")),
+    ]
+
+
+def _inception(input_shape: Sequence[int], num_classes: int = 1000, **_: Any) -> list[Layer]:
+    """GoogLeNet's stem and its first three inception modules (3a, 3b, 4a), as HOML ch14 builds them (``same``
+    padding, ReLU after every conv, no LRN), then global average pooling, dropout 0.4 and the classifier."""
+    layers: list[Layer] = [
+        Conv2D(64, 7, 2, "same", activation="relu", name="conv1"),
+        MaxPool2D(3, 2, "same", name="pool1"),
+        Conv2D(64, 1, 1, "same", activation="relu", name="conv2r"),
+        Conv2D(192, 3, 1, "same", activation="relu", name="conv2"),
+        MaxPool2D(3, 2, "same", name="pool2"),
+    ]
+    layers += _inception_module("3a", "pool2")
+    layers += _inception_module("3b", "inc3a_out")
+    layers.append(MaxPool2D(3, 2, "same", name="pool3"))
+    layers += _inception_module("4a", "pool3")
+    layers += [GlobalAvgPool2D(name="avgpool"), Dropout(0.4, name="drop"), Dense(num_classes, name="fc")]
+    return layers
+
+
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
@@ -211,6 +321,39 @@ CATALOG: dict[str, CatalogEntry] = {
             (1, 28, 28),
             _mlp,
             num_classes=10,
+        ),
+        CatalogEntry(
+            "resnet18",
+            "He et al. 2016, as torchvision builds it (torchvision/models/resnet.py resnet18: 11,689,512 parameters)",
+            "ResNet-18: basic blocks (2, 2, 2, 2), BatchNorm, projection shortcuts where the shape changes",
+            (3, 224, 224),
+            _resnet18,
+            num_classes=1000,
+        ),
+        CatalogEntry(
+            "resnet34",
+            "HOML ch14 (ResNet-34); torchvision/models/resnet.py resnet34: 21,797,672 parameters",
+            "ResNet-34: basic blocks (3, 4, 6, 3)",
+            (3, 224, 224),
+            _resnet34,
+            num_classes=1000,
+        ),
+        CatalogEntry(
+            "resnet50",
+            "torchvision/models/resnet.py resnet50 (ResNet-50 V1.5: stride on the bottleneck's 3x3; 25,557,032 "
+            "parameters); MLPerf's ResNet-50",
+            "ResNet-50: bottleneck blocks (3, 4, 6, 3)",
+            (3, 224, 224),
+            _resnet50,
+            num_classes=1000,
+        ),
+        CatalogEntry(
+            "inception",
+            "Szegedy et al. 2014 (GoogLeNet, Table 1: stem, inception 3a, 3b, 4a); HOML ch14 ex6",
+            "GoogLeNet stem + three inception modules (four branches concatenated), global pool, dropout, dense",
+            (3, 224, 224),
+            _inception,
+            num_classes=1000,
         ),
     )
 }

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xfbench.analytics.shapes import infer_shapes
+from xfbench.analytics.shapes import infer_shapes, input_shapes, layer_input_shapes
 from xfbench.analytics.spec import (
     LSTM,
     Activation,
@@ -38,6 +38,7 @@ from xfbench.analytics.spec import (
     LocalResponseNorm,
     MaxPool2D,
     ModelSpec,
+    layer_inputs,
 )
 from xfbench.analytics.vocab import canonical_backend
 from xfbench.analytics.weights import output_kind
@@ -67,13 +68,15 @@ class LayerCost:
     activation: int = 0
     pool: int = 0
     other: int = 0
+    norm: int = 0  # BatchNorm: normalize, scale and shift (inference convention; see analytics/layers/batchnorm.py)
+    add: int = 0  # Add: element-wise sums of the inputs
     backward_weight: int = 0
     backward_input: int = 0  # gradient w.r.t. the layer's input; skipped for the first layer with weights
     backward_recurrent: int = 0  # LSTM: gradient w.r.t. h_{t-1}, always needed
 
     @property
     def forward_all(self) -> int:
-        return self.matmul + self.bias + self.activation + self.pool + self.other
+        return self.matmul + self.bias + self.activation + self.pool + self.other + self.norm + self.add
 
 
 Rule = Callable[[Layer, Shape, Shape, str], LayerCost]
@@ -180,22 +183,60 @@ def _free(layer: Layer, in_shape: Shape, out_shape: Shape, framework: str) -> La
     return LayerCost()
 
 
-def layer_cost(layer: Layer, in_shape: Shape, out_shape: Shape, framework: str = "tensorflow") -> LayerCost:
-    return RULES[type(layer)](layer, in_shape, out_shape, canonical_framework(framework))
+def layer_cost(
+    layer: Layer,
+    in_shape: Shape,
+    out_shape: Shape,
+    framework: str = "tensorflow",
+    in_shapes: list[Shape] | None = None,
+) -> LayerCost:
+    """Per-sample cost of one layer. ``in_shapes``: every input's shape (a layer with several inputs needs them;
+    default ``[in_shape]``). A type with no rule is an error, never a zero."""
+    fw = canonical_framework(framework)
+    unit = getattr(layer, "cost", None)
+    if unit is not None:
+        return unit(in_shapes if in_shapes is not None else [in_shape], out_shape, fw)  # type: ignore[no-any-return]
+    rule_fn = RULES.get(type(layer))
+    if rule_fn is None:
+        raise ValueError(f"no cost rule for layer type {layer.type}")
+    return rule_fn(layer, in_shape, out_shape, fw)
+
+
+def spec_costs(spec: ModelSpec, framework: str = "tensorflow") -> list[LayerCost]:
+    """:func:`layer_cost` of every layer of ``spec``, over its graph."""
+    outs = infer_shapes(spec)
+    return [
+        layer_cost(layer, ins[0], out, framework, ins)
+        for layer, ins, out in zip(spec.layers, layer_input_shapes(spec), outs)
+    ]
+
+
+#: The types with trainable weights among those that are not units (a unit says so with ``weight_slots``).
+_WEIGHTED = (Conv2D, Dense, LSTM, Embedding)
 
 
 def has_weights(layer: Layer) -> bool:
-    return isinstance(layer, (Conv2D, Dense, LSTM, Embedding))
+    """Whether the layer has trainable weights (so that the layers after it need input gradients)."""
+    if isinstance(layer, _WEIGHTED):
+        return True
+    slots = getattr(layer, "weight_slots", None)
+    if slots is None:
+        return False
+    # a unit's trainable slots do not depend on the input's size: ask with a 1-channel placeholder
+    return any(trainable for _, _, trainable in slots([(1, 1, 1)]))
 
 
 def needs_input_grad(spec: ModelSpec) -> list[bool]:
-    """Whether each layer must compute the gradient of its input (a layer with weights lies before it)."""
+    """Whether each layer must compute the gradient of its input (a layer with weights lies before it on some
+    path from the model's input)."""
     flags: list[bool] = []
-    seen_weights = False
-    for layer in spec.layers:
-        flags.append(seen_weights)
+    # seen[i]: a layer with weights lies on or before layer i on some path from the input
+    seen: list[bool] = []
+    for layer, srcs in zip(spec.layers, layer_inputs(spec)):
+        before = any(seen[j] for j in srcs if j >= 0)
+        flags.append(before)
         # An Embedding's input is integer tokens: nothing after it changes that the gather has no input grad.
-        seen_weights = seen_weights or has_weights(layer)
+        seen.append(before or has_weights(layer))
     return flags
 
 
@@ -278,7 +319,7 @@ def tf_profiler_flops(
     n = batch_size
     training = phase == "training"
     outs = infer_shapes(spec)
-    ins = [tuple(spec.input_shape), *outs[:-1]]
+    ins = input_shapes(spec)
     grads = needs_input_grad(spec)
     out: dict[str, int] = dict.fromkeys(TF_PROFILER_OPS, 0)
     for i, (layer, in_shape, out_shape) in enumerate(zip(spec.layers, ins, outs)):

@@ -27,6 +27,7 @@ Units: bytes (decimal MB = 10^6 bytes, as the texts count), FLOPs (2 per multipl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -434,7 +435,8 @@ def single_layer_specs(spec: ModelSpec) -> list[ModelSpec]:
     for i, (layer, shape) in enumerate(zip(spec.layers, input_shapes(spec))):
         if isinstance(layer, (Conv2D, Dense, LSTM)):
             name = layer.label if layer.label != layer.type else f"{layer.type.lower()}{i}"
-            out.append(ModelSpec(name, tuple(shape), (layer,), source=f"{spec.name} layer {i}"))
+            alone = dataclasses.replace(layer, inputs=None)  # its graph inputs are this spec's model input
+            out.append(ModelSpec(name, tuple(shape), (alone,), source=f"{spec.name} layer {i}"))
     return out
 
 

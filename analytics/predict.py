@@ -17,8 +17,8 @@ from xfbench.analytics.costs import (
     backward_flops,
     canonical_framework,
     has_weights,
-    layer_cost,
     needs_input_grad,
+    spec_costs,
     tf_profiler_flops,
 )
 from xfbench.analytics.memory import (
@@ -50,6 +50,8 @@ class LayerPrediction:
     activation_flops: int
     pool_flops: int
     other_flops: int
+    norm_flops: int  # BatchNorm (inference convention)
+    add_flops: int  # Add: element-wise sums
     backward_flops: int  # matmul terms: weight gradient + input gradient where needed
     activation_bytes: int  # this layer's output for the whole batch
 
@@ -191,9 +193,7 @@ def simulate_phases(
 
 def count_params(spec: ModelSpec, framework: str = "tensorflow") -> int:
     fw = canonical_framework(framework)
-    return sum(
-        layer_cost(layer, i, o, fw).params for layer, i, o in zip(spec.layers, input_shapes(spec), infer_shapes(spec))
-    )
+    return sum(cost.params for cost in spec_costs(spec, fw))
 
 
 def predict(
@@ -209,11 +209,10 @@ def predict(
     width = dtype_bytes(dtype)
     fw = canonical_framework(framework)
     outs = infer_shapes(spec)
-    ins = [tuple(spec.input_shape), *outs[:-1]]
+    ins = input_shapes(spec)
     grads = needs_input_grad(spec)
     layers = []
-    for i, (layer, in_shape, out_shape) in enumerate(zip(spec.layers, ins, outs)):
-        cost = layer_cost(layer, in_shape, out_shape, fw)
+    for i, (layer, in_shape, out_shape, cost) in enumerate(zip(spec.layers, ins, outs, spec_costs(spec, fw))):
         layers.append(
             LayerPrediction(
                 index=i,
@@ -227,6 +226,8 @@ def predict(
                 activation_flops=cost.activation * batch_size,
                 pool_flops=cost.pool * batch_size,
                 other_flops=cost.other * batch_size,
+                norm_flops=cost.norm * batch_size,
+                add_flops=cost.add * batch_size,
                 backward_flops=backward_flops(cost, grads[i]) * batch_size if has_weights(layer) else 0,
                 activation_bytes=math.prod(out_shape) * batch_size * width,
             )

@@ -12,7 +12,10 @@ exactly (see the :mod:`analytics.spec` docstring):
 * LRN is PyTorch's ``x / (k + alpha / size * sum_window x^2) ** beta``, the channel window reaching
   ``size // 2`` channels before and ``(size - 1) // 2`` after;
 * LSTM starts from a zero state, gates i, f, g, o, one bias;
-* Dropout is the identity (inference).
+* Dropout is the identity (inference);
+* graphs: each layer reads the outputs its ``inputs`` name (:func:`analytics.spec.layer_inputs`); a unit type
+  (``analytics/layers/``) computes its own forward, in inference or in a training step's forward
+  (``training=True``: BatchNorm normalizes with the batch's statistics).
 
 Weights are the neutral format of :mod:`analytics.weights`. Only numpy is used; convolutions are
 im2col (``sliding_window_view``) followed by one matrix product per block of output rows.
@@ -37,6 +40,8 @@ from xfbench.analytics.spec import (
     LocalResponseNorm,
     MaxPool2D,
     ModelSpec,
+    consumers,
+    layer_inputs,
 )
 from xfbench.analytics.weights import weight_slots
 
@@ -206,6 +211,7 @@ def _check_weights(spec: ModelSpec, weights: list[np.ndarray]) -> None:
 
 
 def _layer_forward(layer: Layer, x: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
+    """One non-unit layer on one input (a unit type computes its own forward)."""
     if isinstance(layer, Conv2D):
         bias = params[1] if layer.use_bias else None
         out = conv2d(x, params[0], bias, layer.stride, layer.padding)  # type: ignore[arg-type]
@@ -246,9 +252,14 @@ def _layer_forward(layer: Layer, x: np.ndarray, params: list[np.ndarray]) -> np.
 
 
 def reference_forward(
-    spec: ModelSpec, weights: list[np.ndarray], x: np.ndarray, *, return_all: bool = False
+    spec: ModelSpec,
+    weights: list[np.ndarray],
+    x: np.ndarray,
+    *,
+    return_all: bool = False,
+    training: bool = False,
 ) -> np.ndarray | list[np.ndarray]:
-    """Inference forward pass of ``spec`` in float64.
+    """Forward pass of ``spec`` in float64 (``training``: a training step's forward; Dropout stays the identity).
 
     ``x`` is a batch ``(N, *spec.input_shape)`` (float images/sequences, or integer tokens when the
     model starts with an Embedding). ``weights`` is the neutral weight list (:func:`weight_slots`).
@@ -256,6 +267,31 @@ def reference_forward(
     every layer in order. Raises ``ValueError`` when the weights or the input do not match the spec,
     naming the first mismatching weight slot.
     """
+    return _run(spec, weights, x, training, return_all)[0]
+
+
+def reference_state_after_step(
+    spec: ModelSpec, weights: list[np.ndarray], x: np.ndarray, framework: str
+) -> list[np.ndarray]:
+    """The neutral weight list with every state slot (BatchNorm's running statistics) as ``framework`` leaves it
+    after one training step on ``x``; trainable slots are returned unchanged (the optimizer moves those)."""
+    from xfbench.analytics.layers.batchnorm import BatchNorm, running_update
+
+    inputs = _run(spec, weights, x, True, False)[1]
+    out = [np.asarray(w, dtype=np.float64) for w in weights]
+    slots = weight_slots(spec)
+    for pos, slot in enumerate(slots):
+        layer = spec.layers[slot.layer]
+        if isinstance(layer, BatchNorm) and slot.param == "moving_mean":
+            mean, var = running_update(inputs[slot.layer][0], out[pos], out[pos + 1], layer.momentum, framework)
+            out[pos], out[pos + 1] = mean, var
+    return out
+
+
+def _run(
+    spec: ModelSpec, weights: list[np.ndarray], x: np.ndarray, training: bool, return_all: bool
+) -> tuple[np.ndarray | list[np.ndarray], dict[int, list[np.ndarray]]]:
+    """The forward walk over the graph: (the output or every output, each unit layer's inputs)."""
     out_shapes = infer_shapes(spec)
     _check_weights(spec, weights)
     x = np.asarray(x)
@@ -266,12 +302,31 @@ def reference_forward(
     params_by_layer: dict[int, list[np.ndarray]] = {}
     for slot, arr in zip(weight_slots(spec), weights):
         params_by_layer.setdefault(slot.layer, []).append(np.asarray(arr, dtype=np.float64))
-    outputs: list[np.ndarray] = []
-    for i, layer in enumerate(spec.layers):
-        h = _layer_forward(layer, h, params_by_layer.get(i, []))
+    remaining = [len(c) for c in consumers(spec)]
+    outputs: list[np.ndarray | None] = []
+    unit_inputs: dict[int, list[np.ndarray]] = {}
+    for i, (layer, srcs) in enumerate(zip(spec.layers, layer_inputs(spec))):
+        ins = [h if j < 0 else outputs[j] for j in srcs]
+        unit = getattr(layer, "forward", None)
+        if unit is not None:
+            args = [a for a in ins if a is not None]
+            out = unit(args, params_by_layer.get(i, []), training)
+            unit_inputs[i] = args
+        else:
+            assert ins[0] is not None
+            out = _layer_forward(layer, ins[0], params_by_layer.get(i, []))
         expected = (x.shape[0], *out_shapes[i])
-        if h.shape != expected:  # a disagreement with analytics.shapes is a bug in one of the two
-            raise RuntimeError(f"layer {i} ({layer.type}) produced {h.shape}, shape inference says {expected}")
-        if return_all:
-            outputs.append(h)
-    return outputs if return_all else h
+        if out.shape != expected:  # a disagreement with analytics.shapes is a bug in one of the two
+            raise RuntimeError(f"layer {i} ({layer.type}) produced {out.shape}, shape inference says {expected}")
+        outputs.append(out)
+        if not return_all:  # free what no later layer reads (a ResNet's activations would add up otherwise)
+            for j in srcs:
+                if j >= 0:
+                    remaining[j] -= 1
+                    if remaining[j] == 0:
+                        outputs[j] = None
+    if return_all:
+        return [o for o in outputs if o is not None], unit_inputs
+    last = outputs[-1]
+    assert last is not None
+    return last, unit_inputs

@@ -24,6 +24,7 @@ from xfbench.analytics.spec import (
     ModelSpec,
     SpecError,
     _Pool,
+    layer_inputs,
 )
 
 Shape = tuple[int, ...]
@@ -142,41 +143,65 @@ def layer_output_shape(index: int, layer: Layer, shape: Shape, notes: list[str] 
     raise SpecError(f"unsupported layer type {layer.type}", layer=index, field="type", value=layer.type)
 
 
-def infer_shapes(spec: ModelSpec, *, warn: bool = False) -> list[Shape]:
-    """Per-sample output shape of every layer, in order. Raises :class:`SpecError` on invalid specs.
+def _layer_shape(index: int, layer: Layer, in_shapes: list[Shape], notes: list[str]) -> Shape:
+    """A unit type's own rule (``analytics/layers/``), else the rules above for a one-input layer."""
+    unit = getattr(layer, "output_shape", None)
+    if unit is not None:
+        return tuple(unit(index, in_shapes))
+    if len(in_shapes) != 1:
+        raise SpecError(
+            f"{layer.type} reads one input, got {len(in_shapes)}",
+            layer=index,
+            field="inputs",
+            value=list(layer.inputs or ()),
+        )
+    return layer_output_shape(index, layer, in_shapes[0], notes)
 
-    With ``warn=True``, emits a :class:`FlooredPaddingWarning` for each layer whose explicit padding
-    makes ``(W - F + 2P)/S + 1`` non-integer (see :func:`floored_padding_notes`).
-    """
+
+def _walk(spec: ModelSpec) -> tuple[list[Shape], list[list[Shape]], list[tuple[int, str]]]:
+    """Output shapes, input shapes (per layer, in ``inputs`` order) and floored-padding notes, over the graph."""
     shape: Shape = tuple(spec.input_shape)
     for v in shape:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise SpecError("sizes must be positive integers", field="input_shape", value=shape)
     if not spec.layers:
         raise SpecError("a model needs at least one layer", field="layers", value=[])
-    out: list[Shape] = []
-    for i, layer in enumerate(spec.layers):
+    outs: list[Shape] = []
+    ins: list[list[Shape]] = []
+    found: list[tuple[int, str]] = []
+    for i, (layer, srcs) in enumerate(zip(spec.layers, layer_inputs(spec))):
         notes: list[str] = []
-        shape = layer_output_shape(i, layer, shape, notes)
-        if warn and notes:
-            warnings.warn(f"layer {i} ({layer.label}): " + "; ".join(notes), FlooredPaddingWarning, stacklevel=2)
-        out.append(shape)
-    return out
+        in_shapes = [shape if j < 0 else outs[j] for j in srcs]
+        ins.append(in_shapes)
+        outs.append(_layer_shape(i, layer, in_shapes, notes))
+        if notes:
+            found.append((i, "; ".join(notes)))
+    return outs, ins, found
+
+
+def infer_shapes(spec: ModelSpec, *, warn: bool = False) -> list[Shape]:
+    """Per-sample output shape of every layer, in order. Raises :class:`SpecError` on invalid specs.
+
+    With ``warn=True``, emits a :class:`FlooredPaddingWarning` for each layer whose explicit padding
+    makes ``(W - F + 2P)/S + 1`` non-integer (see :func:`floored_padding_notes`).
+    """
+    outs, _, found = _walk(spec)
+    if warn:
+        for i, msg in found:
+            warnings.warn(f"layer {i} ({spec.layers[i].label}): {msg}", FlooredPaddingWarning, stacklevel=2)
+    return outs
 
 
 def floored_padding_notes(spec: ModelSpec) -> list[tuple[int, str]]:
     """``(layer index, message)`` for each layer whose explicit padding does not divide evenly."""
-    shape: Shape = tuple(spec.input_shape)
-    found: list[tuple[int, str]] = []
-    for i, layer in enumerate(spec.layers):
-        notes: list[str] = []
-        shape = layer_output_shape(i, layer, shape, notes)
-        if notes:
-            found.append((i, "; ".join(notes)))
-    return found
+    return _walk(spec)[2]
 
 
 def input_shapes(spec: ModelSpec) -> list[Shape]:
-    """Per-sample input shape of every layer (the previous layer's output)."""
-    outs = infer_shapes(spec)
-    return [tuple(spec.input_shape), *outs[:-1]]
+    """Per-sample shape of every layer's (first) input: the previous layer's output in a sequential model."""
+    return [ins[0] for ins in _walk(spec)[1]]
+
+
+def layer_input_shapes(spec: ModelSpec) -> list[list[Shape]]:
+    """Per-sample shapes of every layer's inputs, in ``inputs`` order."""
+    return _walk(spec)[1]

@@ -1,4 +1,8 @@
-"""The framework-neutral model spec: a sequential list of layers.
+"""The framework-neutral model spec: a list of layers that may form a graph.
+
+A layer reads the layer just above it (the first layer reads the model input) unless it names its
+``inputs``: a list of earlier layer names, or ``input`` for the model's input. The model's output is the
+last layer; every other layer's output must be read by some layer (see :func:`layer_inputs`).
 
 Conventions (every backend and every prediction follows them):
 
@@ -49,7 +53,13 @@ def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Layer:
-    """Base class of all layers. ``name`` is optional; predictions name unnamed layers by type."""
+    """Base class of all layers. ``name`` is optional; predictions name unnamed layers by type.
+
+    ``inputs`` (keyword-only, every type): the names of the layers this one reads, ``input`` for the model's
+    input; ``None`` reads the layer just above.
+    """
+
+    inputs: tuple[str, ...] | None = field(default=None, kw_only=True)
 
     @property
     def label(self) -> str:
@@ -204,6 +214,11 @@ _ALIASES = {
     "lrn": "LocalResponseNorm",
     "lstm": "LSTM",
     "embedding": "Embedding",
+    "add": "Add",
+    "concatenate": "Concatenate",
+    "concat": "Concatenate",
+    "batchnorm": "BatchNorm",
+    "batchnormalization": "BatchNorm",
     # activations as layer types
     "relu": "relu",
     "sigmoid": "sigmoid",
@@ -232,6 +247,15 @@ class ModelSpec:
         }
 
 
+def _register_units() -> None:
+    """Adds the layer types that are one unit each (``analytics/layers/``: they subclass :class:`Layer`, so they
+    are imported once this module exists)."""
+    if "Add" not in LAYER_TYPES:
+        from xfbench.analytics.layers import UNIT_TYPES
+
+        LAYER_TYPES.update({cls.__name__: cls for cls in UNIT_TYPES})
+
+
 def layer_from_dict(index: int, raw: Any) -> Layer:
     """Builds one layer from a mapping such as ``{"type": "Conv2D", "filters": 8, "kernel": 3}``."""
     if not isinstance(raw, dict):
@@ -245,6 +269,7 @@ def layer_from_dict(index: int, raw: Any) -> Layer:
             field="type",
             value=type_name,
         )
+    _register_units()
     canonical = _ALIASES.get(type_name.lower(), type_name)
     if canonical in ACTIVATIONS:
         data.setdefault("kind", canonical)
@@ -255,6 +280,8 @@ def layer_from_dict(index: int, raw: Any) -> Layer:
             f"unknown layer type; allowed: {', '.join(LAYER_TYPES)}", layer=index, field="type", value=type_name
         )
     allowed = {f.name for f in fields(cls)}
+    if "inputs" in data:
+        data["inputs"] = _inputs_field(index, data["inputs"])
     for key in data:
         if key not in allowed:
             raise SpecError(
@@ -271,6 +298,16 @@ def layer_from_dict(index: int, raw: Any) -> Layer:
         raise SpecError(f"{canonical}: {exc}", layer=index) from None
     validate_layer(index, layer)
     return layer
+
+
+def _inputs_field(index: int, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not raw or not all(isinstance(v, str) and v for v in raw):
+        raise SpecError(
+            "must be a non-empty list of earlier layer names or 'input'", layer=index, field="inputs", value=raw
+        )
+    return tuple(raw)
 
 
 def _check_positive_int(index: int, name: str, value: Any) -> None:
@@ -308,6 +345,13 @@ def validate_layer(index: int, layer: Layer) -> None:
     elif isinstance(layer, Embedding):
         _check_positive_int(index, "vocab", layer.vocab)
         _check_positive_int(index, "dim", layer.dim)
+    elif isinstance(layer, (GlobalAvgPool2D, Flatten)):
+        pass
+    else:
+        unit = getattr(layer, "validate", None)
+        if unit is None:
+            raise SpecError(f"layer type {layer.type} has no validation", layer=index, field="type", value=layer.type)
+        unit(index)
 
 
 def _check_padding(index: int, padding: Any) -> None:
@@ -349,6 +393,7 @@ def spec_from_dict(data: Any, *, default_name: str = "custom") -> ModelSpec:
     if not isinstance(raw_layers, list) or not raw_layers:
         raise SpecError("must be a non-empty list of layers", field="layers", value=raw_layers)
     layers = tuple(layer_from_dict(i, raw) for i, raw in enumerate(raw_layers))
+    layer_inputs_of(layers)  # names, references and unread outputs: one-line errors before any shape
     input_dtype = data.get("input_dtype")
     if input_dtype is None:
         input_dtype = "int64" if isinstance(layers[0], Embedding) else "float32"
@@ -361,3 +406,99 @@ def spec_from_dict(data: Any, *, default_name: str = "custom") -> ModelSpec:
         source=str(data.get("source", "")),
         input_dtype=input_dtype,
     )
+
+
+# ------------------------------------------------------------------------------------------------ the graph
+
+#: The name ``inputs`` uses for the model's input.
+MODEL_INPUT = "input"
+
+
+def layer_inputs_of(layers: tuple[Layer, ...]) -> tuple[tuple[int, ...], ...]:
+    """For each layer, the indices of the layers it reads (``-1``: the model input), in ``inputs`` order.
+
+    Raises :class:`SpecError` (one line: the layer, the field, the value) for a duplicate name, a name that is
+    unknown or refers to a later layer (a cycle), and a layer other than the last whose output nothing reads.
+    """
+    by_name: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        name = str(getattr(layer, "name", ""))
+        if not name:
+            continue
+        if name == MODEL_INPUT:
+            raise SpecError(f"'{MODEL_INPUT}' names the model's input", layer=i, field="name", value=name)
+        if name in by_name:
+            raise SpecError(f"duplicate layer name (also layer {by_name[name]})", layer=i, field="name", value=name)
+        by_name[name] = i
+    out: list[tuple[int, ...]] = []
+    for i, layer in enumerate(layers):
+        if layer.inputs is None:
+            out.append((i - 1,))
+            continue
+        srcs: list[int] = []
+        for ref in layer.inputs:
+            if ref == MODEL_INPUT:
+                srcs.append(-1)
+                continue
+            j = by_name.get(ref)
+            if j is None:
+                raise SpecError(
+                    f"unknown layer name; allowed: '{MODEL_INPUT}' or an earlier layer's name",
+                    layer=i,
+                    field="inputs",
+                    value=ref,
+                )
+            if j >= i:
+                raise SpecError(
+                    f"names layer {j}, which is not earlier (a cycle or a forward reference)",
+                    layer=i,
+                    field="inputs",
+                    value=ref,
+                )
+            srcs.append(j)
+        out.append(tuple(srcs))
+    read = {j for srcs in out for j in srcs}
+    for i, layer in enumerate(layers[:-1]):
+        if i not in read:
+            raise SpecError(
+                "this layer's output is never read (only the last layer may be the output); "
+                "name it in a later layer's inputs or remove it",
+                layer=i,
+                field="name",
+                value=layer.label,
+            )
+    return tuple(out)
+
+
+def layer_inputs(spec: ModelSpec) -> tuple[tuple[int, ...], ...]:
+    """:func:`layer_inputs_of` for a spec (cached: specs are frozen)."""
+    return _cached_inputs(spec.layers)
+
+
+_INPUTS_CACHE: dict[tuple[Layer, ...], tuple[tuple[int, ...], ...]] = {}
+
+
+def _cached_inputs(layers: tuple[Layer, ...]) -> tuple[tuple[int, ...], ...]:
+    found = _INPUTS_CACHE.get(layers)
+    if found is None:
+        found = layer_inputs_of(layers)
+        if len(_INPUTS_CACHE) > 64:
+            _INPUTS_CACHE.clear()
+        _INPUTS_CACHE[layers] = found
+    return found
+
+
+def is_sequential(spec: ModelSpec) -> bool:
+    """Every layer reads the one above it (no branch, no skip): the sequential model of the first waves."""
+    return all(srcs == (i - 1,) for i, srcs in enumerate(layer_inputs(spec)))
+
+
+def consumers(spec: ModelSpec) -> tuple[tuple[int, ...], ...]:
+    """For each layer, the indices of the layers that read its output (in order; a layer reading it twice
+    appears twice)."""
+    out: list[list[int]] = [[] for _ in spec.layers]
+    for i, srcs in enumerate(layer_inputs(spec)):
+        for j in srcs:
+            if j >= 0:
+                out[j].append(i)
+    return tuple(tuple(c) for c in out)

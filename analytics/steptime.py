@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xfbench.analytics.costs import canonical_framework, has_weights, layer_cost, needs_input_grad
+from xfbench.analytics.layers import BatchNorm
 from xfbench.analytics.memory import dtype_bytes
 from xfbench.analytics.roofline import DATASHEET_LABEL, DeviceSpec
-from xfbench.analytics.shapes import infer_shapes, padding_amounts
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes, padding_amounts
 from xfbench.analytics.spec import (
     LSTM,
     Activation,
@@ -464,7 +465,8 @@ def layer_work(
     w = dtype_bytes(dtype)
     B = batch_size
     outs = infer_shapes(spec)
-    ins = [tuple(spec.input_shape), *outs[:-1]]
+    all_ins = layer_input_shapes(spec)
+    ins = [shapes[0] for shapes in all_ins]
     grads = needs_input_grad(spec)
     b = _Builder(fw, w)
     channels_last = False
@@ -484,7 +486,10 @@ def layer_work(
             channels_last = True
         if isinstance(layer, (GlobalAvgPool2D, Flatten, Dense, LSTM, Embedding)):
             channels_last = False
-        if isinstance(layer, Conv2D):
+        unit = getattr(layer, "work", None)
+        if unit is not None:  # a unit type (analytics/layers/) lists its own work
+            unit(b, i, B, all_ins[i], out_shape, need_dx, training, fw_name)
+        elif isinstance(layer, Conv2D):
             assert isinstance(layer.kernel, tuple) and isinstance(layer.stride, tuple)
             c_in, h, wd = in_shape
             c_out, ho, wo = out_shape
@@ -626,8 +631,14 @@ def layer_work(
                 )
         elif isinstance(layer, Flatten):
             b.mem(i, "forward", "flatten (view)", 0.0, 1)
+        else:
+            raise ValueError(f"no step-time work rule for layer type {layer.type}")
         if training and has_weights(layer):
-            params = layer_cost(layer, in_shape, out_shape, fw_name).params
+            trainable = getattr(layer, "trainable_params", None)
+            if trainable is not None:
+                params = trainable(all_ins[i])
+            else:
+                params = layer_cost(layer, in_shape, out_shape, fw_name).params
             tensors = _param_tensors(layer, fw_name)
             streams = {"sgd": 3, "momentum": 5, "adam": 7}[optimizer]
             b.mem(i, "update", optimizer, streams * params * w, fw.update_ops[optimizer] * tensors, inplace=True)
@@ -681,6 +692,8 @@ def _param_tensors(layer: Any, framework: str) -> int:
         return 3 if framework == "tensorflow" else 4
     if isinstance(layer, (Conv2D, Dense)):
         return 2 if layer.use_bias else 1
+    if isinstance(layer, BatchNorm):
+        return 2  # gamma and beta (the running statistics have no update)
     return 1
 
 

@@ -35,8 +35,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from xfbench.analytics.layers import UNIT_TYPES
 from xfbench.analytics.memory import dtype_bytes
-from xfbench.analytics.shapes import infer_shapes, input_shapes, padding_amounts
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes, padding_amounts
 from xfbench.analytics.spec import (
     LSTM,
     Activation,
@@ -52,6 +53,8 @@ from xfbench.analytics.spec import (
     MaxPool2D,
     ModelSpec,
     SpecError,
+    consumers,
+    layer_inputs,
 )
 from xfbench.analytics.timeline_rules import (
     CONV_WORKSPACE,
@@ -269,7 +272,12 @@ class _Lowering:
         self.stage = "forward"
         self.params: list[tuple[str, int]] = []  # (name, bytes) in declaration order (model.parameters())
         self.runtime: dict[str, int] = {}  # framework-held caches created in the first step
+        self.buffers: list[tuple[str, int]] = []  # model state without gradients (BatchNorm's running statistics)
         self.notes: list[str] = []
+        # graphs: a value read by several layers is dropped by Python once its last reader has run
+        self.uses: dict[int, int] = {}
+        # gradients handed to several values at once (an Add's, a cat's slices): storage -> holders left
+        self.grad_refs: dict[int, int] = {}
 
     # ------------------------------------------------------------------ ops
 
@@ -331,8 +339,22 @@ class _Lowering:
         return self.run(op, inputs, sizes, label=label, params=params, name=name, contiguous=contiguous)["output"]
 
     def drop(self, v: _Val, label: str) -> None:
-        """Python no longer references ``v``."""
+        """Python no longer references ``v`` (in a graph: once its last reader has let go)."""
+        left = self.uses.get(v.vid, 1)
+        if left > 1:
+            self.uses[v.vid] = left - 1
+            return
+        self.uses.pop(v.vid, None)
         self.p.drop(v.tid, f"py{v.vid}", label, self.stage)
+
+    def _drop_g(self, tid: int, key: str) -> None:
+        """One value lets go of its gradient storage; freed when no value holds it any more."""
+        left = self.grad_refs.get(tid, 1)
+        if left > 1:
+            self.grad_refs[tid] = left - 1
+            return
+        self.grad_refs.pop(tid, None)
+        self.p.drop(tid, "g", key, self.stage)
 
     def alias(self, v: _Val, elems: int | None = None, contiguous: bool | None = None) -> _Val:
         """A Python-level view of ``v`` that autograd does not need to see (no allocation, no node)."""
@@ -383,11 +405,13 @@ class _Lowering:
             unneeded: list[int] = []
             temps: list[int] = []
             if rule.passthrough or (rule.view and not rule.backward):
-                src = node.inputs.get("input")
                 for buf in rule.backward:  # a passthrough op may still produce parameter gradients
                     made += self._param_grad(node, buf)
-                if src is not None and src.requires_grad:
-                    delivered.append((src, g_out))  # the same storage goes on: not freed here
+                # the same storage goes on to every operand that wants it (an Add's two inputs): not freed here
+                takers = [src for src in node.inputs.values() if src.requires_grad]
+                delivered.extend((src, g_out) for src in takers)
+                if len(takers) > 1:
+                    self.grad_refs[g_out] = self.grad_refs.get(g_out, 1) + len(takers) - 1
             else:
                 for buf in rule.backward:
                     if buf is FREE_TEMPS:
@@ -398,7 +422,7 @@ class _Lowering:
                     if buf.role.startswith("param:"):
                         made += self._param_grad(node, buf)
                         continue
-                    n = node.sizes[buf.size] * element_bytes(buf.dtype, self.c.width)
+                    n = node.sizes.get(buf.size, 0) * element_bytes(buf.dtype, self.c.width)
                     if buf.role in ("temp", "workspace"):
                         if n:  # a workspace of 0 elements: the op does not run (e.g. no input gradient wanted)
                             cat = "temporaries" if buf.role == "temp" else "workspace"
@@ -417,7 +441,7 @@ class _Lowering:
             for t in unneeded + temps[::-1]:
                 self.p.drop(t, "g", node.key, self.stage)
             if all(tid != g_out for _, tid in delivered):
-                self.p.drop(g_out, "g", node.key, self.stage)
+                self._drop_g(g_out, node.key)
             self._release(node)
             self._deliver(grads, delivered, node.key)
             if applied_early and made:
@@ -427,7 +451,7 @@ class _Lowering:
         for tid in pending:
             self.p.drop(tid, "grads", "apply", self.stage)
         for tid in list(grads.values()):
-            self.p.drop(tid, "g", "backward_end", self.stage)
+            self._drop_g(tid, "backward_end")
         self.p.drop(seed, "root", "backward_end", self.stage)
 
     def _param_grad(self, node: _Node, buf: Buf) -> list[int]:
@@ -445,16 +469,19 @@ class _Lowering:
             prev = grads.get(val.vid)
             if prev is None:
                 grads[val.vid] = tid
-            elif self.c.dispatch_mode or not TORCH_ACCUMULATE_IN_PLACE:
-                # out of place: the sum is a new tensor, both addends are freed
+            elif (
+                self.c.dispatch_mode or not TORCH_ACCUMULATE_IN_PLACE or prev in self.grad_refs or tid in self.grad_refs
+            ):
+                # out of place (also when an addend is shared with another value): the sum is a new tensor, both
+                # addends are let go
                 n = self.p.tensors[tid].nbytes
                 grads[val.vid] = self.p.alloc(f"{key}.grad_sum", n, "temporaries", f"{key}:accumulate", self.stage, "g")
-                self.p.drop(prev, "g", key, self.stage)
+                self._drop_g(prev, key)
                 late.append(tid)
             else:
                 self.p.drop(tid, "g", key, self.stage)  # added in place into the first gradient
         for tid in late:
-            self.p.drop(tid, "g", key, self.stage)
+            self._drop_g(tid, key)
 
     def _release(self, node: _Node) -> None:
         """The node ran: what it saved is let go (``release_variables`` after the backward op)."""
@@ -1014,7 +1041,9 @@ def simulate(
         raise ValueError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
     width = dtype_bytes(dtype)
     training = phase == "training"
-    ops = {"torch": TORCH_OPS, "tensorflow": TF_OPS, "mxnet": MXNET_OPS}[framework]
+    ops = dict({"torch": TORCH_OPS, "tensorflow": TF_OPS, "mxnet": MXNET_OPS}[framework])
+    for unit_type in UNIT_TYPES:  # each unit type's own rules (analytics/layers/)
+        ops.update(unit_type.RULES.get(framework, {}))
     round_to = TORCH_CUDA_ROUND_BYTES if (framework == "torch" and device == "gpu") else 1
     prog = _Program(round_to)
     if threads is None:
@@ -1061,8 +1090,19 @@ def simulate(
     # ---- forward (the lowering declares the parameters and caches as it meets them)
     v = prog.val(x_tid, x_elems)
     prog.hold(x_tid, f"py{v.vid}")
-    for i, (layer, a, o) in enumerate(zip(spec.layers, input_shapes(spec), outs)):
-        v = model.layer(i, layer, v, a, o)
+    readers = consumers(spec)
+    values: dict[int, _Val] = {-1: v}
+    low.uses[v.vid] = sum(srcs.count(-1) for srcs in layer_inputs(spec))
+    for i, (layer, srcs, ins, o) in enumerate(zip(spec.layers, layer_inputs(spec), layer_input_shapes(spec), outs)):
+        xs = [values[j] for j in srcs]
+        unit = getattr(layer, "simulate", None)
+        if unit is not None:
+            v = unit(model, f"{i}:{layer.label}", xs, ins, o)
+        else:
+            v = model.layer(i, layer, xs[0], ins[0], o)
+        values[i] = v
+        if len(readers[i]) > 1:
+            low.uses[v.vid] = len(readers[i])
     if training:
         loss = model.loss(v, batch_size * math.prod(outs[-1]))
         low.backward(loss)
@@ -1073,7 +1113,7 @@ def simulate(
     # ---- setup: parameters, labels, and in a steady state the optimizer state, the previous step's gradients
     # (freed by zero_grad(set_to_none=True) as the step begins) and the framework's caches
     tail, prog.steps = prog.steps[mark:], prog.steps[:mark]
-    for name, n in low.params:
+    for name, n in low.params + low.buffers:
         prog.alloc(f"param:{name}", n, "parameters", "setup", "setup", "model")
     if training:
         kind = output_kind(spec)

@@ -13,9 +13,12 @@ LSTM               kernel, recurrent_kernel, bias              ``(in, 4h)``, ``(
                                                                (PyTorch/MXNet's two biases are summed
                                                                on export, put in ``bias_ih`` on import)
 Embedding          embeddings                                  ``(vocab, dim)``
+BatchNorm          gamma, beta, moving_mean, moving_variance   ``(C,)`` each; the last two are
+                                                               state (not trainable), carried so
+                                                               that running statistics travel
 =================  ==========================================  ===========================
 
-All other layers have no weights.
+All other layers have no weights. A unit type (``analytics/layers/``) declares its slots itself.
 """
 
 from __future__ import annotations
@@ -24,24 +27,41 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from xfbench.analytics.shapes import infer_shapes, input_shapes
-from xfbench.analytics.spec import LSTM, Activation, Conv2D, Dense, Embedding, ModelSpec
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
+from xfbench.analytics.spec import (
+    LSTM,
+    Activation,
+    Conv2D,
+    Dense,
+    Dropout,
+    Embedding,
+    Flatten,
+    GlobalAvgPool2D,
+    LocalResponseNorm,
+    ModelSpec,
+    _Pool,
+)
 
 
 @dataclass(frozen=True)
 class WeightSlot:
     layer: int
     layer_name: str
-    param: str  # "kernel", "bias", "recurrent_kernel", "embeddings"
+    param: str  # "kernel", "bias", "recurrent_kernel", "embeddings", "gamma", ...
     shape: tuple[int, ...]
+    trainable: bool = True  # False: state the step updates without a gradient (BatchNorm's running statistics)
 
 
 def weight_slots(spec: ModelSpec) -> list[WeightSlot]:
     """The neutral weight list's entries, in order."""
     slots: list[WeightSlot] = []
-    for i, (layer, in_shape) in enumerate(zip(spec.layers, input_shapes(spec))):
+    for i, (layer, in_shapes) in enumerate(zip(spec.layers, layer_input_shapes(spec))):
+        in_shape = in_shapes[0]
         lname = layer.label if layer.label != layer.type else f"{layer.type.lower()}{i}"
-        if isinstance(layer, Conv2D):
+        unit = getattr(layer, "weight_slots", None)
+        if unit is not None:
+            slots.extend(WeightSlot(i, lname, param, shape, trainable) for param, shape, trainable in unit(in_shapes))
+        elif isinstance(layer, Conv2D):
             kh, kw = layer.kernel  # type: ignore[misc]
             slots.append(WeightSlot(i, lname, "kernel", (layer.filters, in_shape[0], kh, kw)))
             if layer.use_bias:
@@ -57,6 +77,10 @@ def weight_slots(spec: ModelSpec) -> list[WeightSlot]:
             slots.append(WeightSlot(i, lname, "bias", (4 * h,)))
         elif isinstance(layer, Embedding):
             slots.append(WeightSlot(i, lname, "embeddings", (layer.vocab, layer.dim)))
+        elif isinstance(layer, (Activation, Flatten, Dropout, _Pool, GlobalAvgPool2D, LocalResponseNorm)):
+            pass
+        else:
+            raise ValueError(f"no weight-slot rule for layer type {layer.type}")
     return slots
 
 
@@ -94,7 +118,10 @@ def _draw_weights(spec: ModelSpec, seed: int, dtype: str) -> list[np.ndarray]:
     draw = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     out: list[np.ndarray] = []
     for slot in weight_slots(spec):
-        if slot.param == "bias":
+        if slot.param in ("gamma", "moving_variance"):  # positive scales: uniform [0.5, 1.5)
+            out.append((rng.random(slot.shape, dtype=draw) + 0.5).astype(dtype, copy=False))
+            continue
+        if slot.param in ("bias", "beta", "moving_mean"):
             limit = 0.1
         elif slot.param == "embeddings":
             limit = math.sqrt(3.0)

@@ -87,6 +87,31 @@ HAND_PARAMS = {
     + _conv(10, 384, 3)
     + 2 * _conv(10, 10, 1),
     "mlp": _fc(784, 256) + _fc(256, 10),
+    # torchvision's documented counts (a second source) plus Keras' moving mean and variance, 2 per BatchNorm
+    # channel; the channels summed by hand: resnet18 64 + 2*2*64 + (2*2+1)*128 + (2*2+1)*256 + (2*2+1)*512
+    "resnet18": 11_689_512 + 2 * 4_800,
+    # 64 + 3*2*64 + (4*2+1)*128 + (6*2+1)*256 + (3*2+1)*512
+    "resnet34": 21_797_672 + 2 * 8_512,
+    # bottlenecks: 6w per block and 4w for the projection; keras.applications' ResNet50 has the same 53,120
+    # non-trainable statistics
+    "resnet50": 25_557_032 + 53_120,
+    "inception": _conv(64, 3, 7)
+    + _conv(64, 64, 1)
+    + _conv(192, 64, 3)
+    + sum(
+        _conv(n1, cin, 1)
+        + _conv(r3, cin, 1)
+        + _conv(n3, r3, 3)
+        + _conv(r5, cin, 1)
+        + _conv(n5, r5, 5)
+        + _conv(pp, cin, 1)
+        for cin, n1, r3, n3, r5, n5, pp in (
+            (192, 64, 96, 128, 16, 32, 32),
+            (256, 128, 128, 192, 32, 96, 64),
+            (480, 192, 96, 208, 16, 48, 64),
+        )
+    )
+    + _fc(512, 1000),
 }
 
 

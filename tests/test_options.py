@@ -296,7 +296,7 @@ def test_the_quick_profile_leaves_vgg16_and_vgg19_to_be_named() -> None:
         sel = options.select_configs(_run_options(["--backend", "torch", "--phase", "training", *argv]), expand=False)
         return [cfg.model for cfg, _ in sel.configs]
 
-    expected_quick = ["cnn3", "alexnet", "vgg11", "lstm", "lenet", "nin", "mlp"]
+    expected_quick = ["cnn3", "alexnet", "vgg11", "lstm", "lenet", "nin", "mlp", "resnet18", "inception"]
     assert models([]) == [m for m in CATALOG if m in expected_quick] and set(expected_quick) <= set(CATALOG)
     named = options.select_configs(_run_options(["--backend", "torch", "--models", "vgg16"]), expand=False)
     assert [(c.model, c.phase, c.batch_size, p.rounds) for c, p in named.configs] == [

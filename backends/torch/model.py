@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from xfbench.analytics.layers import Add, BatchNorm, Concatenate
 from xfbench.analytics.shapes import infer_shapes, input_shapes, same_padding
 from xfbench.analytics.spec import (
     LSTM,
@@ -32,6 +33,9 @@ from xfbench.analytics.spec import (
     MaxPool2D,
     ModelSpec,
     SpecError,
+    consumers,
+    is_sequential,
+    layer_inputs,
 )
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind
@@ -298,7 +302,73 @@ class EmbeddingLayer(SpecLayer):
         _assign(self.embedding.weight, arrays[0])
 
 
+class AddLayer(SpecLayer):
+    """``Add``: the sum of its inputs."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0] + xs[1]
+        for x in xs[2:]:
+            out = out + x
+        return out
+
+
+class ConcatLayer(SpecLayer):
+    """``Concatenate``: channels of ``(N, C, H, W)``, the last axis otherwise."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=1 if xs[0].dim() == 4 else -1)
+
+
+class BatchNormLayer(SpecLayer):
+    """``BatchNorm``: ``nn.BatchNorm2d`` per channel of an image, ``nn.BatchNorm1d`` per feature otherwise (a
+    ``(N, T, F)`` input is normalized as ``(N*T, F)``: the statistics run over N and T). The spec's momentum is
+    PyTorch's own; the running variance PyTorch stores is the unbiased one (``analytics/layers/batchnorm.py``)."""
+
+    def __init__(self, layer: BatchNorm, in_shape: tuple[int, ...]):
+        super().__init__()
+        c = in_shape[0] if len(in_shape) == 3 else in_shape[-1]
+        cls = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
+        self.bn = cls(c, eps=layer.epsilon, momentum=layer.momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            n, t, f = x.shape
+            return self.bn(x.reshape(n * t, f)).reshape(n, t, f)
+        return self.bn(x)
+
+    def neutral_count(self) -> int:
+        return 4
+
+    def get_neutral(self) -> list[np.ndarray]:
+        bn = self.bn
+        assert bn.running_mean is not None and bn.running_var is not None
+        return [_export(bn.weight), _export(bn.bias), _export(bn.running_mean), _export(bn.running_var)]
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        bn = self.bn
+        assert bn.running_mean is not None and bn.running_var is not None
+        for target, array in zip((bn.weight, bn.bias, bn.running_mean, bn.running_var), arrays):
+            _assign(target, array)
+
+
+def _make_unit(index: int, layer: Layer, in_shape: tuple[int, ...]) -> SpecLayer:
+    """The builders of the unit types (``analytics/layers/``), one per type."""
+    if isinstance(layer, Add):
+        return AddLayer()
+    if isinstance(layer, Concatenate):
+        return ConcatLayer()
+    if isinstance(layer, BatchNorm):
+        return BatchNormLayer(layer, in_shape)
+    raise SpecError(f"layer type {layer.type} is not supported with torch", layer=index, field="type", value=layer.type)
+
+
+#: The unit types this backend builds (the completeness test checks it against analytics.layers.UNIT_TYPES).
+UNIT_BUILDERS = (Add, Concatenate, BatchNorm)
+
+
 def _make_layer(index: int, layer: Layer, in_shape: tuple[int, ...]) -> SpecLayer:
+    if isinstance(layer, UNIT_BUILDERS):
+        return _make_unit(index, layer, in_shape)
     if isinstance(layer, Conv2D):
         return ConvLayer(layer, in_shape[0])
     if isinstance(layer, (MaxPool2D, AvgPool2D)):
@@ -334,11 +404,32 @@ class TorchModel(nn.Module):
         )
         self.xf_device = torch.device("cpu")
         self.xf_dtype = torch.float32
+        self.sources = layer_inputs(spec)
+        self.sequential = is_sequential(spec)
+        # graphs: after layer i runs, the outputs no later layer reads are let go (their memory, unless autograd
+        # saved them)
+        readers = consumers(spec)
+        last_read = {j: max(r) for j, r in enumerate(readers) if r}
+        last_read[-1] = max(i for i, srcs in enumerate(self.sources) if -1 in srcs)
+        self.release_after: list[tuple[int, ...]] = [
+            tuple(j for j, last in last_read.items() if last == i) for i in range(len(spec.layers))
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+        if self.sequential:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        values: dict[int, torch.Tensor] = {-1: x}
+        del x
+        out = None
+        for i, (layer, srcs) in enumerate(zip(self.layers, self.sources)):
+            out = layer(*(values[j] for j in srcs))
+            for j in self.release_after[i]:
+                del values[j]
+            values[i] = out
+        assert out is not None
+        return out
 
     def spec_layers(self) -> list[SpecLayer]:
         """``layers`` typed as :class:`SpecLayer` (``nn.ModuleList`` yields plain modules)."""
@@ -399,7 +490,8 @@ def get_weights(model: TorchModel) -> list[np.ndarray]:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of scalars in ``model.parameters()`` (an LSTM counts both of PyTorch's biases, 8h)."""
+    """Number of scalars in ``model.parameters()`` (an LSTM counts both of PyTorch's biases, 8h; a BatchNorm's
+    running statistics are buffers, not counted)."""
     return int(sum(p.numel() for p in model.parameters()))
 
 

@@ -48,6 +48,11 @@ def _prediction_text(pred: Prediction, binary: bool) -> str:
         f"forward FLOPs           {fmt_flops(pred.forward_flops)}  (conv/dense/LSTM, 2 per MAC)",
         f"  + bias adds           {fmt_flops(pred.forward_flops_with_bias)}",
         f"  activation / pool     {fmt_flops(pred.total('activation_flops'))} / {fmt_flops(pred.total('pool_flops'))}",
+        *(
+            [f"  norm / add            {fmt_flops(pred.total('norm_flops'))} / {fmt_flops(pred.total('add_flops'))}"]
+            if pred.total("norm_flops") or pred.total("add_flops")
+            else []
+        ),
         f"backward FLOPs          {fmt_flops(pred.backward_flops)}",
         "",
     ]

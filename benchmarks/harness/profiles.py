@@ -39,6 +39,12 @@ PROFILES: dict[str, dict[str, Plan]] = {
         "lenet": Plan((32,), 20),
         "nin": Plan((2,), 5),
         "mlp": Plan((64,), 30),
+        # graphs (issue 19): ResNet-18 and the inception stem + modules at the published 224x224, batch 1; the
+        # deeper ResNets only when named
+        "resnet18": Plan((1,), 3),
+        "resnet34": Plan((1,), 3, by_default=False),
+        "resnet50": Plan((1,), 3, by_default=False),
+        "inception": Plan((1,), 3),
     },
     "full": {
         "cnn3": Plan((50,), 5),
@@ -50,6 +56,11 @@ PROFILES: dict[str, dict[str, Plan]] = {
         "lenet": Plan((256,), 30),
         "nin": Plan((128,), 5),
         "mlp": Plan((256,), 50),
+        # MLPerf's ResNet-50 training reference runs 32 per device at 224x224
+        "resnet18": Plan((32,), 3),
+        "resnet34": Plan((32,), 3),
+        "resnet50": Plan((32,), 3),
+        "inception": Plan((32,), 3),
     },
 }
 DEFAULT_PLAN = Plan((1,), 5)  # custom spec files

@@ -1,0 +1,202 @@
+"""``BatchNorm``: per channel of ``(C, H, W)``, per feature (last axis) otherwise.
+
+Fields (the file format): ``epsilon`` (1e-5), ``momentum`` (0.1, PyTorch's convention: running = (1 - m) running
++ m batch). Each backend converts: Keras ``momentum = 1 - m``, Gluon ``momentum = 1 - m``.
+
+* parameters: trainable ``gamma`` and ``beta`` (``C`` each), state ``moving_mean`` and ``moving_variance``
+  (``C`` each). Per framework convention: PyTorch's ``parameters()`` holds 2C (the statistics are buffers);
+  Keras' ``count_params`` and Gluon's ``collect_params`` hold 4C (the statistics are non-trainable weights,
+  ``grad_req='null'`` in Gluon);
+* neutral weight format: the four arrays in that order (the state travels with the weights, so that a model
+  exported after a training step carries its running statistics);
+* FLOPs (``norm`` column, per element): inference ``(x - mean) * inv_std * gamma + beta``: 4; a training step's
+  forward adds the batch statistics (a sum, and a centred sum of squares: 1 + 3): 8;
+* reference: inference normalizes with the running statistics; a training step's forward with the batch's
+  (mean and biased variance over N and the spatial axes); :func:`running_update` gives the new running
+  statistics: PyTorch folds in the unbiased variance (``n / (n - 1)``), Keras and MXNet the biased one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from xfbench.analytics.spec import Layer, SpecError
+from xfbench.analytics.timeline_rules import Buf, OpRule
+
+_STATS = (Buf("output", "output"), Buf("aux:save_mean", "stat"), Buf("aux:save_var", "stat"))
+_GRADS = (Buf("grad:input", "input"), Buf("param:weight", "weight"), Buf("param:bias", "bias"))
+
+Shape = tuple[int, ...]
+
+#: The running-variance estimator each framework folds into its statistics (measured by the backends' tests).
+UNBIASED_RUNNING_VARIANCE = {"torch": True, "tensorflow": False, "mxnet": False}
+
+
+def _channels(shape: Shape) -> int:
+    return shape[0] if len(shape) == 3 else shape[-1]
+
+
+def _reduce_axes(x: np.ndarray) -> tuple[int, ...]:
+    """Batch axes of ``x`` (N first): all but the channel axis 1 of an image, all but the last otherwise."""
+    if x.ndim == 4:
+        return (0, 2, 3)
+    return tuple(range(x.ndim - 1))
+
+
+def _broadcast(v: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return v.reshape(1, -1, 1, 1) if x.ndim == 4 else v
+
+
+def running_update(
+    x: np.ndarray, moving_mean: np.ndarray, moving_variance: np.ndarray, momentum: float, framework: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The running statistics after one training step on ``x`` (N first), under ``framework``'s estimator."""
+    axes = _reduce_axes(x)
+    n = math.prod(x.shape[a] for a in axes)
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    if UNBIASED_RUNNING_VARIANCE[framework]:
+        var = var * n / max(n - 1, 1)
+    return (1 - momentum) * moving_mean + momentum * mean, (1 - momentum) * moving_variance + momentum * var
+
+
+@dataclass(frozen=True)
+class BatchNorm(Layer):
+    """Batch normalization with trainable scale and shift and running statistics (see the module docstring)."""
+
+    epsilon: float = 1e-5
+    momentum: float = 0.1
+    name: str = ""
+
+    #: The simulated step's op names per framework (their rules: analytics/timeline_rules.py).
+    OPS: ClassVar[dict[str, str]] = {
+        "torch": "native_batch_norm",
+        "tensorflow": "FusedBatchNormV3",
+        "mxnet": "BatchNorm",
+    }
+    RULES: ClassVar[dict[str, dict[str, OpRule]]] = {
+        "torch": {
+            "native_batch_norm": OpRule(
+                _STATS,
+                ("input", "aux:save_mean", "aux:save_var"),
+                _GRADS,
+                "tools/autograd/derivatives.yaml native_batch_norm: native_batch_norm_backward(grad, input, weight, "
+                "running_mean, running_var, result1, result2, ...) saves the input and the batch mean and invstd",
+            )
+        },
+        "tensorflow": {
+            "FusedBatchNormV3": OpRule(
+                _STATS,
+                ("input", "aux:save_mean", "aux:save_var"),
+                _GRADS,
+                "python/ops/nn_grad.py _FusedBatchNormV3Grad: x, scale and reserve_space_1/2 (the batch mean and "
+                "variance) kept for FusedBatchNormGradV3 (first approximation, not measured)",
+            ),
+            "batch_normalization": OpRule(
+                _STATS[:1], (), (), "inference: the normalized output only (first approximation, not measured)"
+            ),
+        },
+        "mxnet": {
+            "BatchNorm": OpRule(
+                _STATS,
+                ("input", "aux:save_mean", "aux:save_var"),
+                _GRADS,
+                "src/operator/nn/batch_norm.cc: the backward reads the input and the saved mean and variance "
+                "(first approximation, not measured)",
+            )
+        },
+    }
+
+    def validate(self, index: int) -> None:
+        eps = self.epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise SpecError("must be a positive number", layer=index, field="epsilon", value=eps)
+        m = self.momentum
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
+            raise SpecError("must be in [0, 1] (PyTorch's convention)", layer=index, field="momentum", value=m)
+        if self.inputs is not None and len(self.inputs) != 1:
+            raise SpecError("BatchNorm reads one input", layer=index, field="inputs", value=list(self.inputs))
+
+    def output_shape(self, index: int, in_shapes: list[Shape]) -> Shape:
+        shape = tuple(in_shapes[0])
+        if len(shape) not in (1, 2, 3):
+            raise SpecError(
+                f"BatchNorm needs a (C, H, W), (T, F) or (F,) input, got {len(shape)}-D per sample",
+                layer=index,
+                field="input",
+                value=shape,
+            )
+        return shape
+
+    def trainable_params(self, in_shapes: list[Shape]) -> int:
+        return 2 * _channels(in_shapes[0])
+
+    def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> Any:
+        from xfbench.analytics.costs import LayerCost
+
+        c = _channels(in_shapes[0])
+        return LayerCost(params=(2 if framework == "torch" else 4) * c, norm=4 * math.prod(out_shape))
+
+    def training_norm_flops(self, out_shape: Shape) -> int:
+        """Per-sample FLOPs of a training step's forward: the statistics (4 per element) on top of :meth:`cost`."""
+        return 4 * math.prod(out_shape)
+
+    def weight_slots(self, in_shapes: list[Shape]) -> list[tuple[str, Shape, bool]]:
+        c = _channels(in_shapes[0])
+        return [
+            ("gamma", (c,), True),
+            ("beta", (c,), True),
+            ("moving_mean", (c,), False),
+            ("moving_variance", (c,), False),
+        ]
+
+    def forward(self, inputs: list[np.ndarray], params: list[np.ndarray], training: bool) -> np.ndarray:
+        x = inputs[0]
+        gamma, beta, moving_mean, moving_variance = params
+        if training:
+            axes = _reduce_axes(x)
+            mean, var = x.mean(axis=axes), x.var(axis=axes)
+        else:
+            mean, var = moving_mean, moving_variance
+        inv = gamma / np.sqrt(var + self.epsilon)
+        return (x - _broadcast(mean, x)) * _broadcast(inv, x) + _broadcast(beta, x)
+
+    def simulate(self, model: Any, label: str, xs: list[Any], in_shapes: list[Shape], out_shape: Shape) -> Any:
+        low = model.low
+        fw = low.c.framework
+        x = xs[0]
+        c = _channels(in_shapes[0])
+        width = low.c.width
+        params = {"weight": c * width, "bias": c * width}
+        for name in ("weight", "bias"):
+            low.params.append((f"{label}.{name}", c * width))
+        for name in ("running_mean", "running_var"):
+            low.buffers.append((f"{label}.{name}", c * width))
+        op = self.OPS[fw] if low.c.training or fw != "tensorflow" else "batch_normalization"
+        sizes = {"input": x.elems, "output": x.elems, "stat": c}
+        y = low.out(op, {"input": x}, sizes, label=label, params=params)
+        low.drop(x, label)
+        return y
+
+    def work(
+        self,
+        b: Any,
+        i: int,
+        batch: int,
+        in_shapes: list[Shape],
+        out_shape: Shape,
+        need_dx: bool,
+        training: bool,
+        framework: str,
+    ) -> None:
+        """Memory-bound passes: inference reads the input and writes the output; a training step reads the input
+        twice more for the statistics; the backward reads input and gradient twice (the two reductions, then
+        the input gradient) and writes the input gradient."""
+        elems = batch * math.prod(out_shape)
+        w = b.w
+        b.mem(i, "forward", "batchnorm", (4 if training else 2) * elems * w, 1, 0, out=elems * w)
+        if training:
+            b.mem(i, "weight_grad", "batchnorm grad", (5 if need_dx else 2) * elems * w, 1, 0, out=elems * w)
