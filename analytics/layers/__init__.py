@@ -2,7 +2,7 @@
 parameters per framework convention, its FLOPs, its weight slots, its numpy reference and its simulated-step ops.
 
 A unit is a frozen dataclass subclassing :class:`analytics.spec.Layer` with these methods (the facets every
-dispatch in the suite calls; ``tests/test_layer_units.py`` walks :data:`UNIT_TYPES` and fails when one lacks a
+dispatch in the suite calls; ``tests/test_graph_spec.py`` walks :data:`UNIT_TYPES` and fails when one lacks a
 facet or a backend builder):
 
 * ``validate(index)``: its own fields (raises :class:`~analytics.spec.SpecError`);
@@ -11,7 +11,8 @@ facet or a backend builder):
 * ``weight_slots(in_shapes)``: ``[(param, shape, trainable), ...]`` in the neutral weight format;
 * ``forward(inputs, params, training)``: float64 numpy reference (``training``: a training step's forward);
 * ``simulate(model, label, xs, in_shapes, out_shape)``: the ops of the simulated step (``analytics/timeline.py``);
-* ``work(builder, index, in_shapes, out_shape, need_dx)``: the step-time work items (``analytics/steptime.py``).
+* ``work(b, i, batch, in_shapes, out_shape, need_dx, training, framework)``: the step-time work items
+  (``analytics/steptime.py``).
 
 See ``docs/architecture.md``, "Add a layer type", for the files a new type touches, in order.
 """

@@ -71,10 +71,10 @@ class BatchNorm(Layer):
     momentum: float = 0.1
     name: str = ""
 
-    #: The simulated step's op names per framework (their rules: analytics/timeline_rules.py).
+    #: The simulated step's op names per framework (their rules: RULES below).
     OPS: ClassVar[dict[str, str]] = {
         "torch": "native_batch_norm",
-        "tensorflow": "FusedBatchNormV3",
+        "tensorflow": "BatchNormTrain",
         "mxnet": "BatchNorm",
     }
     RULES: ClassVar[dict[str, dict[str, OpRule]]] = {
@@ -87,16 +87,24 @@ class BatchNorm(Layer):
                 "running_mean, running_var, result1, result2, ...) saves the input and the batch mean and invstd",
             )
         },
+        # Keras 3.15 has no fused path (keras/src/backend/tensorflow/nn.py batch_normalization calls
+        # tf.nn.batch_normalization; the traced graph, tests/test_graph_tensorflow.py): x * scale (Mul, full size),
+        # + shift (AddV2, the output); a training step first computes the moments (SquaredDifference, full size,
+        # and two Means) and keeps x for the gradients of Mul and SquaredDifference, whose backward makes several
+        # full-size temporaries (Tile, RealDiv, Mul, Sub) before the AddN of the input gradient
         "tensorflow": {
-            "FusedBatchNormV3": OpRule(
-                _STATS,
+            "BatchNormTrain": OpRule(
+                (Buf("aux:squared_difference", "input"), Buf("aux:scaled", "input"), *_STATS),
                 ("input", "aux:save_mean", "aux:save_var"),
-                _GRADS,
-                "python/ops/nn_grad.py _FusedBatchNormV3Grad: x, scale and reserve_space_1/2 (the batch mean and "
-                "variance) kept for FusedBatchNormGradV3 (first approximation, not measured)",
+                (Buf("temp", "input"), Buf("temp", "input"), Buf("temp", "input"), *_GRADS),
+                "tf.nn.moments + tf.nn.batch_normalization as traced on TF 2.21 / Keras 3.15 (op types read from the "
+                "graph; the temporaries' lifetimes are a first approximation, not measured)",
             ),
-            "batch_normalization": OpRule(
-                _STATS[:1], (), (), "inference: the normalized output only (first approximation, not measured)"
+            "BatchNormInfer": OpRule(
+                (Buf("aux:scaled", "input"), Buf("output", "output")),
+                (),
+                (),
+                "tf.nn.batch_normalization: Mul (x * scale), then AddV2 (the output); first approximation",
             ),
         },
         "mxnet": {
@@ -175,7 +183,7 @@ class BatchNorm(Layer):
             low.params.append((f"{label}.{name}", c * width))
         for name in ("running_mean", "running_var"):
             low.buffers.append((f"{label}.{name}", c * width))
-        op = self.OPS[fw] if low.c.training or fw != "tensorflow" else "batch_normalization"
+        op = self.OPS[fw] if low.c.training or fw != "tensorflow" else "BatchNormInfer"
         sizes = {"input": x.elems, "output": x.elems, "stat": c}
         y = low.out(op, {"input": x}, sizes, label=label, params=params)
         low.drop(x, label)

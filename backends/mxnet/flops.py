@@ -21,6 +21,16 @@ without an entry gets :data:`DEFAULT_RULE`:
 * every other operator that computes (``Activation``, ``softmax``, ``LRN``, ``elemwise_div``...):
   :data:`DEFAULT_RULE` = :func:`elementwise_rule`, one FLOP per output element under its MXNet name.
 
+Graph specs (:mod:`backends.mxnet.model` walks the spec's graph) are counted on the same symbol graph; the
+layer types without a matrix product fall to the rules above: an ``Add`` of ``k`` inputs is ``k - 1``
+``elemwise_add`` ops, one FLOP per output element each (= the analytic ``add`` column; its ``.grad`` term in
+training when any of its inputs depends on a parameter); a ``Concatenate`` is
+``Concat``, data movement (0, as analytically); a ``BatchNorm`` is the ``BatchNorm`` operator under
+:data:`DEFAULT_RULE`, one FLOP per output element (and ``"BatchNorm.grad"`` as many again in training when its
+input depends on a parameter), not the analytic ``norm`` column's 4 per element (8 in a training step's forward).
+None of them is in ``total`` nor in the analytic count it is compared with (matrix products only), so none is
+listed in ``unsupported``: that names a weighted spec layer whose matrix product the walk did not find.
+
 ``total`` is the matrix-product work only: ``Convolution + FullyConnected + RNN`` (2 per MAC, no bias,
 no activation/pooling); ``by_op`` has all of the above.
 
@@ -48,6 +58,9 @@ from xfbench.backends.base import FlopCount
 
 COUNTER = "mxnet-symbol-graph"
 _MATMUL_OPS = ("Convolution", "FullyConnected", "RNN")
+# Operators all of whose inputs are data (an Add's ``elemwise_add``): a gradient flows back when any input
+# depends on a parameter, not only input 0 (the spec's Add may name the model input first).
+_ALL_DATA_OPS = ("elemwise_add", "_Plus", "add_n", "ElementWiseSum")
 _GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 # The counter's total is already what the analytic count predicts under its convention.
@@ -300,7 +313,8 @@ def count_flops(model: Any, spec: ModelSpec, batch_size: int, phase: str = "infe
             op=op,
             attrs=node.get("attrs", {}),
             out_shape=node_shapes[idx][0],
-            in_dep=bool(inputs) and needs_grad[inputs[0][0]],
+            in_dep=bool(inputs)
+            and (any(needs_grad[src] for src, _, _ in inputs) if op in _ALL_DATA_OPS else needs_grad[inputs[0][0]]),
             training=training,
             inputs=tuple((src, out) for src, out, _ in inputs),
             graph_shapes=node_shapes,

@@ -2,8 +2,10 @@
 
 The model is an :class:`XfNet` (a ``gluon.nn.HybridSequential``) with exactly one child block per spec
 layer, named with the prefix ``l<index>_`` so every operator of the exported symbol graph can be traced
-back to its spec layer (:mod:`backends.mxnet.flops` relies on this). Layout is NCHW throughout, so
-inputs and outputs are in the spec's channels-first layout without transposes.
+back to its spec layer (:mod:`backends.mxnet.flops` relies on this). Its forward walks the spec's graph
+(:func:`analytics.spec.layer_inputs`): each child reads the outputs its layer names (a sequential spec reads
+the layer above, the same chain as ``HybridSequential``'s). Layout is NCHW throughout, so inputs and
+outputs are in the spec's channels-first layout without transposes.
 
 Where MXNet differs from the spec:
 
@@ -21,6 +23,19 @@ Where MXNet differs from the spec:
   sizes; for even sizes its channel window differs, so those (and float64 models: MXNet's ``LRN`` has no
   float64 kernel) are built from ``square``/``Pooling``.
 * Softmax (layer or fused activation) is ``softmax`` over the last axis of the channels-first tensor.
+* Add is a chain of ``elemwise_add`` (``inputs - 1`` ops); Concatenate is ``Concat`` on the channel axis 1
+  of ``(N, C, H, W)``, the last axis otherwise (:func:`analytics.layers.concatenate.concat_axis`).
+* BatchNorm is ``nn.BatchNorm`` (the ``BatchNorm`` operator) on axis 1 of ``(N, C, H, W)``, the last axis
+  otherwise, ``scale``/``center`` on (``fix_gamma=False``), the spec's ``epsilon``, and Gluon's momentum
+  ``1 - m`` (the spec's ``m`` is PyTorch's: running = (1 - m) running + m batch; MXNet's is running =
+  momentum running + (1 - momentum) batch). Its four parameters ``gamma``, ``beta``, ``running_mean``,
+  ``running_var`` are the neutral slots in that order; the last two have ``grad_req='null'`` (the Trainer
+  skips them). Inference (predict mode) normalizes with the running statistics; a training step
+  (``train_mode=True``) with the batch's, and MXNet folds the batch's mean and biased variance into the
+  running statistics (``tests/test_graph_mxnet.py`` measures the estimator). On the CPU (oneDNN float32 and the
+  native float64 kernel alike) this happens in the operator's backward pass (measured: a recorded forward
+  without ``backward()`` leaves them unchanged); on a GPU cuDNN's forward-training kernel updates them (source
+  reading, not measured here).
 """
 
 from __future__ import annotations
@@ -32,7 +47,10 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
-from xfbench.analytics.shapes import input_shapes, padding_amounts
+from xfbench.analytics.layers.add import Add
+from xfbench.analytics.layers.batchnorm import BatchNorm
+from xfbench.analytics.layers.concatenate import Concatenate, concat_axis
+from xfbench.analytics.shapes import layer_input_shapes, padding_amounts
 from xfbench.analytics.spec import (
     LSTM,
     Activation,
@@ -47,6 +65,8 @@ from xfbench.analytics.spec import (
     LocalResponseNorm,
     MaxPool2D,
     ModelSpec,
+    consumers,
+    layer_inputs,
 )
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, weight_slots
@@ -61,16 +81,32 @@ _TINY = float(np.finfo(np.float32).tiny)
 
 
 class XfNet(nn.HybridSequential):
-    """A ``HybridSequential`` that remembers its spec, context and the blocks holding each layer's weights."""
+    """A ``HybridSequential`` that remembers its spec, context and the blocks holding each layer's weights, and
+    whose forward walks the spec's graph: child ``i`` reads the outputs of the layers its spec layer names."""
 
     def __init__(self, spec: ModelSpec, ctx: mx.Context, dtype: str) -> None:
         super().__init__(prefix="xf_")
         self.xf_spec = spec
         self.xf_ctx = ctx
         self.xf_dtype = dtype
-        # spec layer index -> prefix of the Gluon block owning its parameters (Conv2D, Dense, LSTM, Embedding).
-        # Prefixes, not blocks: Gluon warns about blocks kept in a plain dict.
+        # spec layer index -> prefix of the Gluon block owning its parameters (Conv2D, Dense, LSTM, Embedding,
+        # BatchNorm). Prefixes, not blocks: Gluon warns about blocks kept in a plain dict.
         self.xf_param_prefix: dict[int, str] = {}
+        # per layer, the indices of the layers it reads (-1: the model input), and how many layers read each
+        self.xf_inputs: tuple[tuple[int, ...], ...] = layer_inputs(spec)
+        self.xf_readers: tuple[int, ...] = tuple(len(c) for c in consumers(spec))
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        outputs: list[Any] = []
+        remaining = list(self.xf_readers)
+        for block, srcs in zip(self._children.values(), self.xf_inputs):
+            outputs.append(block(*(x if j < 0 else outputs[j] for j in srcs)))
+            for j in srcs:  # drop what no later layer reads (imperative mode holds the arrays otherwise)
+                if j >= 0:
+                    remaining[j] -= 1
+                    if remaining[j] == 0:
+                        outputs[j] = None
+        return outputs[-1]
 
 
 class _Pad(nn.HybridBlock):
@@ -139,6 +175,26 @@ class _LRN(nn.HybridBlock):
         return x / F.power(self._k + self._alpha * mean, self._beta)
 
 
+class _Add(nn.HybridBlock):
+    """The element-wise sum of two or more equal-shape inputs: a chain of ``elemwise_add``."""
+
+    def hybrid_forward(self, F: Any, x: Any, *others: Any) -> Any:
+        for other in others:
+            x = F.elemwise_add(x, other)
+        return x
+
+
+class _Concat(nn.HybridBlock):
+    """``Concat`` of two or more inputs along ``dim`` (of the batched tensor)."""
+
+    def __init__(self, dim: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._dim = dim
+
+    def hybrid_forward(self, F: Any, *xs: Any) -> Any:
+        return F.concat(*xs, dim=self._dim)
+
+
 def _activation_block(kind: str, prefix: str) -> nn.HybridBlock:
     if kind == "softmax":
         return _Softmax(prefix=prefix)
@@ -155,8 +211,26 @@ def _hw_pads(
 
 
 def _layer_block(net: XfNet, i: int, layer: Layer, in_shape: tuple[int, ...]) -> nn.HybridBlock:
-    """One Gluon block for spec layer ``i`` (prefix ``l<i>_``); registers its parameter block on ``net``."""
+    """One Gluon block for spec layer ``i`` (prefix ``l<i>_``); registers its parameter block on ``net``.
+    ``in_shape``: the per-sample shape of its (first) input."""
     prefix = f"l{i}_"
+    if isinstance(layer, Add):
+        return _Add(prefix=prefix)
+    if isinstance(layer, Concatenate):
+        return _Concat(1 + concat_axis(in_shape), prefix=prefix)
+    if isinstance(layer, BatchNorm):
+        channel_axis = 0 if len(in_shape) == 3 else len(in_shape) - 1  # C of (C, H, W), else the last axis
+        bn = nn.BatchNorm(
+            axis=1 + channel_axis,
+            momentum=1.0 - layer.momentum,
+            epsilon=layer.epsilon,
+            center=True,
+            scale=True,
+            in_channels=in_shape[channel_axis],
+            prefix=prefix,
+        )
+        net.xf_param_prefix[i] = bn.prefix
+        return bn
     if isinstance(layer, Conv2D):
         pads = _hw_pads(layer.padding, in_shape[1:], layer.kernel, layer.stride)  # type: ignore[arg-type]
         symmetric = pads[0] == pads[1] and pads[2] == pads[3]
@@ -257,9 +331,10 @@ def _layer_block(net: XfNet, i: int, layer: Layer, in_shape: tuple[int, ...]) ->
 def build_model(
     spec: ModelSpec, device: str = "cpu", dtype: str = "float32", seed: int = 0, init: bool = True
 ) -> XfNet:
-    """A hybridized Gluon ``HybridSequential`` for ``spec``, initialized on ``device``.
+    """A hybridized Gluon :class:`XfNet` for ``spec`` (sequential or a graph), initialized on ``device``.
 
-    Weights are Xavier-normal (fan-in, magnitude 2) with zero biases, from MXNet's global RNG seeded
+    Weights are Xavier-normal (fan-in, magnitude 2) with zero biases (BatchNorm: gamma 1, beta 0, running mean 0,
+    running variance 1, Gluon's own initializers), from MXNet's global RNG seeded
     with ``seed``; ``init=False``: zeros, for a caller that loads weights next (MXNet's CPU draw of
     VGG-11's 129M weights took 7 s on the project's 2-core CPU). ``dtype`` is one of ``float32``,
     ``float16``, ``float64`` (inputs must then be cast by the caller; MXNet's LRN has no
@@ -271,8 +346,8 @@ def build_model(
     if dtype == "float16" and ctx.device_type == "cpu":
         raise NotSupported("float16 on the CPU is not supported with mxnet (it has no CPU FP16 GEMM)")
     net = XfNet(spec, ctx, dtype)
-    for i, (layer, in_shape) in enumerate(zip(spec.layers, input_shapes(spec))):
-        net.add(_layer_block(net, i, layer, tuple(in_shape)))
+    for i, (layer, in_shapes) in enumerate(zip(spec.layers, layer_input_shapes(spec))):
+        net.add(_layer_block(net, i, layer, tuple(in_shapes[0])))
     if init:
         mx.random.seed(seed)
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2.0), ctx=ctx)
@@ -293,6 +368,10 @@ def _params_of(model: XfNet, index: int) -> dict[str, gluon.Parameter]:
     return {name[len(prefix) :]: p for name, p in model.collect_params().items() if name.startswith(prefix)}
 
 
+# Neutral BatchNorm slot -> Gluon parameter name (without the block prefix).
+_BN_PARAMS = {"gamma": "gamma", "beta": "beta", "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
 def _mx_slots(model: XfNet) -> list[tuple[gluon.Parameter, Callable[[np.ndarray], np.ndarray]]]:
     """``(parameter, neutral -> MXNet layout)`` per neutral slot, in :func:`weight_slots` order."""
     out: list[tuple[gluon.Parameter, Callable[[np.ndarray], np.ndarray]]] = []
@@ -311,6 +390,10 @@ def _mx_slots(model: XfNet) -> list[tuple[gluon.Parameter, Callable[[np.ndarray]
             out.append((params[key], (lambda a: a) if slot.param == "bias" else (lambda a: a.T)))
         elif isinstance(layer, Embedding):
             out.append((params["weight"], lambda a: a))
+        elif isinstance(layer, BatchNorm):
+            out.append((params[_BN_PARAMS[slot.param]], lambda a: a))
+        else:
+            raise NotSupported(f"weight slot {slot.param} of layer type {layer.type} is not supported with mxnet")
     return out
 
 
@@ -323,9 +406,10 @@ def set_weights(model: XfNet, weights: Sequence[np.ndarray]) -> None:
         if view.ndim == 2 and not view.flags.c_contiguous and view.T.flags.c_contiguous:
             # A transposed kernel: MXNet's transpose op is faster than numpy's strided copy (VGG's 25088x4096
             # dense kernel: 1.0 s against 1.8 s).
-            param.set_data(mx.nd.array(view.T, dtype=model.xf_dtype).T)
+            param.set_data(mx.nd.array(view.T, dtype=param.dtype).T)
         else:
-            param.set_data(mx.nd.array(np.ascontiguousarray(view), dtype=model.xf_dtype))
+            # param.dtype: the model's, except BatchNorm's in a float16 model (Gluon keeps those float32)
+            param.set_data(mx.nd.array(np.ascontiguousarray(view), dtype=param.dtype))
     for i, layer in enumerate(model.xf_spec.layers):
         if isinstance(layer, LSTM):
             h2h_bias = _params_of(model, i)["l0_h2h_bias"]
@@ -347,7 +431,9 @@ def get_weights(model: XfNet) -> list[np.ndarray]:
 
 
 def count_params(model: nn.Block) -> int:
-    """Number of scalars in ``model.collect_params()`` (an MXNet LSTM counts both of its biases, 8h)."""
+    """Number of scalars in ``model.collect_params()`` (an MXNet LSTM counts both of its biases, 8h; a BatchNorm
+    its running statistics too, 4C: they are parameters with ``grad_req='null'``, as :mod:`analytics.costs`
+    counts under ``mxnet``)."""
     return int(sum(int(np.prod(p.shape)) for p in model.collect_params().values()))
 
 
@@ -401,7 +487,8 @@ def _loss_fn(kind: str) -> Callable[[mx.nd.NDArray, mx.nd.NDArray], mx.nd.NDArra
 def make_train_step(
     model: XfNet, spec: ModelSpec, optimizer: str = "sgd", lr: float | None = None
 ) -> Callable[[Any, Any], mx.nd.NDArray]:
-    """``step(x, y) -> loss``: forward in train mode (Dropout active), loss, backward, one optimizer update.
+    """``step(x, y) -> loss``: forward in train mode (Dropout active, BatchNorm on the batch's statistics), loss,
+    backward (on the CPU, where MXNet's BatchNorm also updates its running statistics), one optimizer update.
 
     The loss is a mean over the batch (:func:`analytics.weights.output_kind`), so ``trainer.step(1)`` is
     called: Gluon's ``step(batch_size)`` divides gradients by ``batch_size``, which would average twice.

@@ -18,6 +18,19 @@ Layer mapping (spec -> Keras, channels-last):
   bias=k, alpha=alpha/size, beta=beta)``; even sizes and float64 use an equivalent sum of shifted squares.
 * LSTM -> ``keras.layers.LSTM`` (gate order i, f, c, o = the neutral i, f, g, o; one bias of ``4h``).
 * softmax on an image tensor is taken over the spec's last axis (W), which is axis 2 in NHWC.
+* BatchNorm -> ``BatchNormalization(axis=-1, momentum=1 - m, epsilon=eps)`` (Keras' momentum weighs the old
+  statistics, the spec's the batch's); an image input is transposed to NHWC first, so the axis is the channels;
+  on ``(T, F)`` and ``(F,)`` it is the features. Weights: gamma, beta, moving mean, moving variance (the last
+  two non-trainable; ``count_params`` counts all four). Keras 3 folds the biased batch variance into the
+  running variance.
+* Add -> ``keras.layers.Add``; Concatenate -> ``keras.layers.Concatenate`` on channels (axis -1 of NHWC, axis 1
+  of NCHW) or on the last (feature) axis of a sequence or vector.
+
+Graphs: each layer reads the Keras tensors of the layers its ``inputs`` name (:func:`analytics.spec.layer_inputs`),
+and each tensor remembers whether it is NHWC. A layer that needs NHWC transposes its NCHW input (one ``Permute``
+per source tensor, shared by its readers); image inputs of an Add or Concatenate meet in NHWC where any of them
+already is, else in NCHW. A Flatten of an NHWC tensor keeps Keras' (H, W, C) order only where every path from
+it reaches a Dense through element-wise layers (Dropout, activations other than softmax).
 """
 
 from __future__ import annotations
@@ -29,7 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from xfbench.analytics.shapes import infer_shapes, input_shapes
+from xfbench.analytics.layers import Add, BatchNorm, Concatenate
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
 from xfbench.analytics.spec import (
     LSTM,
     Activation,
@@ -43,6 +57,8 @@ from xfbench.analytics.spec import (
     LocalResponseNorm,
     MaxPool2D,
     ModelSpec,
+    consumers,
+    layer_inputs,
 )
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, random_weights
@@ -61,7 +77,7 @@ class _WeightEntry:
     the (C, H, W) shape whose flattening order differs between the spec and Keras."""
 
     index: int
-    kind: str  # "conv", "dense", "lstm", "embedding"
+    kind: str  # "conv", "dense", "lstm", "embedding", "batchnorm"
     layer: Any
     flatten_chw: tuple[int, int, int] | None = None
 
@@ -131,35 +147,98 @@ def _info(model: Any) -> _ModelInfo:
 
 
 def _flatten_feeds_dense(spec: ModelSpec, flatten_index: int) -> bool:
-    """Whether the Flatten's output reaches a Dense through element-wise layers only."""
-    for layer in spec.layers[flatten_index + 1 :]:
-        if isinstance(layer, Dense):
-            return True
-        if isinstance(layer, Dropout) or (isinstance(layer, Activation) and layer.kind != "softmax"):
-            continue
-        return False
-    return False
+    """Whether every path from the Flatten's output reaches a Dense through element-wise one-input layers only
+    (Dropout, non-softmax activations), so that the Dense kernels can absorb Keras' (H, W, C) flattening order."""
+    readers = consumers(spec)
+
+    def absorbed(j: int) -> bool:
+        if not readers[j]:  # the model's output: nothing absorbs the order
+            return False
+        for c in readers[j]:
+            layer = spec.layers[c]
+            if isinstance(layer, Dense):
+                continue
+            if isinstance(layer, Dropout) or (isinstance(layer, Activation) and layer.kind != "softmax"):
+                if absorbed(c):
+                    continue
+            return False
+        return True
+
+    return absorbed(flatten_index)
+
+
+@dataclass
+class _Out:
+    """One spec layer's output in the Keras graph: the tensor, whether an image tensor is NHWC, and, for a
+    Flatten of an NHWC tensor whose order the Dense after it absorbs, the (C, H, W) shape before flattening."""
+
+    tensor: Any
+    nhwc: bool = False
+    chw: tuple[int, int, int] | None = None
+
+
+# The layer types that run on NHWC image tensors (the spec's (C, H, W) is transposed in front of them).
+_NHWC_TYPES = (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, LocalResponseNorm)
 
 
 def _build_graph(spec: ModelSpec, dtype: str, seed: int) -> tuple[Any, tuple[_WeightEntry, ...]]:
+    """The Keras functional graph of ``spec``: each layer reads the outputs its ``inputs`` name
+    (:func:`analytics.spec.layer_inputs`); a sequential spec is the chain it always was."""
     in_dtype = "int64" if spec.input_dtype == "int64" else dtype
     inputs = keras.Input(shape=tuple(spec.input_shape), dtype=in_dtype, name="input")
-    x = inputs
-    channels_last = False  # whether the current 3-D-per-sample tensor is NHWC
-    pending_chw: tuple[int, int, int] | None = None  # set by a Flatten of an NHWC tensor until a Dense uses it
     entries: list[_WeightEntry] = []
-    in_shapes = input_shapes(spec)
+    in_shapes_all = layer_input_shapes(spec)
+    out_shapes = infer_shapes(spec)
     common = {"dtype": dtype}
+    outs: list[_Out] = []
+    model_in = _Out(inputs)
+    # one transpose per source tensor, shared by every layer that needs it in the other layout
+    nhwc_cache: dict[int, Any] = {}
+    nchw_cache: dict[int, Any] = {}
 
-    def to_nhwc(t: Any, i: int) -> Any:
-        return keras.layers.Permute((2, 3, 1), name=f"l{i}_to_nhwc", **common)(t)
+    def source(j: int) -> _Out:
+        return model_in if j < 0 else outs[j]
 
-    for i, (layer, shape) in enumerate(zip(spec.layers, in_shapes)):
+    def as_nhwc(j: int, i: int) -> Any:
+        src = source(j)
+        if src.nhwc:
+            return src.tensor
+        if j not in nhwc_cache:
+            nhwc_cache[j] = keras.layers.Permute((2, 3, 1), name=f"l{i}_to_nhwc", **common)(src.tensor)
+        return nhwc_cache[j]
+
+    def as_nchw(j: int, i: int) -> Any:
+        src = source(j)
+        if not src.nhwc:
+            return src.tensor
+        if j not in nchw_cache:
+            nchw_cache[j] = keras.layers.Permute((3, 1, 2), name=f"l{i}_to_nchw", **common)(src.tensor)
+        return nchw_cache[j]
+
+    for i, (layer, srcs, in_shapes) in enumerate(zip(spec.layers, layer_inputs(spec), in_shapes_all)):
+        shape = in_shapes[0]
         image_in = len(shape) == 3
-        if isinstance(layer, (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, LocalResponseNorm)) and not channels_last:
-            x = to_nhwc(x, i)
-            channels_last = True
         name = _keras_name(i, layer)
+        if isinstance(layer, (Add, Concatenate)):
+            # Image inputs meet in one layout: NHWC where any of them already is, else the spec's NCHW.
+            to_nhwc = image_in and any(source(j).nhwc for j in srcs)
+            xs = [as_nhwc(j, i) if to_nhwc else as_nchw(j, i) for j in srcs]
+            if isinstance(layer, Add):
+                y = keras.layers.Add(name=name, **common)(xs)
+            else:  # the spec joins channels of (C, H, W), features of (T, F) and (F,)
+                axis = (-1 if to_nhwc else 1) if image_in else -1
+                y = keras.layers.Concatenate(axis=axis, name=name, **common)(xs)
+            outs.append(_Out(y, nhwc=to_nhwc))
+            continue
+        if len(srcs) != 1:  # analytics.shapes refuses this first; kept for a spec built around it
+            raise NotSupported(f"layer {i} ({layer.type}) reads {len(srcs)} inputs; it takes one")
+        j = srcs[0]
+        src = source(j)
+        if image_in and (isinstance(layer, _NHWC_TYPES) or isinstance(layer, BatchNorm)):
+            x, channels_last = as_nhwc(j, i), True
+        else:
+            x, channels_last = src.tensor, src.nhwc
+        pending_chw = src.chw
         if isinstance(layer, Conv2D):
             pad = layer.padding
             if isinstance(pad, int) and pad > 0:
@@ -198,12 +277,26 @@ def _build_graph(spec: ModelSpec, dtype: str, seed: int) -> tuple[Any, tuple[_We
             channels_last = False
         elif isinstance(layer, LocalResponseNorm):
             x = _LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k, name=name, **common)(x)
+        elif isinstance(layer, BatchNorm):
+            # Keras' momentum weighs the old statistics (PyTorch's the batch's): 1 - m. Channels are the last axis
+            # of NHWC images and of (T, F) and (F,) tensors.
+            bn = keras.layers.BatchNormalization(
+                axis=-1,
+                momentum=1.0 - layer.momentum,
+                epsilon=layer.epsilon,
+                name=name,
+                **common,
+            )
+            x = bn(x)
+            entries.append(_WeightEntry(i, "batchnorm", bn))
+            pending_chw = None
         elif isinstance(layer, Flatten):
+            pending_chw = None
             if image_in and channels_last:
                 if _flatten_feeds_dense(spec, i):
                     pending_chw = (int(shape[0]), int(shape[1]), int(shape[2]))
                 else:  # nothing downstream can absorb the (H, W, C) order: restore (C, H, W) first
-                    x = keras.layers.Permute((3, 1, 2), name=f"l{i}_to_nchw", **common)(x)
+                    x = as_nchw(j, i)
             x = keras.layers.Flatten(name=name, **common)(x)
             channels_last = False
         elif isinstance(layer, Dense):
@@ -244,7 +337,11 @@ def _build_graph(spec: ModelSpec, dtype: str, seed: int) -> tuple[Any, tuple[_We
             entries.append(_WeightEntry(i, "embedding", emb))
         else:
             raise NotSupported(f"layer {i} ({layer.type}) is not supported with tensorflow")
-    if len(infer_shapes(spec)[-1]) == 3 and channels_last:
+        image_out = len(out_shapes[i]) == 3
+        outs.append(_Out(x, nhwc=channels_last and image_out, chw=pending_chw))
+    last = outs[-1]
+    x = last.tensor
+    if len(out_shapes[-1]) == 3 and last.nhwc:
         x = keras.layers.Permute((3, 1, 2), name="to_nchw", **common)(x)
     model = keras.Model(inputs, x, name=re.sub(r"[^A-Za-z0-9_]", "_", spec.name) or "model")
     return model, tuple(entries)
@@ -291,6 +388,13 @@ def _layer_params(entry: _WeightEntry) -> list[tuple[str, Any]]:
     layer = entry.layer
     if entry.kind == "embedding":
         return [("embeddings", layer.embeddings)]
+    if entry.kind == "batchnorm":  # the neutral order: gamma, beta, then the running statistics
+        return [
+            ("gamma", layer.gamma),
+            ("beta", layer.beta),
+            ("moving_mean", layer.moving_mean),
+            ("moving_variance", layer.moving_variance),
+        ]
     if entry.kind == "lstm":
         cell = layer.cell
         return [("kernel", cell.kernel), ("recurrent_kernel", cell.recurrent_kernel), ("bias", cell.bias)]
