@@ -12,22 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xfbench.analytics.layers import Add, BatchNorm, Concatenate
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    GlobalAvgPool2D,
-    Layer,
-    MaxPool2D,
-    ModelSpec,
-    SpecError,
-    spec_from_dict,
-)
+from xfbench.analytics import layers as L
+from xfbench.analytics.spec import Layer, ModelSpec, SpecError, spec_from_dict
 
 
 @dataclass(frozen=True)
@@ -42,25 +28,32 @@ class CatalogEntry:
 
 
 def _cnn3(input_shape: Sequence[int], **_: Any) -> list[Layer]:
-    return [Conv2D(f, 3, 2, "same", activation="relu", name=f"conv{i + 1}") for i, f in enumerate((100, 200, 400))]
+    return [L.Conv2D(f, 3, 2, "same", activation="relu", name=f"conv{i + 1}") for i, f in enumerate((100, 200, 400))]
 
 
 def _alexnet(input_shape: Sequence[int], num_classes: int = 10, **_: Any) -> list[Layer]:
     return [
-        Conv2D(96, 11, 4, 1, activation="relu", name="conv1"),
-        MaxPool2D(3, 2, name="pool1"),
-        Conv2D(256, 5, 1, 2, activation="relu", name="conv2"),
-        MaxPool2D(3, 2, name="pool2"),
-        Conv2D(384, 3, 1, 1, activation="relu", name="conv3"),
-        Conv2D(384, 3, 1, 1, activation="relu", name="conv4"),
-        Conv2D(256, 3, 1, 1, activation="relu", name="conv5"),
-        MaxPool2D(3, 2, name="pool5"),
-        Flatten(name="flatten"),
-        Dense(4096, activation="relu", name="fc6"),
-        Dropout(0.5, name="drop6"),
-        Dense(4096, activation="relu", name="fc7"),
-        Dropout(0.5, name="drop7"),
-        Dense(num_classes, name="fc8"),
+        L.Conv2D(96, 11, 4, 1, activation="relu", name="conv1"),
+        L.MaxPool2D(3, 2, name="pool1"),
+        L.Conv2D(256, 5, 1, 2, activation="relu", name="conv2"),
+        L.MaxPool2D(3, 2, name="pool2"),
+        L.Conv2D(384, 3, 1, 1, activation="relu", name="conv3"),
+        L.Conv2D(384, 3, 1, 1, activation="relu", name="conv4"),
+        L.Conv2D(256, 3, 1, 1, activation="relu", name="conv5"),
+        L.MaxPool2D(3, 2, name="pool5"),
+        *_classifier(num_classes),
+    ]
+
+
+def _classifier(num_classes: int) -> list[Layer]:
+    """AlexNet's and VGG's head: Flatten, two Dense(4096) + ReLU each followed by Dropout(0.5), the classifier."""
+    return [
+        L.Flatten(name="flatten"),
+        L.Dense(4096, activation="relu", name="fc6"),
+        L.Dropout(0.5, name="drop6"),
+        L.Dense(4096, activation="relu", name="fc7"),
+        L.Dropout(0.5, name="drop7"),
+        L.Dense(num_classes, name="fc8"),
     ]
 
 
@@ -68,17 +61,9 @@ def _vgg(blocks: Sequence[tuple[int, int]], num_classes: int) -> list[Layer]:
     layers: list[Layer] = []
     for b, (n_convs, channels) in enumerate(blocks, start=1):
         for c in range(1, n_convs + 1):
-            layers.append(Conv2D(channels, 3, 1, 1, activation="relu", name=f"conv{b}_{c}"))
-        layers.append(MaxPool2D(2, 2, name=f"pool{b}"))
-    layers += [
-        Flatten(name="flatten"),
-        Dense(4096, activation="relu", name="fc6"),
-        Dropout(0.5, name="drop6"),
-        Dense(4096, activation="relu", name="fc7"),
-        Dropout(0.5, name="drop7"),
-        Dense(num_classes, name="fc8"),
-    ]
-    return layers
+            layers.append(L.Conv2D(channels, 3, 1, 1, activation="relu", name=f"conv{b}_{c}"))
+        layers.append(L.MaxPool2D(2, 2, name=f"pool{b}"))
+    return layers + _classifier(num_classes)
 
 
 def _vgg11(input_shape: Sequence[int], num_classes: int = 10, **_: Any) -> list[Layer]:
@@ -94,49 +79,49 @@ def _vgg19(input_shape: Sequence[int], num_classes: int = 1000, **_: Any) -> lis
 
 
 def _lstm(input_shape: Sequence[int], vocab: int = 60, **_: Any) -> list[Layer]:
-    return [LSTM(128, return_sequences=True, name="lstm"), Dense(vocab, activation="softmax", name="dense")]
+    return [L.LSTM(128, return_sequences=True, name="lstm"), L.Dense(vocab, activation="softmax", name="dense")]
 
 
 def _lenet(input_shape: Sequence[int], num_classes: int = 10, **_: Any) -> list[Layer]:
     return [
-        Conv2D(6, 5, 1, 2, activation="sigmoid", name="conv1"),
-        AvgPool2D(2, 2, name="pool1"),
-        Conv2D(16, 5, 1, 0, activation="sigmoid", name="conv2"),
-        AvgPool2D(2, 2, name="pool2"),
-        Flatten(name="flatten"),
-        Dense(120, activation="sigmoid", name="fc1"),
-        Dense(84, activation="sigmoid", name="fc2"),
-        Dense(num_classes, name="fc3"),
+        L.Conv2D(6, 5, 1, 2, activation="sigmoid", name="conv1"),
+        L.AvgPool2D(2, 2, name="pool1"),
+        L.Conv2D(16, 5, 1, 0, activation="sigmoid", name="conv2"),
+        L.AvgPool2D(2, 2, name="pool2"),
+        L.Flatten(name="flatten"),
+        L.Dense(120, activation="sigmoid", name="fc1"),
+        L.Dense(84, activation="sigmoid", name="fc2"),
+        L.Dense(num_classes, name="fc3"),
     ]
 
 
 def _nin_block(i: int, channels: int, kernel: int, stride: int, padding: int) -> list[Layer]:
     return [
-        Conv2D(channels, kernel, stride, padding, activation="relu", name=f"nin{i}_conv"),
-        Conv2D(channels, 1, activation="relu", name=f"nin{i}_1x1a"),
-        Conv2D(channels, 1, activation="relu", name=f"nin{i}_1x1b"),
+        L.Conv2D(channels, kernel, stride, padding, activation="relu", name=f"nin{i}_conv"),
+        L.Conv2D(channels, 1, activation="relu", name=f"nin{i}_1x1a"),
+        L.Conv2D(channels, 1, activation="relu", name=f"nin{i}_1x1b"),
     ]
 
 
 def _nin(input_shape: Sequence[int], num_classes: int = 10, **_: Any) -> list[Layer]:
     return [
         *_nin_block(1, 96, 11, 4, 0),
-        MaxPool2D(3, 2, name="pool1"),
+        L.MaxPool2D(3, 2, name="pool1"),
         *_nin_block(2, 256, 5, 1, 2),
-        MaxPool2D(3, 2, name="pool2"),
+        L.MaxPool2D(3, 2, name="pool2"),
         *_nin_block(3, 384, 3, 1, 1),
-        MaxPool2D(3, 2, name="pool3"),
-        Dropout(0.5, name="drop"),
+        L.MaxPool2D(3, 2, name="pool3"),
+        L.Dropout(0.5, name="drop"),
         *_nin_block(4, num_classes, 3, 1, 1),
-        GlobalAvgPool2D(name="gap"),
+        L.GlobalAvgPool2D(name="gap"),
     ]
 
 
 def _mlp(input_shape: Sequence[int], num_classes: int = 10, **_: Any) -> list[Layer]:
     return [
-        Flatten(name="flatten"),
-        Dense(256, activation="relu", name="hidden"),
-        Dense(num_classes, name="out"),
+        L.Flatten(name="flatten"),
+        L.Dense(256, activation="relu", name="hidden"),
+        L.Dense(num_classes, name="out"),
     ]
 
 
@@ -147,10 +132,10 @@ def _resnet(stages: Sequence[int], bottleneck: bool, num_classes: int) -> list[L
     -> BN -> ReLU -> 1x1 (4x) -> BN. The shortcut is the block's input, or a 1x1 (stride) conv + BN where the
     stride or the width changes; Add, then ReLU. Convolutions have no bias."""
     layers: list[Layer] = [
-        Conv2D(64, 7, 2, 3, use_bias=False, name="conv1"),
-        BatchNorm(name="bn1"),
-        Activation("relu", name="relu1"),
-        MaxPool2D(3, 2, 1, name="pool1"),
+        L.Conv2D(64, 7, 2, 3, use_bias=False, name="conv1"),
+        L.BatchNorm(name="bn1"),
+        L.Activation("relu", name="relu1"),
+        L.MaxPool2D(3, 2, 1, name="pool1"),
     ]
     prev, in_c = "pool1", 64
     for s, blocks in enumerate(stages):
@@ -161,33 +146,33 @@ def _resnet(stages: Sequence[int], bottleneck: bool, num_classes: int) -> list[L
             p = f"s{s + 1}b{b + 1}"
             if bottleneck:
                 layers += [
-                    Conv2D(width, 1, 1, 0, use_bias=False, name=f"{p}_conv1", inputs=(prev,)),
-                    BatchNorm(name=f"{p}_bn1"),
-                    Activation("relu", name=f"{p}_relu1"),
-                    Conv2D(width, 3, stride, 1, use_bias=False, name=f"{p}_conv2"),
-                    BatchNorm(name=f"{p}_bn2"),
-                    Activation("relu", name=f"{p}_relu2"),
-                    Conv2D(out_c, 1, 1, 0, use_bias=False, name=f"{p}_conv3"),
-                    BatchNorm(name=f"{p}_bn3"),
+                    L.Conv2D(width, 1, 1, 0, use_bias=False, name=f"{p}_conv1", inputs=(prev,)),
+                    L.BatchNorm(name=f"{p}_bn1"),
+                    L.Activation("relu", name=f"{p}_relu1"),
+                    L.Conv2D(width, 3, stride, 1, use_bias=False, name=f"{p}_conv2"),
+                    L.BatchNorm(name=f"{p}_bn2"),
+                    L.Activation("relu", name=f"{p}_relu2"),
+                    L.Conv2D(out_c, 1, 1, 0, use_bias=False, name=f"{p}_conv3"),
+                    L.BatchNorm(name=f"{p}_bn3"),
                 ]
             else:
                 layers += [
-                    Conv2D(width, 3, stride, 1, use_bias=False, name=f"{p}_conv1", inputs=(prev,)),
-                    BatchNorm(name=f"{p}_bn1"),
-                    Activation("relu", name=f"{p}_relu1"),
-                    Conv2D(width, 3, 1, 1, use_bias=False, name=f"{p}_conv2"),
-                    BatchNorm(name=f"{p}_bn2"),
+                    L.Conv2D(width, 3, stride, 1, use_bias=False, name=f"{p}_conv1", inputs=(prev,)),
+                    L.BatchNorm(name=f"{p}_bn1"),
+                    L.Activation("relu", name=f"{p}_relu1"),
+                    L.Conv2D(width, 3, 1, 1, use_bias=False, name=f"{p}_conv2"),
+                    L.BatchNorm(name=f"{p}_bn2"),
                 ]
             branch, shortcut = layers[-1].label, prev
             if stride != 1 or in_c != out_c:
                 layers += [
-                    Conv2D(out_c, 1, stride, 0, use_bias=False, name=f"{p}_down", inputs=(prev,)),
-                    BatchNorm(name=f"{p}_downbn"),
+                    L.Conv2D(out_c, 1, stride, 0, use_bias=False, name=f"{p}_down", inputs=(prev,)),
+                    L.BatchNorm(name=f"{p}_downbn"),
                 ]
                 shortcut = f"{p}_downbn"
-            layers += [Add(name=f"{p}_add", inputs=(branch, shortcut)), Activation("relu", name=f"{p}_out")]
+            layers += [L.Add(name=f"{p}_add", inputs=(branch, shortcut)), L.Activation("relu", name=f"{p}_out")]
             prev, in_c = f"{p}_out", out_c
-    layers += [GlobalAvgPool2D(name="avgpool"), Dense(num_classes, name="fc")]
+    layers += [L.GlobalAvgPool2D(name="avgpool"), L.Dense(num_classes, name="fc")]
     return layers
 
 
@@ -215,8 +200,8 @@ def _inception_module(tag: str, prev: str) -> list[Layer]:
     n1, r3, n3, r5, n5, pp = _INCEPTION_MODULES[tag]
     p = f"inc{tag}"
 
-    def conv(filters: int, kernel: int, name: str, inputs: tuple[str, ...] | None = None) -> Conv2D:
-        return Conv2D(filters, kernel, 1, "same", activation="relu", name=f"{p}_{name}", inputs=inputs)
+    def conv(filters: int, kernel: int, name: str, inputs: tuple[str, ...] | None = None) -> L.Conv2D:
+        return L.Conv2D(filters, kernel, 1, "same", activation="relu", name=f"{p}_{name}", inputs=inputs)
 
     return [
         conv(n1, 1, "1x1", (prev,)),
@@ -224,9 +209,9 @@ def _inception_module(tag: str, prev: str) -> list[Layer]:
         conv(n3, 3, "3x3"),
         conv(r5, 1, "5x5r", (prev,)),
         conv(n5, 5, "5x5"),
-        MaxPool2D(3, 1, "same", name=f"{p}_pool", inputs=(prev,)),
+        L.MaxPool2D(3, 1, "same", name=f"{p}_pool", inputs=(prev,)),
         conv(pp, 1, "poolproj"),
-        Concatenate(name=f"{p}_out", inputs=(f"{p}_1x1", f"{p}_3x3", f"{p}_5x5", f"{p}_poolproj")),
+        L.Concatenate(name=f"{p}_out", inputs=(f"{p}_1x1", f"{p}_3x3", f"{p}_5x5", f"{p}_poolproj")),
     ]
 
 
@@ -234,17 +219,17 @@ def _inception(input_shape: Sequence[int], num_classes: int = 1000, **_: Any) ->
     """GoogLeNet's stem and its first three inception modules (3a, 3b, 4a), as HOML ch14 builds them (``same``
     padding, ReLU after every conv, no LRN), then global average pooling, dropout 0.4 and the classifier."""
     layers: list[Layer] = [
-        Conv2D(64, 7, 2, "same", activation="relu", name="conv1"),
-        MaxPool2D(3, 2, "same", name="pool1"),
-        Conv2D(64, 1, 1, "same", activation="relu", name="conv2r"),
-        Conv2D(192, 3, 1, "same", activation="relu", name="conv2"),
-        MaxPool2D(3, 2, "same", name="pool2"),
+        L.Conv2D(64, 7, 2, "same", activation="relu", name="conv1"),
+        L.MaxPool2D(3, 2, "same", name="pool1"),
+        L.Conv2D(64, 1, 1, "same", activation="relu", name="conv2r"),
+        L.Conv2D(192, 3, 1, "same", activation="relu", name="conv2"),
+        L.MaxPool2D(3, 2, "same", name="pool2"),
     ]
     layers += _inception_module("3a", "pool2")
     layers += _inception_module("3b", "inc3a_out")
-    layers.append(MaxPool2D(3, 2, "same", name="pool3"))
+    layers.append(L.MaxPool2D(3, 2, "same", name="pool3"))
     layers += _inception_module("4a", "pool3")
-    layers += [GlobalAvgPool2D(name="avgpool"), Dropout(0.4, name="drop"), Dense(num_classes, name="fc")]
+    layers += [L.GlobalAvgPool2D(name="avgpool"), L.Dropout(0.4, name="drop"), L.Dense(num_classes, name="fc")]
     return layers
 
 

@@ -36,20 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xfbench.analytics import layers as L
 from xfbench.analytics.catalog import catalog_model
 from xfbench.analytics.memory import dtype_bytes
 from xfbench.analytics.predict import Prediction, predict
 from xfbench.analytics.shapes import infer_shapes, input_shapes
-from xfbench.analytics.spec import (
-    LSTM,
-    Conv2D,
-    Dense,
-    Flatten,
-    Layer,
-    MaxPool2D,
-    ModelSpec,
-    SpecError,
-)
+from xfbench.analytics.spec import Layer, ModelSpec, SpecError
 from xfbench.analytics.weights import weight_slots
 
 CLAIM_KINDS = ("value", "lower_bound", "shape", "label", "less", "greater", "none")
@@ -148,13 +140,13 @@ QUANTITIES = (
 # ------------------------------------------------------------------------------------------ ad-hoc models
 def _conv_case(c_in: int, c_out: int, size: int, kernel: int, padding: int, name: str) -> ModelSpec:
     # No bias, so that every framework counter (torch: no bias adds; TF: bias adds) reports the same figure.
-    layer = Conv2D(c_out, kernel, 1, padding, use_bias=False, name="conv")
+    layer = L.Conv2D(c_out, kernel, 1, padding, use_bias=False, name="conv")
     return ModelSpec(name, (c_in, size, size), (layer,), source="D2L 6.4 exercises (seed 001)")
 
 
 def _cnn3_variant(stride1: int = 2, layers: int = 3) -> ModelSpec:
     convs: list[Layer] = [
-        Conv2D(f, 3, stride1 if i == 0 else 2, "same", activation="relu", name=f"conv{i + 1}")
+        L.Conv2D(f, 3, stride1 if i == 0 else 2, "same", activation="relu", name=f"conv{i + 1}")
         for i, f in enumerate((100, 200, 400)[:layers])
     ]
     name = "cnn3" + (f"-stride{stride1}" if stride1 != 2 else "") + (f"-{layers}layers" if layers != 3 else "")
@@ -167,8 +159,8 @@ def _alexnet_variant(stride1: int = 4, drop_conv4: bool = False) -> ModelSpec:
     for layer in base.layers:
         if drop_conv4 and layer.label == "conv4":
             continue
-        if layer.label == "conv1" and isinstance(layer, Conv2D):
-            layer = Conv2D(96, 11, stride1, 1, activation="relu", name="conv1")
+        if layer.label == "conv1" and isinstance(layer, L.Conv2D):
+            layer = L.Conv2D(96, 11, stride1, 1, activation="relu", name="conv1")
         layers.append(layer)
     name = "alexnet" + (f"-stride{stride1}" if stride1 != 4 else "") + ("-noconv4" if drop_conv4 else "")
     return ModelSpec(name, base.input_shape, tuple(layers), source="HOML ch14 ex3 remedy on AlexNet")
@@ -185,26 +177,26 @@ ADHOC_MODELS: dict[str, Callable[[], ModelSpec]] = {
     "conv-2x-padding": lambda: _conv_case(32, 64, 56, 3, 2, "conv-2x-padding"),
     "conv-1x1": lambda: _conv_case(32, 64, 56, 1, 0, "conv-1x1"),
     # HOML ch15 ex2: an RNN layer of 32 units on [5, 10, 2] (LSTM: the spec's recurrent layer; shapes agree).
-    "rnn32-seq": lambda: _single_layer(LSTM(32, return_sequences=True, name="rnn"), (10, 2), "rnn32-seq"),
-    "rnn32-last": lambda: _single_layer(LSTM(32, return_sequences=False, name="rnn"), (10, 2), "rnn32-last"),
+    "rnn32-seq": lambda: _single_layer(L.LSTM(32, return_sequences=True, name="rnn"), (10, 2), "rnn32-seq"),
+    "rnn32-last": lambda: _single_layer(L.LSTM(32, return_sequences=False, name="rnn"), (10, 2), "rnn32-last"),
     # Course notebook 5.1.1-5.1.4 (seed 003).
-    "course-5.1.1": lambda: _single_layer(Conv2D(1, 5, name="conv"), (3, 28, 28), "course-5.1.1"),
-    "course-5.1.2": lambda: _single_layer(Conv2D(1, 5, 1, 2, name="conv"), (3, 28, 28), "course-5.1.2"),
-    "course-5.1.3": lambda: _single_layer(Conv2D(1, 5, 2, 2, name="conv"), (3, 28, 28), "course-5.1.3"),
-    "course-5.1.4": lambda: _single_layer(MaxPool2D(2, 2, name="pool"), (1, 28, 28), "course-5.1.4"),
+    "course-5.1.1": lambda: _single_layer(L.Conv2D(1, 5, name="conv"), (3, 28, 28), "course-5.1.1"),
+    "course-5.1.2": lambda: _single_layer(L.Conv2D(1, 5, 1, 2, name="conv"), (3, 28, 28), "course-5.1.2"),
+    "course-5.1.3": lambda: _single_layer(L.Conv2D(1, 5, 2, 2, name="conv"), (3, 28, 28), "course-5.1.3"),
+    "course-5.1.4": lambda: _single_layer(L.MaxPool2D(2, 2, name="pool"), (1, 28, 28), "course-5.1.4"),
     # DLWP ch5 basic MNIST convnet (seed 004), with its Flatten/Dense head.
     "dlwp-convnet": lambda: ModelSpec(
         "dlwp-convnet",
         (1, 28, 28),
         (
-            Conv2D(32, 3, activation="relu", name="conv1"),
-            MaxPool2D(2, name="pool1"),
-            Conv2D(64, 3, activation="relu", name="conv2"),
-            MaxPool2D(2, name="pool2"),
-            Conv2D(64, 3, activation="relu", name="conv3"),
-            Flatten(name="flatten"),
-            Dense(64, activation="relu", name="dense1"),
-            Dense(10, activation="softmax", name="dense2"),
+            L.Conv2D(32, 3, activation="relu", name="conv1"),
+            L.MaxPool2D(2, name="pool1"),
+            L.Conv2D(64, 3, activation="relu", name="conv2"),
+            L.MaxPool2D(2, name="pool2"),
+            L.Conv2D(64, 3, activation="relu", name="conv3"),
+            L.Flatten(name="flatten"),
+            L.Dense(64, activation="relu", name="dense1"),
+            L.Dense(10, activation="softmax", name="dense2"),
         ),
         source="Deep Learning with Python ch5 (seed 004)",
     ),
@@ -433,7 +425,7 @@ def single_layer_specs(spec: ModelSpec) -> list[ModelSpec]:
     """Each layer with weights of ``spec`` alone, with its input shape (to count its FLOPs in isolation)."""
     out: list[ModelSpec] = []
     for i, (layer, shape) in enumerate(zip(spec.layers, input_shapes(spec))):
-        if isinstance(layer, (Conv2D, Dense, LSTM)):
+        if isinstance(layer, (L.Conv2D, L.Dense, L.LSTM)):
             name = layer.label if layer.label != layer.type else f"{layer.type.lower()}{i}"
             alone = dataclasses.replace(layer, inputs=None)  # its graph inputs are this spec's model input
             out.append(ModelSpec(name, tuple(shape), (alone,), source=f"{spec.name} layer {i}"))

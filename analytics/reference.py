@@ -26,23 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from xfbench.analytics.shapes import infer_shapes, padding_amounts
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Layer,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-    consumers,
-    layer_inputs,
-)
+from xfbench.analytics.spec import BatchNorm, Embedding, ModelSpec, consumers, layer_inputs
 from xfbench.analytics.weights import weight_slots
 
 # Upper bound, in bytes, on one im2col block; keeps VGG's 224x224 layers from materialising ~230 MB at once.
@@ -210,47 +194,6 @@ def _check_weights(spec: ModelSpec, weights: list[np.ndarray]) -> None:
         )
 
 
-def _layer_forward(layer: Layer, x: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
-    """One non-unit layer on one input (a unit type computes its own forward)."""
-    if isinstance(layer, Conv2D):
-        bias = params[1] if layer.use_bias else None
-        out = conv2d(x, params[0], bias, layer.stride, layer.padding)  # type: ignore[arg-type]
-        return activate(out, layer.activation)
-    if isinstance(layer, MaxPool2D):
-        return max_pool2d(x, layer.pool, layer.stride, layer.padding)  # type: ignore[arg-type]
-    if isinstance(layer, AvgPool2D):
-        return avg_pool2d(x, layer.pool, layer.stride, layer.padding)  # type: ignore[arg-type]
-    if isinstance(layer, GlobalAvgPool2D):
-        return x.mean(axis=(2, 3))
-    if isinstance(layer, Dense):
-        out = np.tensordot(x, params[0], axes=([x.ndim - 1], [0]))
-        if layer.use_bias:
-            out = out + params[1]
-        return activate(out, layer.activation)
-    if isinstance(layer, Flatten):
-        return x.reshape(x.shape[0], -1)
-    if isinstance(layer, Activation):
-        return activate(x, layer.kind)
-    if isinstance(layer, Dropout):
-        return x
-    if isinstance(layer, LocalResponseNorm):
-        return local_response_norm(x, layer.size, layer.alpha, layer.beta, layer.k)
-    if isinstance(layer, LSTM):
-        return lstm(x, params[0], params[1], params[2], layer.return_sequences)
-    if isinstance(layer, Embedding):
-        tokens = np.asarray(x)
-        if not np.issubdtype(tokens.dtype, np.integer):
-            if not np.all(tokens == np.round(tokens)):
-                raise ValueError("Embedding input must hold integer token ids")
-            tokens = tokens.astype(np.int64)
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= layer.vocab):
-            raise ValueError(
-                f"Embedding token ids must lie in [0, {layer.vocab}), got range [{tokens.min()}, {tokens.max()}]"
-            )
-        return params[0][tokens]
-    raise ValueError(f"reference_forward does not support layer type {layer.type}")
-
-
 def reference_forward(
     spec: ModelSpec,
     weights: list[np.ndarray],
@@ -275,7 +218,7 @@ def reference_state_after_step(
 ) -> list[np.ndarray]:
     """The neutral weight list with every state slot (BatchNorm's running statistics) as ``framework`` leaves it
     after one training step on ``x``; trainable slots are returned unchanged (the optimizer moves those)."""
-    from xfbench.analytics.layers.batchnorm import BatchNorm, running_update
+    from xfbench.analytics.layers.batchnorm import running_update
 
     inputs = _run(spec, weights, x, True, False)[1]
     out = [np.asarray(w, dtype=np.float64) for w in weights]
@@ -291,7 +234,7 @@ def reference_state_after_step(
 def _run(
     spec: ModelSpec, weights: list[np.ndarray], x: np.ndarray, training: bool, return_all: bool
 ) -> tuple[np.ndarray | list[np.ndarray], dict[int, list[np.ndarray]]]:
-    """The forward walk over the graph: (the output or every output, each unit layer's inputs)."""
+    """The forward walk over the graph: (the output or every output, each BatchNorm's inputs)."""
     out_shapes = infer_shapes(spec)
     _check_weights(spec, weights)
     x = np.asarray(x)
@@ -304,17 +247,13 @@ def _run(
         params_by_layer.setdefault(slot.layer, []).append(np.asarray(arr, dtype=np.float64))
     remaining = [len(c) for c in consumers(spec)]
     outputs: list[np.ndarray | None] = []
-    unit_inputs: dict[int, list[np.ndarray]] = {}
+    bn_inputs: dict[int, list[np.ndarray]] = {}
     for i, (layer, srcs) in enumerate(zip(spec.layers, layer_inputs(spec))):
-        ins = [h if j < 0 else outputs[j] for j in srcs]
-        unit = getattr(layer, "forward", None)
-        if unit is not None:
-            args = [a for a in ins if a is not None]
-            out = unit(args, params_by_layer.get(i, []), training)
-            unit_inputs[i] = args
-        else:
-            assert ins[0] is not None
-            out = _layer_forward(layer, ins[0], params_by_layer.get(i, []))
+        args = [h if j < 0 else outputs[j] for j in srcs]
+        ins = [a for a in args if a is not None]
+        out = layer.forward(ins, params_by_layer.get(i, []), training)  # the type's own reference
+        if isinstance(layer, BatchNorm):  # its running statistics follow from its input
+            bn_inputs[i] = ins
         expected = (x.shape[0], *out_shapes[i])
         if out.shape != expected:  # a disagreement with analytics.shapes is a bug in one of the two
             raise RuntimeError(f"layer {i} ({layer.type}) produced {out.shape}, shape inference says {expected}")
@@ -326,7 +265,7 @@ def _run(
                     if remaining[j] == 0:
                         outputs[j] = None
     if return_all:
-        return [o for o in outputs if o is not None], unit_inputs
+        return [o for o in outputs if o is not None], bn_inputs
     last = outputs[-1]
     assert last is not None
-    return last, unit_inputs
+    return last, bn_inputs

@@ -21,181 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax")
-PaddingT = str | int
+from xfbench.analytics import layers as _layers
+from xfbench.analytics.layers import *  # noqa: F403 (the layer types: the spec's vocabulary, re-exported)
+from xfbench.analytics.layers.base import ACTIVATIONS, Layer, PaddingT, SpecError, _pair  # noqa: F401
 
-
-class SpecError(ValueError):
-    """A model spec is invalid. The message names the layer index, the field and the value."""
-
-    def __init__(self, message: str, *, layer: int | None = None, field: str | None = None, value: Any = None):
-        self.layer = layer
-        self.field = field
-        self.value = value
-        prefix = ""
-        if layer is not None:
-            prefix = f"layer {layer}"
-            if field is not None:
-                prefix += f" field '{field}'={value!r}"
-            prefix += ": "
-        elif field is not None:
-            prefix = f"field '{field}'={value!r}: "
-        super().__init__(prefix + message)
-
-
-def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"expected an int or a pair, got {v!r}")
-        return (int(v[0]), int(v[1]))
-    return (int(v), int(v))
-
-
-@dataclass(frozen=True)
-class Layer:
-    """Base class of all layers. ``name`` is optional; predictions name unnamed layers by type.
-
-    ``inputs`` (keyword-only, every type): the names of the layers this one reads, ``input`` for the model's
-    input; ``None`` reads the layer just above.
-    """
-
-    inputs: tuple[str, ...] | None = field(default=None, kw_only=True)
-
-    @property
-    def label(self) -> str:
-        """The layer's ``name`` (every subclass declares ``name: str = ""`` last), or its type."""
-        return str(getattr(self, "name", "")) or self.type
-
-    @property
-    def type(self) -> str:
-        return type(self).__name__
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": self.type}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None or (f.name == "name" and not v):
-                continue
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-
-@dataclass(frozen=True)
-class Conv2D(Layer):
-    filters: int
-    kernel: tuple[int, int] | int
-    stride: tuple[int, int] | int = 1
-    padding: PaddingT = "valid"
-    use_bias: bool = True
-    activation: str | None = None
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kernel", _pair(self.kernel))
-        object.__setattr__(self, "stride", _pair(self.stride))
-
-
-@dataclass(frozen=True)
-class _Pool(Layer):
-    pool: tuple[int, int] | int
-    stride: tuple[int, int] | int | None = None
-    padding: PaddingT = "valid"
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pool", _pair(self.pool))
-        object.__setattr__(self, "stride", _pair(self.stride if self.stride is not None else self.pool))
-
-
-@dataclass(frozen=True)
-class MaxPool2D(_Pool):
-    pass
-
-
-@dataclass(frozen=True)
-class AvgPool2D(_Pool):
-    """Average pooling; explicit padding zeros count in the average (PyTorch ``count_include_pad``)."""
-
-
-@dataclass(frozen=True)
-class GlobalAvgPool2D(Layer):
-    """Mean over H and W: ``(C, H, W) -> (C,)``."""
-
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Dense(Layer):
-    """Affine map on the last axis: ``(F,) -> (units,)`` or ``(T, F) -> (T, units)``."""
-
-    units: int
-    use_bias: bool = True
-    activation: str | None = None
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Flatten(Layer):
-    """Flattens in channels-first (C, H, W) order."""
-
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Activation(Layer):
-    kind: str
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Dropout(Layer):
-    rate: float = 0.5
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class LocalResponseNorm(Layer):
-    size: int = 5
-    alpha: float = 1e-4
-    beta: float = 0.75
-    k: float = 2.0
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class LSTM(Layer):
-    """Single-layer LSTM, zero initial state, gates i, f, g(c), o; sigmoid gates, tanh cell."""
-
-    units: int
-    return_sequences: bool = False
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Embedding(Layer):
-    """Integer tokens ``(T,) -> (T, dim)``."""
-
-    vocab: int
-    dim: int
-    name: str = ""
-
-
-LAYER_TYPES: dict[str, type[Layer]] = {
-    cls.__name__: cls
-    for cls in (
-        Conv2D,
-        MaxPool2D,
-        AvgPool2D,
-        GlobalAvgPool2D,
-        Dense,
-        Flatten,
-        Activation,
-        Dropout,
-        LocalResponseNorm,
-        LSTM,
-        Embedding,
-    )
-}
 # Short aliases accepted in spec files.
 _ALIASES = {
     "conv2d": "Conv2D",
@@ -247,15 +76,6 @@ class ModelSpec:
         }
 
 
-def _register_units() -> None:
-    """Adds the layer types that are one unit each (``analytics/layers/``: they subclass :class:`Layer`, so they
-    are imported once this module exists)."""
-    if "Add" not in LAYER_TYPES:
-        from xfbench.analytics.layers import UNIT_TYPES
-
-        LAYER_TYPES.update({cls.__name__: cls for cls in UNIT_TYPES})
-
-
 def layer_from_dict(index: int, raw: Any) -> Layer:
     """Builds one layer from a mapping such as ``{"type": "Conv2D", "filters": 8, "kernel": 3}``."""
     if not isinstance(raw, dict):
@@ -264,20 +84,19 @@ def layer_from_dict(index: int, raw: Any) -> Layer:
     type_name = data.pop("type", None)
     if not isinstance(type_name, str):
         raise SpecError(
-            f"missing or non-string layer type; allowed: {', '.join(LAYER_TYPES)}",
+            f"missing or non-string layer type; allowed: {', '.join(_layers.LAYER_TYPES)}",
             layer=index,
             field="type",
             value=type_name,
         )
-    _register_units()
     canonical = _ALIASES.get(type_name.lower(), type_name)
     if canonical in ACTIVATIONS:
         data.setdefault("kind", canonical)
         canonical = "Activation"
-    cls = LAYER_TYPES.get(canonical)
+    cls = _layers.LAYER_TYPES.get(canonical)
     if cls is None:
         raise SpecError(
-            f"unknown layer type; allowed: {', '.join(LAYER_TYPES)}", layer=index, field="type", value=type_name
+            f"unknown layer type; allowed: {', '.join(_layers.LAYER_TYPES)}", layer=index, field="type", value=type_name
         )
     allowed = {f.name for f in fields(cls)}
     if "inputs" in data:
@@ -310,65 +129,9 @@ def _inputs_field(index: int, raw: Any) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _check_positive_int(index: int, name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SpecError("must be a positive integer", layer=index, field=name, value=value)
-
-
 def validate_layer(index: int, layer: Layer) -> None:
-    """Checks a layer's own fields (not shapes). Raises :class:`SpecError`."""
-    if isinstance(layer, Conv2D):
-        _check_positive_int(index, "filters", layer.filters)
-        for fname in ("kernel", "stride"):
-            for v in getattr(layer, fname):
-                _check_positive_int(index, fname, v)
-        _check_padding(index, layer.padding)
-        _check_activation(index, layer.activation)
-    elif isinstance(layer, _Pool):
-        for fname in ("pool", "stride"):
-            for v in getattr(layer, fname):
-                _check_positive_int(index, fname, v)
-        _check_padding(index, layer.padding)
-    elif isinstance(layer, Dense):
-        _check_positive_int(index, "units", layer.units)
-        _check_activation(index, layer.activation)
-    elif isinstance(layer, Activation):
-        if layer.kind not in ACTIVATIONS:
-            raise SpecError(f"allowed: {', '.join(ACTIVATIONS)}", layer=index, field="kind", value=layer.kind)
-    elif isinstance(layer, Dropout):
-        if not isinstance(layer.rate, (int, float)) or not 0 <= layer.rate < 1:
-            raise SpecError("must be in [0, 1)", layer=index, field="rate", value=layer.rate)
-    elif isinstance(layer, LocalResponseNorm):
-        _check_positive_int(index, "size", layer.size)
-    elif isinstance(layer, LSTM):
-        _check_positive_int(index, "units", layer.units)
-    elif isinstance(layer, Embedding):
-        _check_positive_int(index, "vocab", layer.vocab)
-        _check_positive_int(index, "dim", layer.dim)
-    elif isinstance(layer, (GlobalAvgPool2D, Flatten)):
-        pass
-    else:
-        unit = getattr(layer, "validate", None)
-        if unit is None:
-            raise SpecError(f"layer type {layer.type} has no validation", layer=index, field="type", value=layer.type)
-        unit(index)
-
-
-def _check_padding(index: int, padding: Any) -> None:
-    if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise SpecError(
-                "allowed: 'same', 'valid' or a non-negative integer", layer=index, field="padding", value=padding
-            )
-    elif isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise SpecError(
-            "allowed: 'same', 'valid' or a non-negative integer", layer=index, field="padding", value=padding
-        )
-
-
-def _check_activation(index: int, activation: Any) -> None:
-    if activation is not None and activation not in ACTIVATIONS:
-        raise SpecError(f"allowed: {', '.join(ACTIVATIONS)} or null", layer=index, field="activation", value=activation)
+    """Checks a layer's own fields (not shapes), by its type's ``validate``. Raises :class:`SpecError`."""
+    layer.validate(index)
 
 
 def spec_from_dict(data: Any, *, default_name: str = "custom") -> ModelSpec:
@@ -396,7 +159,7 @@ def spec_from_dict(data: Any, *, default_name: str = "custom") -> ModelSpec:
     layer_inputs_of(layers)  # names, references and unread outputs: one-line errors before any shape
     input_dtype = data.get("input_dtype")
     if input_dtype is None:
-        input_dtype = "int64" if isinstance(layers[0], Embedding) else "float32"
+        input_dtype = "int64" if isinstance(layers[0], _layers.Embedding) else "float32"
     if input_dtype not in ("float32", "int64"):
         raise SpecError("allowed: float32, int64", field="input_dtype", value=input_dtype)
     return ModelSpec(

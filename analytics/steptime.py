@@ -37,25 +37,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xfbench.analytics.costs import canonical_framework, has_weights, layer_cost, needs_input_grad
-from xfbench.analytics.layers import BatchNorm
+from xfbench.analytics.costs import canonical_framework, has_weights, needs_input_grad
+from xfbench.analytics.layers.base import WorkSite
 from xfbench.analytics.memory import dtype_bytes
 from xfbench.analytics.roofline import DATASHEET_LABEL, DeviceSpec
-from xfbench.analytics.shapes import infer_shapes, layer_input_shapes, padding_amounts
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-)
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
+from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import output_kind
 
 PHASES = ("forward", "input_grad", "weight_grad", "update")
@@ -474,9 +461,7 @@ def layer_work(
         in_elems = B * math.prod(in_shape)
         out_elems = B * math.prod(out_shape)
         need_dx = training and grads[i]
-        image = len(in_shape) == 3 and isinstance(
-            layer, (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, LocalResponseNorm)
-        )
+        image = len(in_shape) == 3 and layer.NHWC_INPUT
         if fw.nhwc and image and not channels_last:
             b.mem(i, "forward", "to NHWC", 2 * in_elems * w, 1, in_elems, out=in_elems * w, rate="transpose")
             if need_dx:
@@ -484,162 +469,12 @@ def layer_work(
                     i, "input_grad", "to NHWC grad", 2 * in_elems * w, 1, in_elems, out=in_elems * w, rate="transpose"
                 )
             channels_last = True
-        if isinstance(layer, (GlobalAvgPool2D, Flatten, Dense, LSTM, Embedding)):
+        if layer.ENDS_IMAGE:
             channels_last = False
-        unit = getattr(layer, "work", None)
-        if unit is not None:  # a unit type (analytics/layers/) lists its own work
-            unit(b, i, B, all_ins[i], out_shape, need_dx, training, fw_name)
-        elif isinstance(layer, Conv2D):
-            assert isinstance(layer.kernel, tuple) and isinstance(layer.stride, tuple)
-            c_in, h, wd = in_shape
-            c_out, ho, wo = out_shape
-            kh, kw = layer.kernel
-            m, k, n = B * ho * wo, c_in * kh * kw, c_out
-            _pad_work(b, i, layer.padding, (h, wd), (kh, kw), layer.stride, B * c_in, in_elems, need_dx, fw)
-            shape = (m, k, n)
-            b.gemm(i, "forward", "conv", m, k, n, kernel="forward", conv_shape=shape)
-            if layer.use_bias and not fw.bias_fused:
-                b.mem(i, "forward", "bias", 2 * out_elems * w)
-            b.activation(i, layer.activation, out_elems, training, fw.act_fused)
-            if training:
-                if need_dx:
-                    b.gemm(
-                        i,
-                        "input_grad",
-                        "conv dX",
-                        m,
-                        n,
-                        k,
-                        ops=fw.conv_backward_ops - 1,
-                        kernel="backward",
-                        conv_shape=shape,
-                    )
-                b.gemm(
-                    i,
-                    "weight_grad",
-                    "conv dW",
-                    k,
-                    m,
-                    n,
-                    ops=1,
-                    kernel="backward" if need_dx else "backward_first",
-                    conv_shape=shape,
-                )
-                if layer.use_bias:
-                    b.mem(i, "weight_grad", "bias grad", out_elems * w, fw.conv_backward_ops - 1)
-        elif isinstance(layer, Dense):
-            rows = B * math.prod(in_shape[:-1])
-            f_in, units = in_shape[-1], layer.units
-            b.gemm(i, "forward", "dense", rows, f_in, units)
-            if layer.use_bias and not fw.bias_fused:
-                b.mem(i, "forward", "bias", 2 * out_elems * w)
-            b.activation(i, layer.activation, out_elems, training, fw.act_fused)
-            if training:
-                if need_dx:
-                    b.gemm(i, "input_grad", "dense dX", rows, units, f_in)
-                b.gemm(i, "weight_grad", "dense dW", f_in, rows, units)
-                if layer.use_bias:
-                    b.mem(i, "weight_grad", "bias grad", out_elems * w, 1)
-        elif isinstance(layer, LSTM):
-            steps, features = in_shape
-            h = layer.units
-            g = 4 * h
-            cell = B * g  # gate pre-activations per step
-            per_step = fw.lstm == "per-step"
-            if per_step:
-                b.gemm(i, "forward", "lstm x-proj", B, features, g, repeat=steps)
-            else:
-                b.gemm(i, "forward", "lstm x-proj", steps * B, features, g, ops=fw.lstm_wrapper_ops + 1)
-            b.gemm(i, "forward", "lstm h-proj", B, h, g, repeat=steps, ops=steps if per_step else 0)
-            b.mem(
-                i,
-                "forward",
-                "lstm cell",
-                steps * 4 * cell * w,
-                steps * fw.lstm_step_ops,
-                steps * 5 * B * h,
-                out=steps * 2 * B * h * w,
-            )
-            if training:
-                b.mem(
-                    i,
-                    "input_grad",
-                    "lstm cell grad",
-                    steps * 6 * cell * w,
-                    steps * fw.lstm_step_bwd_ops,
-                    out=steps * cell * w,
-                )
-                b.gemm(i, "input_grad", "lstm dh", B, g, h, repeat=steps, ops=steps if per_step else 1)
-                if need_dx:
-                    if per_step:
-                        b.gemm(i, "input_grad", "lstm dX", B, g, features, repeat=steps)
-                    else:
-                        b.gemm(i, "input_grad", "lstm dX", steps * B, g, features, ops=0)
-                if per_step:
-                    b.gemm(i, "weight_grad", "lstm dW_x", features, B, g, repeat=steps)
-                    b.gemm(i, "weight_grad", "lstm dW_h", h, B, g, repeat=steps)
-                else:
-                    b.gemm(i, "weight_grad", "lstm dW_x", features, steps * B, g, ops=0)
-                    b.gemm(i, "weight_grad", "lstm dW_h", h, steps * B, g, ops=0)
-                b.mem(i, "weight_grad", "bias grad", steps * cell * w, steps if per_step else 0)
-        elif isinstance(layer, (MaxPool2D, AvgPool2D)):
-            assert isinstance(layer.pool, tuple) and isinstance(layer.stride, tuple)
-            c, h, wd = in_shape
-            _pad_work(b, i, layer.padding, (h, wd), layer.pool, layer.stride, B * c, in_elems, need_dx, fw)
-            window = out_elems * layer.pool[0] * layer.pool[1]
-            # max pooling in training also writes the argmax indices (int64) for the backward
-            indices = 2 * out_elems * w if training and isinstance(layer, MaxPool2D) else 0
-            b.mem(
-                i,
-                "forward",
-                "pool",
-                (in_elems + out_elems) * w + indices,
-                1,
-                window,
-                out=out_elems * w + indices,
-                rate="pool",
-            )
-            if need_dx:
-                b.mem(i, "input_grad", "pool grad", (2 * in_elems + out_elems) * w + indices, out=in_elems * w)
-        elif isinstance(layer, GlobalAvgPool2D):
-            b.mem(i, "forward", "global pool", (in_elems + out_elems) * w, out=out_elems * w)
-            if need_dx:
-                b.mem(i, "input_grad", "global pool grad", (in_elems + out_elems) * w, out=in_elems * w)
-        elif isinstance(layer, Activation):
-            b.activation(i, layer.kind, out_elems, training, False)
-        elif isinstance(layer, Dropout):
-            if training:
-                # a random mask (compute: one random number per element), the masked product; grad: one product
-                b.mem(i, "forward", "dropout", 3 * in_elems * w, 2, in_elems, out=2 * in_elems * w)
-                if need_dx:
-                    b.mem(i, "input_grad", "dropout grad", 3 * in_elems * w, out=in_elems * w)
-        elif isinstance(layer, LocalResponseNorm):
-            cost = layer_cost(layer, in_shape, out_shape, fw_name)
-            b.mem(i, "forward", "lrn", 4 * in_elems * w, 4, cost.other * B, out=2 * in_elems * w)
-            if need_dx:
-                b.mem(i, "input_grad", "lrn grad", 8 * in_elems * w, 8, 2 * cost.other * B, out=in_elems * w)
-        elif isinstance(layer, Embedding):
-            b.mem(i, "forward", "gather", 2 * out_elems * w, out=out_elems * w)
-            if training:
-                b.mem(
-                    i,
-                    "weight_grad",
-                    "scatter-add",
-                    (layer.vocab * layer.dim + 2 * out_elems) * w,
-                    2,
-                    out=layer.vocab * layer.dim * w,
-                )
-        elif isinstance(layer, Flatten):
-            b.mem(i, "forward", "flatten (view)", 0.0, 1)
-        else:
-            raise ValueError(f"no step-time work rule for layer type {layer.type}")
+        layer.work(b, WorkSite(i, B, all_ins[i], out_shape, need_dx, training, fw_name))  # the type's own items
         if training and has_weights(layer):
-            trainable = getattr(layer, "trainable_params", None)
-            if trainable is not None:
-                params = trainable(all_ins[i])
-            else:
-                params = layer_cost(layer, in_shape, out_shape, fw_name).params
-            tensors = _param_tensors(layer, fw_name)
+            params = layer.trainable_params(all_ins[i], out_shape, fw_name)
+            tensors = layer.param_tensors(fw_name)
             streams = {"sgd": 3, "momentum": 5, "adam": 7}[optimizer]
             b.mem(i, "update", optimizer, streams * params * w, fw.update_ops[optimizer] * tensors, inplace=True)
             for _ in range(fw.update_temporaries.get(optimizer, 0)):
@@ -657,44 +492,6 @@ def layer_work(
         compute = out_elems if kind != "regression" else 0
         b.mem(-1, "forward", f"loss ({kind})", 4 * out_elems * w, fw.loss_ops, compute)
     return b.items
-
-
-def _pad_work(
-    b: _Builder,
-    i: int,
-    padding: str | int,
-    hw: tuple[int, int],
-    window: tuple[int, int],
-    stride: tuple[int, int],
-    planes: int,
-    in_elems: int,
-    need_dx: bool,
-    fw: Convention,
-) -> None:
-    """A pad op before a conv or pool where the framework makes one: asymmetric ``same`` padding outside
-    TensorFlow, and any int padding where pads are their own ops (Keras). Its gradient is a slice."""
-    pads = padding_amounts(padding, hw[0], window[0], stride[0]) + padding_amounts(padding, hw[1], window[1], stride[1])
-    if padding == "same":
-        needed = not fw.same_pad_native and (pads[0] != pads[1] or pads[2] != pads[3])
-    else:
-        needed = fw.explicit_pad_ops and isinstance(padding, int) and padding > 0
-    if not needed:
-        return
-    padded = planes * (hw[0] + pads[0] + pads[1]) * (hw[1] + pads[2] + pads[3])
-    w = b.w
-    b.mem(i, "forward", "pad", (in_elems + padded) * w, out=padded * w)
-    if need_dx:
-        b.mem(i, "input_grad", "pad grad", (in_elems + padded) * w, out=in_elems * w)
-
-
-def _param_tensors(layer: Any, framework: str) -> int:
-    if isinstance(layer, LSTM):
-        return 3 if framework == "tensorflow" else 4
-    if isinstance(layer, (Conv2D, Dense)):
-        return 2 if layer.use_bias else 1
-    if isinstance(layer, BatchNorm):
-        return 2  # gamma and beta (the running statistics have no update)
-    return 1
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,22 +37,10 @@ from dataclasses import dataclass, field
 
 from xfbench.analytics.layers import UNIT_TYPES
 from xfbench.analytics.memory import dtype_bytes
-from xfbench.analytics.shapes import infer_shapes, layer_input_shapes, padding_amounts
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
 from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
     Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Layer,
-    LocalResponseNorm,
-    MaxPool2D,
     ModelSpec,
-    SpecError,
     consumers,
     layer_inputs,
 )
@@ -69,10 +57,6 @@ from xfbench.analytics.timeline_rules import (
     OpRule,
     ceil_to,
     element_bytes,
-    lstm_workspace_bytes,
-    tf_conv_grad_col_elems,
-    torch_onednn_conv_forward_scratch_elems,
-    torch_onednn_conv_scratch_elems,
 )
 from xfbench.analytics.weights import output_kind
 
@@ -495,17 +479,9 @@ class _Lowering:
 _TORCH_ACT = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "_softmax"}
 
 
-def _hw_pads(
-    padding: str | int, shape: tuple[int, ...], window: tuple[int, int], stride: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` padding of a (C, H, W) input under the spec's rule."""
-    top, bottom = padding_amounts(padding, shape[1], window[0], stride[0])
-    left, right = padding_amounts(padding, shape[2], window[1], stride[1])
-    return top, bottom, left, right
-
-
 class _TorchModel:
-    """Lowers each spec layer to the ops ``backends/torch/model.py`` runs."""
+    """PyTorch's lowering: what every layer type's ``simulate`` (``analytics/layers/``) calls to declare parameters,
+    activations, pooling windows and the loss the way ``backends/torch/model.py`` runs them."""
 
     def __init__(self, low: _Lowering, spec: ModelSpec) -> None:
         self.low = low
@@ -517,159 +493,16 @@ class _TorchModel:
         self.low.params.append((f"{label}.{name}", n))
         return n
 
-    def layer(self, i: int, layer: Layer, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Val:
-        label = f"{i}:{layer.label}"
-        b = self.b
-        out_elems = b * math.prod(out_shape)
-        low = self.low
-        if isinstance(layer, Conv2D):
-            return self.conv(label, layer, x, in_shape, out_shape)
-        if isinstance(layer, (MaxPool2D, AvgPool2D)):
-            return self.pool(label, layer, x, in_shape, out_shape)
-        if isinstance(layer, GlobalAvgPool2D):
-            y = low.out("mean_hw", {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, Dense):
-            return self.dense(label, layer, x, in_shape, out_elems)
-        if isinstance(layer, Flatten):
-            if x.contiguous:
-                y = low.view(x, label) if x.requires_grad else low.alias(x)
-            else:
-                y = low.out("clone", {"input": x}, {"output": x.elems}, label=label)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, Activation):
-            y = self.act(label, layer.kind, x)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, Dropout):
-            if not low.c.training or layer.rate == 0:
-                y = low.alias(x)  # eval mode, or p == 0: the input itself (aten dropout returns it)
-            else:
-                op = "dropout" if low.c.device == "cpu" else "native_dropout"
-                y = low.out(op, {"input": x}, {"input": x.elems, "output": x.elems}, label=label)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, LocalResponseNorm):
-            return self.lrn(label, layer, x, in_shape)
-        if isinstance(layer, LSTM):
-            return self.lstm(label, layer, x, in_shape)
-        if isinstance(layer, Embedding):
-            w = self.param(label, "weight", layer.vocab * layer.dim)
-            y = low.out("embedding", {"input": x}, {"output": out_elems}, label=label, params={"weight": w})
-            low.drop(x, label)
-            return y
-        raise SpecError(f"layer type {layer.type} is not simulated", field="type", value=layer.type)
-
     def act(self, label: str, kind: str, x: _Val) -> _Val:
         return self.low.out(
             _TORCH_ACT[kind], {"input": x}, {"input": x.elems, "output": x.elems}, label=label, name=kind
         )
-
-    def conv(self, label: str, layer: Conv2D, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Val:
-        low = self.low
-        out_elems = self.b * math.prod(out_shape)
-        kernel, stride = layer.kernel, layer.stride
-        assert isinstance(kernel, tuple) and isinstance(stride, tuple)
-        c_in = in_shape[0]
-        w = self.param(label, "weight", layer.filters * c_in * kernel[0] * kernel[1])
-        params = {"weight": w}
-        if layer.use_bias:
-            params["bias"] = self.param(label, "bias", layer.filters)
-        src, padded = x, None
-        if layer.padding == "same":
-            top, bottom, left, right = _hw_pads("same", in_shape, kernel, stride)
-            if top != bottom or left != right:  # F.pad, then a valid conv (model.py ConvLayer.forward)
-                n = self.b * c_in * (in_shape[1] + top + bottom) * (in_shape[2] + left + right)
-                padded = low.out(
-                    "constant_pad_nd", {"input": x}, {"input": x.elems, "output": n}, label=label, name="pad"
-                )
-                src = padded
-        sizes = {"input": src.elems, "output": out_elems, "scratch": 0}
-        forward_scratch = 0
-        if low.c.kernel_scratch and low.c.device == "cpu":
-            in_ch_hw = (c_in, src.elems // (self.b * c_in))
-            out_ch_hw = (layer.filters, math.prod(out_shape[1:]))
-            forward_scratch = torch_onednn_conv_forward_scratch_elems(self.b, in_ch_hw, out_ch_hw, kernel)
-            sizes["scratch"] = torch_onednn_conv_scratch_elems(
-                self.b, in_ch_hw, out_ch_hw, kernel, stride, src.requires_grad
-            )
-        y = low.out("convolution", {"input": src}, sizes, label=label, params=params)
-        if forward_scratch:  # held while the op runs, beside its output, and released before it returns
-            tid = low.p.alloc(f"{label}.scratch", forward_scratch * low.c.width, "workspace", label, low.stage, "tmp")
-            low.p.drop(tid, "tmp", label, low.stage)
-        result = self.act(label, layer.activation, y) if layer.activation else y
-        if padded is not None:  # ConvLayer.forward's locals: the padded input, then the conv result
-            low.drop(padded, label)
-        if layer.activation:
-            low.drop(y, label)
-        low.drop(x, label)
-        return result
 
     def window(self, label: str, is_max: bool, x: _Val, out_elems: int) -> _Val:
         op = "avg_pool2d"
         if is_max:  # training runs max_pool2d_with_indices (measured, even without grad); inference max_pool2d
             op = "max_pool2d_with_indices" if self.low.c.training else "max_pool2d"
         return self.low.out(op, {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
-
-    def pool(
-        self, label: str, layer: MaxPool2D | AvgPool2D, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
-    ) -> _Val:
-        low = self.low
-        pool, stride = layer.pool, layer.stride
-        assert isinstance(pool, tuple) and isinstance(stride, tuple)
-        is_max = isinstance(layer, MaxPool2D)
-        out_elems = self.b * math.prod(out_shape)
-        c, h, w = in_shape
-
-        def padded_elems(t: int, bt: int, lf: int, rt: int) -> int:
-            return self.b * c * (h + t + bt) * (w + lf + rt)
-
-        if layer.padding == "same":
-            t, bt, lf, rt = _hw_pads("same", in_shape, pool, stride)
-            if not any((t, bt, lf, rt)):
-                y = self.window(label, is_max, x, out_elems)
-            elif is_max:
-                p = low.out(
-                    "constant_pad_nd",
-                    {"input": x},
-                    {"input": x.elems, "output": padded_elems(t, bt, lf, rt)},
-                    label=label,
-                    name="pad",
-                )
-                y = self.window(label, True, p, out_elems)
-                low.drop(p, label)
-            else:
-                # model.py: window sum of the zero-padded input / the cached count of real cells
-                p = low.out(
-                    "constant_pad_nd",
-                    {"input": x},
-                    {"input": x.elems, "output": padded_elems(t, bt, lf, rt)},
-                    label=label,
-                    name="pad",
-                )
-                s = self.window(label, False, p, out_elems)
-                low.drop(p, label)
-                self.count_cache(label, (h, w), (t, bt, lf, rt), out_shape[1] * out_shape[2])
-                y = low.out("div_count", {"input": s}, {"input": s.elems, "output": out_elems}, label=label, name="div")
-                low.drop(s, label)
-        else:
-            pad = 0 if layer.padding == "valid" else int(layer.padding)
-            if pad and not all(2 * pad <= k for k in pool):
-                p = low.out(
-                    "constant_pad_nd",
-                    {"input": x},
-                    {"input": x.elems, "output": padded_elems(pad, pad, pad, pad)},
-                    label=label,
-                    name="pad",
-                )
-                y = self.window(label, is_max, p, out_elems)
-                low.drop(p, label)
-            else:
-                y = self.window(label, is_max, x, out_elems)
-        low.drop(x, label)
-        return y
 
     def count_cache(self, label: str, hw: tuple[int, int], pads: tuple[int, int, int, int], out_hw: int) -> None:
         """PoolLayer._cell_count: ``ones`` -> pad -> window sum, cached on the module for good."""
@@ -689,151 +522,6 @@ class _TorchModel:
         low.p.hold(count.tid, "module")
         low.drop(padded, label)
         low.drop(count, label)
-
-    def dense(self, label: str, layer: Dense, x: _Val, in_shape: tuple[int, ...], out_elems: int) -> _Val:
-        low = self.low
-        w = self.param(label, "weight", in_shape[-1] * layer.units)
-        params = {"weight": w}
-        if layer.use_bias:
-            params["bias"] = self.param(label, "bias", layer.units)
-        sizes = {"input": x.elems, "output": out_elems}
-        if len(in_shape) == 1 or (x.contiguous and layer.use_bias):
-            # addmm (2-D, or 3-D contiguous through _flatten_nd_linear); mm without a bias
-            op = "addmm" if layer.use_bias else "mm"
-            y = low.out(op, {"input": x}, sizes, label=label, params=params)
-        elif not low.c.training and low.c.dispatch_mode:
-            # inference mode: an observer sees aten.linear as one op, i.e. only its result (the real run below,
-            # copy + mm + add_, is what torch.profiler's memory events show inside aten::linear)
-            y = low.out("linear", {"input": x}, sizes, label=label)
-        else:
-            # at::matmul: a non-contiguous input is copied by reshape, then mm, then the bias add
-            src = x
-            if not x.contiguous:
-                src = low.out("clone", {"input": x}, {"output": x.elems}, label=label, name="reshape_copy")
-            y = low.out(
-                "mm_folded",
-                {"input": src},
-                {"input": src.elems, "output": out_elems},
-                label=label,
-                params={"weight": w},
-                name="mm",
-            )
-            if src is not x:
-                low.drop(src, label)
-            if not layer.use_bias and y.requires_grad and not x.contiguous:
-                z = low.out("unsafe_view", {"input": y}, {"input": out_elems, "output": out_elems}, label=label)
-                low.drop(y, label)
-                y = z
-            if layer.use_bias:
-                bias = {"bias": params["bias"]}
-                if low.c.dispatch_mode:  # out-of-place add (isTensorSubclassLike under a dispatch mode)
-                    z = low.out("add_bias", {"input": y}, {"output": out_elems}, label=label, params=bias)
-                    low.drop(y, label)
-                    y = z
-                else:  # output.add_(bias): in place
-                    z = low.out("add_bias_", {"input": y}, {"output": out_elems}, label=label, params=bias)
-                    low.drop(y, label)
-                    y = z
-        result = y
-        if layer.activation:
-            result = self.act(label, layer.activation, y)
-            low.drop(y, label)
-        low.drop(x, label)
-        return result
-
-    def lrn(self, label: str, layer: LocalResponseNorm, x: _Val, in_shape: tuple[int, ...]) -> _Val:
-        """torch.nn.functional.local_response_norm on a 4-D input (torch/nn/functional.py)."""
-        low = self.low
-        c, h, w = in_shape
-        n = x.elems
-        padded = self.b * (c + layer.size - 1) * h * w
-        sq = low.out("mul_self", {"input": x}, {"input": n, "output": n}, label=label, name="x*x")
-        sq5 = low.view(sq, label) if sq.requires_grad else low.alias(sq)
-        low.drop(sq, label)
-        p = low.out("constant_pad_nd", {"input": sq5}, {"input": n, "output": padded}, label=label, name="pad")
-        low.drop(sq5, label)
-        a = low.out("avg_pool3d", {"input": p}, {"input": padded, "output": n}, label=label)
-        low.drop(p, label)
-        ms = low.out("mul_scalar", {"input": a}, {"input": n, "output": n}, label=label, name="mul_alpha")
-        ad = low.out("add_scalar", {"input": ms}, {"input": n, "output": n}, label=label, name="add_k")
-        low.drop(ms, label)
-        pw = low.out("pow_scalar", {"input": ad}, {"input": n, "output": n}, label=label, name="pow_beta")
-        low.drop(ad, label)
-        low.drop(a, label)
-        y = low.out("div", {"input": x, "other": pw}, {"input": n, "output": n}, label=label)
-        low.drop(pw, label)
-        low.drop(x, label)
-        return y
-
-    def lstm(self, label: str, layer: LSTM, x: _Val, in_shape: tuple[int, ...]) -> _Val:
-        low = self.low
-        t, f = in_shape
-        h = layer.units
-        b = self.b
-        params = {
-            "weight_ih": self.param(label, "weight_ih", 4 * h * f),
-            "weight_hh": self.param(label, "weight_hh", 4 * h * h),
-            "bias_ih": self.param(label, "bias_ih", 4 * h),
-            "bias_hh": self.param(label, "bias_hh", 4 * h),
-        }
-        state = b * h
-        h0 = low.scratch("h0", state, "x", label)  # nn.LSTM.forward: zeros for h_0 and c_0
-        c0 = low.scratch("c0", state, "x", label)
-        seq = b * t * h
-        contiguous = b == 1 or t == 1  # the batch_first output is a transposed (T, B, H) buffer
-        if low.c.training:
-            src = x
-            if not contiguous:  # the batch_first input transposed to (T, B, F): a contiguous copy
-                src = low.out("clone", {"input": x}, {"output": x.elems}, label=label, name="contiguous")
-            ws = 0
-            if low.c.device == "cpu":
-                ws = lstm_workspace_bytes(b, t, f, h)
-            else:
-                low.notes.append("LSTM on a GPU: cuDNN's reserve space is not modelled (not yet measured)")
-            sizes = {"input": src.elems, "output": seq, "state": state, "workspace": ws // 4}
-            outs = low.run("mkldnn_rnn_layer", {"input": src, "hx": h0, "cx": c0}, sizes, label=label, params=params)
-            low.p.tensors[outs["aux:workspace"].tid].category = "workspace"
-            y = outs["output"]
-            hn = low.scratch("h_n", state, "x", label)  # torch.stack of the final states, discarded by the model
-            cn = low.scratch("c_n", state, "x", label)
-            if src is not x:
-                low.drop(src, label)
-            out = low.view(y, label, contiguous=contiguous)
-            low.drop(y, label)
-            low.drop(hn, label)
-            low.drop(cn, label)
-        else:
-            # inference mode: aten.lstm is one op to an observer; output, h_n, c_n are its results. Inside it
-            # (real run only; torch.profiler memory events) the transposed input is first made contiguous.
-            copy = None
-            if not contiguous and not low.c.dispatch_mode:
-                copy = low.scratch("input_contiguous", x.elems, "x", label)
-            out = low.scratch("output", seq, "x", label)
-            out.contiguous = contiguous
-            hn = low.scratch("h_n", state, "x", label)
-            cn = low.scratch("c_n", state, "x", label)
-            if copy is not None:
-                low.drop(copy, label)
-            low.drop(hn, label)
-            low.drop(cn, label)
-        low.drop(h0, label)
-        low.drop(c0, label)
-        if not layer.return_sequences:
-            if out.requires_grad:
-                sel = low.out(
-                    "select_backward",
-                    {"input": out},
-                    {"input": seq, "output": state},
-                    label=label,
-                    name="select",
-                    contiguous=False,
-                )
-            else:
-                sel = low.alias(out, state, contiguous=False)
-            low.drop(out, label)
-            out = sel
-        low.drop(x, label)
-        return out
 
     def loss(self, y: _Val, out_elems: int) -> _Val:
         """loss_fn in backends/torch/model.py, by the spec's output kind; returns the loss value."""
@@ -862,8 +550,8 @@ class _TorchModel:
 
 
 class _ApproxModel(_TorchModel):
-    """TensorFlow and MXNet: the same walk with their op tables (see :mod:`analytics.timeline_rules` for which
-    rules are measured and which are a first approximation).
+    """TensorFlow and MXNet: the same walk with their op tables and activations (see
+    :mod:`analytics.timeline_rules` for which rules are measured and which are a first approximation).
 
     TensorFlow (Keras): ``same`` padding inside the op (no copy), ``ZeroPadding2D`` for int padding, whose input
     is freed once the Pad has run; the bias add and the activation write into the conv/dense output (measured,
@@ -878,113 +566,6 @@ class _ApproxModel(_TorchModel):
         else:
             op = "softmax" if kind == "softmax" else "Activation"
         return self.low.out(op, {"input": x}, {"input": x.elems, "output": x.elems}, label=label, name=kind)
-
-    def layer(self, i: int, layer: Layer, x: _Val, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Val:
-        low = self.low
-        fw = low.c.framework
-        label = f"{i}:{layer.label}"
-        out_elems = self.b * math.prod(out_shape)
-        tf = fw == "tensorflow"
-        if isinstance(layer, (Conv2D, Dense)):
-            params = self._params(label, layer, in_shape)
-            src = x
-            if isinstance(layer, Conv2D):
-                kernel, stride = layer.kernel, layer.stride
-                assert isinstance(kernel, tuple) and isinstance(stride, tuple)
-                t, bt, lf, rt = _hw_pads(layer.padding, in_shape, kernel, stride)
-                explicit = (tf and isinstance(layer.padding, int) and layer.padding > 0) or (
-                    not tf and (t != bt or lf != rt)
-                )
-                if explicit:
-                    n = self.b * in_shape[0] * (in_shape[1] + t + bt) * (in_shape[2] + lf + rt)
-                    src = low.out("Pad", {"input": x}, {"input": x.elems, "output": n}, label=label)
-                    if tf:
-                        # TensorFlow's executor frees a tensor once its last consumer has run: the Pad is the
-                        # only consumer of the layer's input (measured: tf_step_memory.py --gap C, VGG-16 conv1_2)
-                        low.drop(x, label)
-                op = "Conv2D" if tf else "Convolution"
-            else:
-                op = "MatMul" if tf else "FullyConnected"
-            sizes = {"input": src.elems, "output": out_elems}
-            if tf and isinstance(layer, Conv2D):
-                kh, kw = layer.kernel  # type: ignore[misc]
-                col_in, col_filter = tf_conv_grad_col_elems(
-                    self.b, out_shape[1] * out_shape[2], kh * kw * in_shape[0], layer.filters, low.c.threads
-                )
-                sizes["col_input"] = col_in if src.requires_grad else 0
-                sizes["col_filter"] = col_filter
-            y = low.out(op, {"input": src}, sizes, label=label, params=params)
-            if src is not x:
-                low.drop(src, label)
-            if tf and getattr(layer, "use_bias", False):
-                z = low.out("BiasAdd", {"input": y}, {"output": out_elems}, label=label)
-                low.drop(y, label)
-                y = z
-            if layer.activation:
-                z = self.act(label, layer.activation, y)
-                low.drop(y, label)
-                y = z
-            low.drop(x, label)
-            return y
-        if isinstance(layer, (MaxPool2D, AvgPool2D)):
-            is_max = isinstance(layer, MaxPool2D)
-            op = ("MaxPool" if is_max else "AvgPool") if tf else "Pooling"
-            y = low.out(op, {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, GlobalAvgPool2D):
-            y = low.out("Mean" if tf else "Pooling", {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, Flatten):
-            y = low.view(x, label) if x.requires_grad else low.alias(x)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, Activation):
-            y = self.act(label, layer.kind, x)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, Dropout):
-            if not low.c.training or layer.rate == 0:
-                y = low.alias(x)
-            else:
-                y = low.out("Dropout", {"input": x}, {"input": x.elems, "output": x.elems}, label=label)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, LSTM):
-            t, f = in_shape
-            h = layer.units
-            params = {"weight": (4 * h * (f + h) + 4 * h * (1 if tf else 2)) * low.c.width}
-            low.params.append((f"{label}.weights", params["weight"]))
-            gates = self.b * t * 4 * h + self.b * (t + 1) * 2 * h
-            seq = self.b * t * h
-            op = "LSTM" if tf else "RNN"
-            y = low.out(op, {"input": x}, {"input": x.elems, "output": seq, "gates": gates}, label=label, params=params)
-            if not layer.return_sequences:
-                y = low.alias(y, self.b * h)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, LocalResponseNorm):
-            y = low.out("LRN", {"input": x}, {"input": x.elems, "output": out_elems}, label=label)
-            low.drop(x, label)
-            return y
-        if isinstance(layer, Embedding):
-            w = layer.vocab * layer.dim * low.c.width
-            low.params.append((f"{label}.weights", w))
-            y = low.out("Embedding", {"input": x}, {"output": out_elems}, label=label, params={"weight": w})
-            low.drop(x, label)
-            return y
-        raise SpecError(f"layer type {layer.type} is not simulated for {fw}", field="type", value=layer.type)
-
-    def _params(self, label: str, layer: Conv2D | Dense, in_shape: tuple[int, ...]) -> dict[str, int]:
-        if isinstance(layer, Conv2D):
-            kh, kw = layer.kernel  # type: ignore[misc]
-            n = layer.filters * in_shape[0] * kh * kw + (layer.filters if layer.use_bias else 0)
-        else:
-            n = in_shape[-1] * layer.units + (layer.units if layer.use_bias else 0)
-        b = n * self.low.c.width
-        self.low.params.append((f"{label}.weights", b))
-        return {"weight": b}
 
     def loss(self, y: _Val, out_elems: int) -> _Val:
         low = self.low
@@ -1094,12 +675,8 @@ def simulate(
     values: dict[int, _Val] = {-1: v}
     low.uses[v.vid] = sum(srcs.count(-1) for srcs in layer_inputs(spec))
     for i, (layer, srcs, ins, o) in enumerate(zip(spec.layers, layer_inputs(spec), layer_input_shapes(spec), outs)):
-        xs = [values[j] for j in srcs]
-        unit = getattr(layer, "simulate", None)
-        if unit is not None:
-            v = unit(model, f"{i}:{layer.label}", xs, ins, o)
-        else:
-            v = model.layer(i, layer, xs[0], ins[0], o)
+        # the type's own ops (analytics/layers/), through this framework's lowering
+        v = layer.simulate(model, f"{i}:{layer.label}", [values[j] for j in srcs], ins, o)
         values[i] = v
         if len(readers[i]) > 1:
             low.uses[v.vid] = len(readers[i])

@@ -18,7 +18,7 @@ BatchNorm          gamma, beta, moving_mean, moving_variance   ``(C,)`` each; th
                                                                that running statistics travel
 =================  ==========================================  ===========================
 
-All other layers have no weights. A unit type (``analytics/layers/``) declares its slots itself.
+All other layers have no weights. Each type declares its slots (``weight_slots``, ``analytics/layers/``).
 """
 
 from __future__ import annotations
@@ -28,19 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    LocalResponseNorm,
-    ModelSpec,
-    _Pool,
-)
+from xfbench.analytics.spec import Activation, Dense, Embedding, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -56,31 +44,10 @@ def weight_slots(spec: ModelSpec) -> list[WeightSlot]:
     """The neutral weight list's entries, in order."""
     slots: list[WeightSlot] = []
     for i, (layer, in_shapes) in enumerate(zip(spec.layers, layer_input_shapes(spec))):
-        in_shape = in_shapes[0]
         lname = layer.label if layer.label != layer.type else f"{layer.type.lower()}{i}"
-        unit = getattr(layer, "weight_slots", None)
-        if unit is not None:
-            slots.extend(WeightSlot(i, lname, param, shape, trainable) for param, shape, trainable in unit(in_shapes))
-        elif isinstance(layer, Conv2D):
-            kh, kw = layer.kernel  # type: ignore[misc]
-            slots.append(WeightSlot(i, lname, "kernel", (layer.filters, in_shape[0], kh, kw)))
-            if layer.use_bias:
-                slots.append(WeightSlot(i, lname, "bias", (layer.filters,)))
-        elif isinstance(layer, Dense):
-            slots.append(WeightSlot(i, lname, "kernel", (in_shape[-1], layer.units)))
-            if layer.use_bias:
-                slots.append(WeightSlot(i, lname, "bias", (layer.units,)))
-        elif isinstance(layer, LSTM):
-            h = layer.units
-            slots.append(WeightSlot(i, lname, "kernel", (in_shape[-1], 4 * h)))
-            slots.append(WeightSlot(i, lname, "recurrent_kernel", (h, 4 * h)))
-            slots.append(WeightSlot(i, lname, "bias", (4 * h,)))
-        elif isinstance(layer, Embedding):
-            slots.append(WeightSlot(i, lname, "embeddings", (layer.vocab, layer.dim)))
-        elif isinstance(layer, (Activation, Flatten, Dropout, _Pool, GlobalAvgPool2D, LocalResponseNorm)):
-            pass
-        else:
-            raise ValueError(f"no weight-slot rule for layer type {layer.type}")
+        slots.extend(
+            WeightSlot(i, lname, param, shape, trainable) for param, shape, trainable in layer.weight_slots(in_shapes)
+        )
     return slots
 
 

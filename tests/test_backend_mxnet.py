@@ -13,21 +13,11 @@ pytest.importorskip("mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)
 
 import mxnet as mx
 import xfbench.backends.mxnet as B
+from xfbench.analytics import layers as L
 from xfbench.analytics.catalog import CATALOG, catalog_model
 from xfbench.analytics.reference import reference_forward
 from xfbench.analytics.shapes import infer_shapes
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Embedding,
-    Flatten,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-)
+from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import make_batch, random_weights, weight_slots
 from xfbench.backends.base import DeviceUnavailable, MemoryStats, NotSupported
 
@@ -94,31 +84,32 @@ def test_layer_variants_parity() -> None:
         "variants",
         (3, 9, 10),
         (
-            Conv2D(4, 4, 2, "same", activation="softmax"),
-            MaxPool2D(2, 2, "same"),
-            AvgPool2D(3, 2, "same"),
-            AvgPool2D(3, 1, "same"),
-            AvgPool2D(2, 2, 1),
-            LocalResponseNorm(4, 0.1, 0.75, 1.0),
-            LocalResponseNorm(3, 0.1, 0.6, 2.0),
-            MaxPool2D(3, 1, 1),
-            Activation("tanh"),
-            Flatten(),
-            Dense(6, activation="tanh"),
-            Activation("softmax"),
+            L.Conv2D(4, 4, 2, "same", activation="softmax"),
+            L.MaxPool2D(2, 2, "same"),
+            L.AvgPool2D(3, 2, "same"),
+            L.AvgPool2D(3, 1, "same"),
+            L.AvgPool2D(2, 2, 1),
+            L.LocalResponseNorm(4, 0.1, 0.75, 1.0),
+            L.LocalResponseNorm(3, 0.1, 0.6, 2.0),
+            L.MaxPool2D(3, 1, 1),
+            L.Activation("tanh"),
+            L.Flatten(),
+            L.Dense(6, activation="tanh"),
+            L.Activation("softmax"),
         ),
     )
     _check_parity(spec, 2)
 
 
 def test_embedding_lstm_last_step_parity() -> None:
-    spec = ModelSpec("emb", (7,), (Embedding(50, 8), LSTM(16), Dense(5, activation="softmax")), input_dtype="int64")
+    layers = (L.Embedding(50, 8), L.LSTM(16), L.Dense(5, activation="softmax"))
+    spec = ModelSpec("emb", (7,), layers, input_dtype="int64")
     _check_parity(spec, 2)
 
 
 def test_dtypes() -> None:
     """float64 runs (LRN through the composite path: MXNet's LRN has no float64 kernel); CPU float16 is refused."""
-    spec = ModelSpec("lrn64", (7, 4, 4), (LocalResponseNorm(5, 0.1, 0.75, 1.0), Conv2D(3, 3, 2, "same")))
+    spec = ModelSpec("lrn64", (7, 4, 4), (L.LocalResponseNorm(5, 0.1, 0.75, 1.0), L.Conv2D(3, 3, 2, "same")))
     net = B.build_model(spec, dtype="float64")
     weights = random_weights(spec, dtype="float64")
     B.set_weights(net, weights)
@@ -134,14 +125,14 @@ def test_dtypes() -> None:
 
 def test_same_padding_even_kernel_stride_2() -> None:
     """5x5 ones, 2x2 ones kernel, stride 2, `same`: TF pads 1 AFTER (none before), so windows cover 2, 2, 1 cells."""
-    spec = ModelSpec("same", (1, 5, 5), (Conv2D(1, 2, 2, "same", use_bias=False),))
+    spec = ModelSpec("same", (1, 5, 5), (L.Conv2D(1, 2, 2, "same", use_bias=False),))
     net = B.build_model(spec)
     B.set_weights(net, [np.ones((1, 1, 2, 2), np.float32)])
     out = B.to_numpy(B.infer(net, np.ones((1, 1, 5, 5), np.float32)))
     counts = np.array([2.0, 2.0, 1.0])
     np.testing.assert_array_equal(out[0, 0], np.outer(counts, counts))
     # max pooling pads with -inf: on an all-negative input the padded cells must not win
-    spec = ModelSpec("same_max", (1, 5, 5), (MaxPool2D(2, 2, "same"),))
+    spec = ModelSpec("same_max", (1, 5, 5), (L.MaxPool2D(2, 2, "same"),))
     x = -np.arange(1, 26, dtype=np.float32).reshape(1, 1, 5, 5)
     out = B.to_numpy(B.infer(B.build_model(spec), x))
     np.testing.assert_array_equal(out[0, 0], x[0, 0, ::2, ::2])  # the top-left cell of each window is largest

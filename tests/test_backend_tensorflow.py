@@ -11,22 +11,11 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
 
 import xfbench.backends.tensorflow as tfb
+from xfbench.analytics import layers as L
 from xfbench.analytics.catalog import CATALOG, catalog_model
 from xfbench.analytics.reference import reference_forward
 from xfbench.analytics.shapes import infer_shapes
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-)
+from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import make_batch, random_weights, weight_slots
 from xfbench.backends.base import DeviceUnavailable, FlopCount, MemoryStats
 from xfbench.backends.tensorflow._tf import keras, tf
@@ -131,7 +120,7 @@ def test_count_params_alexnet_hand_sum() -> None:
 
 def test_dense_after_flatten_gets_rows_permuted_chw_to_hwc() -> None:
     c, h, w, units = 3, 4, 5, 7
-    spec = _spec([Conv2D(c, 3, padding="same"), Flatten(), Dense(units)], (2, h, w), name="flat")
+    spec = _spec([L.Conv2D(c, 3, padding="same"), L.Flatten(), L.Dense(units)], (2, h, w), name="flat")
     model = tfb.build_model(spec, seed=1)
     neutral = random_weights(spec, seed=1)
     dense = model.get_layer("l2_dense")
@@ -148,12 +137,12 @@ def test_dense_after_flatten_gets_rows_permuted_chw_to_hwc() -> None:
 
 
 def test_flatten_at_the_output_keeps_chw_order() -> None:
-    spec = _spec([Conv2D(3, 3, padding=1), Flatten()], (2, 4, 5), name="flat_out")
+    spec = _spec([L.Conv2D(3, 3, padding=1), L.Flatten()], (2, 4, 5), name="flat_out")
     _check_parity(spec)
 
 
 def test_softmax_on_image_tensor_is_over_the_last_spec_axis() -> None:
-    spec = _spec([Conv2D(3, 3, padding="same", activation="softmax"), Activation("softmax")], (2, 4, 5))
+    spec = _spec([L.Conv2D(3, 3, padding="same", activation="softmax"), L.Activation("softmax")], (2, 4, 5))
     _check_parity(spec)
 
 
@@ -163,20 +152,20 @@ def test_softmax_on_image_tensor_is_over_the_last_spec_axis() -> None:
 def test_same_padding_even_kernel_stride_2_is_asymmetric_conv() -> None:
     # 5 wide, kernel 4, stride 2: out 3, total pad (3-1)*2+4-5 = 3 -> 1 before, 2 after.
     # Windows cover rows [-1..2], [1..4], [3..6]: 3, 4 and 2 real rows.
-    spec = _spec([Conv2D(1, 4, 2, "same", use_bias=False)], (1, 5, 5), name="same_even")
+    spec = _spec([L.Conv2D(1, 4, 2, "same", use_bias=False)], (1, 5, 5), name="same_even")
     model = tfb.build_model(spec)
     tfb.set_weights(model, [np.ones((1, 1, 4, 4), np.float32)])
     out = tfb.to_numpy(tfb.infer(model, np.ones((1, 1, 5, 5), np.float32)))
     counts = np.array([3.0, 4.0, 2.0])
     np.testing.assert_array_equal(out[0, 0], np.outer(counts, counts))
-    _check_parity(_spec([Conv2D(4, 4, 2, "same", activation="relu")], (3, 9, 10)))
+    _check_parity(_spec([L.Conv2D(4, 4, 2, "same", activation="relu")], (3, 9, 10)))
 
 
 def test_same_padding_even_pool_stride_2_avg_excludes_padding_max_ignores_it() -> None:
     # 5 wide, pool 2, stride 2: out 3, total pad 1 -> 0 before, 1 after; the last window holds one real cell.
     x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5) - 30.0  # all negative: a zero pad would win a max
-    avg = tfb.build_model(_spec([AvgPool2D(2, 2, "same")], (1, 5, 5)))
-    mx = tfb.build_model(_spec([MaxPool2D(2, 2, "same")], (1, 5, 5)))
+    avg = tfb.build_model(_spec([L.AvgPool2D(2, 2, "same")], (1, 5, 5)))
+    mx = tfb.build_model(_spec([L.MaxPool2D(2, 2, "same")], (1, 5, 5)))
     a, m = tfb.to_numpy(tfb.infer(avg, x))[0, 0], tfb.to_numpy(tfb.infer(mx, x))[0, 0]
     g = x[0, 0]
     expected_avg = np.empty((3, 3))
@@ -188,19 +177,19 @@ def test_same_padding_even_pool_stride_2_avg_excludes_padding_max_ignores_it() -
             expected_max[i, j] = win.max()
     np.testing.assert_allclose(a, expected_avg, rtol=1e-6)
     np.testing.assert_array_equal(m, expected_max)
-    _check_parity(_spec([AvgPool2D(4, 2, "same"), MaxPool2D(2, 2, "same")], (3, 9, 10)))
+    _check_parity(_spec([L.AvgPool2D(4, 2, "same"), L.MaxPool2D(2, 2, "same")], (3, 9, 10)))
 
 
 def test_explicit_padding_max_pads_minus_inf_avg_counts_zeros() -> None:
     x = -1.0 - np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
-    mx = tfb.build_model(_spec([MaxPool2D(3, 1, 1)], (1, 4, 4)))
+    mx = tfb.build_model(_spec([L.MaxPool2D(3, 1, 1)], (1, 4, 4)))
     out = tfb.to_numpy(tfb.infer(mx, x))[0, 0]
     assert out[0, 0] == -1.0  # max of x[0:2, 0:2]; a zero pad would give 0
     assert np.all(out < 0)
-    avg = tfb.build_model(_spec([AvgPool2D(3, 1, 1)], (1, 4, 4)))
+    avg = tfb.build_model(_spec([L.AvgPool2D(3, 1, 1)], (1, 4, 4)))
     out = tfb.to_numpy(tfb.infer(avg, x))[0, 0]
     np.testing.assert_allclose(out[0, 0], x[0, 0, :2, :2].sum() / 9.0, rtol=1e-6)  # 5 zeros in the divisor
-    _check_parity(_spec([Conv2D(4, 3, 2, 2), MaxPool2D(3, 2, 1), AvgPool2D(3, 2, 1)], (3, 11, 12)))
+    _check_parity(_spec([L.Conv2D(4, 3, 2, 2), L.MaxPool2D(3, 2, 1), L.AvgPool2D(3, 2, 1)], (3, 11, 12)))
 
 
 # --------------------------------------------------------------------------------------------- other layers
@@ -208,14 +197,14 @@ def test_explicit_padding_max_pads_minus_inf_avg_counts_zeros() -> None:
 
 @pytest.mark.parametrize("size", [5, 4])
 def test_local_response_norm_matches_pytorch_definition(size: int) -> None:
-    spec = _spec([Conv2D(7, 3, padding="same"), LocalResponseNorm(size, alpha=0.5, beta=0.75, k=2.0)], (2, 5, 6))
+    spec = _spec([L.Conv2D(7, 3, padding="same"), L.LocalResponseNorm(size, alpha=0.5, beta=0.75, k=2.0)], (2, 5, 6))
     _check_parity(spec)
 
 
 def test_lstm_last_state_gap_and_embedding() -> None:
-    _check_parity(_spec([LSTM(16), Dense(5, activation="tanh")], (7, 3)))
-    _check_parity(_spec([Conv2D(6, 3), GlobalAvgPool2D(), Dense(4, activation="sigmoid")], (2, 6, 6)))
-    _check_parity(_spec([Embedding(11, 4), LSTM(6, return_sequences=True)], (5,), input_dtype="int64"))
+    _check_parity(_spec([L.LSTM(16), L.Dense(5, activation="tanh")], (7, 3)))
+    _check_parity(_spec([L.Conv2D(6, 3), L.GlobalAvgPool2D(), L.Dense(4, activation="sigmoid")], (2, 6, 6)))
+    _check_parity(_spec([L.Embedding(11, 4), L.LSTM(6, return_sequences=True)], (5,), input_dtype="int64"))
 
 
 def test_float64_model_is_close_to_the_reference() -> None:

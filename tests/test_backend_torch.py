@@ -15,28 +15,17 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
 
+from xfbench.analytics import layers as L  # noqa: E402
 from xfbench.analytics.catalog import CATALOG, catalog_model  # noqa: E402
 from xfbench.analytics.reference import reference_forward  # noqa: E402
 from xfbench.analytics.shapes import infer_shapes  # noqa: E402
-from xfbench.analytics.spec import (  # noqa: E402
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    GlobalAvgPool2D,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-)
+from xfbench.analytics.spec import ModelSpec  # noqa: E402
 from xfbench.analytics.weights import make_batch, output_kind, random_weights  # noqa: E402
 from xfbench.backends import get_backend  # noqa: E402
 from xfbench.backends.base import DeviceUnavailable, MemoryStats  # noqa: E402
 from xfbench.backends.nvml import nvml_device_info, nvml_process_memory  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 
 tb = get_backend("torch")
 
@@ -44,15 +33,6 @@ PARITY_TOL = 1e-5
 SMALL = ("cnn3", "lenet", "lstm", "mlp")
 NO_GPU = "no CUDA GPU visible to torch"
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # One intra-op thread: reproducible float32 summation order and no fight for the shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rel_err(out: np.ndarray, ref: np.ndarray) -> float:
@@ -165,9 +145,9 @@ def test_same_padding_even_kernel_stride_2():
         "same_even",
         (3, 9, 10),
         (
-            Conv2D(4, 4, 2, "same", activation="tanh"),
-            MaxPool2D(4, 2, "same"),
-            AvgPool2D(2, 2, "same"),
+            L.Conv2D(4, 4, 2, "same", activation="tanh"),
+            L.MaxPool2D(4, 2, "same"),
+            L.AvgPool2D(2, 2, "same"),
         ),
     )
     assert infer_shapes(spec) == [(4, 5, 5), (4, 3, 3), (4, 2, 2)]
@@ -176,11 +156,11 @@ def test_same_padding_even_kernel_stride_2():
 
 def test_same_avg_pool_excludes_padding():
     # A 3x3 'same' average on a 2x2 map of ones: TF divides by the real cells only, so every output is 1.
-    spec = ModelSpec("same_avg", (1, 2, 2), (AvgPool2D(3, 1, "same"),))
+    spec = ModelSpec("same_avg", (1, 2, 2), (L.AvgPool2D(3, 1, "same"),))
     model = tb.build_model(spec)
     out = tb.to_numpy(tb.infer(model, np.ones((1, 1, 2, 2), np.float32)))
     np.testing.assert_array_equal(out, np.ones((1, 1, 2, 2), np.float32))
-    _check_parity(ModelSpec("same_avg_odd", (2, 7, 5), (AvgPool2D((2, 3), (2, 1), "same"),)))
+    _check_parity(ModelSpec("same_avg_odd", (2, 7, 5), (L.AvgPool2D((2, 3), (2, 1), "same"),)))
 
 
 def test_explicit_padding_wider_than_half_window():
@@ -188,7 +168,7 @@ def test_explicit_padding_wider_than_half_window():
     spec = ModelSpec(
         "wide_pad",
         (2, 5, 6),
-        (MaxPool2D(3, 2, 2), AvgPool2D(2, 1, 2), Conv2D(3, 3, 1, 1, use_bias=False)),
+        (L.MaxPool2D(3, 2, 2), L.AvgPool2D(2, 1, 2), L.Conv2D(3, 3, 1, 1, use_bias=False)),
     )
     _check_parity(spec)
 
@@ -198,14 +178,14 @@ def test_other_layers():
         "mixed",
         (6, 8, 8),
         (
-            Conv2D(8, 3, 1, 1, activation="sigmoid"),
-            LocalResponseNorm(size=4, alpha=0.5, beta=0.75, k=1.5),
-            Dropout(0.3),
-            Conv2D(5, 1),
-            Activation("tanh"),
-            GlobalAvgPool2D(),
-            Dense(7, use_bias=False, activation="relu"),
-            Dense(4, activation="softmax"),
+            L.Conv2D(8, 3, 1, 1, activation="sigmoid"),
+            L.LocalResponseNorm(size=4, alpha=0.5, beta=0.75, k=1.5),
+            L.Dropout(0.3),
+            L.Conv2D(5, 1),
+            L.Activation("tanh"),
+            L.GlobalAvgPool2D(),
+            L.Dense(7, use_bias=False, activation="relu"),
+            L.Dense(4, activation="softmax"),
         ),
     )
     _check_parity(spec)
@@ -215,14 +195,14 @@ def test_embedding_lstm_last_step():
     spec = ModelSpec(
         "tokens",
         (6,),
-        (Embedding(20, 5), LSTM(7, return_sequences=False), Dense(3)),
+        (L.Embedding(20, 5), L.LSTM(7, return_sequences=False), L.Dense(3)),
         input_dtype="int64",
     )
     _check_parity(spec)
 
 
 def test_lstm_parameter_layout():
-    spec = ModelSpec("lstm_small", (4, 3), (LSTM(2, return_sequences=True),))
+    spec = ModelSpec("lstm_small", (4, 3), (L.LSTM(2, return_sequences=True),))
     model, weights = loaded_model(spec)
     lstm = model.layers[0].lstm
     np.testing.assert_array_equal(lstm.weight_ih_l0.detach().numpy(), weights[0].T)
@@ -290,7 +270,7 @@ def test_unknown_optimizer():
 
 def test_sgd_lr_is_used():
     # One SGD step on a bias-free Dense: w' = w - lr * dL/dw with L = mean((x w - y)^2), computed by hand.
-    spec = ModelSpec("lin", (3,), (Dense(1, use_bias=False), Activation("tanh")))
+    spec = ModelSpec("lin", (3,), (L.Dense(1, use_bias=False), L.Activation("tanh")))
     model = tb.build_model(spec)
     w = np.array([[0.5], [-0.25], [1.0]], np.float32)
     tb.set_weights(model, [w])

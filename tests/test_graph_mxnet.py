@@ -14,6 +14,8 @@ pytest.importorskip("mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)
 
 import mxnet as mx
 import xfbench.backends.mxnet as B
+import xfbench.backends.mxnet.model as mx_model
+from xfbench.analytics.layers import LAYER_TYPES
 from xfbench.analytics.layers.batchnorm import UNBIASED_RUNNING_VARIANCE
 from xfbench.analytics.predict import count_params as predicted_params
 from xfbench.analytics.predict import counter_prediction, predict
@@ -21,6 +23,7 @@ from xfbench.analytics.reference import reference_forward, reference_state_after
 from xfbench.analytics.shapes import infer_shapes
 from xfbench.analytics.spec import ModelSpec, is_sequential, spec_from_dict
 from xfbench.analytics.weights import make_batch, output_kind, random_weights, weight_slots
+from xfbench.backends.base import NotSupported
 from xfbench.backends.mxnet.flops import model_symbol
 
 pytestmark = pytest.mark.mxnet
@@ -129,6 +132,18 @@ def _built(spec: ModelSpec, seed: int = 1) -> tuple[Any, list[np.ndarray]]:
     weights = random_weights(spec, seed=seed)
     B.set_weights(net, weights)
     return net, weights
+
+
+# ---------------------------------------------------------------- the builder registry
+
+
+def test_every_layer_type_has_a_mxnet_builder() -> None:
+    assert set(mx_model.BUILDERS) == set(LAYER_TYPES.values())
+
+
+def test_a_layer_type_without_a_builder_is_refused(unbuildable_spec: ModelSpec) -> None:
+    with pytest.raises(NotSupported, match="layer type Mystery is not supported with mxnet"):
+        B.build_model(unbuildable_spec)
 
 
 # ---------------------------------------------------------------- parity

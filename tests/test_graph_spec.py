@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from xfbench.analytics.catalog import CATALOG, catalog_model
 from xfbench.analytics.costs import layer_cost, needs_input_grad, spec_costs
-from xfbench.analytics.layers import UNIT_TYPES, Add, BatchNorm, Concatenate
+from xfbench.analytics.layers import LAYER_TYPES, UNIT_TYPES, Add, BatchNorm, Concatenate
+from xfbench.analytics.layers.base import Layer
 from xfbench.analytics.layers.batchnorm import running_update
 from xfbench.analytics.predict import count_params, predict
 from xfbench.analytics.reference import reference_forward, reference_state_after_step
 from xfbench.analytics.shapes import infer_shapes
-from xfbench.analytics.spec import Layer, ModelSpec, SpecError, is_sequential, layer_inputs, spec_from_dict
+from xfbench.analytics.spec import ModelSpec, SpecError, is_sequential, layer_inputs, spec_from_dict
 from xfbench.analytics.steptime import layer_work
 from xfbench.analytics.timeline import simulate
 from xfbench.analytics.weights import make_batch, random_weights, weight_slots
@@ -170,6 +171,24 @@ def test_unknown_types_are_errors_not_zeros() -> None:
         infer_shapes(spec)
     with pytest.raises(ValueError, match="no cost rule for layer type Mystery"):
         layer_cost(Mystery(), (3,), (3,), "torch")
+    with pytest.raises(ValueError, match="no weight-slot rule for layer type Mystery"):
+        Mystery().weight_slots([(3,)])
+    with pytest.raises(ValueError, match="reference_forward does not support layer type Mystery"):
+        Mystery().forward([np.zeros((1, 3))], [], False)
+
+    @dataclasses.dataclass(frozen=True)
+    class Shaped(Mystery):
+        def output_shape(self, index: int, in_shapes: list, notes: list) -> tuple[int, ...]:
+            return tuple(in_shapes[0])
+
+        def weight_slots(self, in_shapes: list) -> list:
+            return []
+
+    shaped = ModelSpec("m", (3,), (Shaped(),))
+    with pytest.raises(SpecError, match="layer type Shaped is not simulated"):
+        simulate(shaped, 1, "inference", threads=1)
+    with pytest.raises(ValueError, match="no step-time work rule for layer type Shaped"):
+        layer_work(shaped, 1, "inference")
 
 
 # --------------------------------------------------------------------------------------------- the reference
@@ -254,10 +273,15 @@ def test_concatenate_backward_copies_outside_torch() -> None:
 FACETS = ("validate", "output_shape", "cost", "weight_slots", "forward", "simulate", "work")
 
 
+@pytest.mark.parametrize("layer_type", list(LAYER_TYPES.values()), ids=list(LAYER_TYPES))
+def test_every_layer_type_has_every_facet(layer_type: type) -> None:
+    """Each facet is the type's own (the base's raises), found through the one registry."""
+    missing = [f for f in FACETS if getattr(layer_type, f) is getattr(Layer, f)]
+    assert not missing, f"{layer_type.__name__} lacks {missing}"
+
+
 @pytest.mark.parametrize("unit", UNIT_TYPES, ids=lambda u: u.__name__)
-def test_every_unit_has_every_facet(unit: type) -> None:
-    missing = [f for f in FACETS if not callable(getattr(unit, f, None))]
-    assert not missing, f"{unit.__name__} lacks {missing}"
+def test_graph_units_carry_their_simulated_step_rules(unit: type) -> None:
     assert set(unit.RULES) == set(FRAMEWORKS), f"{unit.__name__} has simulated-step rules for {sorted(unit.RULES)}"
 
 

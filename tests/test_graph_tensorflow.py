@@ -12,13 +12,16 @@ pytest.importorskip("tensorflow", reason="TensorFlow is not installed (tox -e te
 pytest.importorskip("keras", reason="Keras 3 is not installed (tox -e tensorflow)")
 
 import xfbench.backends.tensorflow as tfb
+import xfbench.backends.tensorflow.model as tf_model
 from xfbench.analytics.costs import TF_PROFILER_OPS, tf_profiler_flops
+from xfbench.analytics.layers import LAYER_TYPES
 from xfbench.analytics.layers.batchnorm import UNBIASED_RUNNING_VARIANCE
 from xfbench.analytics.predict import count_params as predicted_params
 from xfbench.analytics.reference import reference_forward, reference_state_after_step
 from xfbench.analytics.shapes import infer_shapes
 from xfbench.analytics.spec import ModelSpec, is_sequential, spec_from_dict
 from xfbench.analytics.weights import make_batch, output_kind, random_weights, weight_slots
+from xfbench.backends.base import NotSupported
 from xfbench.backends.tensorflow._tf import keras
 
 pytestmark = pytest.mark.tensorflow
@@ -138,6 +141,18 @@ def _numpy_loss(spec: ModelSpec, out: np.ndarray, y: np.ndarray) -> float:
     if kind == "probs":
         return float(-np.log(np.take_along_axis(out, y[..., None], axis=-1)).mean())
     return float(np.mean((out - y) ** 2))
+
+
+# --------------------------------------------------------------------------------------------- the builder registry
+
+
+def test_every_layer_type_has_a_tensorflow_builder() -> None:
+    assert set(tf_model.BUILDERS) == set(LAYER_TYPES.values())
+
+
+def test_a_layer_type_without_a_builder_is_refused(unbuildable_spec: ModelSpec) -> None:
+    with pytest.raises(NotSupported, match=r"layer 0 \(Mystery\) is not supported with tensorflow"):
+        tfb.build_model(unbuildable_spec)
 
 
 # --------------------------------------------------------------------------------------------- inference

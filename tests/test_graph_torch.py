@@ -13,26 +13,18 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
 
 from xfbench.analytics.catalog import catalog_model  # noqa: E402
-from xfbench.analytics.layers import UNIT_TYPES  # noqa: E402
+from xfbench.analytics.layers import LAYER_TYPES  # noqa: E402
 from xfbench.analytics.predict import count_params, counter_prediction  # noqa: E402
 from xfbench.analytics.reference import reference_forward, reference_state_after_step  # noqa: E402
-from xfbench.analytics.spec import ModelSpec, spec_from_dict  # noqa: E402
+from xfbench.analytics.spec import ModelSpec, SpecError, spec_from_dict  # noqa: E402
 from xfbench.analytics.timeline import simulate  # noqa: E402
 from xfbench.analytics.weights import make_batch, random_weights  # noqa: E402
 from xfbench.backends import get_backend  # noqa: E402
 from xfbench.backends.torch import model as torch_model  # noqa: E402
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
 tb = get_backend("torch")
 SMALL = {"input_shape": (3, 32, 32), "num_classes": 10}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _rel(out: np.ndarray, ref: np.ndarray) -> float:
@@ -45,8 +37,10 @@ def _logits_loss(out: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), y].mean())
 
 
-def test_every_unit_type_has_a_torch_builder() -> None:
-    assert set(torch_model.UNIT_BUILDERS) == set(UNIT_TYPES)
+def test_every_layer_type_has_a_torch_builder(unbuildable_spec: ModelSpec) -> None:
+    assert set(torch_model.BUILDERS) == set(LAYER_TYPES.values())
+    with pytest.raises(SpecError, match="layer type Mystery is not supported with torch"):
+        tb.build_model(unbuildable_spec)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "inception"])

@@ -11,21 +11,9 @@ import math
 import numpy as np
 import pytest
 from xfbench.analytics import CATALOG, catalog_model, infer_shapes
+from xfbench.analytics import layers as L
 from xfbench.analytics.reference import reference_forward
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-)
+from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import make_batch, random_weights, weight_slots
 
 
@@ -46,7 +34,7 @@ def test_conv_valid_3x3_by_hand() -> None:
     x = np.arange(16, dtype=np.float64).reshape(1, 1, 4, 4)
     kernel = np.array([[1, 2, 0], [0, 1, 0], [0, 0, -1]], dtype=np.float64).reshape(1, 1, 3, 3)
     bias = np.array([0.5])
-    spec = _spec((1, 4, 4), Conv2D(1, 3, 1, "valid"))
+    spec = _spec((1, 4, 4), L.Conv2D(1, 3, 1, "valid"))
     out = reference_forward(spec, [kernel, bias], x)
     np.testing.assert_allclose(out, [[[[-2.5, 0.5], [9.5, 12.5]]]])
 
@@ -60,7 +48,7 @@ def test_conv_same_even_kernel_stride2_pads_after() -> None:
     #   corner: x[4,4] = 24
     x = np.arange(25, dtype=np.float64).reshape(1, 1, 5, 5)
     kernel = np.array([[1, 2], [3, 4]], dtype=np.float64).reshape(1, 1, 2, 2)
-    spec = _spec((1, 5, 5), Conv2D(1, 2, 2, "same", use_bias=False))
+    spec = _spec((1, 5, 5), L.Conv2D(1, 2, 2, "same", use_bias=False))
     out = reference_forward(spec, [kernel], x)
     np.testing.assert_allclose(out[0, 0], [[41, 61, 31], [141, 161, 71], [62, 68, 24]])
 
@@ -97,14 +85,14 @@ def test_conv_multichannel_against_naive_loop(padding, stride, pads) -> None:
     b = rng.standard_normal(4)
     # 6x6, kernel 3: same stride 2 -> out 3, total (3-1)*2+3-6 = 1 (0 before, 1 after);
     # same stride 1 -> total 2 (1, 1).
-    spec = _spec((3, 6, 6), Conv2D(4, 3, stride, padding))
+    spec = _spec((3, 6, 6), L.Conv2D(4, 3, stride, padding))
     out = reference_forward(spec, [k, b], x)
     np.testing.assert_allclose(out, _naive_conv(x, k, b, stride, pads), rtol=1e-12, atol=1e-12)
 
 
 def test_conv_fused_relu() -> None:
     x = np.array([[[[1.0, -2.0]]]])  # (1, 1, 1, 2)
-    spec = _spec((1, 1, 2), Conv2D(2, 1, activation="relu"))
+    spec = _spec((1, 1, 2), L.Conv2D(2, 1, activation="relu"))
     k = np.array([1.0, -1.0]).reshape(2, 1, 1, 1)
     out = reference_forward(spec, [k, np.zeros(2)], x)
     np.testing.assert_allclose(out[0], [[[1.0, 0.0]], [[0.0, 2.0]]])
@@ -118,31 +106,31 @@ _POS = (np.arange(9, dtype=np.float64) + 1).reshape(1, 1, 3, 3)  # [[1,2,3],[4,5
 
 def test_max_pool_explicit_padding_is_minus_inf() -> None:
     # pool 2 stride 2 pad 1: windows over original rows/cols (-1,0) and (1,2); zero padding would give 0s.
-    out = reference_forward(_spec((1, 3, 3), MaxPool2D(2, 2, 1)), [], _NEG)
+    out = reference_forward(_spec((1, 3, 3), L.MaxPool2D(2, 2, 1)), [], _NEG)
     np.testing.assert_array_equal(out[0, 0], [[-1, -2], [-4, -5]])
 
 
 def test_max_pool_same_pads_after() -> None:
     # 3x3, pool 2 stride 2 same: out 2, total pad 1, all after -> windows (0,1) and (2,pad).
-    out = reference_forward(_spec((1, 3, 3), MaxPool2D(2, 2, "same")), [], _NEG)
+    out = reference_forward(_spec((1, 3, 3), L.MaxPool2D(2, 2, "same")), [], _NEG)
     np.testing.assert_array_equal(out[0, 0], [[-1, -3], [-7, -9]])
 
 
 def test_avg_pool_explicit_padding_counts_zeros() -> None:
     # pool 2 stride 2 pad 1, always divided by 4: 1/4, (2+3)/4, (4+7)/4, (5+6+8+9)/4
-    out = reference_forward(_spec((1, 3, 3), AvgPool2D(2, 2, 1)), [], _POS)
+    out = reference_forward(_spec((1, 3, 3), L.AvgPool2D(2, 2, 1)), [], _POS)
     np.testing.assert_allclose(out[0, 0], [[0.25, 1.25], [2.75, 7.0]])
 
 
 def test_avg_pool_same_excludes_padding() -> None:
     # pad after by 1: (1+2+4+5)/4, (3+6)/2, (7+8)/2, 9/1
-    out = reference_forward(_spec((1, 3, 3), AvgPool2D(2, 2, "same")), [], _POS)
+    out = reference_forward(_spec((1, 3, 3), L.AvgPool2D(2, 2, "same")), [], _POS)
     np.testing.assert_allclose(out[0, 0], [[3.0, 4.5], [7.5, 9.0]])
 
 
 def test_global_avg_pool() -> None:
     x = np.stack([_POS[0, 0], 2 * _POS[0, 0]])[None]  # (1, 2, 3, 3); means 5 and 10
-    out = reference_forward(_spec((2, 3, 3), GlobalAvgPool2D()), [], x)
+    out = reference_forward(_spec((2, 3, 3), L.GlobalAvgPool2D()), [], x)
     np.testing.assert_allclose(out, [[5.0, 10.0]])
 
 
@@ -153,7 +141,7 @@ def test_flatten_is_chw_then_dense() -> None:
     # (C, H, W) = (2, 1, 2): channel 0 = [1, 2], channel 1 = [3, 4]; CHW flatten -> [1, 2, 3, 4].
     # kernel [1, 10, 100, 1000]: 1 + 20 + 300 + 4000 = 4321 (HWC order would give 4231), + bias 0.5.
     x = np.array([[[[1.0, 2.0]], [[3.0, 4.0]]]])
-    spec = _spec((2, 1, 2), Flatten(), Dense(1))
+    spec = _spec((2, 1, 2), L.Flatten(), L.Dense(1))
     outs = reference_forward(spec, [np.array([[1.0], [10.0], [100.0], [1000.0]]), np.array([0.5])], x, return_all=True)
     np.testing.assert_array_equal(outs[0], [[1, 2, 3, 4]])
     np.testing.assert_allclose(outs[1], [[4321.5]])
@@ -163,7 +151,7 @@ def test_dense_on_sequences_acts_on_last_axis() -> None:
     x = np.array([[[1.0, 2.0], [3.0, 4.0], [0.0, -1.0]]])  # (1, T=3, F=2)
     k = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]])  # (2, 3)
     # rows: [1, 2, 2-2=0], [3, 4, 6-4=2], [0, -1, 0+1=1]
-    out = reference_forward(_spec((3, 2), Dense(3, use_bias=False)), [k], x)
+    out = reference_forward(_spec((3, 2), L.Dense(3, use_bias=False)), [k], x)
     np.testing.assert_allclose(out, [[[1, 2, 0], [3, 4, 2], [0, -1, 1]]])
 
 
@@ -173,25 +161,25 @@ def test_dense_on_sequences_acts_on_last_axis() -> None:
 def test_softmax_hand_values_and_rows_sum_to_one() -> None:
     # softmax([0, ln 3]) = [1/4, 3/4]; a shift of 1000 must not overflow.
     x = np.array([[0.0, math.log(3.0)], [1000.0, 1000.0 + math.log(3.0)]])
-    out = reference_forward(_spec((2,), Activation("softmax")), [], x)
+    out = reference_forward(_spec((2,), L.Activation("softmax")), [], x)
     np.testing.assert_allclose(out, [[0.25, 0.75], [0.25, 0.75]], rtol=1e-12)
     rng = np.random.default_rng(0)
     z = rng.standard_normal((4, 5, 7)) * 20
-    s = reference_forward(_spec((5, 7), Activation("softmax")), [], z)
+    s = reference_forward(_spec((5, 7), L.Activation("softmax")), [], z)
     np.testing.assert_allclose(s.sum(axis=-1), 1.0, rtol=1e-12)
     assert np.all(s >= 0)
 
 
 def test_other_activations_and_dropout_identity() -> None:
     x = np.array([[-2.0, 0.0, 3.0]])
-    np.testing.assert_allclose(reference_forward(_spec((3,), Activation("relu")), [], x), [[0, 0, 3]])
+    np.testing.assert_allclose(reference_forward(_spec((3,), L.Activation("relu")), [], x), [[0, 0, 3]])
     np.testing.assert_allclose(
-        reference_forward(_spec((3,), Activation("sigmoid")), [], x), [[_sig(-2), 0.5, _sig(3)]], rtol=1e-12
+        reference_forward(_spec((3,), L.Activation("sigmoid")), [], x), [[_sig(-2), 0.5, _sig(3)]], rtol=1e-12
     )
     np.testing.assert_allclose(
-        reference_forward(_spec((3,), Activation("tanh")), [], x), [[math.tanh(-2), 0.0, math.tanh(3)]], rtol=1e-12
+        reference_forward(_spec((3,), L.Activation("tanh")), [], x), [[math.tanh(-2), 0.0, math.tanh(3)]], rtol=1e-12
     )
-    np.testing.assert_array_equal(reference_forward(_spec((3,), Dropout(0.5)), [], x), x)
+    np.testing.assert_array_equal(reference_forward(_spec((3,), L.Dropout(0.5)), [], x), x)
 
 
 def _loop_lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
@@ -213,7 +201,7 @@ def _loop_lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> 
 def test_lrn_against_loop(size: int) -> None:
     rng = np.random.default_rng(size)
     x = rng.standard_normal((2, 6, 3, 2)) * 3
-    layer = LocalResponseNorm(size=size, alpha=0.3, beta=0.75, k=1.5)
+    layer = L.LocalResponseNorm(size=size, alpha=0.3, beta=0.75, k=1.5)
     out = reference_forward(_spec((6, 3, 2), layer), [], x)
     np.testing.assert_allclose(out, _loop_lrn(x, size, 0.3, 0.75, 1.5), rtol=1e-12)
 
@@ -221,7 +209,7 @@ def test_lrn_against_loop(size: int) -> None:
 def test_lrn_single_channel_hand_value() -> None:
     # size 3, one channel holding 2: 2 / (1 + 0.3/3 * 4)^0.5 = 2 / sqrt(1.4)
     x = np.full((1, 1, 1, 1), 2.0)
-    out = reference_forward(_spec((1, 1, 1), LocalResponseNorm(3, 0.3, 0.5, 1.0)), [], x)
+    out = reference_forward(_spec((1, 1, 1), L.LocalResponseNorm(3, 0.3, 0.5, 1.0)), [], x)
     np.testing.assert_allclose(out.ravel(), [2.0 / math.sqrt(1.4)], rtol=1e-12)
 
 
@@ -245,7 +233,7 @@ def test_lstm_one_step_by_hand() -> None:
     # h0 = c0 = 0, x = 1: i = sig(0.6), f irrelevant, g = tanh(1.3), o = sig(1.9); c = i*g; h = o*tanh(c)
     c1 = _sig(0.6) * math.tanh(1.3)
     h1 = _sig(1.9) * math.tanh(c1)
-    spec = _spec((1, 1), LSTM(1))
+    spec = _spec((1, 1), L.LSTM(1))
     out = reference_forward(spec, [_K, _R, _B], np.array([[[1.0]]]))
     np.testing.assert_allclose(out, [[h1]], rtol=1e-12)
 
@@ -254,14 +242,14 @@ def test_lstm_two_steps_by_hand() -> None:
     h1, c1 = _hand_lstm_step(1.0, 0.0, 0.0)
     h2, _ = _hand_lstm_step(-2.0, h1, c1)
     x = np.array([[[1.0], [-2.0]]])
-    seq = reference_forward(_spec((2, 1), LSTM(1, return_sequences=True)), [_K, _R, _B], x)
+    seq = reference_forward(_spec((2, 1), L.LSTM(1, return_sequences=True)), [_K, _R, _B], x)
     np.testing.assert_allclose(seq, [[[h1], [h2]]], rtol=1e-12)
-    last = reference_forward(_spec((2, 1), LSTM(1)), [_K, _R, _B], x)
+    last = reference_forward(_spec((2, 1), L.LSTM(1)), [_K, _R, _B], x)
     np.testing.assert_allclose(last, [[h2]], rtol=1e-12)
 
 
 def test_lstm_batch_rows_are_independent() -> None:
-    spec = _spec((3, 2), LSTM(4, return_sequences=True))
+    spec = _spec((3, 2), L.LSTM(4, return_sequences=True))
     w = random_weights(spec, seed=3, dtype="float64")
     x = np.random.default_rng(4).standard_normal((3, 3, 2))
     both = reference_forward(spec, w, x)
@@ -274,7 +262,7 @@ def test_lstm_batch_rows_are_independent() -> None:
 
 def test_embedding_gathers_rows() -> None:
     table = np.arange(12, dtype=np.float64).reshape(4, 3)  # row r = [3r, 3r+1, 3r+2]
-    spec = _spec((3,), Embedding(4, 3), input_dtype="int64")
+    spec = _spec((3,), L.Embedding(4, 3), input_dtype="int64")
     out = reference_forward(spec, [table], np.array([[2, 0, 3]]))
     np.testing.assert_array_equal(out, [[[6, 7, 8], [0, 1, 2], [9, 10, 11]]])
     with pytest.raises(ValueError, match="token"):
@@ -285,7 +273,7 @@ def test_embedding_gathers_rows() -> None:
 
 
 def test_weight_shape_mismatch_names_slot() -> None:
-    spec = _spec((1, 4, 4), Conv2D(2, 3, name="c1"), Flatten(), Dense(3, name="fc1"))
+    spec = _spec((1, 4, 4), L.Conv2D(2, 3, name="c1"), L.Flatten(), L.Dense(3, name="fc1"))
     good = [np.zeros(s.shape) for s in weight_slots(spec)]
     bad = list(good)
     bad[2] = np.zeros((7, 3))  # fc1.kernel should be (8, 3)
@@ -294,7 +282,7 @@ def test_weight_shape_mismatch_names_slot() -> None:
 
 
 def test_weight_count_mismatch_names_missing_slot() -> None:
-    spec = _spec((1, 4, 4), Conv2D(2, 3, name="c1"), Flatten(), Dense(3, name="fc1"))
+    spec = _spec((1, 4, 4), L.Conv2D(2, 3, name="c1"), L.Flatten(), L.Dense(3, name="fc1"))
     good = [np.zeros(s.shape) for s in weight_slots(spec)]
     with pytest.raises(ValueError, match=r"fc1\.bias"):
         reference_forward(spec, good[:3], np.zeros((1, 1, 4, 4)))
@@ -303,7 +291,7 @@ def test_weight_count_mismatch_names_missing_slot() -> None:
 
 
 def test_input_shape_mismatch() -> None:
-    spec = _spec((1, 4, 4), Flatten())
+    spec = _spec((1, 4, 4), L.Flatten())
     with pytest.raises(ValueError, match="input"):
         reference_forward(spec, [], np.zeros((1, 1, 4, 5)))
 

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from xfbench.analytics.spec import Layer, SpecError
+from xfbench.analytics.layers.base import Layer, LayerCost, Shape, SpecError, WorkSite
 from xfbench.analytics.timeline_rules import Buf, OpRule
 
 _OUTPUT = (Buf("output", "output"),)
-
-Shape = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ class Add(Layer):
         if self.inputs is None:
             raise SpecError("Add needs two or more inputs (name them)", layer=index, field="inputs", value=None)
 
-    def output_shape(self, index: int, in_shapes: list[Shape]) -> Shape:
+    def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         first = in_shapes[0]
         for k, shape in enumerate(in_shapes[1:], start=1):
             if tuple(shape) != tuple(first):
@@ -68,9 +66,7 @@ class Add(Layer):
                 )
         return tuple(first)
 
-    def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> Any:
-        from xfbench.analytics.costs import LayerCost
-
+    def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> LayerCost:
         return LayerCost(add=(len(in_shapes) - 1) * math.prod(out_shape))
 
     def weight_slots(self, in_shapes: list[Shape]) -> list[tuple[str, Shape, bool]]:
@@ -98,19 +94,9 @@ class Add(Layer):
             low.drop(x, label)
         return y
 
-    def work(
-        self,
-        b: Any,
-        i: int,
-        batch: int,
-        in_shapes: list[Shape],
-        out_shape: Shape,
-        need_dx: bool,
-        training: bool,
-        framework: str,
-    ) -> None:
+    def work(self, b: Any, site: WorkSite) -> None:
         """Each addition reads two operands and writes one output (memory-bound); the backward hands the
         gradient on (no work)."""
-        elems = batch * math.prod(out_shape)
-        for _ in in_shapes[1:]:
-            b.mem(i, "forward", "add", 3 * elems * b.w, 1, 0, out=elems * b.w)
+        elems = site.batch * math.prod(site.out_shape)
+        for _ in site.in_shapes[1:]:
+            b.mem(site.i, "forward", "add", 3 * elems * b.w, 1, 0, out=elems * b.w)

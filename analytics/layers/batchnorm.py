@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from xfbench.analytics.spec import Layer, SpecError
+from xfbench.analytics.layers.base import Layer, LayerCost, Shape, SpecError, WorkSite
 from xfbench.analytics.timeline_rules import Buf, OpRule
 
 _STATS = (Buf("output", "output"), Buf("aux:save_mean", "stat"), Buf("aux:save_var", "stat"))
 _GRADS = (Buf("grad:input", "input"), Buf("param:weight", "weight"), Buf("param:bias", "bias"))
 
-Shape = tuple[int, ...]
 
 #: The running-variance estimator each framework folds into its statistics (measured by the backends' tests).
 UNBIASED_RUNNING_VARIANCE = {"torch": True, "tensorflow": False, "mxnet": False}
@@ -72,6 +71,7 @@ class BatchNorm(Layer):
     name: str = ""
 
     #: The simulated step's op names per framework (their rules: RULES below).
+    NHWC_INPUT: ClassVar[bool] = True  # Keras normalizes an image channels-last (axis -1)
     OPS: ClassVar[dict[str, str]] = {
         "torch": "native_batch_norm",
         "tensorflow": "BatchNormTrain",
@@ -128,7 +128,7 @@ class BatchNorm(Layer):
         if self.inputs is not None and len(self.inputs) != 1:
             raise SpecError("BatchNorm reads one input", layer=index, field="inputs", value=list(self.inputs))
 
-    def output_shape(self, index: int, in_shapes: list[Shape]) -> Shape:
+    def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         shape = tuple(in_shapes[0])
         if len(shape) not in (1, 2, 3):
             raise SpecError(
@@ -139,12 +139,13 @@ class BatchNorm(Layer):
             )
         return shape
 
-    def trainable_params(self, in_shapes: list[Shape]) -> int:
+    def trainable_params(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> int:
         return 2 * _channels(in_shapes[0])
 
-    def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> Any:
-        from xfbench.analytics.costs import LayerCost
+    def param_tensors(self, framework: str) -> int:
+        return 2  # gamma and beta (the running statistics have no update)
 
+    def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> LayerCost:
         c = _channels(in_shapes[0])
         return LayerCost(params=(2 if framework == "torch" else 4) * c, norm=4 * math.prod(out_shape))
 
@@ -189,22 +190,12 @@ class BatchNorm(Layer):
         low.drop(x, label)
         return y
 
-    def work(
-        self,
-        b: Any,
-        i: int,
-        batch: int,
-        in_shapes: list[Shape],
-        out_shape: Shape,
-        need_dx: bool,
-        training: bool,
-        framework: str,
-    ) -> None:
+    def work(self, b: Any, site: WorkSite) -> None:
         """Memory-bound passes: inference reads the input and writes the output; a training step reads the input
         twice more for the statistics; the backward reads input and gradient twice (the two reductions, then
         the input gradient) and writes the input gradient."""
-        elems = batch * math.prod(out_shape)
+        elems = site.batch * math.prod(site.out_shape)
         w = b.w
-        b.mem(i, "forward", "batchnorm", (4 if training else 2) * elems * w, 1, 0, out=elems * w)
-        if training:
-            b.mem(i, "weight_grad", "batchnorm grad", (5 if need_dx else 2) * elems * w, 1, 0, out=elems * w)
+        b.mem(site.i, "forward", "batchnorm", (4 if site.training else 2) * elems * w, 1, 0, out=elems * w)
+        if site.training:
+            b.mem(site.i, "weight_grad", "batchnorm grad", (5 if site.need_dx else 2) * elems * w, 1, 0, out=elems * w)

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from xfbench.analytics.spec import Layer, SpecError
+from xfbench.analytics.layers.base import Layer, LayerCost, Shape, SpecError, WorkSite
 from xfbench.analytics.timeline_rules import Buf, OpRule
-
-Shape = tuple[int, ...]
 
 _OUTPUT = (Buf("output", "output"),)
 #: Operand roles of a Concatenate's inputs in the simulated step (``input``, ``input1``, ...).
@@ -74,7 +72,7 @@ class Concatenate(Layer):
                 value=None if self.inputs is None else list(self.inputs),
             )
 
-    def output_shape(self, index: int, in_shapes: list[Shape]) -> Shape:
+    def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         first = tuple(in_shapes[0])
         axis = concat_axis(first)
         total = 0
@@ -94,9 +92,7 @@ class Concatenate(Layer):
         out[axis] = total
         return tuple(out)
 
-    def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> Any:
-        from xfbench.analytics.costs import LayerCost
-
+    def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> LayerCost:
         return LayerCost()
 
     def weight_slots(self, in_shapes: list[Shape]) -> list[tuple[str, Shape, bool]]:
@@ -116,20 +112,12 @@ class Concatenate(Layer):
             low.drop(x, label)
         return y
 
-    def work(
-        self,
-        b: Any,
-        i: int,
-        batch: int,
-        in_shapes: list[Shape],
-        out_shape: Shape,
-        need_dx: bool,
-        training: bool,
-        framework: str,
-    ) -> None:
+    def work(self, b: Any, site: WorkSite) -> None:
         """A copy: reads every input once, writes the output; the backward slices the gradient (a copy where the
         framework copies it)."""
-        elems = batch * math.prod(out_shape)
-        b.mem(i, "forward", "concat", 2 * elems * b.w, len(in_shapes), 0, out=elems * b.w)
-        if need_dx and framework != "torch":
-            b.mem(i, "input_grad", "concat grad (slices)", 2 * elems * b.w, len(in_shapes), 0, out=elems * b.w)
+        elems = site.batch * math.prod(site.out_shape)
+        b.mem(site.i, "forward", "concat", 2 * elems * b.w, len(site.in_shapes), 0, out=elems * b.w)
+        if site.need_dx and site.framework != "torch":
+            b.mem(
+                site.i, "input_grad", "concat grad (slices)", 2 * elems * b.w, len(site.in_shapes), 0, out=elems * b.w
+            )

@@ -1,8 +1,9 @@
 """Gluon models built from a :class:`ModelSpec`, the neutral weight format, inference and training steps.
 
 The model is an :class:`XfNet` (a ``gluon.nn.HybridSequential``) with exactly one child block per spec
-layer, named with the prefix ``l<index>_`` so every operator of the exported symbol graph can be traced
-back to its spec layer (:mod:`backends.mxnet.flops` relies on this). Its forward walks the spec's graph
+layer, made by its type's builder in :data:`BUILDERS` and named with the prefix ``l<index>_`` so every operator
+of the exported symbol graph can be traced back to its spec layer (:mod:`backends.mxnet.flops` relies on this).
+Its forward walks the spec's graph
 (:func:`analytics.spec.layer_inputs`): each child reads the outputs its layer names (a sequential spec reads
 the layer above, the same chain as ``HybridSequential``'s). Layout is NCHW throughout, so inputs and
 outputs are in the spec's channels-first layout without transposes.
@@ -47,27 +48,12 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
+from xfbench.analytics import layers as L
 from xfbench.analytics.layers.add import Add
 from xfbench.analytics.layers.batchnorm import BatchNorm
 from xfbench.analytics.layers.concatenate import Concatenate, concat_axis
 from xfbench.analytics.shapes import layer_input_shapes, padding_amounts
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Layer,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-    consumers,
-    layer_inputs,
-)
+from xfbench.analytics.spec import Layer, ModelSpec, consumers, layer_inputs
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, weight_slots
 from xfbench.backends.base import NotSupported
@@ -210,122 +196,188 @@ def _hw_pads(
     return (top, bottom, left, right)
 
 
-def _layer_block(net: XfNet, i: int, layer: Layer, in_shape: tuple[int, ...]) -> nn.HybridBlock:
-    """One Gluon block for spec layer ``i`` (prefix ``l<i>_``); registers its parameter block on ``net``.
-    ``in_shape``: the per-sample shape of its (first) input."""
-    prefix = f"l{i}_"
-    if isinstance(layer, Add):
-        return _Add(prefix=prefix)
-    if isinstance(layer, Concatenate):
-        return _Concat(1 + concat_axis(in_shape), prefix=prefix)
-    if isinstance(layer, BatchNorm):
-        channel_axis = 0 if len(in_shape) == 3 else len(in_shape) - 1  # C of (C, H, W), else the last axis
-        bn = nn.BatchNorm(
-            axis=1 + channel_axis,
-            momentum=1.0 - layer.momentum,
-            epsilon=layer.epsilon,
-            center=True,
-            scale=True,
-            in_channels=in_shape[channel_axis],
-            prefix=prefix,
-        )
-        net.xf_param_prefix[i] = bn.prefix
-        return bn
-    if isinstance(layer, Conv2D):
-        pads = _hw_pads(layer.padding, in_shape[1:], layer.kernel, layer.stride)  # type: ignore[arg-type]
-        symmetric = pads[0] == pads[1] and pads[2] == pads[3]
-        seq = nn.HybridSequential(prefix=prefix)
-        with seq.name_scope():
-            if not symmetric:
-                seq.add(_Pad(pads, 0.0, prefix="pad_"))
-            fused = layer.activation if layer.activation in ("relu", "sigmoid", "tanh") else None
-            conv = nn.Conv2D(
-                layer.filters,
-                layer.kernel,
-                strides=layer.stride,
-                padding=(pads[0], pads[2]) if symmetric else (0, 0),
-                use_bias=layer.use_bias,
-                activation=fused,
-                in_channels=in_shape[0],
-                prefix="conv_",
-            )
-            seq.add(conv)
-            if layer.activation == "softmax":
-                seq.add(_Softmax(prefix="softmax_"))
-        net.xf_param_prefix[i] = conv.prefix
-        return seq
-    if isinstance(layer, (MaxPool2D, AvgPool2D)):
-        pads = _hw_pads(layer.padding, in_shape[1:], layer.pool, layer.stride)  # type: ignore[arg-type]
-        symmetric = pads[0] == pads[1] and pads[2] == pads[3]
-        is_max = isinstance(layer, MaxPool2D)
-        if not symmetric and not is_max:
-            return _SameAvgPool(layer.pool, layer.stride, pads, prefix=prefix)  # type: ignore[arg-type]
-        pool_cls = nn.MaxPool2D if is_max else nn.AvgPool2D
-        kwargs: dict[str, Any] = {"pool_size": layer.pool, "strides": layer.stride, "ceil_mode": False}
-        if not is_max:
-            # explicit int padding counts the zeros (PyTorch); `same` averages real cells only (TF).
-            kwargs["count_include_pad"] = layer.padding != "same"
-        if symmetric:
-            return pool_cls(padding=(pads[0], pads[2]), prefix=prefix, **kwargs)
-        seq = nn.HybridSequential(prefix=prefix)
-        with seq.name_scope():
-            seq.add(_Pad(pads, -np.inf, prefix="pad_"))  # padded cells never win the max
-            seq.add(pool_cls(padding=(0, 0), prefix="pool_", **kwargs))
-        return seq
-    if isinstance(layer, GlobalAvgPool2D):
-        seq = nn.HybridSequential(prefix=prefix)
-        with seq.name_scope():
-            seq.add(nn.GlobalAvgPool2D(prefix="gap_"))
-            seq.add(nn.Flatten(prefix="flatten_"))
-        return seq
-    if isinstance(layer, Dense):
+def _add_block(net: XfNet, i: int, layer: Add, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    return _Add(prefix=prefix)
+
+
+def _concat_block(net: XfNet, i: int, layer: Concatenate, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    return _Concat(1 + concat_axis(in_shape), prefix=prefix)
+
+
+def _batchnorm_block(net: XfNet, i: int, layer: BatchNorm, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    channel_axis = 0 if len(in_shape) == 3 else len(in_shape) - 1  # C of (C, H, W), else the last axis
+    bn = nn.BatchNorm(
+        axis=1 + channel_axis,
+        momentum=1.0 - layer.momentum,
+        epsilon=layer.epsilon,
+        center=True,
+        scale=True,
+        in_channels=in_shape[channel_axis],
+        prefix=prefix,
+    )
+    net.xf_param_prefix[i] = bn.prefix
+    return bn
+
+
+def _conv_block(net: XfNet, i: int, layer: L.Conv2D, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    pads = _hw_pads(layer.padding, in_shape[1:], layer.kernel, layer.stride)  # type: ignore[arg-type]
+    symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        if not symmetric:
+            seq.add(_Pad(pads, 0.0, prefix="pad_"))
         fused = layer.activation if layer.activation in ("relu", "sigmoid", "tanh") else None
-
-        def dense(block_prefix: str) -> nn.Dense:
-            blk = nn.Dense(
-                layer.units,
-                activation=fused,
-                use_bias=layer.use_bias,
-                flatten=False,
-                in_units=in_shape[-1],
-                prefix=block_prefix,
-            )
-            net.xf_param_prefix[i] = blk.prefix
-            return blk
-
-        if layer.activation != "softmax":
-            return dense(prefix)
-        seq = nn.HybridSequential(prefix=prefix)
-        with seq.name_scope():
-            seq.add(dense("dense_"))
+        conv = nn.Conv2D(
+            layer.filters,
+            layer.kernel,
+            strides=layer.stride,
+            padding=(pads[0], pads[2]) if symmetric else (0, 0),
+            use_bias=layer.use_bias,
+            activation=fused,
+            in_channels=in_shape[0],
+            prefix="conv_",
+        )
+        seq.add(conv)
+        if layer.activation == "softmax":
             seq.add(_Softmax(prefix="softmax_"))
-        return seq
-    if isinstance(layer, Flatten):
-        return nn.Flatten(prefix=prefix)
-    if isinstance(layer, Activation):
-        return _activation_block(layer.kind, prefix)
-    if isinstance(layer, Dropout):
-        return nn.Dropout(layer.rate, prefix=prefix)
-    if isinstance(layer, LocalResponseNorm):
-        native = net.xf_dtype != "float64"
-        return _LRN(layer.size, layer.alpha, layer.beta, layer.k, native=native, prefix=prefix)
-    if isinstance(layer, LSTM):
-        if layer.return_sequences:
-            lstm = gluon.rnn.LSTM(layer.units, layout="NTC", input_size=in_shape[-1], prefix=prefix)
-            net.xf_param_prefix[i] = lstm.prefix
-            return lstm
-        seq = nn.HybridSequential(prefix=prefix)
-        with seq.name_scope():
-            lstm = gluon.rnn.LSTM(layer.units, layout="NTC", input_size=in_shape[-1], prefix="lstm_")
-            seq.add(lstm)
-            seq.add(_LastStep(prefix="last_"))
+    net.xf_param_prefix[i] = conv.prefix
+    return seq
+
+
+def _pool_block(
+    net: XfNet, i: int, layer: L.MaxPool2D | L.AvgPool2D, in_shape: tuple[int, ...], prefix: str
+) -> nn.HybridBlock:
+    """MaxPool2D and AvgPool2D."""
+    pads = _hw_pads(layer.padding, in_shape[1:], layer.pool, layer.stride)  # type: ignore[arg-type]
+    symmetric = pads[0] == pads[1] and pads[2] == pads[3]
+    is_max = isinstance(layer, L.MaxPool2D)
+    if not symmetric and not is_max:
+        return _SameAvgPool(layer.pool, layer.stride, pads, prefix=prefix)  # type: ignore[arg-type]
+    pool_cls = nn.MaxPool2D if is_max else nn.AvgPool2D
+    kwargs: dict[str, Any] = {"pool_size": layer.pool, "strides": layer.stride, "ceil_mode": False}
+    if not is_max:
+        # explicit int padding counts the zeros (PyTorch); `same` averages real cells only (TF).
+        kwargs["count_include_pad"] = layer.padding != "same"
+    if symmetric:
+        return pool_cls(padding=(pads[0], pads[2]), prefix=prefix, **kwargs)
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        seq.add(_Pad(pads, -np.inf, prefix="pad_"))  # padded cells never win the max
+        seq.add(pool_cls(padding=(0, 0), prefix="pool_", **kwargs))
+    return seq
+
+
+def _global_avg_pool_block(
+    net: XfNet, i: int, layer: L.GlobalAvgPool2D, in_shape: tuple[int, ...], prefix: str
+) -> nn.HybridBlock:
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        seq.add(nn.GlobalAvgPool2D(prefix="gap_"))
+        seq.add(nn.Flatten(prefix="flatten_"))
+    return seq
+
+
+def _dense_block(net: XfNet, i: int, layer: L.Dense, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    fused = layer.activation if layer.activation in ("relu", "sigmoid", "tanh") else None
+
+    def dense(block_prefix: str) -> nn.Dense:
+        blk = nn.Dense(
+            layer.units,
+            activation=fused,
+            use_bias=layer.use_bias,
+            flatten=False,
+            in_units=in_shape[-1],
+            prefix=block_prefix,
+        )
+        net.xf_param_prefix[i] = blk.prefix
+        return blk
+
+    if layer.activation != "softmax":
+        return dense(prefix)
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        seq.add(dense("dense_"))
+        seq.add(_Softmax(prefix="softmax_"))
+    return seq
+
+
+def _flatten_block(net: XfNet, i: int, layer: L.Flatten, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    return nn.Flatten(prefix=prefix)
+
+
+def _activation_layer_block(
+    net: XfNet, i: int, layer: L.Activation, in_shape: tuple[int, ...], prefix: str
+) -> nn.HybridBlock:
+    return _activation_block(layer.kind, prefix)
+
+
+def _dropout_block(net: XfNet, i: int, layer: L.Dropout, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    return nn.Dropout(layer.rate, prefix=prefix)
+
+
+def _lrn_block(
+    net: XfNet,
+    i: int,
+    layer: L.LocalResponseNorm,
+    in_shape: tuple[int, ...],
+    prefix: str,
+) -> nn.HybridBlock:
+    native = net.xf_dtype != "float64"
+    return _LRN(layer.size, layer.alpha, layer.beta, layer.k, native=native, prefix=prefix)
+
+
+def _lstm_block(net: XfNet, i: int, layer: L.LSTM, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    if layer.return_sequences:
+        lstm = gluon.rnn.LSTM(layer.units, layout="NTC", input_size=in_shape[-1], prefix=prefix)
         net.xf_param_prefix[i] = lstm.prefix
-        return seq
-    if isinstance(layer, Embedding):
-        emb = nn.Embedding(layer.vocab, layer.dim, prefix=prefix)
-        net.xf_param_prefix[i] = emb.prefix
-        return emb
-    raise NotSupported(f"layer type {layer.type} is not supported with mxnet")
+        return lstm
+    seq = nn.HybridSequential(prefix=prefix)
+    with seq.name_scope():
+        lstm = gluon.rnn.LSTM(layer.units, layout="NTC", input_size=in_shape[-1], prefix="lstm_")
+        seq.add(lstm)
+        seq.add(_LastStep(prefix="last_"))
+    net.xf_param_prefix[i] = lstm.prefix
+    return seq
+
+
+def _embedding_block(net: XfNet, i: int, layer: L.Embedding, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    emb = nn.Embedding(layer.vocab, layer.dim, prefix=prefix)
+    net.xf_param_prefix[i] = emb.prefix
+    return emb
+
+
+#: A builder: ``(net, i, layer, in_shape, prefix) -> block`` for spec layer ``i``, whose (first) input has the
+#: per-sample shape ``in_shape``; the block is named ``prefix`` (``l<i>_``), and a block with parameters registers
+#: its parameter block's prefix in ``net.xf_param_prefix``.
+Builder = Callable[[XfNet, int, Any, tuple[int, ...], str], nn.HybridBlock]
+
+#: One builder per layer type, keyed by its class (tests/test_graph_mxnet.py checks it against
+#: analytics.layers.LAYER_TYPES).
+BUILDERS: dict[type[Layer], Builder] = {
+    L.Conv2D: _conv_block,
+    L.MaxPool2D: _pool_block,
+    L.AvgPool2D: _pool_block,
+    L.GlobalAvgPool2D: _global_avg_pool_block,
+    L.Dense: _dense_block,
+    L.Flatten: _flatten_block,
+    L.Activation: _activation_layer_block,
+    L.Dropout: _dropout_block,
+    L.LocalResponseNorm: _lrn_block,
+    L.LSTM: _lstm_block,
+    L.Embedding: _embedding_block,
+    Add: _add_block,
+    Concatenate: _concat_block,
+    BatchNorm: _batchnorm_block,
+}
+
+
+def _layer_block(net: XfNet, i: int, layer: Layer, in_shape: tuple[int, ...]) -> nn.HybridBlock:
+    """One Gluon block for spec layer ``i`` (prefix ``l<i>_``), from its type's builder in :data:`BUILDERS`;
+    registers its parameter block on ``net``. ``in_shape``: the per-sample shape of its (first) input."""
+    builder = BUILDERS.get(type(layer))
+    if builder is None:
+        raise NotSupported(f"layer type {layer.type} is not supported with mxnet")
+    return builder(net, i, layer, in_shape, f"l{i}_")
 
 
 def build_model(
@@ -378,17 +430,17 @@ def _mx_slots(model: XfNet) -> list[tuple[gluon.Parameter, Callable[[np.ndarray]
     for slot in weight_slots(model.xf_spec):
         layer = model.xf_spec.layers[slot.layer]
         params = _params_of(model, slot.layer)
-        if isinstance(layer, Conv2D):
+        if isinstance(layer, L.Conv2D):
             out.append((params["weight" if slot.param == "kernel" else "bias"], lambda a: a))
-        elif isinstance(layer, Dense):
+        elif isinstance(layer, L.Dense):
             if slot.param == "kernel":
                 out.append((params["weight"], lambda a: a.T))
             else:
                 out.append((params["bias"], lambda a: a))
-        elif isinstance(layer, LSTM):
+        elif isinstance(layer, L.LSTM):
             key = {"kernel": "l0_i2h_weight", "recurrent_kernel": "l0_h2h_weight", "bias": "l0_i2h_bias"}[slot.param]
             out.append((params[key], (lambda a: a) if slot.param == "bias" else (lambda a: a.T)))
-        elif isinstance(layer, Embedding):
+        elif isinstance(layer, L.Embedding):
             out.append((params["weight"], lambda a: a))
         elif isinstance(layer, BatchNorm):
             out.append((params[_BN_PARAMS[slot.param]], lambda a: a))
@@ -411,7 +463,7 @@ def set_weights(model: XfNet, weights: Sequence[np.ndarray]) -> None:
             # param.dtype: the model's, except BatchNorm's in a float16 model (Gluon keeps those float32)
             param.set_data(mx.nd.array(np.ascontiguousarray(view), dtype=param.dtype))
     for i, layer in enumerate(model.xf_spec.layers):
-        if isinstance(layer, LSTM):
+        if isinstance(layer, L.LSTM):
             h2h_bias = _params_of(model, i)["l0_h2h_bias"]
             h2h_bias.set_data(mx.nd.zeros(h2h_bias.shape, dtype=model.xf_dtype))
 
@@ -422,9 +474,9 @@ def get_weights(model: XfNet) -> list[np.ndarray]:
     for slot, (param, _) in zip(weight_slots(model.xf_spec), _mx_slots(model)):
         arr = param.data().asnumpy()
         layer = model.xf_spec.layers[slot.layer]
-        if slot.param in ("kernel", "recurrent_kernel") and isinstance(layer, (Dense, LSTM)):
+        if slot.param in ("kernel", "recurrent_kernel") and isinstance(layer, (L.Dense, L.LSTM)):
             arr = arr.T
-        elif slot.param == "bias" and isinstance(layer, LSTM):
+        elif slot.param == "bias" and isinstance(layer, L.LSTM):
             arr = arr + _params_of(model, slot.layer)["l0_h2h_bias"].data().asnumpy()
         out.append(np.ascontiguousarray(arr))
     return out

@@ -6,7 +6,7 @@ image layer, and a ``Permute`` turns an image-shaped output back into NCHW. No t
 front of a Flatten that feeds a Dense: Keras then flattens in (H, W, C) order, and the Dense kernel's rows
 are permuted from the neutral (C, H, W) order on import and back on export.
 
-Layer mapping (spec -> Keras, channels-last):
+Layer mapping (spec -> Keras, channels-last; one builder per type in :data:`BUILDERS`):
 
 * Conv2D ``same`` -> ``Conv2D(padding="same")`` (TensorFlow's rule, which is the spec's);
   explicit ``P`` -> ``ZeroPadding2D(P)`` + ``valid``.
@@ -42,24 +42,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from xfbench.analytics.layers import Add, BatchNorm, Concatenate
+from xfbench.analytics import layers as L
 from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-    consumers,
-    layer_inputs,
-)
+from xfbench.analytics.spec import Layer, ModelSpec, consumers, layer_inputs
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, random_weights
 from xfbench.backends.base import NotSupported
@@ -156,9 +141,9 @@ def _flatten_feeds_dense(spec: ModelSpec, flatten_index: int) -> bool:
             return False
         for c in readers[j]:
             layer = spec.layers[c]
-            if isinstance(layer, Dense):
+            if isinstance(layer, L.Dense):
                 continue
-            if isinstance(layer, Dropout) or (isinstance(layer, Activation) and layer.kind != "softmax"):
+            if isinstance(layer, L.Dropout) or (isinstance(layer, L.Activation) and layer.kind != "softmax"):
                 if absorbed(c):
                     continue
             return False
@@ -178,12 +163,204 @@ class _Out:
 
 
 # The layer types that run on NHWC image tensors (the spec's (C, H, W) is transposed in front of them).
-_NHWC_TYPES = (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, LocalResponseNorm)
+_NHWC_TYPES = (L.Conv2D, L.MaxPool2D, L.AvgPool2D, L.GlobalAvgPool2D, L.LocalResponseNorm, L.BatchNorm)
+# The layer types that join two or more inputs (their image inputs first meet in one layout).
+_JOIN_TYPES = (L.Add, L.Concatenate)
+
+
+@dataclass
+class _Step:
+    """One spec layer being built, for its type's builder: what it reads, and the layout facts it updates.
+
+    ``x`` is the input tensor (a list of them for Add and Concatenate), already NHWC where the type needs it;
+    ``channels_last`` says whether an image tensor is NHWC (a builder whose output is no image any more sets it
+    to False); ``chw`` is the (C, H, W) shape a Dense kernel must absorb (:class:`_Out`).
+    """
+
+    spec: ModelSpec
+    index: int
+    name: str
+    common: dict[str, Any]
+    seed: int
+    shape: tuple[int, ...]  # the per-sample shape of the (first) input
+    x: Any
+    channels_last: bool
+    chw: tuple[int, int, int] | None
+    entries: list[_WeightEntry]
+    # a one-input layer's input in the spec's NCHW (a transpose shared with other readers where it is NHWC)
+    as_nchw: Callable[[], Any] | None = None
+
+    @property
+    def image_in(self) -> bool:
+        return len(self.shape) == 3
+
+
+def _add(s: _Step, layer: L.Add) -> Any:
+    return keras.layers.Add(name=s.name, **s.common)(s.x)
+
+
+def _concatenate(s: _Step, layer: L.Concatenate) -> Any:
+    # the spec joins channels of (C, H, W), features of (T, F) and (F,)
+    axis = (-1 if s.channels_last else 1) if s.image_in else -1
+    return keras.layers.Concatenate(axis=axis, name=s.name, **s.common)(s.x)
+
+
+def _conv(s: _Step, layer: L.Conv2D) -> Any:
+    x = s.x
+    pad = layer.padding
+    if isinstance(pad, int) and pad > 0:
+        x = keras.layers.ZeroPadding2D(pad, name=_keras_name(s.index, layer, "_pad"), **s.common)(x)
+    softmax = layer.activation == "softmax"
+    conv = keras.layers.Conv2D(
+        layer.filters,
+        layer.kernel,
+        strides=layer.stride,
+        padding="same" if pad == "same" else "valid",
+        use_bias=layer.use_bias,
+        activation=None if softmax else layer.activation,
+        kernel_initializer="zeros",
+        name=s.name,
+        **s.common,
+    )
+    x = conv(x)
+    if softmax:
+        x = keras.layers.Softmax(axis=2, name=_keras_name(s.index, layer, "_softmax"), **s.common)(x)
+    s.entries.append(_WeightEntry(s.index, "conv", conv))
+    return x
+
+
+def _pool(s: _Step, layer: L.MaxPool2D | L.AvgPool2D) -> Any:
+    """MaxPool2D and AvgPool2D."""
+    x = s.x
+    pad = layer.padding
+    is_max = isinstance(layer, L.MaxPool2D)
+    if isinstance(pad, int) and pad > 0:
+        pad_name = _keras_name(s.index, layer, "_pad")
+        if is_max:
+            x = _ConstantPad2D(pad, float("-inf"), name=pad_name, **s.common)(x)
+        else:
+            x = keras.layers.ZeroPadding2D(pad, name=pad_name, **s.common)(x)
+    cls = keras.layers.MaxPooling2D if is_max else keras.layers.AveragePooling2D
+    return cls(layer.pool, strides=layer.stride, padding="same" if pad == "same" else "valid", name=s.name, **s.common)(
+        x
+    )
+
+
+def _global_avg_pool(s: _Step, layer: L.GlobalAvgPool2D) -> Any:
+    s.channels_last = False
+    return keras.layers.GlobalAveragePooling2D(name=s.name, **s.common)(s.x)
+
+
+def _local_response_norm(s: _Step, layer: L.LocalResponseNorm) -> Any:
+    return _LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k, name=s.name, **s.common)(s.x)
+
+
+def _batchnorm(s: _Step, layer: L.BatchNorm) -> Any:
+    # Keras' momentum weighs the old statistics (PyTorch's the batch's): 1 - m. Channels are the last axis
+    # of NHWC images and of (T, F) and (F,) tensors.
+    bn = keras.layers.BatchNormalization(
+        axis=-1,
+        momentum=1.0 - layer.momentum,
+        epsilon=layer.epsilon,
+        name=s.name,
+        **s.common,
+    )
+    s.entries.append(_WeightEntry(s.index, "batchnorm", bn))
+    s.chw = None
+    return bn(s.x)
+
+
+def _flatten(s: _Step, layer: L.Flatten) -> Any:
+    x = s.x
+    s.chw = None
+    if s.image_in and s.channels_last:
+        if _flatten_feeds_dense(s.spec, s.index):
+            shape = s.shape
+            s.chw = (int(shape[0]), int(shape[1]), int(shape[2]))
+        else:  # nothing downstream can absorb the (H, W, C) order: restore (C, H, W) first
+            assert s.as_nchw is not None
+            x = s.as_nchw()
+    s.channels_last = False
+    return keras.layers.Flatten(name=s.name, **s.common)(x)
+
+
+def _dense(s: _Step, layer: L.Dense) -> Any:
+    dense = keras.layers.Dense(
+        layer.units,
+        use_bias=layer.use_bias,
+        activation=layer.activation,
+        kernel_initializer="zeros",
+        name=s.name,
+        **s.common,
+    )
+    x = dense(s.x)
+    s.entries.append(_WeightEntry(s.index, "dense", dense, s.chw))
+    s.chw = None
+    return x
+
+
+def _activation(s: _Step, layer: L.Activation) -> Any:
+    if layer.kind == "softmax":
+        axis = 2 if (s.image_in and s.channels_last) else -1
+        return keras.layers.Softmax(axis=axis, name=s.name, **s.common)(s.x)
+    return keras.layers.Activation(layer.kind, name=s.name, **s.common)(s.x)
+
+
+def _dropout(s: _Step, layer: L.Dropout) -> Any:
+    return keras.layers.Dropout(layer.rate, seed=s.seed + s.index, name=s.name, **s.common)(s.x)
+
+
+def _lstm(s: _Step, layer: L.LSTM) -> Any:
+    lstm = keras.layers.LSTM(
+        layer.units,
+        return_sequences=layer.return_sequences,
+        kernel_initializer="zeros",
+        recurrent_initializer="zeros",
+        unit_forget_bias=False,
+        name=s.name,
+        **s.common,
+    )
+    x = lstm(s.x)
+    s.entries.append(_WeightEntry(s.index, "lstm", lstm))
+    return x
+
+
+def _embedding(s: _Step, layer: L.Embedding) -> Any:
+    emb = keras.layers.Embedding(layer.vocab, layer.dim, embeddings_initializer="zeros", name=s.name, **s.common)
+    x = emb(s.x)
+    s.entries.append(_WeightEntry(s.index, "embedding", emb))
+    return x
+
+
+#: A builder: ``(step, layer) -> output tensor``; it records a layer with weights in ``step.entries`` and updates
+#: ``step.channels_last`` and ``step.chw`` where its output's layout differs from its input's.
+Builder = Callable[[_Step, Any], Any]
+
+#: One builder per layer type, keyed by its class (tests/test_graph_tensorflow.py checks it against
+#: analytics.layers.LAYER_TYPES).
+BUILDERS: dict[type[Layer], Builder] = {
+    L.Conv2D: _conv,
+    L.MaxPool2D: _pool,
+    L.AvgPool2D: _pool,
+    L.GlobalAvgPool2D: _global_avg_pool,
+    L.Dense: _dense,
+    L.Flatten: _flatten,
+    L.Activation: _activation,
+    L.Dropout: _dropout,
+    L.LocalResponseNorm: _local_response_norm,
+    L.LSTM: _lstm,
+    L.Embedding: _embedding,
+    L.Add: _add,
+    L.Concatenate: _concatenate,
+    L.BatchNorm: _batchnorm,
+}
 
 
 def _build_graph(spec: ModelSpec, dtype: str, seed: int) -> tuple[Any, tuple[_WeightEntry, ...]]:
     """The Keras functional graph of ``spec``: each layer reads the outputs its ``inputs`` name
-    (:func:`analytics.spec.layer_inputs`); a sequential spec is the chain it always was."""
+    (:func:`analytics.spec.layer_inputs`); a sequential spec is the chain it always was. The layout (NHWC or
+    NCHW) of each layer's input is decided here; its Keras layers come from its type's builder in
+    :data:`BUILDERS`."""
     in_dtype = "int64" if spec.input_dtype == "int64" else dtype
     inputs = keras.Input(shape=tuple(spec.input_shape), dtype=in_dtype, name="input")
     entries: list[_WeightEntry] = []
@@ -216,129 +393,34 @@ def _build_graph(spec: ModelSpec, dtype: str, seed: int) -> tuple[Any, tuple[_We
         return nchw_cache[j]
 
     for i, (layer, srcs, in_shapes) in enumerate(zip(spec.layers, layer_inputs(spec), in_shapes_all)):
-        shape = in_shapes[0]
-        image_in = len(shape) == 3
-        name = _keras_name(i, layer)
-        if isinstance(layer, (Add, Concatenate)):
-            # Image inputs meet in one layout: NHWC where any of them already is, else the spec's NCHW.
-            to_nhwc = image_in and any(source(j).nhwc for j in srcs)
-            xs = [as_nhwc(j, i) if to_nhwc else as_nchw(j, i) for j in srcs]
-            if isinstance(layer, Add):
-                y = keras.layers.Add(name=name, **common)(xs)
-            else:  # the spec joins channels of (C, H, W), features of (T, F) and (F,)
-                axis = (-1 if to_nhwc else 1) if image_in else -1
-                y = keras.layers.Concatenate(axis=axis, name=name, **common)(xs)
-            outs.append(_Out(y, nhwc=to_nhwc))
-            continue
-        if len(srcs) != 1:  # analytics.shapes refuses this first; kept for a spec built around it
-            raise NotSupported(f"layer {i} ({layer.type}) reads {len(srcs)} inputs; it takes one")
-        j = srcs[0]
-        src = source(j)
-        if image_in and (isinstance(layer, _NHWC_TYPES) or isinstance(layer, BatchNorm)):
-            x, channels_last = as_nhwc(j, i), True
-        else:
-            x, channels_last = src.tensor, src.nhwc
-        pending_chw = src.chw
-        if isinstance(layer, Conv2D):
-            pad = layer.padding
-            if isinstance(pad, int) and pad > 0:
-                x = keras.layers.ZeroPadding2D(pad, name=_keras_name(i, layer, "_pad"), **common)(x)
-            softmax = layer.activation == "softmax"
-            conv = keras.layers.Conv2D(
-                layer.filters,
-                layer.kernel,
-                strides=layer.stride,
-                padding="same" if pad == "same" else "valid",
-                use_bias=layer.use_bias,
-                activation=None if softmax else layer.activation,
-                kernel_initializer="zeros",
-                name=name,
-                **common,
-            )
-            x = conv(x)
-            if softmax:
-                x = keras.layers.Softmax(axis=2, name=_keras_name(i, layer, "_softmax"), **common)(x)
-            entries.append(_WeightEntry(i, "conv", conv))
-        elif isinstance(layer, (MaxPool2D, AvgPool2D)):
-            pad = layer.padding
-            is_max = isinstance(layer, MaxPool2D)
-            if isinstance(pad, int) and pad > 0:
-                pad_name = _keras_name(i, layer, "_pad")
-                if is_max:
-                    x = _ConstantPad2D(pad, float("-inf"), name=pad_name, **common)(x)
-                else:
-                    x = keras.layers.ZeroPadding2D(pad, name=pad_name, **common)(x)
-            cls = keras.layers.MaxPooling2D if is_max else keras.layers.AveragePooling2D
-            x = cls(
-                layer.pool, strides=layer.stride, padding="same" if pad == "same" else "valid", name=name, **common
-            )(x)
-        elif isinstance(layer, GlobalAvgPool2D):
-            x = keras.layers.GlobalAveragePooling2D(name=name, **common)(x)
-            channels_last = False
-        elif isinstance(layer, LocalResponseNorm):
-            x = _LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k, name=name, **common)(x)
-        elif isinstance(layer, BatchNorm):
-            # Keras' momentum weighs the old statistics (PyTorch's the batch's): 1 - m. Channels are the last axis
-            # of NHWC images and of (T, F) and (F,) tensors.
-            bn = keras.layers.BatchNormalization(
-                axis=-1,
-                momentum=1.0 - layer.momentum,
-                epsilon=layer.epsilon,
-                name=name,
-                **common,
-            )
-            x = bn(x)
-            entries.append(_WeightEntry(i, "batchnorm", bn))
-            pending_chw = None
-        elif isinstance(layer, Flatten):
-            pending_chw = None
-            if image_in and channels_last:
-                if _flatten_feeds_dense(spec, i):
-                    pending_chw = (int(shape[0]), int(shape[1]), int(shape[2]))
-                else:  # nothing downstream can absorb the (H, W, C) order: restore (C, H, W) first
-                    x = as_nchw(j, i)
-            x = keras.layers.Flatten(name=name, **common)(x)
-            channels_last = False
-        elif isinstance(layer, Dense):
-            dense = keras.layers.Dense(
-                layer.units,
-                use_bias=layer.use_bias,
-                activation=layer.activation,
-                kernel_initializer="zeros",
-                name=name,
-                **common,
-            )
-            x = dense(x)
-            entries.append(_WeightEntry(i, "dense", dense, pending_chw))
-            pending_chw = None
-        elif isinstance(layer, Activation):
-            if layer.kind == "softmax":
-                axis = 2 if (image_in and channels_last) else -1
-                x = keras.layers.Softmax(axis=axis, name=name, **common)(x)
-            else:
-                x = keras.layers.Activation(layer.kind, name=name, **common)(x)
-        elif isinstance(layer, Dropout):
-            x = keras.layers.Dropout(layer.rate, seed=seed + i, name=name, **common)(x)
-        elif isinstance(layer, LSTM):
-            lstm = keras.layers.LSTM(
-                layer.units,
-                return_sequences=layer.return_sequences,
-                kernel_initializer="zeros",
-                recurrent_initializer="zeros",
-                unit_forget_bias=False,
-                name=name,
-                **common,
-            )
-            x = lstm(x)
-            entries.append(_WeightEntry(i, "lstm", lstm))
-        elif isinstance(layer, Embedding):
-            emb = keras.layers.Embedding(layer.vocab, layer.dim, embeddings_initializer="zeros", name=name, **common)
-            x = emb(x)
-            entries.append(_WeightEntry(i, "embedding", emb))
-        else:
+        builder = BUILDERS.get(type(layer))
+        if builder is None:
             raise NotSupported(f"layer {i} ({layer.type}) is not supported with tensorflow")
+        shape = tuple(in_shapes[0])
+        image_in = len(shape) == 3
+        x: Any
+        chw: tuple[int, int, int] | None
+        restore: Callable[[], Any] | None = None
+        if isinstance(layer, _JOIN_TYPES):
+            # Image inputs meet in one layout: NHWC where any of them already is, else the spec's NCHW.
+            channels_last = image_in and any(source(j).nhwc for j in srcs)
+            x = [as_nhwc(j, i) if channels_last else as_nchw(j, i) for j in srcs]
+            chw = None
+        else:
+            if len(srcs) != 1:  # analytics.shapes refuses this first; kept for a spec built around it
+                raise NotSupported(f"layer {i} ({layer.type}) reads {len(srcs)} inputs; it takes one")
+            j = srcs[0]
+            src = source(j)
+            if image_in and isinstance(layer, _NHWC_TYPES):
+                x, channels_last = as_nhwc(j, i), True
+            else:
+                x, channels_last = src.tensor, src.nhwc
+            chw = src.chw
+            restore = functools.partial(as_nchw, j, i)
+        step = _Step(spec, i, _keras_name(i, layer), common, seed, shape, x, channels_last, chw, entries, restore)
+        y = builder(step, layer)
         image_out = len(out_shapes[i]) == 3
-        outs.append(_Out(x, nhwc=channels_last and image_out, chw=pending_chw))
+        outs.append(_Out(y, nhwc=step.channels_last and image_out, chw=step.chw))
     last = outs[-1]
     x = last.tensor
     if len(out_shapes[-1]) == 3 and last.nhwc:

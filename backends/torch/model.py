@@ -16,27 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from xfbench.analytics.layers import Add, BatchNorm, Concatenate
+from xfbench.analytics import layers as L
 from xfbench.analytics.shapes import infer_shapes, input_shapes, same_padding
-from xfbench.analytics.spec import (
-    LSTM,
-    Activation,
-    AvgPool2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Embedding,
-    Flatten,
-    GlobalAvgPool2D,
-    Layer,
-    LocalResponseNorm,
-    MaxPool2D,
-    ModelSpec,
-    SpecError,
-    consumers,
-    is_sequential,
-    layer_inputs,
-)
+from xfbench.analytics.spec import Layer, ModelSpec, SpecError, consumers, is_sequential, layer_inputs
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind
 from xfbench.backends.common import check_dtype, check_weights, optimizer_settings
@@ -101,7 +83,7 @@ def _assign(param: torch.Tensor, array: np.ndarray) -> None:
 
 
 class ConvLayer(SpecLayer):
-    def __init__(self, layer: Conv2D, in_channels: int):
+    def __init__(self, layer: L.Conv2D, in_channels: int):
         super().__init__()
         kernel, stride = layer.kernel, layer.stride
         assert isinstance(kernel, tuple) and isinstance(stride, tuple)
@@ -141,12 +123,12 @@ class ConvLayer(SpecLayer):
 class PoolLayer(SpecLayer):
     """Max or average pooling; asymmetric (``same``) or oversized padding is applied with ``F.pad`` first."""
 
-    def __init__(self, layer: MaxPool2D | AvgPool2D):
+    def __init__(self, layer: L.MaxPool2D | L.AvgPool2D):
         super().__init__()
         pool, stride = layer.pool, layer.stride
         assert isinstance(pool, tuple) and isinstance(stride, tuple)
         self.pool, self.stride = pool, stride
-        self.is_max = isinstance(layer, MaxPool2D)
+        self.is_max = isinstance(layer, L.MaxPool2D)
         self.same = layer.padding == "same"
         self.pad = 0 if layer.padding in ("same", "valid") else int(layer.padding)
         # torch's pooling kernels accept padding only up to half the window.
@@ -191,7 +173,7 @@ class GlobalAvgPoolLayer(SpecLayer):
 
 
 class DenseLayer(SpecLayer):
-    def __init__(self, layer: Dense, in_features: int):
+    def __init__(self, layer: L.Dense, in_features: int):
         super().__init__()
         self.linear = nn.Linear(in_features, layer.units, bias=layer.use_bias)
         self.act = _activation_fn(layer.activation)
@@ -242,7 +224,7 @@ class DropoutLayer(SpecLayer):
 
 
 class LRNLayer(SpecLayer):
-    def __init__(self, layer: LocalResponseNorm):
+    def __init__(self, layer: L.LocalResponseNorm):
         super().__init__()
         # nn.LocalResponseNorm is exactly the spec's definition (alpha divided by size).
         self.lrn = nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
@@ -252,7 +234,7 @@ class LRNLayer(SpecLayer):
 
 
 class LSTMLayer(SpecLayer):
-    def __init__(self, layer: LSTM, in_features: int):
+    def __init__(self, layer: L.LSTM, in_features: int):
         super().__init__()
         self.return_sequences = layer.return_sequences
         self.lstm = nn.LSTM(in_features, layer.units, batch_first=True)
@@ -285,7 +267,7 @@ class LSTMLayer(SpecLayer):
 
 
 class EmbeddingLayer(SpecLayer):
-    def __init__(self, layer: Embedding):
+    def __init__(self, layer: L.Embedding):
         super().__init__()
         self.embedding = nn.Embedding(layer.vocab, layer.dim)
 
@@ -324,7 +306,7 @@ class BatchNormLayer(SpecLayer):
     ``(N, T, F)`` input is normalized as ``(N*T, F)``: the statistics run over N and T). The spec's momentum is
     PyTorch's own; the running variance PyTorch stores is the unbiased one (``analytics/layers/batchnorm.py``)."""
 
-    def __init__(self, layer: BatchNorm, in_shape: tuple[int, ...]):
+    def __init__(self, layer: L.BatchNorm, in_shape: tuple[int, ...]):
         super().__init__()
         c = in_shape[0] if len(in_shape) == 3 else in_shape[-1]
         cls = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
@@ -351,45 +333,33 @@ class BatchNormLayer(SpecLayer):
             _assign(target, array)
 
 
-def _make_unit(index: int, layer: Layer, in_shape: tuple[int, ...]) -> SpecLayer:
-    """The builders of the unit types (``analytics/layers/``), one per type."""
-    if isinstance(layer, Add):
-        return AddLayer()
-    if isinstance(layer, Concatenate):
-        return ConcatLayer()
-    if isinstance(layer, BatchNorm):
-        return BatchNormLayer(layer, in_shape)
-    raise SpecError(f"layer type {layer.type} is not supported with torch", layer=index, field="type", value=layer.type)
-
-
-#: The unit types this backend builds (the completeness test checks it against analytics.layers.UNIT_TYPES).
-UNIT_BUILDERS = (Add, Concatenate, BatchNorm)
+#: One builder per layer type, from the layer and its (first) input's per-sample shape (the completeness test in
+#: tests/test_graph_torch.py checks it against analytics.layers.LAYER_TYPES).
+BUILDERS: dict[type[Layer], Callable[[Any, tuple[int, ...]], SpecLayer]] = {
+    L.Conv2D: lambda layer, shape: ConvLayer(layer, shape[0]),
+    L.MaxPool2D: lambda layer, shape: PoolLayer(layer),
+    L.AvgPool2D: lambda layer, shape: PoolLayer(layer),
+    L.GlobalAvgPool2D: lambda layer, shape: GlobalAvgPoolLayer(),
+    L.Dense: lambda layer, shape: DenseLayer(layer, shape[-1]),
+    L.Flatten: lambda layer, shape: FlattenLayer(),
+    L.Activation: lambda layer, shape: ActivationLayer(layer.kind),
+    L.Dropout: lambda layer, shape: DropoutLayer(layer.rate),
+    L.LocalResponseNorm: lambda layer, shape: LRNLayer(layer),
+    L.LSTM: lambda layer, shape: LSTMLayer(layer, shape[-1]),
+    L.Embedding: lambda layer, shape: EmbeddingLayer(layer),
+    L.Add: lambda layer, shape: AddLayer(),
+    L.Concatenate: lambda layer, shape: ConcatLayer(),
+    L.BatchNorm: lambda layer, shape: BatchNormLayer(layer, shape),
+}
 
 
 def _make_layer(index: int, layer: Layer, in_shape: tuple[int, ...]) -> SpecLayer:
-    if isinstance(layer, UNIT_BUILDERS):
-        return _make_unit(index, layer, in_shape)
-    if isinstance(layer, Conv2D):
-        return ConvLayer(layer, in_shape[0])
-    if isinstance(layer, (MaxPool2D, AvgPool2D)):
-        return PoolLayer(layer)
-    if isinstance(layer, GlobalAvgPool2D):
-        return GlobalAvgPoolLayer()
-    if isinstance(layer, Dense):
-        return DenseLayer(layer, in_shape[-1])
-    if isinstance(layer, Flatten):
-        return FlattenLayer()
-    if isinstance(layer, Activation):
-        return ActivationLayer(layer.kind)
-    if isinstance(layer, Dropout):
-        return DropoutLayer(layer.rate)
-    if isinstance(layer, LocalResponseNorm):
-        return LRNLayer(layer)
-    if isinstance(layer, LSTM):
-        return LSTMLayer(layer, in_shape[-1])
-    if isinstance(layer, Embedding):
-        return EmbeddingLayer(layer)
-    raise SpecError(f"layer type {layer.type} is not supported with torch", layer=index, field="type", value=layer.type)
+    builder = BUILDERS.get(type(layer))
+    if builder is None:
+        raise SpecError(
+            f"layer type {layer.type} is not supported with torch", layer=index, field="type", value=layer.type
+        )
+    return builder(layer, in_shape)
 
 
 class TorchModel(nn.Module):
