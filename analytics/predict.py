@@ -78,6 +78,7 @@ class Prediction:
     # The simulated first step of each phase (None where the simulator cannot lower the spec: see notes).
     simulated_inference: Timeline | None = None
     simulated_training: Timeline | None = None
+    threads: int = 1  # the framework's intra-op threads the simulated steps assume
 
     def simulated(self, phase: str) -> Timeline | None:
         """The simulated first step of ``phase`` (inference or training)."""
@@ -111,6 +112,7 @@ class Prediction:
             "batch_size": self.batch_size,
             "dtype": self.dtype,
             "optimizer": self.optimizer,
+            "threads": self.threads,
             "params": self.params,
             "forward_flops": self.forward_flops,
             "forward_flops_with_bias": self.forward_flops_with_bias,
@@ -118,6 +120,8 @@ class Prediction:
             "activation_flops": self.total("activation_flops"),
             "pool_flops": self.total("pool_flops"),
             "other_flops": self.total("other_flops"),
+            "norm_flops": self.total("norm_flops"),
+            "add_flops": self.total("add_flops"),
             "backward_flops": self.backward_flops,
             "training_flops": self.forward_flops + self.backward_flops,
             "flops_convention": "2 FLOPs per multiply-accumulate; forward_flops counts conv/dense/LSTM matmuls only",
@@ -177,14 +181,25 @@ def simulated_text(pred: Prediction, binary: bool = False) -> str:
 
 
 def simulate_phases(
-    spec: ModelSpec, batch_size: int, dtype: str, optimizer: str, framework: str, device: str = "cpu"
+    spec: ModelSpec,
+    batch_size: int,
+    dtype: str,
+    optimizer: str,
+    framework: str,
+    device: str = "cpu",
+    threads: int = 1,
 ) -> tuple[Timeline | None, Timeline | None, tuple[str, ...]]:
-    """Both phases' simulated first steps, and a note for a spec the simulator cannot lower."""
+    """Both phases' simulated first steps (``threads``: the framework's intra-op threads), and a note for a spec
+    the simulator cannot lower."""
     out: list[Timeline | None] = []
     notes: list[str] = []
     for phase in ("inference", "training"):
         try:
-            out.append(simulate(spec, batch_size, phase, dtype, optimizer, framework, device=device, warm=False))
+            out.append(
+                simulate(
+                    spec, batch_size, phase, dtype, optimizer, framework, device=device, warm=False, threads=threads
+                )
+            )
         except (SpecError, ValueError) as exc:
             out.append(None)
             notes.append(f"simulated {phase} step: {exc}")
@@ -202,8 +217,11 @@ def predict(
     dtype: str = "float32",
     optimizer: str = "sgd",
     framework: str = "tensorflow",
+    threads: int = 1,
 ) -> Prediction:
-    """Predicts shapes, parameters, FLOPs and memory. Raises ``ValueError``/``SpecError`` on bad input."""
+    """Predicts shapes, parameters, FLOPs and memory. ``threads``: the framework's intra-op threads (the simulated
+    step's TensorFlow conv-gradient scratch depends on them; nothing here reads the host). Raises
+    ``ValueError``/``SpecError`` on bad input."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
     width = dtype_bytes(dtype)
@@ -234,7 +252,7 @@ def predict(
         )
     params = sum(lp.params for lp in layers)
     notes = tuple(f"layer {i}: {msg}" for i, msg in floored_padding_notes(spec))
-    sim_inference, sim_training, sim_notes = simulate_phases(spec, batch_size, dtype, optimizer, fw)
+    sim_inference, sim_training, sim_notes = simulate_phases(spec, batch_size, dtype, optimizer, fw, threads=threads)
     return Prediction(
         model=spec.name,
         framework=fw,
@@ -249,6 +267,7 @@ def predict(
         notes=notes + sim_notes,
         simulated_inference=sim_inference,
         simulated_training=sim_training,
+        threads=threads,
     )
 
 

@@ -19,7 +19,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DTYPE_BYTES: dict[str, int] = {"float64": 8, "float32": 4, "tf32": 4, "float16": 2, "bfloat16": 2}
+from xfbench.analytics.vocab import ELEMENT_BYTES, MATMUL_DTYPES
+
+# the matmul dtypes' widths (analytics/vocab.py's one table)
+DTYPE_BYTES: dict[str, int] = {name: ELEMENT_BYTES[name] for name in MATMUL_DTYPES}
 DATASHEET_LABEL = "datasheet-based"
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from xfbench.analytics import vocab
 from xfbench.analytics.costs import canonical_framework, has_weights, needs_input_grad
 from xfbench.analytics.layers.base import WorkSite
 from xfbench.analytics.memory import dtype_bytes
@@ -46,8 +47,8 @@ from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import output_kind
 
 PHASES = ("forward", "input_grad", "weight_grad", "update")
-STEP_PHASES = ("inference", "training")
-OPTIMIZERS = ("sgd", "momentum", "adam")
+STEP_PHASES = vocab.PHASES
+OPTIMIZERS = tuple(vocab.OPTIMIZERS)
 MEASURED_BASIS = "measured-peaks"
 CROSS_MACHINE_BASIS = "cross-machine"
 CALIBRATION_KIND = "calibration"
@@ -475,7 +476,7 @@ def layer_work(
         if training and has_weights(layer):
             params = layer.trainable_params(all_ins[i], out_shape, fw_name)
             tensors = layer.param_tensors(fw_name)
-            streams = {"sgd": 3, "momentum": 5, "adam": 7}[optimizer]
+            streams = 3 + 2 * vocab.OPTIMIZER_SLOTS[optimizer]  # read p and g, write p; read and write each slot
             b.mem(i, "update", optimizer, streams * params * w, fw.update_ops[optimizer] * tensors, inplace=True)
             for _ in range(fw.update_temporaries.get(optimizer, 0)):
                 b.mem(i, "update", f"{optimizer} temporary", 2 * params * w, 0, out=params * w)

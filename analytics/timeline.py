@@ -31,10 +31,10 @@ approximation, flagged in :attr:`Timeline.notes`.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from xfbench.analytics import vocab
 from xfbench.analytics.layers import UNIT_TYPES
 from xfbench.analytics.memory import dtype_bytes
 from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
@@ -71,10 +71,10 @@ CATEGORIES = (
     "workspace",
     "runtime",
 )
-PHASES = ("inference", "training")
+PHASES = vocab.PHASES
 DEVICES = ("cpu", "gpu")
 FRAMEWORKS = ("torch", "tensorflow", "mxnet")
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = tuple(vocab.OPTIMIZERS)
 
 _FORWARD = "forward"  # provisional category of a forward result, resolved once the whole step is built
 
@@ -596,7 +596,7 @@ def simulate(
     device: str = "cpu",
     warm: bool = True,
     dispatch_mode: bool = False,
-    threads: int | None = None,
+    threads: int = 1,
     kernel_scratch: bool = False,
 ) -> Timeline:
     """Simulates one step and returns its :class:`Timeline`.
@@ -604,8 +604,9 @@ def simulate(
     ``dispatch_mode=True`` reproduces what PyTorch runs while a ``TorchDispatchMode`` (such as
     ``MemTracker``) is active: composite ops take their out-of-place paths (``isTensorSubclassLike`` is true
     for every tensor then), i.e. the bias add of a linear layer on a non-contiguous 3-D input and gradient
-    accumulation allocate a new tensor. ``threads``: the framework's intra-op threads (default: this machine's
-    core count, the frameworks' default), which TensorFlow's conv-gradient scratch depends on.
+    accumulation allocate a new tensor. ``threads``: the framework's intra-op threads, which TensorFlow's
+    conv-gradient scratch depends on (an input: the prediction never reads the host; the benchmark harness passes
+    the frameworks' default, this machine's logical cores, which its rows record as ``cpu_cores``).
     ``kernel_scratch=True``: the process-level step, which adds memory a kernel holds while it runs that is no
     tensor (torch CPU convolutions: oneDNN's blocked copies); off, and ignored under ``dispatch_mode``, the step is
     the tensor level ``MemTracker`` sees. Raises ``ValueError`` / :class:`SpecError` on bad arguments.
@@ -627,8 +628,6 @@ def simulate(
         ops.update(unit_type.RULES.get(framework, {}))
     round_to = TORCH_CUDA_ROUND_BYTES if (framework == "torch" and device == "gpu") else 1
     prog = _Program(round_to)
-    if threads is None:
-        threads = os.cpu_count() or 1
     if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     ctx = _Ctx(

@@ -4,7 +4,8 @@ Each rule says, for one operator the framework runs, what its forward allocates,
 backward pass, and what its backward allocates. Sizes are element counts of a named operand (``input``,
 ``output``, ``weight``, ...) in a named element type (``x`` = the model's dtype, ``bool`` = 1 byte, ``int64``
 = 8 bytes). The simulator (:mod:`analytics.timeline`) lowers each spec layer to the operators the backend
-runs and walks these rules; this module imports nothing but the standard library.
+runs and walks these rules; this module imports nothing but the standard library and the vocabulary
+(:mod:`analytics.vocab`: element widths, optimizers).
 
 Bases, per framework:
 
@@ -27,8 +28,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from xfbench.analytics import vocab
+
 #: Bytes of the non-model element types rules refer to; ``x`` is the model's dtype width.
-ELEMENT_BYTES = {"bool": 1, "int64": 8, "float32": 4}
+ELEMENT_BYTES = vocab.ELEMENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,11 @@ TORCH_ACCUMULATE_IN_PLACE = True
 # 0-d float32 ``step`` and two zero slots per parameter, then per parameter ``denom = (exp_avg_sq.sqrt() /
 # bias_correction2_sqrt).add_(eps)``: a sqrt temporary and the division's result, the previous parameter's
 # ``denom`` being freed only after the new one exists (the loop variable is rebound).
-OPTIMIZER_STATE: dict[str, tuple[int, int]] = {"sgd": (0, 0), "momentum": (1, 0), "adam": (2, 1)}
+#: Per optimizer: state tensors per parameter (analytics/vocab.py's slots) and PyTorch's 0-d step counters
+#: (Adam's ``state["step"]``).
+OPTIMIZER_STATE: dict[str, tuple[int, int]] = {
+    name: (opt.slots, 1 if name == "adam" else 0) for name, opt in vocab.OPTIMIZERS.items()
+}
 """Per optimizer: (state tensors of the parameter's size, 0-d float32 ``step`` tensors) per parameter."""
 
 #: Convolution workspace per (framework, device) at tensor level: ``0`` where none exists as a tensor,

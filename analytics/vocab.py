@@ -15,8 +15,22 @@ import re
 from dataclasses import dataclass
 
 # --- dtypes -------------------------------------------------------------------------------------------------
-DTYPE_BYTES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2}
-DTYPES: tuple[str, ...] = tuple(DTYPE_BYTES)
+#: Bytes of one element of every type the suite names: the model dtypes, the matmul benchmark's (float64, tf32: a
+#: float32 in memory) and the non-model tensors of the simulated step (int64 indices and labels, bool masks).
+ELEMENT_BYTES: dict[str, int] = {
+    "float64": 8,
+    "float32": 4,
+    "tf32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "bool": 1,
+}
+#: The dtypes a model runs in.
+DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+DTYPE_BYTES: dict[str, int] = {name: ELEMENT_BYTES[name] for name in DTYPES}
+#: The dtypes of the matmul benchmark and the device roofline.
+MATMUL_DTYPES: tuple[str, ...] = ("float64", "float32", "tf32", "float16", "bfloat16")
 DEFAULT_DTYPE = "float32"
 
 

@@ -38,7 +38,7 @@ def _prediction_text(pred: Prediction, binary: bool) -> str:
     ]
     out = [
         f"model {pred.model}  batch {pred.batch_size}  dtype {pred.dtype}  optimizer {pred.optimizer}  "
-        f"parameter convention {pred.framework}",
+        f"parameter convention {pred.framework}  threads {pred.threads}",
         render_table(
             ["#", "layer", "type", "output", "params", "fwd FLOPs", "bwd FLOPs", "output bytes"],
             rows,
@@ -79,7 +79,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.to_report:
         raise UsageError("--to REPORT.csv needs --from REPORT.csv (the other machine's report)")
     try:
-        pred = predict(spec, args.batch or 1, args.dtype, args.optimizer, args.framework)
+        pred = predict(spec, args.batch or 1, args.dtype, args.optimizer, args.framework, args.threads)
     except (SpecError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     data = pred.as_dict()
@@ -114,6 +114,13 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
     p.add_argument("--dtype", choices=DTYPES, default=DEFAULT_DTYPE)
     p.add_argument("--optimizer", choices=list(OPTIMIZERS), default=DEFAULT_OPTIMIZER)
     p.add_argument("--framework", type=framework_arg, default="tensorflow", help="parameter convention (LSTM biases)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="the framework's intra-op threads the simulated step assumes (TensorFlow's conv-gradient scratch "
+        "depends on them; default 1: the prediction never reads this machine)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p.add_argument("--mib", action="store_true", help="binary units (MiB) instead of decimal MB")
     p.add_argument("--device", help="estimate step times on a catalog device (h100, a100-80gb, t4, ...)")

@@ -154,10 +154,18 @@ def framework_overhead(backend: str, device: str, phase: str, optimizer: str, fa
     return max(int(measured) - _step_bytes(probe), 0)
 
 
+def framework_threads() -> int:
+    """The intra-op threads the frameworks run a benchmark step with: their default, this machine's logical cores
+    (the rows record it as ``cpu_cores``); the simulated step takes it as an input."""
+    return os.cpu_count() or 1
+
+
 def _prediction(config: Config) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return predict(config.spec(), config.batch_size, config.dtype, config.optimizer, config.backend)
+        return predict(
+            config.spec(), config.batch_size, config.dtype, config.optimizer, config.backend, framework_threads()
+        )
 
 
 def _built_terms(config: Config) -> set[str]:
@@ -190,6 +198,7 @@ def simulated_timeline(config: Config, *, tracked: bool = False) -> Timeline | N
                 device=device_kind(config.device),
                 warm=tracked,
                 dispatch_mode=tracked and config.backend == "torch",
+                threads=framework_threads(),
                 kernel_scratch=not tracked,
             )
     except (SpecError, ValueError):
