@@ -241,6 +241,7 @@ BENCHMARK_CALLS: list[tuple[str, str, tuple[Any, ...] | None, dict[str, Any], st
     ("profile", "transpose_callable", (1024, "d"), {}, "peaks.py"),
     ("profile", "alloc_callable", (1024, "d"), {}, "peaks.py"),
     ("profile", "conv_callable", ("forward", 8, 16, 8, "d"), {}, "peaks.py"),
+    ("profile", "batchnorm_callable", ("forward", 8, 16, "d"), {}, "peaks.py"),
     ("profile", "profile_layers", ("work", 3), {}, "time_cli.py"),
     ("distributed", "main", (), {}, "scaling.py (python -m ... --job --out)"),
 ]
@@ -289,7 +290,9 @@ def test_protocol_members_by_hand() -> None:
         "release_cached_memory",
     }
     assert len(protocol_members(MatmulOps)) == 2 + 8
-    assert len(protocol_members(Profiler)) == 1 + 9
+    assert (
+        len(protocol_members(Profiler)) == 1 + 10
+    )  # NAME + threads, 8 probes (batchnorm_callable: issue 19), profile_layers
     assert set(protocol_members(DistributedWorker)) == {"THREADS_NOTE", "main"}
 
 

@@ -315,6 +315,10 @@ def test_probes_measure_what_they_say(framework: str) -> None:
         prof.conv_callable(kind, 3, 8, 4, "cpu")()
     with pytest.raises(ValueError, match="allowed: forward, backward, backward_first"):
         prof.conv_callable("sideways", 3, 8, 4, "cpu")
+    for kind in ("forward", "training"):
+        prof.batchnorm_callable(kind, 4, 8, "cpu")()
+    with pytest.raises(ValueError, match="allowed: forward, training"):
+        prof.batchnorm_callable("inference", 4, 8, "cpu")
     for make in (prof.dispatch_callable, prof.elementwise_callable, prof.transpose_callable, prof.alloc_callable):
         make(64, "cpu")()
     assert prof.threads() >= 1

@@ -191,11 +191,18 @@ class BatchNorm(Layer):
         return y
 
     def work(self, b: Any, site: WorkSite) -> None:
-        """Memory-bound passes: inference reads the input and writes the output; a training step reads the input
-        twice more for the statistics; the backward reads input and gradient twice (the two reductions, then
-        the input gradient) and writes the input gradient."""
+        """Inference: the normalization's passes over memory (TensorFlow: Mul then AddV2, two ops). A training
+        step: the forward (batch statistics, running-statistics update, output) and the backward (input, scale and
+        shift gradients), each priced from the run's BatchNorm probes (``batchnorm_fwd``/``_bwd``: elements per
+        second, ``_call``: a fixed cost per call; ``benchmarks/harness/peaks.py``), with the memory passes as the
+        floor where a probe is missing."""
         elems = site.batch * math.prod(site.out_shape)
         w = b.w
-        b.mem(site.i, "forward", "batchnorm", (4 if site.training else 2) * elems * w, 1, 0, out=elems * w)
-        if site.training:
-            b.mem(site.i, "weight_grad", "batchnorm grad", (5 if site.need_dx else 2) * elems * w, 1, 0, out=elems * w)
+        if not site.training:
+            ops = 2 if site.framework == "tensorflow" else 1
+            b.mem(site.i, "forward", "batchnorm", 2 * ops * elems * w, ops, 0, out=elems * w)
+            return
+        b.mem(site.i, "forward", "batchnorm", 4 * elems * w, 1, elems, out=elems * w, rate="batchnorm_fwd")
+        b.mem(site.i, "forward", "batchnorm (fixed)", 0.0, 0, 1, rate="batchnorm_fwd_call")
+        b.mem(site.i, "input_grad", "batchnorm grad", 5 * elems * w, 1, elems, out=elems * w, rate="batchnorm_bwd")
+        b.mem(site.i, "input_grad", "batchnorm grad (fixed)", 0.0, 0, 1, rate="batchnorm_bwd_call")

@@ -107,6 +107,31 @@ def transpose_callable(elements: int, device: str = "cpu") -> Callable[[], None]
     return run
 
 
+def batchnorm_callable(kind: str, channels: int, side: int, device: str = "cpu") -> Callable[[], None]:
+    """Gluon's ``nn.BatchNorm`` recorded in training mode (as the model's step runs it) on a ``(1, channels, side,
+    side)`` input: ``forward`` (the batch statistics, the normalized output) or ``training`` (forward + backward:
+    the input, scale and shift gradients; MXNet updates the running statistics in the backward on a CPU)."""
+    if kind not in ("forward", "training"):
+        raise ValueError(f"unknown batchnorm probe {kind!r}; allowed: forward, training")
+    ctx = resolve_device(device)
+    bn = mx.gluon.nn.BatchNorm(axis=1, momentum=0.9, epsilon=1e-5, in_channels=channels)
+    bn.initialize(ctx=ctx)
+    x = mx.nd.random.normal(shape=(1, channels, side, side), ctx=ctx)
+    x.attach_grad()
+    _wait()
+
+    def run() -> None:
+        with autograd.record(train_mode=True):
+            y = bn(x)
+        if kind == "training":
+            y.backward()
+            x.grad.wait_to_read()
+        else:
+            y.wait_to_read()
+
+    return run
+
+
 def stream_callable(nbytes: int, device: str = "cpu") -> tuple[Callable[[], None], int]:
     """An in-place add (``x += 1``) over ``nbytes`` and the bytes it moves (``2 * nbytes``)."""
     ctx = resolve_device(device)
@@ -341,6 +366,7 @@ __all__ = [
     "NAME",
     "alloc_callable",
     "attribute_trace",
+    "batchnorm_callable",
     "conv_callable",
     "dispatch_callable",
     "elementwise_callable",

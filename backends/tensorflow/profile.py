@@ -154,6 +154,38 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
     return run
 
 
+def batchnorm_callable(kind: str, channels: int, side: int, device: str = "cpu") -> Callable[[], None]:
+    """Keras' ``BatchNormalization`` in training mode (``tf.function``, NHWC, as the model builds it) of a
+    ``(1, side, side, channels)`` input: ``forward`` (the batch statistics, the moving-statistics update, the
+    normalized output) or ``training`` (forward + the input, scale and shift gradients)."""
+    if kind not in ("forward", "training"):
+        raise ValueError(f"unknown batchnorm probe {kind!r}; allowed: forward, training")
+    with tf.device(resolve_device(device)):
+        x = tf.random.normal([1, side, side, channels])
+        bn = tf.keras.layers.BatchNormalization(axis=-1, momentum=0.9, epsilon=1e-5)
+        bn.build(x.shape)
+
+        @tf.function
+        def forward(v: Any) -> Any:
+            return bn(v, training=True)
+
+        @tf.function
+        def training(v: Any) -> Any:
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                y = bn(v, training=True)
+            return tape.gradient(y, [v, *bn.trainable_variables])
+
+        fn = forward if kind == "forward" else training
+        fn(x)
+
+    def run() -> None:
+        with tf.device(resolve_device(device)):
+            fn(x)
+
+    return run
+
+
 def stream_callable(nbytes: int, device: str = "cpu") -> tuple[Callable[[], None], int]:
     """An in-place add of a tensor into a variable (``assign_add`` in a ``tf.function``) over ``nbytes``, and the
     bytes it moves (both read, the variable written in place: ``3 * nbytes``; no new buffer)."""
@@ -254,6 +286,7 @@ __all__ = [
     "NAME",
     "alloc_callable",
     "attribute_ops",
+    "batchnorm_callable",
     "conv_callable",
     "dispatch_callable",
     "elementwise_callable",

@@ -124,6 +124,26 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
     return run
 
 
+def batchnorm_callable(kind: str, channels: int, side: int, device: str = "cpu") -> Callable[[], None]:
+    """A training-mode ``nn.BatchNorm2d`` of a ``(1, channels, side, side)`` input: ``forward`` (the batch
+    statistics, the running-statistics update, the normalized output) or ``training`` (forward + the input, scale
+    and shift gradients), as a model's training step runs it."""
+    if kind not in ("forward", "training"):
+        raise ValueError(f"unknown batchnorm probe {kind!r}; allowed: forward, training")
+    dev = resolve_device(device)
+    bn = torch.nn.BatchNorm2d(channels).to(dev).train()
+    x = torch.randn(1, channels, side, side, device=dev, requires_grad=kind == "training")
+    wrt = [x, bn.weight, bn.bias]
+
+    def run() -> None:
+        y = bn(x)
+        if kind == "training":
+            torch.autograd.grad(y, wrt, torch.ones_like(y))
+        synchronize(dev)
+
+    return run
+
+
 def stream_callable(nbytes: int, device: str = "cpu") -> tuple[Callable[[], None], int]:
     """An in-place add (``x += 1``) over an ``nbytes`` tensor, and the bytes it moves (each element read and
     written once: ``2 * nbytes``)."""
@@ -249,6 +269,7 @@ __all__ = [
     "NAME",
     "alloc_callable",
     "attribute_events",
+    "batchnorm_callable",
     "conv_callable",
     "dispatch_callable",
     "elementwise_callable",

@@ -61,6 +61,9 @@ CONV_FLOP_CAP = 2e9  # forward FLOPs of one probe convolution at most
 LARGE_GEMM_FLOPS = 1e8  # products at least this large set the cap on every class's rate
 CHAIN = 201  # ops in the long dispatch chain
 RATE_ELEMENTS = 1 << 20
+# (channels, side) of the BatchNorm probes: 128 x 16 x 16 (32 K elements, a late ResNet stage at batch 1) and
+# 64 x 128 x 128 (1 M elements, a stem's).
+BATCHNORM_PROBES: tuple[tuple[int, int], ...] = ((128, 16), (64, 128))
 FAULT_PROBE_BYTES = 64 << 20
 MIN_TIME_S = 0.005
 RATIO_BOUNDS = (0.2, 10.0)
@@ -158,6 +161,7 @@ def measure(
         t = _best(fn)
         raw[f"rate:{name}"] = t
         rates[name] = count / t
+    rates.update(batchnorm_rates(prof, device, raw, short))
     peaks = MachinePeaks(
         label=f"{device} ({backend}, measured)",
         basis=MEASURED_BASIS,
@@ -218,6 +222,43 @@ def conv_probe_side(m: int, k: int, n: int, cap: float = CONV_FLOP_CAP) -> int:
     while 2.0 * side * side * k * n > cap and side // 2 >= 14:
         side //= 2
     return side
+
+
+def batchnorm_rates(prof: Any, device: str, raw: dict[str, float], call_s: float = 0.0) -> dict[str, float]:
+    """A training-mode BatchNorm's cost as the framework runs it (``profile.batchnorm_callable``), forward and
+    backward each fitted as ``fixed + elements / rate`` from two probe sizes (:data:`BATCHNORM_PROBES`): rates
+    ``batchnorm_fwd`` / ``batchnorm_bwd`` (elements per second) and ``batchnorm_fwd_call`` / ``batchnorm_bwd_call``
+    (1 / the fixed seconds beyond one op's dispatch, ``call_s``). On torch 2.13 CPU (2 threads) the forward's fixed
+    part is about 50 us and its slope about 1 ns per element (measured), neither of which the bandwidth model
+    gives: the statistics are per-channel reductions. A fit that is not increasing leaves its rate out (the
+    prediction then falls back to the memory-bound passes)."""
+    times: dict[tuple[str, int], float] = {}
+    sizes = []
+    for channels, side in BATCHNORM_PROBES:
+        elements = channels * side * side
+        sizes.append(elements)
+        for kind in ("forward", "training"):
+            t = _best(prof.batchnorm_callable(kind, channels, side, device))
+            raw[f"batchnorm-{kind}:{channels}x{side}x{side}"] = t
+            times[(kind, elements)] = t
+    small, large = sorted(sizes)
+    rates: dict[str, float] = {}
+    for name, t_small, t_large in (
+        ("batchnorm_fwd", times[("forward", small)], times[("forward", large)]),
+        (
+            "batchnorm_bwd",
+            times[("training", small)] - times[("forward", small)],
+            times[("training", large)] - times[("forward", large)],
+        ),
+    ):
+        if t_large <= t_small or t_small <= 0:
+            continue
+        slope = (large - small) / (t_large - t_small)
+        rates[name] = slope
+        fixed = t_small - small / slope - call_s
+        if fixed > 0:
+            rates[f"{name}_call"] = 1.0 / fixed
+    return rates
 
 
 def conv_rates(
