@@ -67,7 +67,10 @@ GAP_D = [("nin", 1), ("nin", 2), ("nin", 4), ("nin", 8), ("cnn3", 1), ("cnn3", 2
 GAP_E = [("vgg11", 1), ("vgg11", 2), ("alexnet", 8)]
 #: Gap F: the small training rows still under-predicted (LeNet batch 32, the LSTM batch 16).
 GAP_F = [("lenet", 32), ("lstm", 16)]
-_TRAINING_GAPS = {"D": GAP_D, "E": GAP_E, "F": GAP_F}
+#: Gap G: graphs (issue 19): ResNet-18 and the inception model at batch 1, training, measured at about twice the
+#: simulated step.
+GAP_G = [("resnet18", 1), ("inception", 1)]
+_TRAINING_GAPS = {"D": GAP_D, "E": GAP_E, "F": GAP_F, "G": GAP_G}
 
 
 def _cases(gap: str) -> list[dict[str, Any]]:
@@ -488,7 +491,7 @@ def profile_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--gap", choices=("C", "D", "E", "F", "all"), default="all")
+    p.add_argument("--gap", choices=("C", "D", "E", "F", "G", "all"), default="all")
     p.add_argument("--only", default=None, help="comma-separated models (catalog names, probe-conv) to keep")
     p.add_argument("--batch", type=int, default=None, help="keep only cases at this batch size")
     p.add_argument("--what", choices=("measure", "profile", "both"), default="both")
