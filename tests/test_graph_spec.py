@@ -23,6 +23,20 @@ from xfbench.analytics.weights import make_batch, random_weights, weight_slots
 
 FRAMEWORKS = ("torch", "tensorflow", "mxnet")
 
+
+@pytest.fixture(
+    autouse=True,
+    params=[
+        pytest.param("core"),
+        pytest.param("torch", marks=pytest.mark.torch),
+        pytest.param("tensorflow", marks=pytest.mark.tensorflow),
+        pytest.param("mxnet", marks=pytest.mark.mxnet),
+    ],
+)
+def tox_env(request: pytest.FixtureRequest) -> str:
+    """Every test here runs in every tox env (framework-free, but each env has its own numpy: MXNet's < 1.24)."""
+    return str(request.param)
+
 RESIDUAL = {
     "name": "residual",
     "input_shape": [3, 8, 8],
