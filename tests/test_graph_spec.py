@@ -37,6 +37,7 @@ def tox_env(request: pytest.FixtureRequest) -> str:
     """Every test here runs in every tox env (framework-free, but each env has its own numpy: MXNet's < 1.24)."""
     return str(request.param)
 
+
 RESIDUAL = {
     "name": "residual",
     "input_shape": [3, 8, 8],
