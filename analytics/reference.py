@@ -220,7 +220,7 @@ def reference_state_after_step(
     after one training step on ``x``; trainable slots are returned unchanged (the optimizer moves those)."""
     from xfbench.analytics.layers.batchnorm import running_update
 
-    inputs = _run(spec, weights, x, True, False)[1]
+    inputs = _run(spec, weights, x, True, False, keep_bn_inputs=True)[1]
     out = [np.asarray(w, dtype=np.float64) for w in weights]
     slots = weight_slots(spec)
     for pos, slot in enumerate(slots):
@@ -232,9 +232,15 @@ def reference_state_after_step(
 
 
 def _run(
-    spec: ModelSpec, weights: list[np.ndarray], x: np.ndarray, training: bool, return_all: bool
+    spec: ModelSpec,
+    weights: list[np.ndarray],
+    x: np.ndarray,
+    training: bool,
+    return_all: bool,
+    keep_bn_inputs: bool = False,
 ) -> tuple[np.ndarray | list[np.ndarray], dict[int, list[np.ndarray]]]:
-    """The forward walk over the graph: (the output or every output, each BatchNorm's inputs)."""
+    """The forward walk over the graph: (the output or every output, each BatchNorm's inputs where
+    ``keep_bn_inputs``; otherwise none is kept, so that an input no later layer reads is freed)."""
     out_shapes = infer_shapes(spec)
     _check_weights(spec, weights)
     x = np.asarray(x)
@@ -252,7 +258,7 @@ def _run(
         args = [h if j < 0 else outputs[j] for j in srcs]
         ins = [a for a in args if a is not None]
         out = layer.forward(ins, params_by_layer.get(i, []), training)  # the type's own reference
-        if isinstance(layer, BatchNorm):  # its running statistics follow from its input
+        if keep_bn_inputs and isinstance(layer, BatchNorm):  # its running statistics follow from its input
             bn_inputs[i] = ins
         expected = (x.shape[0], *out_shapes[i])
         if out.shape != expected:  # a disagreement with analytics.shapes is a bug in one of the two

@@ -18,6 +18,7 @@ Conventions (every backend and every prediction follows them):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -238,17 +239,7 @@ def layer_inputs(spec: ModelSpec) -> tuple[tuple[int, ...], ...]:
     return _cached_inputs(spec.layers)
 
 
-_INPUTS_CACHE: dict[tuple[Layer, ...], tuple[tuple[int, ...], ...]] = {}
-
-
-def _cached_inputs(layers: tuple[Layer, ...]) -> tuple[tuple[int, ...], ...]:
-    found = _INPUTS_CACHE.get(layers)
-    if found is None:
-        found = layer_inputs_of(layers)
-        if len(_INPUTS_CACHE) > 64:
-            _INPUTS_CACHE.clear()
-        _INPUTS_CACHE[layers] = found
-    return found
+_cached_inputs = functools.lru_cache(maxsize=64)(layer_inputs_of)
 
 
 def is_sequential(spec: ModelSpec) -> bool:

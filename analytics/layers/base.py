@@ -326,7 +326,9 @@ def pad_work(
 # ------------------------------------------------------------------------------------ the simulated step's helpers
 
 
-def hw_pads(padding: str | int, shape: Shape, window: tuple[int, int], stride: tuple[int, int]) -> tuple[int, ...]:
+def hw_pads(
+    padding: str | int, shape: Shape, window: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` of a window layer's padding on a ``(C, H, W)`` input."""
     top, bottom = padding_amounts(padding, shape[1], window[0], stride[0])
     left, right = padding_amounts(padding, shape[2], window[1], stride[1])

@@ -50,9 +50,10 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from xfbench.analytics import layers as L
 from xfbench.analytics.layers.add import Add
+from xfbench.analytics.layers.base import hw_pads
 from xfbench.analytics.layers.batchnorm import BatchNorm
 from xfbench.analytics.layers.concatenate import Concatenate, concat_axis
-from xfbench.analytics.shapes import layer_input_shapes, padding_amounts
+from xfbench.analytics.shapes import layer_input_shapes
 from xfbench.analytics.spec import Layer, ModelSpec, consumers, layer_inputs
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, weight_slots
@@ -187,15 +188,6 @@ def _activation_block(kind: str, prefix: str) -> nn.HybridBlock:
     return nn.Activation(kind, prefix=prefix)
 
 
-def _hw_pads(
-    padding: str | int, hw: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """``(top, bottom, left, right)`` under the spec's padding rule."""
-    top, bottom = padding_amounts(padding, hw[0], window[0], stride[0])
-    left, right = padding_amounts(padding, hw[1], window[1], stride[1])
-    return (top, bottom, left, right)
-
-
 def _add_block(net: XfNet, i: int, layer: Add, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
     return _Add(prefix=prefix)
 
@@ -220,7 +212,7 @@ def _batchnorm_block(net: XfNet, i: int, layer: BatchNorm, in_shape: tuple[int, 
 
 
 def _conv_block(net: XfNet, i: int, layer: L.Conv2D, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
-    pads = _hw_pads(layer.padding, in_shape[1:], layer.kernel, layer.stride)  # type: ignore[arg-type]
+    pads = hw_pads(layer.padding, in_shape, layer.kernel, layer.stride)  # type: ignore[arg-type]
     symmetric = pads[0] == pads[1] and pads[2] == pads[3]
     seq = nn.HybridSequential(prefix=prefix)
     with seq.name_scope():
@@ -248,7 +240,7 @@ def _pool_block(
     net: XfNet, i: int, layer: L.MaxPool2D | L.AvgPool2D, in_shape: tuple[int, ...], prefix: str
 ) -> nn.HybridBlock:
     """MaxPool2D and AvgPool2D."""
-    pads = _hw_pads(layer.padding, in_shape[1:], layer.pool, layer.stride)  # type: ignore[arg-type]
+    pads = hw_pads(layer.padding, in_shape, layer.pool, layer.stride)  # type: ignore[arg-type]
     symmetric = pads[0] == pads[1] and pads[2] == pads[3]
     is_max = isinstance(layer, L.MaxPool2D)
     if not symmetric and not is_max:
