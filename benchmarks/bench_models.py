@@ -13,18 +13,20 @@ from typing import Any
 import pytest
 from xfbench.backends import get_backend, is_available
 from xfbench.backends.common import is_oom_error
+from xfbench.benchmarks.harness import noise
 from xfbench.benchmarks.harness.measurement import Measurement
 from xfbench.benchmarks.harness.peaks import time_prediction_columns
 from xfbench.benchmarks.harness.profiles import Plan
 from xfbench.benchmarks.harness.rows import (
     flop_columns,
     framework_overhead,
+    framework_threads,
     memory_columns,
     memory_in_fresh_process,
     prediction_columns,
     probe_family,
-    time_columns,
 )
+from xfbench.benchmarks.harness.timing import other_processes, row_columns, time_processes, within_noise
 from xfbench.benchmarks.harness.workload import Config, base_row, prepare
 
 _base_row = base_row
@@ -71,6 +73,7 @@ def test_model_step(
         _finish(xfbench_writer, xfbench_rows, {**row, "status": "skipped", "message": reason})
         pytest.skip(reason)
 
+    noise.start()  # the run's noise probe, before its first measurement (benchmarks/harness/noise.py)
     row.update(prediction_columns(cfg))
     if measure_memory:
         release_gpu_cache(cfg.backend, cfg.device)
@@ -98,8 +101,18 @@ def test_model_step(
         rounds = rounds_override or plan.rounds
         benchmark.pedantic(work.step, rounds=rounds, warmup_rounds=plan.warmup_rounds, iterations=1)
         timing = Measurement.from_stats(benchmark.stats.stats)
-        row.update(time_columns(timing, cfg.batch_size))
+        # The other processes (benchmarks/harness/timing.py), one at a time, after this one's rounds.
+        processes = [list(timing.times)]
+        others = other_processes(cfg, time_processes() - 1, plan.warmup_rounds, rounds)
+        if others.get("status") == "ok":
+            processes += others["times"]
+        else:
+            note = f"time: {others.get('status')}: {others.get('message', '')}"
+            row["message"] = (row.get("message", "") + "; " + note).lstrip("; ")
+        row.update(row_columns(processes, cfg.batch_size))
         row.update(time_prediction_columns(cfg, row, xfbench_writer))
+        row["time_within_noise"] = within_noise(row.get("time_predicted_s"), row)
+        row["threads"] = framework_threads()
         if timing.noisy:
             row["message"] = (row.get("message", "") + "; " + timing.warning).lstrip("; ")
         try:

@@ -97,6 +97,31 @@ def _suite_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+#: The environment variables that cap the instruction set oneDNN (PyTorch, TensorFlow, MXNet) and MKL use: set, they
+#: make this CPU stand in for an older one, so a run under a cap is another machine's run.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_cap() -> str:
+    """The ISA caps this process runs under, ``NAME=value`` separated by spaces (blank: none)."""
+    return " ".join(f"{name}={os.environ[name]}" for name in ISA_CAP_VARIABLES if os.environ.get(name))
+
+
+def cpu_affinity() -> str:
+    """The CPUs this process may run on, as ranges (``0-1``); blank where the OS does not say."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return ""
+    out: list[list[int]] = []
+    for c in cpus:
+        if out and out[-1][1] == c - 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
+
+
 @lru_cache(maxsize=16)
 def _cached(framework_versions: tuple[tuple[str, str], ...], blas: str) -> tuple[tuple[str, str | int], ...]:
     gpu_name, gpu_memory, gpu_driver = _gpu()
@@ -104,6 +129,8 @@ def _cached(framework_versions: tuple[tuple[str, str], ...], blas: str) -> tuple
         "machine": socket.gethostname(),
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count() or "",
+        "cpu_affinity": cpu_affinity(),
+        "cpu_isa_cap": isa_cap(),
         "ram_bytes": _ram_bytes(),
         "gpu_name": gpu_name,
         "gpu_memory_bytes": gpu_memory,

@@ -30,6 +30,10 @@ History (bump SCHEMA_VERSION on any change to the columns or their meaning, and 
   to version 3 after version-3 files had been written (the committed reference CSVs among them): a version-3
   file may lack them (``OPTIONAL_IN``), and they read as blank there too. Rows of kind ``calibration`` (the
   peaks a run measured for the step-time prediction) were added during version 3; they fill existing columns.
+* 4 - a model row's time from several processes (issue 20): ``time_median_s`` became the median of the
+  processes' medians, ``time_lo_s`` / ``time_hi_s`` the between-process interval, ``time_processes`` how many;
+  ``time_within_noise`` says whether the predicted time lies inside that interval; ``threads`` the intra-op
+  threads; ``cpu_affinity`` the CPUs the run could use; rows of kind ``noise`` (the run's noise probe).
 
 ``python -m xfbench.reports.schema --markdown`` prints the README's block (``markdown()``).
 
@@ -45,12 +49,13 @@ from typing import Literal
 
 from xfbench.analytics.vocab import BACKENDS, DTYPES, OPTIMIZERS, PHASES
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions read_report accepts; a file of an older one lacks the columns added since (ADDED_IN), read as blank.
-READABLE_VERSIONS: tuple[int, ...] = (2, 3)
+READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4)
 HISTORY_COMMENT = (
     "# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows,"
-    " 3 = tf32 column, tensor-level memory and memory repeats (see reports/schema.py)"
+    " 3 = tf32 column, tensor-level memory and memory repeats, 4 = time over several processes, noise probe"
+    " (see reports/schema.py)"
 )
 STATUSES = ("ok", "skipped", "oom", "error")
 
@@ -65,6 +70,7 @@ ROW_KINDS: dict[str, str] = {
     "allreduce": "one all-reduce",
     "exercise": "a textbook claim checked",
     "calibration": "a peak measured for the step-time prediction",
+    "noise": "the run's noise probe (a fixed GEMM timed at its start, middle and end)",
 }
 
 ColumnType = Literal["str", "int", "float"]
@@ -157,19 +163,39 @@ COLUMNS: tuple[Column, ...] = (
     _col(
         "time_median_s",
         "float",
-        "model matmul transfer logging concurrency scaling allreduce calibration",
-        "median seconds per step (warm-up excluded, device synchronized); calibration: seconds of the figure in "
-        "`shape`",
+        "model matmul transfer logging concurrency scaling allreduce calibration noise",
+        "median seconds per step (warm-up excluded, device synchronized); model: the median of the processes' "
+        "medians (`time_processes`); calibration: seconds of the figure in `shape`; noise: the probe's median",
+    ),
+    _col(
+        "time_lo_s",
+        "float",
+        "model",
+        "the lowest process median: with `time_hi_s`, the between-process interval of the step time",
+        added_in=4,
+    ),
+    _col("time_hi_s", "float", "model", "the highest process median", added_in=4),
+    _col(
+        "time_processes",
+        "int",
+        "model",
+        "processes the step was timed in (the benchmark process and forked children, one at a time)",
+        added_in=4,
     ),
     _col(
         "time_iqr_s",
         "float",
-        "model matmul transfer logging concurrency scaling",
-        "interquartile range of the step time, seconds",
+        "model matmul transfer logging concurrency scaling noise",
+        "interquartile range of the step time, seconds (model: over every round of every process)",
     ),
     _col("time_mean_s", "float", "model matmul transfer logging concurrency scaling", "mean seconds per step"),
-    _col("time_min_s", "float", "model matmul transfer logging concurrency scaling allreduce", "fastest step, seconds"),
-    _col("rounds", "int", "model matmul transfer logging concurrency scaling allreduce", "timed steps"),
+    _col(
+        "time_min_s",
+        "float",
+        "model matmul transfer logging concurrency scaling allreduce noise",
+        "fastest step, seconds",
+    ),
+    _col("rounds", "int", "model matmul transfer logging concurrency scaling allreduce noise", "timed steps"),
     _col("throughput_samples_per_s", "float", "model scaling", "batch_size / time_median_s"),
     _col("params_counted", "int", "model scaling exercise", "parameters counted from the framework's own objects"),
     _col("params_predicted", "int", "model exercise", "analytic parameter count under this framework's convention"),
@@ -278,7 +304,7 @@ COLUMNS: tuple[Column, ...] = (
         "matmul, logging, concurrency: MxKxN; transfer: device-copy:BYTES, h2d:BYTES or d2h:BYTES; allreduce: the "
         "bytes reduced; scaling: the global batch; exercise: its id (or crossover); calibration: the figure "
         "measured (gemm:MxKxN, conv-<kernel>:MxKxN, stream:BYTES, fault:BYTES, dispatch:op, rate:<name>, "
-        "step:<phase>)",
+        "step:<phase>); noise: noise:<start, middle or end>",
         key=True,
         added_in=2,
     ),
@@ -293,7 +319,7 @@ COLUMNS: tuple[Column, ...] = (
     _col(
         "gflops_per_s",
         "float",
-        "matmul calibration",
+        "matmul calibration noise",
         "achieved GFLOP/s (10^9 FLOP/s, 2 per multiply-accumulate)",
         added_in=2,
     ),
@@ -318,6 +344,15 @@ COLUMNS: tuple[Column, ...] = (
         "(time_predicted_s - time_median_s) / time_median_s",
         added_in=2,
     ),
+    _col(
+        "time_within_noise",
+        "str",
+        "model",
+        "yes when time_predicted_s lies within [time_lo_s, time_hi_s] (the error is inside the measurement's "
+        "between-process interval), else no",
+        added_in=4,
+    ),
+    _col("threads", "int", "model calibration", "intra-op threads the framework ran with", added_in=4),
     _col(
         "prediction_basis",
         "str",
@@ -347,6 +382,22 @@ COLUMNS: tuple[Column, ...] = (
     _col("efficiency_predicted", "float", "concurrency scaling", "predicted efficiency", added_in=2),
     _col("cpu_model", "str", "all", "CPU model name", source="env"),
     _col("cpu_cores", "int", "all", "logical CPU cores", source="env"),
+    _col(
+        "cpu_affinity",
+        "str",
+        "all",
+        "the CPUs the run could use (sched_getaffinity), e.g. 0-1",
+        source="env",
+        added_in=4,
+    ),
+    _col(
+        "cpu_isa_cap",
+        "str",
+        "all",
+        "the instruction-set caps the run set (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS), blank when none",
+        source="env",
+        added_in=4,
+    ),
     _col("ram_bytes", "int", "all", "total host RAM, bytes", source="env"),
     _col("gpu_name", "str", "all", "GPU model, if any", source="env"),
     _col("gpu_memory_bytes", "int", "all", "GPU memory, bytes", source="env"),

@@ -439,7 +439,8 @@ def test_schema_module_prints_markdown_and_rejects_bad_arguments() -> None:
 # ------------------------------------------------------------- the schema as one table, and what derives from it
 # Written by hand from the row builders (grep '"kind"' in benchmarks/ and analytics/steptime.py): model
 # (bench_models.py, workload.base_row), matmul, transfer, logging, concurrency, exercise (matmul.py,
-# bench_matmul.py, exercises.csv_row), scaling and allreduce (scaling.py), calibration (steptime.peaks_to_rows).
+# bench_matmul.py, exercises.csv_row), scaling and allreduce (scaling.py), calibration (steptime.peaks_to_rows),
+# noise (benchmarks/harness/noise.py probe).
 KINDS_WRITTEN = (
     "model",
     "matmul",
@@ -450,6 +451,7 @@ KINDS_WRITTEN = (
     "allreduce",
     "exercise",
     "calibration",
+    "noise",
 )
 
 # Version 3's header, spelled out: the CSV's column order must not move (files stay byte-identical).
@@ -464,6 +466,13 @@ HEADER_V3 = (
     "prediction_basis,workers,scaling_mode,speedup,speedup_predicted,efficiency,efficiency_predicted,cpu_model,"
     "cpu_cores,ram_bytes,gpu_name,gpu_memory_bytes,gpu_driver,os,python,blas,suite_commit"
 )
+# Version 4 (issue 20) put its columns beside the ones they qualify: the time interval after time_median_s, the
+# noise verdict and threads after time_rel_error, the affinity and ISA caps after cpu_cores.
+HEADER_V4 = (
+    HEADER_V3.replace("time_median_s,", "time_median_s,time_lo_s,time_hi_s,time_processes,")
+    .replace("time_rel_error,", "time_rel_error,time_within_noise,threads,")
+    .replace("cpu_cores,", "cpu_cores,cpu_affinity,cpu_isa_cap,")
+)
 # The typed columns as the writer listed them before the table carried the types.
 INTS = {
     "schema_version",
@@ -476,9 +485,13 @@ INTS = {
     "gpu_memory_bytes",
     "workers",
     "mem_repeats",
+    "time_processes",  # version 4
+    "threads",  # version 4
 }
 FLOATS = {
     "time_median_s",
+    "time_lo_s",  # version 4
+    "time_hi_s",  # version 4
     "time_iqr_s",
     "time_mean_s",
     "time_min_s",
@@ -529,7 +542,7 @@ def test_every_column_the_writer_types_is_in_the_table() -> None:
 
 
 def test_header_and_keys_derived_from_the_table_are_unchanged() -> None:
-    assert ",".join(COLUMN_NAMES) == HEADER_V3 and len(COLUMN_NAMES) == len(set(COLUMN_NAMES)) == 69
+    assert ",".join(COLUMN_NAMES) == HEADER_V4 and len(COLUMN_NAMES) == len(set(COLUMN_NAMES)) == 69 + 7
     assert list(COLUMN) == list(COLUMN_NAMES)
     assert CONFIG_KEY == (
         "kind",
@@ -551,6 +564,8 @@ def test_header_and_keys_derived_from_the_table_are_unchanged() -> None:
         "machine",
         "cpu_model",
         "cpu_cores",
+        "cpu_affinity",
+        "cpu_isa_cap",
         "ram_bytes",
         "gpu_name",
         "gpu_memory_bytes",
@@ -562,10 +577,15 @@ def test_header_and_keys_derived_from_the_table_are_unchanged() -> None:
     )
     memory3 = ["mem_tensor_measured_bytes", "mem_tensor_predicted_bytes", "mem_tensor_breakdown"]
     memory3 += ["mem_repeats", "mem_spread"]
-    assert ADDED_IN == {"tf32": 3, **{c: 3 for c in memory3}}
+    version4 = ["time_lo_s", "time_hi_s", "time_processes", "time_within_noise", "threads"]
+    version4 += ["cpu_affinity", "cpu_isa_cap"]
+    assert ADDED_IN == {"tf32": 3, **{c: 3 for c in memory3}, **{c: 4 for c in version4}}
     assert OPTIONAL_IN == {c: 3 for c in memory3}
-    assert columns_of_version(3) == tuple(c for c in COLUMN_NAMES if c not in memory3)
-    assert columns_of_version(2) == tuple(c for c in COLUMN_NAMES if c not in memory3 and c != "tf32")
+    assert columns_of_version(4) == COLUMN_NAMES
+    assert columns_of_version(3) == tuple(c for c in COLUMN_NAMES if c not in memory3 and c not in version4)
+    assert columns_of_version(2) == tuple(
+        c for c in COLUMN_NAMES if c not in memory3 and c not in version4 and c != "tf32"
+    )
 
 
 def test_fingerprint_fills_exactly_the_env_columns() -> None:
@@ -589,8 +609,8 @@ def test_cells_are_formatted_as_before(tmp_path: Path) -> None:
     )
     path = _write(tmp_path, [row])
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[1] == HEADER_V3
-    cells = dict(zip(HEADER_V3.split(","), next(csv.reader([lines[2]]))))
+    assert lines[1] == HEADER_V4
+    cells = dict(zip(HEADER_V4.split(","), next(csv.reader([lines[2]]))))
     expected = {
         "machine": "m",
         "kind": "model",
@@ -603,7 +623,7 @@ def test_cells_are_formatted_as_before(tmp_path: Path) -> None:
         "rounds": "",
         "message": "a, b",
         "tf32": "",
-        "schema_version": "3",
+        "schema_version": "4",
     }
     assert {c: cells[c] for c in expected} == expected
     assert '"a, b"' in lines[2]  # quoted, as csv does

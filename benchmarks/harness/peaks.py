@@ -10,7 +10,7 @@ What is measured (each with :func:`benchmarks.matmul.time_callable`; the fastest
    :data:`GEMM_FLOP_CAP` is timed on a proxy with its largest dimensions halved (not below 256): such shapes
    are compute-bound, their rate has saturated;
 2. the bandwidth of an in-place add over :data:`analytics.steptime.COPY_SIZES` bytes
-   (``profile.stream_callable``, net of the call: physical traffic and no new output - TensorFlow's
+   (``profile.stream_callable``, net of the same call on one element: physical traffic and no new output - TensorFlow's
    ``ops.copy_bandwidth_callable`` allocates one each call, which page-faults above 32 MiB), and the
    page-fault cost of a fresh :data:`FAULT_PROBE_BYTES` allocation (``profile.alloc_callable``);
 3. the dispatch overhead per op in the step's execution mode (``backends.<fw>.profile.dispatch_callable``:
@@ -25,15 +25,24 @@ What is measured (each with :func:`benchmarks.matmul.time_callable`; the fastest
    direct/brgemm kernels, whose efficiency at a shape differs from the matmul's at the same im2col shape
    (up to 2x, measured): the matmul table prices dense layers and LSTMs, this table convolutions.
 
-A few seconds per backend on a 2-core CPU. :func:`measured_peaks` caches per (backend, device) in the
-process; :func:`time_prediction_columns` is what a model row adds.
+Robust and bounded (issue 20): a calibration is :func:`calibration_repeats` sweeps over every item, each figure the
+median of the sweeps' fastest calls; each figure is checked against physical bounds (:func:`out_of_bounds`: no
+bandwidth or FLOP rate above what the cores can do at their top clock, no op faster than a C call), re-measured
+when outside them and refused (left out, and a ``skipped`` calibration row says why) when it stays outside.
+Reused: a calibration is kept on disk and reused by later runs of the same machine, framework and settings
+(:func:`calibration_key`, :data:`DEFAULT_MAX_AGE_H`), so that the same configuration's prediction does not move
+with each run's calibration noise; the rows' ``prediction_basis`` says which. :func:`measured_peaks` caches per
+(backend, device) in the process; :func:`time_prediction_columns` is what a model row adds.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -91,7 +100,9 @@ def gemm_rates(
     rates: dict[tuple[int, int, int], float] = {}
     large: list[float] = []
     for m, k, n in GEMM_GRID:
-        t = raw[f"gemm:{m}x{k}x{n}"]
+        t = raw.get(f"gemm:{m}x{k}x{n}")
+        if t is None:
+            continue  # refused (outside its bounds)
         pm, pk, pn = proxy_shape(m, k, n)
         out = width * pm * pn
         faults = out / fault_bw if fault_bw and out > FRESH_THRESHOLD else 0.0
@@ -126,42 +137,106 @@ def _best(fn: Callable[[], object], min_rounds: int = 3) -> float:
     return time_callable(fn, min_time_s=MIN_TIME_S, min_rounds=min_rounds, max_rounds=200, warmup=0).min
 
 
-def measure(
-    backend: str, device: str = "cpu", log: Callable[[str], None] | None = None
-) -> tuple[MachinePeaks, dict[str, float]]:
-    """Measures the peaks of ``backend`` on ``device`` now (module docstring); returns them and the raw medians
-    (seconds) by calibration item. Raises whatever the framework raises (the caller records it)."""
+#: Sweeps over every calibration item per calibration (``XFBENCH_CALIBRATION_REPEATS``): each figure is the median
+#: of the sweeps' fastest calls (a robust statistic: one stalled sweep moves no figure).
+DEFAULT_CALIBRATION_REPEATS = 3
+CALIBRATION_REPEATS_ENV = "XFBENCH_CALIBRATION_REPEATS"
+#: Re-measurements of a figure outside its physical bounds before it is refused.
+REMEASURE = 2
+
+
+def calibration_repeats() -> int:
+    from xfbench.benchmarks.harness.rows import _positive_env
+
+    return _positive_env(CALIBRATION_REPEATS_ENV, DEFAULT_CALIBRATION_REPEATS)
+
+
+def calibration_items(backend: str, device: str) -> dict[str, tuple[Callable[[], Callable[[], object]], int]]:
+    """Every timed figure of a calibration, in order: ``raw key -> (make the callable, minimum rounds)``. The
+    callables are made when timed (each sweep allocates its own operands and frees them)."""
     ops = load_ops(backend)
     prof = _profile_module(backend)
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    say(f"step-time calibration: {backend} {device} ({prof.threads()} threads) ...")
-    raw: dict[str, float] = {}
-    call = _best(ops.matmul_timer(1, 1, 1, "float32", device), 20)
-    raw["gemm:1x1x1"] = call
+    items: dict[str, tuple[Callable[[], Callable[[], object]], int]] = {}
+
+    def add(key: str, make: Callable[[], Callable[[], object]], rounds: int = 3) -> None:
+        items[key] = (make, rounds)
+
+    add("gemm:1x1x1", lambda: ops.matmul_timer(1, 1, 1, "float32", device), 20)
     for m, k, n in GEMM_GRID:
-        raw[f"gemm:{m}x{k}x{n}"] = _best(ops.matmul_timer(*proxy_shape(m, k, n), "float32", device))
-    short = _best(prof.dispatch_callable(1, device), 20)
-    long = _best(prof.dispatch_callable(CHAIN, device), 5)
-    raw["dispatch:1"], raw[f"dispatch:{CHAIN}"] = short, long
+        add(f"gemm:{m}x{k}x{n}", functools.partial(ops.matmul_timer, *proxy_shape(m, k, n), "float32", device))
+    add("dispatch:1", lambda: prof.dispatch_callable(1, device), 20)
+    add(f"dispatch:{CHAIN}", lambda: prof.dispatch_callable(CHAIN, device), 5)
+    # the stream callable on one element: the call's own cost, which every stream figure is net of
+    add(f"stream:{STREAM_CALL_BYTES}", lambda: prof.stream_callable(STREAM_CALL_BYTES, device)[0], 20)
+    for size in COPY_SIZES:
+        add(f"stream:{size}", functools.partial(lambda sz: prof.stream_callable(sz, device)[0], size))
+    add(f"alloc:{FAULT_PROBE_BYTES}", lambda: prof.alloc_callable(FAULT_PROBE_BYTES, device))
+    add("rate:elementwise", lambda: prof.elementwise_callable(RATE_ELEMENTS, device))
+    add("rate:pool", lambda: prof.pool_callable(device)[0])
+    add("rate:transpose", lambda: prof.transpose_callable(RATE_ELEMENTS, device))
+    for channels, side in BATCHNORM_PROBES:
+        for kind in ("forward", "training"):
+            add(
+                f"batchnorm-{kind}:{channels}x{side}x{side}",
+                functools.partial(prof.batchnorm_callable, kind, channels, side, device),
+            )
+    for kernel in ("forward", "backward", "backward_first"):
+        for m, k, n in CONV_GRID[kernel]:
+            side = conv_probe_side(m, k, n)
+            fwd = f"conv-forward:{m}x{k}x{n}"
+            if fwd not in items:
+                add(fwd, functools.partial(prof.conv_callable, "forward", k // 9, side, n, device))
+            if kernel != "forward":
+                add(
+                    f"conv-{kernel}:{m}x{k}x{n}", functools.partial(prof.conv_callable, kernel, k // 9, side, n, device)
+                )
+    for phase in ("inference", "training"):
+        add(f"probe-step:{phase}", functools.partial(_step_callable, backend, device, STEP_PROBE, phase, 2), 10)
+    return items
+
+
+def stream_moved(raw: Mapping[str, float], size: int) -> float:
+    """Bytes the backend's stream probe over ``size`` bytes moves (2 or 3 per byte: ``stream-moved-per-byte``)."""
+    return raw.get("stream-moved-per-byte", 2.0) * 4 * max(1, size // 4)
+
+
+def _pool_count(backend: str, device: str) -> int:
+    return int(_profile_module(backend).pool_callable(device)[1])
+
+
+def sweep(items: Mapping[str, tuple[Callable[[], Callable[[], object]], int]], keys: list[str]) -> dict[str, float]:
+    """One pass over ``keys``: each callable made, then its fastest call (:func:`_best`)."""
+    out: dict[str, float] = {}
+    for key in keys:
+        make, rounds = items[key]
+        out[key] = _best(make(), rounds)
+    return out
+
+
+def derive(backend: str, device: str, raw: Mapping[str, float], threads: int | None) -> MachinePeaks:
+    """The peaks from the raw fastest times of a calibration (module docstring); pure arithmetic."""
+    call = raw["gemm:1x1x1"]
+    short, long = raw["dispatch:1"], raw[f"dispatch:{CHAIN}"]
+    stream_call = raw.get(f"stream:{STREAM_CALL_BYTES}", short)
     bandwidth: dict[int, float] = {}
     for size in COPY_SIZES:
-        fn, moved = prof.stream_callable(size, device)
-        t = _best(fn)
-        raw[f"stream:{size}"] = t
-        bandwidth[size] = moved / max(t - short, 0.05 * t)
-    fault_bw = _fault_bandwidth(prof, device, bandwidth, raw, short)
+        key = f"stream:{size}"
+        if key not in raw:
+            continue  # refused (outside its bounds)
+        t = raw[key]
+        bandwidth[size] = stream_moved(raw, size) / max(t - stream_call, 0.05 * t)
+    fault_bw = _fault_from_raw(raw, bandwidth, short)
     gemm = gemm_rates(raw, call, fault_bw)
-    rates = {}
-    for name, make, elements in (
-        ("elementwise", prof.elementwise_callable, RATE_ELEMENTS),
-        ("pool", prof.pool_callable, None),
-        ("transpose", prof.transpose_callable, RATE_ELEMENTS),
+    rates: dict[str, float] = {}
+    for name, count in (
+        ("elementwise", RATE_ELEMENTS),
+        ("pool", raw.get("pool-count", 0)),
+        ("transpose", RATE_ELEMENTS),
     ):
-        fn, count = (make(elements, device), elements) if elements else make(device)
-        t = _best(fn)
-        raw[f"rate:{name}"] = t
-        rates[name] = count / t
-    rates.update(batchnorm_rates(prof, device, raw, short))
+        t = raw.get(f"rate:{name}")
+        if t and count:
+            rates[name] = count / t
+    rates.update(_batchnorm_from_raw(raw, short))
     peaks = MachinePeaks(
         label=f"{device} ({backend}, measured)",
         basis=MEASURED_BASIS,
@@ -169,34 +244,144 @@ def measure(
         bandwidth=bandwidth,
         op_overhead_s=max((long - short) / (CHAIN - 1), 0.0),
         rates=rates,
-        threads=prof.threads(),
+        threads=threads,
         fault_bw=fault_bw,
     )
-    steps = {phase: _probe_step(backend, device, phase, peaks, raw) for phase in ("inference", "training")}
-    peaks = replace(peaks, step_overhead_s=steps)
-    peaks = replace(peaks, conv=conv_rates(backend, device, raw, short))
+    steps = {}
+    for phase in ("inference", "training"):
+        t = raw.get(f"probe-step:{phase}")
+        if t is None:
+            continue
+        pred = predict_step(spec_from_dict(STEP_PROBE), 2, phase, peaks, framework=backend, optimizer="sgd")
+        steps[phase] = calibrated_step_overhead(t, pred)
+    return replace(peaks, step_overhead_s=steps, conv=_conv_from_raw(raw, call_s=short))
+
+
+def measure(
+    backend: str, device: str = "cpu", log: Callable[[str], None] | None = None, repeats: int | None = None
+) -> tuple[MachinePeaks, dict[str, float]]:
+    """Measures the peaks of ``backend`` on ``device`` now (module docstring): :func:`calibration_repeats` sweeps
+    over every item, each figure the median of the sweeps' fastest calls; a figure outside its physical bounds
+    (:func:`out_of_bounds`) is re-measured (:data:`REMEASURE` times), then refused (left out of the tables, the
+    prediction interpolating over its neighbours) and said so in ``raw["refused:<key>"]`` (the reason's bound in
+    seconds). Returns the peaks and the raw figures by item. Raises whatever the framework raises."""
+    prof = _profile_module(backend)
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    n = calibration_repeats() if repeats is None else repeats
+    say(f"step-time calibration: {backend} {device} ({prof.threads()} threads, {n} sweeps) ...")
+    items = calibration_items(backend, device)
+    keys = list(items)
+    sweeps = [sweep(items, keys) for _ in range(n)]
+    raw: dict[str, float] = {key: float(statistics.median(s[key] for s in sweeps)) for key in keys}
+    raw["pool-count"] = float(_pool_count(backend, device))
+    _, moved = prof.stream_callable(STREAM_CALL_BYTES, device)
+    raw["stream-moved-per-byte"] = moved / (4 * max(1, STREAM_CALL_BYTES // 4))
+    raw["sweeps"] = float(n)
+    if n > 1:
+        raw["sweep-spread"] = float(
+            statistics.median((max(s[k] for s in sweeps) - min(s[k] for s in sweeps)) / raw[k] for k in keys if raw[k])
+        )
+    threads = prof.threads()
+    for attempt in range(REMEASURE + 1):
+        bad = out_of_bounds(raw, threads, device)
+        if not bad:
+            break
+        if attempt < REMEASURE:
+            again = [sweep(items, list(bad)) for _ in range(max(n, 1))]
+            for key in bad:
+                raw[key] = float(statistics.median(s[key] for s in again))
+            continue
+        for key, why in bad.items():
+            say(f"step-time calibration: {backend} refused {key}: {why}")
+            raw[f"refused:{key}"] = raw.pop(key)
+            REFUSED.setdefault((backend, device), {})[key] = why
+    peaks = derive(backend, device, raw, threads)
     say(peaks.summary())
     return peaks, raw
 
 
-def _fault_bandwidth(
-    prof: Any, device: str, bandwidth: dict[int, float], raw: dict[str, float], call_s: float = 0.0
-) -> float | None:
-    """Bytes/s of page-faulting a fresh allocation of :data:`FAULT_PROBE_BYTES` (the framework allocates and
-    fills a new tensor) beyond writing it at the copy bandwidth; ``None`` where the allocator keeps the block
-    (the fresh fill costs less than 20% more than the write)."""
-    nbytes = FAULT_PROBE_BYTES
-    t = _best(prof.alloc_callable(nbytes, device))
-    raw[f"alloc:{nbytes}"] = t
-    write = 2 * nbytes / bandwidth[max(bandwidth)]  # a new block's write: read for ownership + write
-    extra = t - call_s - write
-    if extra < 0.2 * write:
-        return None
-    return nbytes / extra
+#: Why each refused figure was refused, per (backend, device), for the report's calibration rows.
+REFUSED: dict[tuple[str, str], dict[str, str]] = {}
+#: The stream probe's one-element call (its fixed cost).
+STREAM_CALL_BYTES = 4
+#: Ceilings no CPU figure may pass, per thread per cycle: memory traffic (an AVX-512 core's L1: two 64-byte loads
+#: and one 64-byte store per cycle at most, 192 B; every stream figure is in L2 or beyond) and FP32 FLOPs (two
+#: 16-lane FMA units, 64); the clock is the CPU's maximum where the OS says, else :data:`DEFAULT_MAX_HZ`.
+BYTES_PER_CYCLE = 192
+FLOPS_PER_CYCLE = 64
+DEFAULT_MAX_HZ = 6.0e9
+#: One framework op costs at least this much (a C call from Python, measured ~0.1 us at best on any CPU).
+MIN_OP_S = 5e-8
 
 
-def _step_best(backend: str, device: str, spec_dict: dict[str, Any], phase: str, batch: int = 1) -> float:
-    """Median step time of a probe spec through the real backend (``benchmarks.harness.workload.prepare``)."""
+def max_clock_hz() -> float:
+    """The CPU's maximum clock (``cpuinfo_max_freq``), else :data:`DEFAULT_MAX_HZ` (no faster CPU exists)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as fh:
+            return float(fh.read().strip()) * 1e3
+    except (OSError, ValueError):
+        return DEFAULT_MAX_HZ
+
+
+def out_of_bounds(raw: Mapping[str, float], threads: int | None, device: str) -> dict[str, str]:
+    """The raw figures no machine of this kind can produce, each with why (one line): a stream figure whose net
+    bandwidth exceeds ``threads x`` :data:`BYTES_PER_CYCLE` ``x`` the clock (torch's 256 KiB in-place add once read
+    1528 GB/s on two cores: its call cost had been taken from another op), a GEMM or convolution above
+    ``threads x`` :data:`FLOPS_PER_CYCLE` ``x`` the clock, an op (every figure is one) faster than :data:`MIN_OP_S`
+    or a per-op dispatch cost below it. GPUs: only the last two (no ceiling is known here)."""
+    bad: dict[str, str] = {}
+    for key, t in raw.items():
+        if key.startswith(("refused:", "pool-count", "sweep", "stream-moved")):
+            continue
+        if t < MIN_OP_S:
+            bad[key] = f"{t * 1e6:.3f} us is below one op's minimum cost {MIN_OP_S * 1e6:.2f} us"
+    short, long = raw.get("dispatch:1"), raw.get(f"dispatch:{CHAIN}")
+    if short is not None and long is not None and (long - short) / (CHAIN - 1) < MIN_OP_S:
+        bad[f"dispatch:{CHAIN}"] = (
+            f"per-op dispatch {(long - short) / (CHAIN - 1) * 1e6:.3f} us below {MIN_OP_S * 1e6} us"
+        )
+    if device != "cpu":
+        return bad
+    cores = max(threads or 1, 1)
+    clock = max_clock_hz()
+    bw_cap = cores * BYTES_PER_CYCLE * clock
+    flop_cap = cores * FLOPS_PER_CYCLE * clock
+    call = raw.get(f"stream:{STREAM_CALL_BYTES}", short or 0.0)
+    for size in COPY_SIZES:
+        t = raw.get(f"stream:{size}")
+        if t is None:
+            continue
+        net = t - call
+        moved = stream_moved(raw, size)
+        if net <= 0 or moved / net > bw_cap:
+            implied = "no time beyond the call" if net <= 0 else f"{moved / net / 1e9:.1f} GB/s"
+            bad[f"stream:{size}"] = (
+                f"{t * 1e6:.3f} us ({implied}) above {bw_cap / 1e9:.0f} GB/s = {cores} threads x {BYTES_PER_CYCLE} B"
+                f" x {clock / 1e9:.1f} GHz"
+            )
+    gemm_call = raw.get("gemm:1x1x1", 0.0)
+    for m, k, n in GEMM_GRID:
+        key = f"gemm:{m}x{k}x{n}"
+        t = raw.get(key)
+        pm, pk, pn = proxy_shape(m, k, n)
+        flops = 2.0 * pm * pk * pn
+        if t is not None and flops >= LARGE_GEMM_FLOPS and flops / max(t - gemm_call, 1e-12) > flop_cap:
+            bad[key] = f"{flops / (t - gemm_call) / 1e9:.0f} GFLOP/s above {flop_cap / 1e9:.0f} GFLOP/s"
+    for kernel in ("forward",):
+        for m, k, n in CONV_GRID[kernel]:
+            key = f"conv-{kernel}:{m}x{k}x{n}"
+            t = raw.get(key)
+            side = conv_probe_side(m, k, n)
+            flops = 2.0 * side * side * k * n
+            if t is not None and flops >= LARGE_GEMM_FLOPS and flops / t > flop_cap:
+                bad[key] = f"{flops / t / 1e9:.0f} GFLOP/s above {flop_cap / 1e9:.0f} GFLOP/s"
+    return bad
+
+
+def _step_callable(
+    backend: str, device: str, spec_dict: dict[str, Any], phase: str, batch: int
+) -> Callable[[], object]:
+    """One step of a probe spec through the real backend (``benchmarks.harness.workload.prepare``)."""
     from xfbench.benchmarks.harness.workload import Config, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,15 +389,22 @@ def _step_best(backend: str, device: str, spec_dict: dict[str, Any], phase: str,
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(spec_dict, fh)
         work = prepare(Config(backend, path, phase, batch, device, "float32", "sgd"))
-    return _best(work.step, 10)
+    return work.step
 
 
-def _probe_step(backend: str, device: str, phase: str, partial: MachinePeaks, raw: dict[str, float]) -> float:
-    """The fixed cost of one ``phase`` step: the probe model's measured median minus its predicted work."""
-    t = _step_best(backend, device, STEP_PROBE, phase, 2)
-    raw[f"probe-step:{phase}"] = t
-    pred = predict_step(spec_from_dict(STEP_PROBE), 2, phase, partial, framework=backend, optimizer="sgd")
-    return calibrated_step_overhead(t, pred)
+def _fault_from_raw(raw: Mapping[str, float], bandwidth: Mapping[int, float], call_s: float) -> float | None:
+    """Bytes/s of page-faulting a fresh allocation of :data:`FAULT_PROBE_BYTES` (the framework allocates and
+    fills a new tensor) beyond writing it at the copy bandwidth; ``None`` where the allocator keeps the block
+    (the fresh fill costs less than 20% more than the write)."""
+    nbytes = FAULT_PROBE_BYTES
+    t = raw.get(f"alloc:{nbytes}")
+    if t is None or not bandwidth:
+        return None
+    write = 2 * nbytes / bandwidth[max(bandwidth)]  # a new block's write: read for ownership + write
+    extra = t - call_s - write
+    if extra < 0.2 * write:
+        return None
+    return nbytes / extra
 
 
 def conv_probe_side(m: int, k: int, n: int, cap: float = CONV_FLOP_CAP) -> int:
@@ -224,7 +416,7 @@ def conv_probe_side(m: int, k: int, n: int, cap: float = CONV_FLOP_CAP) -> int:
     return side
 
 
-def batchnorm_rates(prof: Any, device: str, raw: dict[str, float], call_s: float = 0.0) -> dict[str, float]:
+def _batchnorm_from_raw(raw: Mapping[str, float], call_s: float = 0.0) -> dict[str, float]:
     """A training-mode BatchNorm's cost as the framework runs it (``profile.batchnorm_callable``), forward and
     backward each fitted as ``fixed + elements / rate`` from two probe sizes (:data:`BATCHNORM_PROBES`): rates
     ``batchnorm_fwd`` / ``batchnorm_bwd`` (elements per second) and ``batchnorm_fwd_call`` / ``batchnorm_bwd_call``
@@ -238,8 +430,9 @@ def batchnorm_rates(prof: Any, device: str, raw: dict[str, float], call_s: float
         elements = channels * side * side
         sizes.append(elements)
         for kind in ("forward", "training"):
-            t = _best(prof.batchnorm_callable(kind, channels, side, device))
-            raw[f"batchnorm-{kind}:{channels}x{side}x{side}"] = t
+            t = raw.get(f"batchnorm-{kind}:{channels}x{side}x{side}")
+            if t is None:
+                return {}
             times[(kind, elements)] = t
     small, large = sorted(sizes)
     rates: dict[str, float] = {}
@@ -261,15 +454,11 @@ def batchnorm_rates(prof: Any, device: str, raw: dict[str, float], call_s: float
     return rates
 
 
-def conv_rates(
-    backend: str, device: str, raw: dict[str, float], call_s: float = 0.0
-) -> dict[str, dict[tuple[int, int, int], float]]:
-    """FLOP/s of the framework's convolution kernels over :data:`analytics.steptime.CONV_GRID`, timed with
+def _conv_from_raw(raw: Mapping[str, float], call_s: float = 0.0) -> dict[str, dict[tuple[int, int, int], float]]:
+    """FLOP/s of the framework's convolution kernels over :data:`analytics.steptime.CONV_GRID`, from the times of
     ``profile.conv_callable``: forward = 2MKN / (t(forward) - ``call_s``, the cost of calling a one-op function);
-    backward = 4MKN / (t(forward + input and weight
-    gradients) - t(forward)); backward_first = 2MKN / (t(forward + weight gradient) - t(forward))."""
-    prof = _profile_module(backend)
-    fwd_t: dict[tuple[int, int, int], float] = {}
+    backward = 4MKN / (t(forward + input and weight gradients) - t(forward)); backward_first = 2MKN / (t(forward +
+    weight gradient) - t(forward)). A refused figure leaves its class out."""
     table: dict[str, dict[tuple[int, int, int], float]] = {}
     for kernel in ("forward", "backward", "backward_first"):
         table[kernel] = {}
@@ -277,36 +466,177 @@ def conv_rates(
             side = conv_probe_side(m, k, n)
             flops = 2.0 * side * side * k * n
             key = (m, k, n)
-            if key not in fwd_t or kernel == "forward":
-                fwd_t[key] = _best(prof.conv_callable("forward", k // 9, side, n, device))
-                raw[f"conv-forward:{m}x{k}x{n}"] = fwd_t[key]
-            if kernel == "forward":
-                table[kernel][key] = flops / max(fwd_t[key] - call_s, 0.05 * fwd_t[key])
+            fwd = raw.get(f"conv-forward:{m}x{k}x{n}")
+            if fwd is None:
                 continue
-            t = _best(prof.conv_callable(kernel, k // 9, side, n, device))
-            raw[f"conv-{kernel}:{m}x{k}x{n}"] = t
+            if kernel == "forward":
+                table[kernel][key] = flops / max(fwd - call_s, 0.05 * fwd)
+                continue
+            t = raw.get(f"conv-{kernel}:{m}x{k}x{n}")
+            if t is None:
+                continue
             grads = 2 if kernel == "backward" else 1
-            table[kernel][key] = grads * flops / max(t - fwd_t[key], 0.05 * t)
+            table[kernel][key] = grads * flops / max(t - fwd, 0.05 * t)
     return table
 
 
 _written: set[tuple[int, str, str]] = set()
 
 
+# --- reuse: a recent calibration of the same machine and framework -------------------------------------------
+# Calibrating anew in every run made the same configuration's prediction move more than its measurement (issue
+# 20: two runs' calibration figures in a ratio of 0.74 at the 10th percentile and 1.65 at the 90th, predictions
+# 8-13% apart at the median, up to 152%). A calibration is therefore kept (its raw figures, JSON) under
+# :func:`cache_dir` and reused by any run of the same machine, framework and settings (:func:`calibration_key`)
+# within :data:`DEFAULT_MAX_AGE_H` hours; the rows' ``prediction_basis`` says which (``measured-peaks`` for a fresh
+# calibration, ``measured-peaks (reused: calibrated <time>)`` for a reused one). ``XFBENCH_CALIBRATION=fresh``
+# calibrates anew (and replaces the kept one); ``XFBENCH_CALIBRATION=off`` neither reads nor writes it.
+CALIBRATION_ENV = "XFBENCH_CALIBRATION"
+CALIBRATION_MODES = ("reuse", "fresh", "off")
+MAX_AGE_ENV = "XFBENCH_CALIBRATION_MAX_AGE_H"
+DEFAULT_MAX_AGE_H = 7 * 24.0
+#: Bumped whenever what a calibration times or how its raw figures are read changes (a kept one is then stale).
+CALIBRATION_VERSION = 2
+
+
+def calibration_mode() -> str:
+    mode = os.environ.get(CALIBRATION_ENV, "").strip() or "reuse"
+    if mode not in CALIBRATION_MODES:
+        raise ValueError(f"{CALIBRATION_ENV}={mode!r}; allowed: {', '.join(CALIBRATION_MODES)}")
+    return mode
+
+
+def max_age_h() -> float:
+    text = os.environ.get(MAX_AGE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_AGE_H
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{MAX_AGE_ENV}={text!r}; allowed: a positive number of hours")
+    return value
+
+
+def cache_dir() -> str:
+    """``$XFBENCH_CACHE_DIR/calibration``, else ``$XDG_CACHE_HOME/xfbench/calibration`` (``~/.cache``)."""
+    root = os.environ.get("XFBENCH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xfbench"
+    )
+    return os.path.join(root, "calibration")
+
+
+def calibration_key(backend: str, device: str, threads: int | None, framework_version: str) -> dict[str, Any]:
+    """What a kept calibration must match to be reused: the machine (CPU model, logical cores, affinity, ISA caps),
+    the framework and its version, the device, the threads, and what the calibration times (the grids)."""
+    from xfbench.reports.env import cpu_affinity, isa_cap
+    from xfbench.reports.env import fingerprint as env_fingerprint
+
+    env = env_fingerprint()
+    grids = json.dumps([GEMM_GRID, COPY_SIZES, sorted((k, list(v)) for k, v in CONV_GRID.items()), STEP_PROBE])
+    return {
+        "version": CALIBRATION_VERSION,
+        "machine": env.get("machine", ""),
+        "cpu_model": env.get("cpu_model", ""),
+        "cpu_cores": env.get("cpu_cores", ""),
+        "cpu_affinity": cpu_affinity(),
+        "cpu_isa_cap": isa_cap(),
+        "backend": backend,
+        "framework_version": framework_version,
+        "device": device,
+        "threads": threads,
+        "grids": hashlib.sha256(grids.encode()).hexdigest()[:16],
+    }
+
+
+def _cache_path(key: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return os.path.join(cache_dir(), f"{key['backend']}-{key['device'].replace(':', '')}-{digest}.json")
+
+
+def load_kept(key: Mapping[str, Any], now: float | None = None) -> dict[str, Any] | None:
+    """The kept calibration for ``key`` (its JSON: ``created`` epoch seconds, ``raw``), or ``None`` where there is
+    none, it is older than :func:`max_age_h`, or it cannot be read."""
+    path = _cache_path(key)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            kept = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if kept.get("key") != dict(key):
+        return None
+    age_h = ((time.time() if now is None else now) - float(kept.get("created", 0))) / 3600
+    if not 0 <= age_h <= max_age_h():
+        return None
+    return dict(kept)
+
+
+def keep(key: Mapping[str, Any], raw: Mapping[str, float]) -> str | None:
+    """Writes a calibration for reuse (atomically); returns its path, or ``None`` where the folder is not writable."""
+    path = _cache_path(key)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"key": dict(key), "created": time.time(), "raw": dict(raw)}, fh)
+        os.replace(tmp, path)
+    except OSError:
+        return None
+    return path
+
+
 @cache
 def _cached(backend: str, device: str) -> tuple[MachinePeaks, tuple[tuple[str, float], ...]]:
+    """This process's calibration of (``backend``, ``device``): a kept one where :func:`calibration_mode` allows and
+    one matches, else measured now (and kept)."""
+    mode = calibration_mode()
+    prof = _profile_module(backend)
+    threads = prof.threads()
+    key = None
+    if mode != "off":
+        from xfbench.backends import get_backend
+
+        key = calibration_key(backend, device, threads, str(get_backend(backend).VERSION))
+    kept = load_kept(key) if key is not None and mode == "reuse" else None
+    if kept is not None:
+        raw = {str(k): float(v) for k, v in kept["raw"].items()}
+        stamp = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(float(kept["created"])))
+        peaks = derive(backend, device, raw, threads)
+        sweeps = int(raw.get("sweeps", 1))
+        peaks = replace(peaks, basis=f"{MEASURED_BASIS} (reused: calibrated {stamp}, {sweeps} sweeps)")
+        print(f"step-time calibration: {backend} {device}: reused {_cache_path(key)} ({stamp})", file=sys.stderr)
+        return peaks, tuple(raw.items())
     peaks, raw = measure(backend, device)
+    if key is not None:
+        keep(key, raw)
     return peaks, tuple(raw.items())
 
 
 def measured_peaks(backend: str, device: str = "cpu", writer: Any = None) -> MachinePeaks:
-    """This process's peaks for (``backend``, ``device``): measured on first use, then cached. With a
-    ``writer`` (a :class:`reports.writer.RunWriter`), the calibration rows go to its report once."""
+    """This process's peaks for (``backend``, ``device``): a recent kept calibration, else measured on first use;
+    then cached in the process. With a ``writer`` (a :class:`reports.writer.RunWriter`), the calibration rows go
+    to its report once (a refused figure as a ``skipped`` row saying why)."""
     peaks, raw = _cached(backend, device)
     if writer is not None and (id(writer), backend, device) not in _written:
         _written.add((id(writer), backend, device))
         for row in peaks_to_rows(peaks, backend, device, dict(raw)):
-            writer.write_row(row)
+            writer.write_row({**row, "threads": peaks.threads})
+        for key, value in raw:
+            if key.startswith("refused:"):
+                writer.write_row(
+                    {
+                        "kind": "calibration",
+                        "backend": backend,
+                        "device": device,
+                        "status": "skipped",
+                        "shape": key.split(":", 1)[1],
+                        "time_median_s": value,
+                        "prediction_basis": peaks.basis,
+                        "message": "refused: outside its physical bounds after re-measuring; "
+                        + REFUSED.get((backend, device), {}).get(key.split(":", 1)[1], ""),
+                    }
+                )
     return peaks
 
 
@@ -340,7 +670,6 @@ __all__ = [
     "CHAIN",
     "GEMM_FLOP_CAP",
     "conv_probe_side",
-    "conv_rates",
     "gemm_rates",
     "measure",
     "measured_peaks",

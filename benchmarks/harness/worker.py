@@ -755,8 +755,12 @@ def serve(backend: str) -> int:
 class MemoryServer:
     """Client of one :func:`serve` process (started on the first request)."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(
+        self, backend: str, module: str = "xfbench.benchmarks.harness.worker", prefix: str = SERVER_PREFIX
+    ) -> None:
         self.backend = backend
+        self.module = module  # the server's ``python -m`` module (the timing server shares this client)
+        self.prefix = prefix
         self.proc: Any = None
         self.stderr: Any = None
         self.buffer = b""
@@ -768,7 +772,7 @@ class MemoryServer:
         from xfbench.reports.paths import subprocess_env
 
         self.stderr = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "xfbench.benchmarks.harness.worker", "--serve", self.backend]
+        cmd = [sys.executable, "-m", self.module, "--serve", self.backend]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=subprocess_env()
         )
@@ -800,15 +804,15 @@ class MemoryServer:
             return {"status": "error", "message": f"memory worker timed out after {timed_out:.0f} s"}
         return worker_exit_result(code, self._stderr_tail())
 
-    def request(self, argv: list[str], timeout_s: float) -> dict[str, Any]:
-        """The server's answer for one worker argument list (a stand-alone worker's JSON result)."""
+    def request(self, argv: list[str] | dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """The server's answer for one request (a worker argument list: a stand-alone worker's JSON result)."""
         import os
         import select
 
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         try:
-            self.proc.stdin.write((json.dumps(list(argv)) + "\n").encode())
+            self.proc.stdin.write((json.dumps(argv if isinstance(argv, dict) else list(argv)) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError:
             return self._died()
@@ -818,8 +822,8 @@ class MemoryServer:
             while b"\n" in self.buffer:
                 line, self.buffer = self.buffer.split(b"\n", 1)
                 text = line.decode(errors="replace")
-                if text.startswith(SERVER_PREFIX):
-                    return dict(json.loads(text[len(SERVER_PREFIX) :]))
+                if text.startswith(self.prefix):
+                    return dict(json.loads(text[len(self.prefix) :]))
             ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))
             if not ready:
                 return self._died(timed_out=timeout_s)
