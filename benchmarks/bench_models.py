@@ -20,7 +20,6 @@ from xfbench.benchmarks.harness.profiles import Plan
 from xfbench.benchmarks.harness.rows import (
     flop_columns,
     framework_overhead,
-    framework_threads,
     memory_columns,
     memory_in_fresh_process,
     prediction_columns,
@@ -112,7 +111,7 @@ def test_model_step(
         row.update(row_columns(processes, cfg.batch_size))
         row.update(time_prediction_columns(cfg, row, xfbench_writer))
         row["time_within_noise"] = within_noise(row.get("time_predicted_s"), row)
-        row["threads"] = framework_threads()
+        row["threads"] = importlib.import_module(f"xfbench.backends.{cfg.backend}.profile").threads()
         if timing.noisy:
             row["message"] = (row.get("message", "") + "; " + timing.warning).lstrip("; ")
         try:

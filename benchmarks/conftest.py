@@ -88,11 +88,30 @@ def _check_options(config: pytest.Config) -> None:
     require_backends(opts.named_backends, in_process=True)
 
 
+#: The thread-count variables a run pins, before any framework is imported (each framework reads one at import).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
+def pin_threads() -> None:
+    """Pins the run: its CPU affinity (this process's, set explicitly, inherited by every worker and timing process)
+    and the frameworks' intra-op threads (each variable of :data:`THREAD_VARIABLES` the user left unset is set to
+    the affinity's CPU count, the frameworks' own default on a machine they have to themselves), so that every
+    process of the run, and every run, uses the same threads; rows record them (``threads``, ``cpu_affinity``)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError):
+        cpus = set(range(os.cpu_count() or 1))
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(len(cpus)))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config.option, "report_dir"):
         return
     _PASSED.clear()
+    pin_threads()
     from xfbench.reports.writer import ReportError, RunWriter
 
     # Bad options fail here, as one usage line, not as a collection error per module.
