@@ -8,18 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
-pytest.importorskip("mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)")
+require_or_skip("mxnet", "mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)")
 
-import mxnet as mx
-import xfbench.backends.mxnet as B
-from xfbench.analytics import layers as L
-from xfbench.analytics.catalog import CATALOG, catalog_model
-from xfbench.analytics.reference import reference_forward
-from xfbench.analytics.shapes import infer_shapes
-from xfbench.analytics.spec import ModelSpec
-from xfbench.analytics.weights import make_batch, random_weights, weight_slots
-from xfbench.backends.base import DeviceUnavailable, MemoryStats, NotSupported
+import mxnet as mx  # noqa: E402
+import xfbench.backends.mxnet as B  # noqa: E402
+from xfbench.analytics import layers as L  # noqa: E402
+from xfbench.analytics.catalog import CATALOG, catalog_model  # noqa: E402
+from xfbench.analytics.reference import reference_forward  # noqa: E402
+from xfbench.analytics.shapes import infer_shapes  # noqa: E402
+from xfbench.analytics.spec import ModelSpec  # noqa: E402
+from xfbench.analytics.weights import make_batch, random_weights, weight_slots  # noqa: E402
+from xfbench.backends.base import DeviceUnavailable, MemoryStats, NotSupported  # noqa: E402
 
 pytestmark = pytest.mark.mxnet
 

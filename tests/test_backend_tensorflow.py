@@ -6,19 +6,20 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("keras")
+require_or_skip("tensorflow", "tensorflow", reason="TensorFlow is not installed (tox -e tensorflow)")
+require_or_skip("keras", "tensorflow", reason="Keras 3 is not installed (tox -e tensorflow)")
 
-import xfbench.backends.tensorflow as tfb
-from xfbench.analytics import layers as L
-from xfbench.analytics.catalog import CATALOG, catalog_model
-from xfbench.analytics.reference import reference_forward
-from xfbench.analytics.shapes import infer_shapes
-from xfbench.analytics.spec import ModelSpec
-from xfbench.analytics.weights import make_batch, random_weights, weight_slots
-from xfbench.backends.base import DeviceUnavailable, FlopCount, MemoryStats
-from xfbench.backends.tensorflow._tf import keras, tf
+import xfbench.backends.tensorflow as tfb  # noqa: E402
+from xfbench.analytics import layers as L  # noqa: E402
+from xfbench.analytics.catalog import CATALOG, catalog_model  # noqa: E402
+from xfbench.analytics.reference import reference_forward  # noqa: E402
+from xfbench.analytics.shapes import infer_shapes  # noqa: E402
+from xfbench.analytics.spec import ModelSpec  # noqa: E402
+from xfbench.analytics.weights import make_batch, random_weights, weight_slots  # noqa: E402
+from xfbench.backends.base import DeviceUnavailable, FlopCount, MemoryStats  # noqa: E402
+from xfbench.backends.tensorflow._tf import keras, tf  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow
 

@@ -12,8 +12,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
+torch = require_or_skip("torch", "torch", reason="PyTorch is not installed (tox -e torch)")
 
 from xfbench.analytics import layers as L  # noqa: E402
 from xfbench.analytics.catalog import CATALOG, catalog_model  # noqa: E402

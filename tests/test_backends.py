@@ -10,10 +10,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import require_backend_or_skip
 from xfbench.analytics import CATALOG, catalog_model
 from xfbench.analytics.predict import count_params, counter_prediction, unsupported_layer_indices
 from xfbench.analytics.weights import make_batch, random_weights
-from xfbench.backends import get_backend, is_available
+from xfbench.backends import get_backend
 from xfbench.benchmarks.parity import TOLERANCE, check_parity
 
 BACKEND_PARAMS = [
@@ -26,8 +27,7 @@ BACKEND_PARAMS = [
 @pytest.fixture(params=BACKEND_PARAMS)
 def backend(request: pytest.FixtureRequest) -> str:
     name = request.param
-    if not is_available(name):
-        pytest.skip(f"{name} is not installed in this environment (run: tox -e {name})")
+    require_backend_or_skip(name)
     return name
 
 

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_or_skip
 from xfbench.reports.writer import read_report
 
 pytestmark = pytest.mark.torch
-pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
+require_or_skip("torch", "torch", reason="PyTorch is not installed (tox -e torch)")
 
 REPO = Path(__file__).resolve().parents[1]
 

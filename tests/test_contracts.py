@@ -7,15 +7,19 @@ Protocols cover every call ``benchmarks/`` makes, and the shared rules of :mod:`
    :func:`inspect.signature`; annotations are not compared, an adapter may accept more, e.g. ``torch.device``); a
    constant is a plain value of the annotated type. Exactly: a module's ``__all__`` is its Protocols' members
    plus the extras listed in :data:`EXTRAS`, each with its reason.
-2. Framework-free: :data:`BENCHMARK_CALLS` lists, by hand from ``benchmarks/`` (``file: call``), every call it
-   makes into a backend module with the arguments it passes; each must be a member of that module's Protocol
-   and bind to the member's signature.
+2. Framework-free: :data:`BACKEND_USES` is every use ``benchmarks/`` makes of a backend module, derived from its
+   source with :mod:`ast` (not kept by hand); each must be a member of that module's Protocol and a call must
+   bind to the member's signature. :data:`XFBENCH_USES`: every ``xfbench`` name ``benchmarks/`` imports must
+   exist in this checkout, and each call of one must bind to its signature (a renamed or removed function, or a
+   changed parameter list, fails here).
 3. Framework-free: the shared rules (host memory, weight validation, optimizer table, dtype checks) against
    values computed here by hand.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib
 import inspect
 import types
@@ -25,9 +29,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from conftest import require_backend_or_skip
 from xfbench.analytics.catalog import catalog_model
 from xfbench.analytics.vocab import ADAM_EPSILON
-from xfbench.backends import common, get_backend, is_available
+from xfbench.backends import common, get_backend
 from xfbench.backends.base import (
     CONTRACTS,
     OPTIONAL_CONTRACTS,
@@ -116,8 +121,7 @@ def contract_problems(module: types.ModuleType, protocols: tuple[type, ...]) -> 
 @pytest.fixture(params=BACKEND_PARAMS)
 def backend(request: pytest.FixtureRequest) -> str:
     name = request.param
-    if not is_available(name):
-        pytest.skip(f"{name} is not installed in this environment (run: tox -e {name})")
+    require_backend_or_skip(name)
     get_backend(name)  # prepares the framework's environment before its first import, as the benchmarks do
     return str(name)
 
@@ -196,81 +200,225 @@ def test_a_model_built_without_init_is_the_initialised_one_once_weights_are_load
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
-# --- 2. the Protocols cover what benchmarks/ calls -----------------------------------------------------------
+# ---- 2. the Protocols cover what benchmarks/ calls, derived from its source ---------------------------------
 
-# (module, member, args, kwargs, where): each call benchmarks/ makes into ``backends.<fw>[.module]``, with the
-# arguments it passes (placeholders), listed by hand from the source. Constants have args None.
-BENCHMARK_CALLS: list[tuple[str, str, tuple[Any, ...] | None, dict[str, Any], str]] = [
-    ("", "VERSION", None, {}, "bench_models.py, exercises.py"),
-    ("", "ALIGNED_OPS", None, {}, "measure.py"),
-    ("", "BUILT_LEDGER_TERMS", None, {}, "measure.py"),
-    ("", "list_devices", (), {}, "bench_models.py, bench_exercises.py, exercises.py, time_cli.py"),
-    ("", "build_model", ("spec",), {"device": "d", "dtype": "t", "seed": 0, "init": False}, "workload.py, worker.py"),
-    ("", "build_model", ("spec",), {"device": "d", "dtype": "t", "seed": 0}, "exercises.py"),
-    ("", "build_model", ("spec",), {"device": "d", "seed": 0}, "parity.py"),
-    ("", "set_weights", ("model", "weights"), {}, "workload.py, worker.py, parity.py"),
-    ("", "get_weights", ("model",), {}, "exercises.py"),
-    ("", "count_params", ("model",), {}, "bench_models.py, parity.py, exercises.py"),
-    ("", "to_device", ("x", "d", "t"), {}, "workload.py, worker.py"),
-    ("", "to_device", ("x", "d"), {}, "parity.py, exercises.py"),
-    ("", "to_numpy", ("out",), {}, "parity.py, exercises.py"),
-    ("", "infer", ("model", "x"), {}, "workload.py, worker.py, parity.py, exercises.py"),
-    ("", "make_train_step", ("model", "spec", "sgd"), {}, "workload.py, worker.py"),
-    ("", "count_flops", ("model", "spec", 2, "inference"), {}, "measure.py, exercises.py"),
-    ("", "synchronize", ("d",), {}, "workload.py, worker.py"),
-    ("", "memory_stats", ("d",), {}, "worker.py"),
-    ("", "reset_peak_memory", ("d",), {}, "worker.py"),
-    ("device", "apply_tf32_policy", ("off",), {}, "parity.py, backends/__init__.py"),
-    ("memory", "release_cached_memory", ("d",), {}, "bench_models.py"),
-    ("ops", "VERSION", None, {}, "bench_matmul.py, matmul.py"),
-    ("ops", "list_devices", (), {}, "matmul.py, bench_matmul.py"),
-    ("ops", "dtype_support", ("d", "t"), {}, "matmul.py"),
-    ("ops", "matmul_timer", (1, 1, 1, "float32", "d"), {}, "matmul.py, peaks.py, bench_matmul.py"),
-    ("ops", "matmul_timer", (8, 8, 8, "t", "d", True), {}, "matmul.py"),
-    ("ops", "scalar_read_callable", ("d",), {}, "matmul.py"),
-    ("ops", "copy_bandwidth_callable", (1024, "d"), {}, "matmul.py, bench_matmul.py"),
-    ("ops", "host_transfer_callable", (4, "d", "h2d"), {}, "matmul.py"),
-    ("ops", "trace_logging", ("d", 10, 10, True), {}, "matmul.py"),
-    ("ops", "two_device_matmul", (64, ("gpu:0", "gpu:1"), False), {}, "matmul.py"),
-    ("ops", "two_stream_matmul", (64, "gpu:0", False), {}, "matmul.py (where hasattr)"),
-    ("profile", "threads", (), {}, "peaks.py"),
-    ("profile", "dispatch_callable", (1, "d"), {}, "peaks.py"),
-    ("profile", "stream_callable", (1024, "d"), {}, "peaks.py"),
-    ("profile", "elementwise_callable", (1024, "d"), {}, "peaks.py"),
-    ("profile", "pool_callable", ("d",), {}, "peaks.py"),
-    ("profile", "transpose_callable", (1024, "d"), {}, "peaks.py"),
-    ("profile", "alloc_callable", (1024, "d"), {}, "peaks.py"),
-    ("profile", "conv_callable", ("forward", 8, 16, 8, "d"), {}, "peaks.py"),
-    ("profile", "batchnorm_callable", ("forward", 8, 16, "d"), {}, "peaks.py"),
-    ("profile", "profile_layers", ("work", 3), {}, "time_cli.py"),
-    ("distributed", "main", (), {}, "scaling.py (python -m ... --job --out)"),
-]
+REPO = Path(__file__).resolve().parents[1]  # the repository root is the package ``xfbench``
+BENCHMARKS = REPO / "benchmarks"
+_BACKENDS_PREFIX = "xfbench.backends."
+
+
+@dataclasses.dataclass(frozen=True)
+class Use:
+    """One use of a name in ``benchmarks/``: ``module`` (dotted, ``xfbench.``...; for a backend handle the
+    contract key, ``""`` for ``backends.<fw>`` itself), ``name``, and for a call the positional argument count and
+    keyword names (``args`` None: a read, not a call; ``bind`` False: a ``*args``/``**kw`` call, not bindable)."""
+
+    module: str
+    name: str
+    args: int | None
+    keywords: tuple[str, ...]
+    bind: bool
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.module or 'backends.<fw>'}.{self.name}"
+
+
+def _backend_submodule(node: ast.AST) -> str | None:
+    """``"SUB"`` for an f-string ``xfbench.backends.{fw}.SUB`` (``""`` for ``xfbench.backends.{fw}``)."""
+    if not isinstance(node, ast.JoinedStr) or not node.values:
+        return None
+    head, tail = node.values[0], node.values[-1]
+    if not (isinstance(head, ast.Constant) and head.value == _BACKENDS_PREFIX):
+        return None
+    if len(node.values) == 2 and isinstance(tail, ast.FormattedValue):
+        return ""
+    if len(node.values) == 3 and isinstance(tail, ast.Constant) and str(tail.value).startswith("."):
+        return str(tail.value)[1:]
+    return None
+
+
+def _call_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Call):
+        f = node.func
+        return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+    return None
+
+
+def _handle_of_call(node: ast.AST, helpers: dict[str, str]) -> str | None:
+    """The backend module a call returns: ``get_backend(...)``, ``importlib.import_module(f"xfbench.backends.
+    {fw}.SUB")``, or a helper of benchmarks/ that returns one of those."""
+    name = _call_name(node)
+    if name == "get_backend":
+        return ""
+    if name == "import_module" and isinstance(node, ast.Call) and node.args:
+        return _backend_submodule(node.args[0])
+    return helpers.get(name or "")
+
+
+def _files() -> list[tuple[str, ast.Module]]:
+    return [(str(p.relative_to(REPO)), ast.parse(p.read_text(), str(p))) for p in sorted(BENCHMARKS.rglob("*.py"))]
+
+
+def _helpers(files: list[tuple[str, ast.Module]]) -> dict[str, str]:
+    """Functions of benchmarks/ that return a backend module (``load_ops``, ``_profile_module``, ...)."""
+    helpers: dict[str, str] = {}
+    for _ in range(3):  # a helper may return another helper's result
+        for _, tree in files:
+            for fn in ast.walk(tree):
+                if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    for ret in ast.walk(fn):
+                        if isinstance(ret, ast.Return) and ret.value is not None:
+                            sub = _handle_of_call(ret.value, helpers)
+                            if sub is not None:
+                                helpers[fn.name] = sub
+    return helpers
+
+
+def _call_shape(call: ast.Call) -> tuple[int, tuple[str, ...], bool]:
+    bind = not any(isinstance(a, ast.Starred) for a in call.args) and all(k.arg for k in call.keywords)
+    return len(call.args), tuple(k.arg for k in call.keywords if k.arg), bind
+
+
+def _uses_of(
+    file: str, tree: ast.Module, receiver: Callable[[ast.AST], str | None], parents: dict[ast.AST, ast.AST]
+) -> list[Use]:
+    """Attribute uses ``R.name`` (a call or a read) and ``hasattr(R, "name")`` on receivers ``R`` that
+    ``receiver`` maps to a module."""
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            module = receiver(node.value)
+            if module is None:
+                continue
+            parent = parents.get(node)
+            where = f"{file}:{node.lineno}"
+            if isinstance(parent, ast.Call) and parent.func is node:
+                uses.append(Use(module, node.attr, *_call_shape(parent), where))
+            else:
+                uses.append(Use(module, node.attr, None, (), False, where))
+        elif _call_name(node) in ("hasattr", "getattr") and isinstance(node, ast.Call) and len(node.args) >= 2:
+            module, attr = receiver(node.args[0]), node.args[1]
+            if module is not None and isinstance(attr, ast.Constant) and isinstance(attr.value, str):
+                uses.append(Use(module, attr.value, None, (), False, f"{file}:{node.lineno}"))
+    return uses
+
+
+def backend_uses() -> list[Use]:
+    """Every use ``benchmarks/`` makes of a backend module, found in its source: names bound to
+    ``get_backend(...)``, ``importlib.import_module(f"xfbench.backends.{fw}.SUB")`` or a helper returning one (in the
+    same file, also where the same name is a parameter or a loop variable), ``self.X`` so bound, a
+    ``Workload``'s ``.backend``, and a ``python -m xfbench.backends.{fw}.SUB`` command (its ``main``)."""
+    files = _files()
+    helpers = _helpers(files)
+    uses: list[Use] = []
+    for file, tree in files:
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        names: dict[str, str] = {}
+        attrs: dict[str, str] = {}  # self.X
+        workloads: set[str] = set()  # parameters annotated Workload
+        dicts: dict[str, str] = {}  # self.X[key] = a backend module
+        assigns = [node for node in ast.walk(tree) if isinstance(node, ast.Assign)]
+        for _ in range(2):  # ``ops = load_ops(b)`` may come after ``self.ops[b] = ops`` in the walk
+            for node in assigns:
+                sub = _handle_of_call(node.value, helpers)
+                if sub is None and isinstance(node.value, ast.Name):
+                    sub = names.get(node.value.id)
+                for target in node.targets if sub is not None else []:
+                    if isinstance(target, ast.Name):
+                        names[target.id] = sub
+                    elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+                        attrs[target.attr] = sub
+                    elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Attribute):
+                        dicts[target.value.attr] = sub
+        for node in ast.walk(tree):
+            if isinstance(node, ast.arg) and node.annotation is not None:
+                if ast.unparse(node.annotation).strip("'\"") == "Workload":
+                    workloads.add(node.arg)
+            elif isinstance(node, ast.List):  # [python, "-m", f"xfbench.backends.{fw}.SUB", ...]
+                for a, b in zip(node.elts, node.elts[1:]):
+                    sub = _backend_submodule(b)
+                    if isinstance(a, ast.Constant) and a.value == "-m" and sub is not None:
+                        uses.append(Use(sub, "main", 0, (), True, f"{file}:{b.lineno} (python -m)"))
+
+        def receiver(
+            node: ast.AST,
+            names: dict[str, str] = names,
+            attrs: dict[str, str] = attrs,
+            dicts: dict[str, str] = dicts,
+            workloads: set[str] = workloads,
+        ) -> str | None:
+            if isinstance(node, ast.Name):
+                return names.get(node.id)
+            if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute):
+                return dicts.get(node.value.attr)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.attr == "backend" and node.value.id in workloads:
+                    return ""
+                if node.value.id == "self":
+                    return attrs.get(node.attr)
+                return None
+            return _handle_of_call(node, helpers)
+
+        uses += _uses_of(file, tree, receiver, parents)
+    return uses
+
+
+def _distinct(uses: list[Use]) -> list[Use]:
+    """One use per (module, name, call shape), its ``where`` naming every place (a test id each, not one per line)."""
+    places: dict[tuple[Any, ...], list[str]] = {}
+    for u in uses:
+        places.setdefault((u.module, u.name, u.args, u.keywords, u.bind), []).append(u.where)
+    return [Use(*key, ", ".join(wheres)) for key, wheres in places.items()]
+
+
+BACKEND_USES = _distinct(backend_uses())
 
 
 def _contract_member(module: str, name: str) -> Any:
-    for proto in (*CONTRACTS[module], *OPTIONAL_CONTRACTS.get(module, ())):
+    for proto in (*CONTRACTS.get(module, ()), *OPTIONAL_CONTRACTS.get(module, ())):
         members = protocol_members(proto)
         if name in members:
             return members[name]
     return None
 
 
-@pytest.mark.parametrize(("module", "name", "args", "kwargs", "where"), BENCHMARK_CALLS)
-def test_benchmark_calls_are_in_the_contract(
-    module: str, name: str, args: tuple[Any, ...] | None, kwargs: dict[str, Any], where: str
-) -> None:
-    member = _contract_member(module, name)
-    assert member is not None, f"{where} uses backends.<fw>{'.' + module if module else ''}.{name}: not in a contract"
-    if args is None:
-        assert isinstance(member, property)
+def _bind(sig: inspect.Signature, use: Use) -> None:
+    """Binds placeholders in the call's shape (raises ``TypeError`` when the call does not fit)."""
+    if use.args is not None and use.bind:
+        sig.bind(*[object()] * use.args, **dict.fromkeys(use.keywords))
+
+
+def test_the_derivation_finds_benchmarks_backend_calls() -> None:
+    """The AST walk sees what benchmarks/ does, e.g. (read off the source by hand) harness/workload.py's
+    ``b.build_model``, matmul.py's ``ops.matmul_timer``, harness/peaks.py's ``prof.threads()`` and scaling.py's
+    ``python -m xfbench.backends.{fw}.distributed``."""
+    found = {(u.module, u.name, w.split(":")[0]) for u in BACKEND_USES for w in u.where.split(", ")}
+    for expected in [
+        ("", "build_model", "benchmarks/harness/workload.py"),
+        ("ops", "matmul_timer", "benchmarks/matmul.py"),
+        ("profile", "threads", "benchmarks/harness/peaks.py"),
+        ("distributed", "main", "benchmarks/scaling.py"),
+        ("", "count_flops", "benchmarks/harness/rows.py"),  # work.backend, a Workload's
+    ]:
+        assert expected in found
+
+
+@pytest.mark.parametrize("use", BACKEND_USES, ids=str)
+def test_benchmark_calls_are_in_the_contract(use: Use) -> None:
+    assert use.module in CONTRACTS or use.module in OPTIONAL_CONTRACTS, f"{use}: no such backend module contract"
+    member = _contract_member(use.module, use.name)
+    assert member is not None, f"{use}: not in a contract"
+    if isinstance(member, property):
+        assert use.args is None, f"{use}: a constant, called"
     else:
-        call_signature(member).bind(*args, **kwargs)  # raises TypeError if the call does not fit
+        _bind(call_signature(member), use)
 
 
 def test_every_contract_member_is_used_or_documented_as_the_adapters_own() -> None:
-    """The reverse direction: a Protocol member that benchmarks/ never calls must be one of the few the
+    """The reverse direction: a Protocol member that benchmarks/ never uses must be one of the few the
     adapters' callers outside benchmarks/ (tests, the parity reference, the adapters themselves) rely on."""
-    used = {(m, n) for m, n, *_ in BENCHMARK_CALLS}
+    used = {(u.module, u.name) for u in BACKEND_USES}
     outside = {("", "NAME"), ("", "resolve_device"), ("", "available_memory"), ("", "is_oom_error")}
     outside |= {("device", n) for n in ("list_devices", "resolve_device", "synchronize", "available_memory")}
     outside |= {("memory", n) for n in ("memory_stats", "reset_peak_memory", "is_oom_error")}
@@ -278,6 +426,142 @@ def test_every_contract_member_is_used_or_documented_as_the_adapters_own() -> No
     every = {(m, n) for m, protos in CONTRACTS.items() for p in protos for n in protocol_members(p)}
     every |= {(m, n) for m, protos in OPTIONAL_CONTRACTS.items() for p in protos for n in protocol_members(p)}
     assert every - used == outside
+
+
+# ---- 2b. every xfbench name benchmarks/ imports exists, and its calls bind ----------------------------------
+
+
+def _module_file(dotted: str) -> Path | None:
+    """The source of ``xfbench[.a.b]`` in this checkout (``xfbench.X`` is the folder ``X`` at the root)."""
+    parts = dotted.split(".")[1:] or ["xfbench"]
+    base = REPO.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _top_level(path: Path) -> dict[str, ast.AST]:
+    """What a module defines at its top level (also inside top-level ``if``/``try``), by name."""
+    out: dict[str, ast.AST] = {}
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out[node.name] = node
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    for name in ast.walk(target):
+                        if isinstance(name, ast.Name):
+                            out[name.id] = node
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    out[(alias.asname or alias.name).split(".")[0]] = node
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                if isinstance(node, (ast.If, ast.Try)) and field in node._fields:
+                    inner = getattr(node, field)
+                    visit([s for h in inner for s in h.body] if field == "handlers" else inner)
+
+    visit(ast.parse(path.read_text()).body)
+    return out
+
+
+def _signature(dotted: str, name: str) -> inspect.Signature | None:
+    """The signature of ``dotted.name``: from the imported object, or, where the module needs a framework this
+    env lacks, from its ``def`` in the source (defaults and annotations dropped). None: not a function."""
+    try:
+        obj = getattr(importlib.import_module(dotted), name)
+    except ImportError:
+        path = _module_file(dotted)
+        node = _top_level(path).get(name) if path else None
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return None
+        args = node.args
+        stub = ast.arguments(
+            posonlyargs=[ast.arg(a.arg) for a in args.posonlyargs],
+            args=[ast.arg(a.arg) for a in args.args],
+            vararg=args.vararg and ast.arg(args.vararg.arg),
+            kwonlyargs=[ast.arg(a.arg) for a in args.kwonlyargs],
+            kw_defaults=[None if d is None else ast.Constant(None) for d in args.kw_defaults],
+            kwarg=args.kwarg and ast.arg(args.kwarg.arg),
+            defaults=[ast.Constant(None) for _ in args.defaults],
+        )
+        namespace: dict[str, Any] = {}
+        exec(f"def f({ast.unparse(stub)}): pass", namespace)
+        return inspect.signature(namespace["f"])
+    if not callable(obj):
+        return None
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):  # a builtin without a signature
+        return None
+
+
+def xfbench_uses() -> list[Use]:
+    """Every ``from xfbench.M import n`` / ``import xfbench.M`` in benchmarks/ (a read of ``M.n``), every call
+    of such a name, and every attribute used on an imported xfbench module."""
+    uses: list[Use] = []
+    for file, tree in _files():
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        imported: dict[str, tuple[str, str]] = {}  # local name -> (module, name)
+        modules: dict[str, str] = {}  # local name -> dotted module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "xfbench":
+                assert node.level == 0 and node.module
+                for alias in node.names:
+                    local = alias.asname or alias.name
+                    uses.append(Use(node.module, alias.name, None, (), False, f"{file}:{node.lineno}"))
+                    if _module_file(f"{node.module}.{alias.name}") is not None:
+                        modules[local] = f"{node.module}.{alias.name}"
+                    else:
+                        imported[local] = (node.module, alias.name)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "xfbench":
+                        uses.append(Use(alias.name, "", None, (), False, f"{file}:{node.lineno}"))
+                        if alias.asname:
+                            modules[alias.asname] = alias.name
+        for node in ast.walk(tree):
+            parent = parents.get(node)
+            if isinstance(node, ast.Name) and node.id in imported and isinstance(parent, ast.Call):
+                if parent.func is node:
+                    module, name = imported[node.id]
+                    uses.append(Use(module, name, *_call_shape(parent), f"{file}:{node.lineno}"))
+
+        def receiver(node: ast.AST, modules: dict[str, str] = modules) -> str | None:
+            return modules.get(node.id) if isinstance(node, ast.Name) else None
+
+        uses += _uses_of(file, tree, receiver, parents)
+    return uses
+
+
+XFBENCH_USES = _distinct(xfbench_uses())
+
+
+def test_the_import_derivation_finds_what_benchmarks_imports() -> None:
+    """Read off the source by hand: harness/rows.py imports ``simulate`` from ``xfbench.analytics.timeline`` and
+    calls it with 6 positional arguments and 5 keywords (its own keyword names, each a parameter of simulate)."""
+    found = {(u.module, u.name, w.split(":")[0], u.args) for u in XFBENCH_USES for w in u.where.split(", ")}
+    assert ("xfbench.analytics.timeline", "simulate", "benchmarks/harness/rows.py", None) in found
+    assert ("xfbench.analytics.timeline", "simulate", "benchmarks/harness/rows.py", 6) in found
+    calls = [u for u in XFBENCH_USES if u.name == "simulate" and "benchmarks/harness/rows.py:" in u.where]
+    by_hand = {"device", "warm", "dispatch_mode", "threads", "kernel_scratch"}
+    assert any(by_hand <= set(u.keywords or ()) for u in calls), [u.keywords for u in calls]
+
+
+@pytest.mark.parametrize("use", XFBENCH_USES, ids=str)
+def test_benchmarks_uses_of_xfbench_exist_and_bind(use: Use) -> None:
+    path = _module_file(use.module)
+    assert path is not None, f"{use}: no module {use.module} in this checkout"
+    if not use.name:
+        return
+    names = _top_level(path)
+    if use.name not in names and "__getattr__" not in names:
+        assert _module_file(f"{use.module}.{use.name}") is not None, f"{use}: {use.module} has no {use.name}"
+    if use.args is not None and use.bind:
+        sig = _signature(use.module, use.name)
+        if sig is not None:
+            _bind(sig, use)
 
 
 def test_protocol_members_by_hand() -> None:

@@ -7,9 +7,8 @@ a 1x1 convolution (D2L 6.4 ex4).
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
+from conftest import require_backend_or_skip, required_frameworks
 from xfbench.analytics.exercises import get_exercise
 
 BACKENDS = [
@@ -20,14 +19,15 @@ BACKENDS = [
 
 
 def _runner(backend: str):  # type: ignore[no-untyped-def]
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed in this environment")
+    require_backend_or_skip(backend)
     from xfbench.backends import BackendUnavailable
     from xfbench.benchmarks.exercises import Runner
 
     try:
         return Runner(backend, "cpu")
     except BackendUnavailable as exc:
+        if backend in required_frameworks():
+            raise  # its own env: a framework that does not import is a failure
         pytest.skip(str(exc))
 
 

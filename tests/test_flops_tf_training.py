@@ -12,10 +12,11 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from conftest import require_backend_or_skip
 from xfbench.analytics import catalog_model
 from xfbench.analytics.costs import TF_PROFILER_OPS, tf_profiler_flops
 from xfbench.analytics.spec import ModelSpec, spec_from_dict
-from xfbench.backends import get_backend, is_available
+from xfbench.backends import get_backend
 
 # A conv whose gradient the profiler prices from its 8x8 input (valid padding), a max pool, a dense head.
 TINY_CONV = {
@@ -145,8 +146,7 @@ def test_prediction_rejects_bad_phase_and_batch() -> None:
 
 @pytest.fixture
 def tf_backend():  # type: ignore[no-untyped-def]
-    if not is_available("tensorflow"):
-        pytest.skip("tensorflow is not installed in this environment (run: tox -e tensorflow)")
+    require_backend_or_skip("tensorflow")
     return get_backend("tensorflow")
 
 

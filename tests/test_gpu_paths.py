@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from xfbench.backends import common, is_available, nvml
+from conftest import require_backend_or_skip
+from xfbench.backends import common, nvml
 from xfbench.reports.paths import subprocess_env
 
 # --- helpers -------------------------------------------------------------------------------------------------
 
 
 def _need(backend: str) -> None:
-    if not is_available(backend):
-        pytest.skip(f"{backend} is not installed in this environment (tox -e {backend})")
+    require_backend_or_skip(backend)
 
 
 def _named(name: str, *bases: type) -> type:

@@ -9,22 +9,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
-pytest.importorskip("mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)")
+require_or_skip("mxnet", "mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)")
 
-import mxnet as mx
-import xfbench.backends.mxnet as B
-import xfbench.backends.mxnet.model as mx_model
-from xfbench.analytics.layers import LAYER_TYPES
-from xfbench.analytics.layers.batchnorm import UNBIASED_RUNNING_VARIANCE
-from xfbench.analytics.predict import count_params as predicted_params
-from xfbench.analytics.predict import counter_prediction, predict
-from xfbench.analytics.reference import reference_forward, reference_state_after_step
-from xfbench.analytics.shapes import infer_shapes
-from xfbench.analytics.spec import ModelSpec, is_sequential, spec_from_dict
-from xfbench.analytics.weights import make_batch, output_kind, random_weights, weight_slots
-from xfbench.backends.base import NotSupported
-from xfbench.backends.mxnet.flops import model_symbol
+import mxnet as mx  # noqa: E402
+import xfbench.backends.mxnet as B  # noqa: E402
+import xfbench.backends.mxnet.model as mx_model  # noqa: E402
+from xfbench.analytics.layers import LAYER_TYPES  # noqa: E402
+from xfbench.analytics.layers.batchnorm import UNBIASED_RUNNING_VARIANCE  # noqa: E402
+from xfbench.analytics.predict import count_params as predicted_params  # noqa: E402
+from xfbench.analytics.predict import counter_prediction, predict  # noqa: E402
+from xfbench.analytics.reference import reference_forward, reference_state_after_step  # noqa: E402
+from xfbench.analytics.shapes import infer_shapes  # noqa: E402
+from xfbench.analytics.spec import ModelSpec, is_sequential, spec_from_dict  # noqa: E402
+from xfbench.analytics.weights import make_batch, output_kind, random_weights, weight_slots  # noqa: E402
+from xfbench.backends.base import NotSupported  # noqa: E402
+from xfbench.backends.mxnet.flops import model_symbol  # noqa: E402
 
 pytestmark = pytest.mark.mxnet
 

@@ -7,22 +7,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
-pytest.importorskip("tensorflow", reason="TensorFlow is not installed (tox -e tensorflow)")
-pytest.importorskip("keras", reason="Keras 3 is not installed (tox -e tensorflow)")
+require_or_skip("tensorflow", "tensorflow", reason="TensorFlow is not installed (tox -e tensorflow)")
+require_or_skip("keras", "tensorflow", reason="Keras 3 is not installed (tox -e tensorflow)")
 
-import xfbench.backends.tensorflow as tfb
-import xfbench.backends.tensorflow.model as tf_model
-from xfbench.analytics.costs import TF_PROFILER_OPS, tf_profiler_flops
-from xfbench.analytics.layers import LAYER_TYPES
-from xfbench.analytics.layers.batchnorm import UNBIASED_RUNNING_VARIANCE
-from xfbench.analytics.predict import count_params as predicted_params
-from xfbench.analytics.reference import reference_forward, reference_state_after_step
-from xfbench.analytics.shapes import infer_shapes
-from xfbench.analytics.spec import ModelSpec, is_sequential, spec_from_dict
-from xfbench.analytics.weights import make_batch, output_kind, random_weights, weight_slots
-from xfbench.backends.base import NotSupported
-from xfbench.backends.tensorflow._tf import keras
+import xfbench.backends.tensorflow as tfb  # noqa: E402
+import xfbench.backends.tensorflow.model as tf_model  # noqa: E402
+from xfbench.analytics.costs import TF_PROFILER_OPS, tf_profiler_flops  # noqa: E402
+from xfbench.analytics.layers import LAYER_TYPES  # noqa: E402
+from xfbench.analytics.layers.batchnorm import UNBIASED_RUNNING_VARIANCE  # noqa: E402
+from xfbench.analytics.predict import count_params as predicted_params  # noqa: E402
+from xfbench.analytics.reference import reference_forward, reference_state_after_step  # noqa: E402
+from xfbench.analytics.shapes import infer_shapes  # noqa: E402
+from xfbench.analytics.spec import ModelSpec, is_sequential, spec_from_dict  # noqa: E402
+from xfbench.analytics.weights import make_batch, output_kind, random_weights, weight_slots  # noqa: E402
+from xfbench.backends.base import NotSupported  # noqa: E402
+from xfbench.backends.tensorflow._tf import keras  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
+torch = require_or_skip("torch", "torch", reason="PyTorch is not installed (tox -e torch)")
 
 from xfbench.analytics.catalog import catalog_model  # noqa: E402
 from xfbench.analytics.layers import LAYER_TYPES  # noqa: E402
@@ -121,7 +122,7 @@ def _memtracker_peak(spec: ModelSpec, batch: int, phase: str, optimizer: str, wa
 @pytest.mark.parametrize("phase", ["inference", "training"])
 @pytest.mark.parametrize(("name", "optimizer", "warm"), [("resnet18", "sgd", False), ("inception", "adam", True)])
 def test_simulated_step_within_3_percent_of_memtracker(name: str, optimizer: str, warm: bool, phase: str) -> None:
-    pytest.importorskip("torch.distributed._tools.mem_tracker", reason="this torch has no MemTracker")
+    require_or_skip("torch.distributed._tools.mem_tracker", "torch", reason="this torch has no MemTracker")
     spec = catalog_model(name, input_shape=(3, 64, 64), num_classes=10)
     measured = _memtracker_peak(spec, 2, phase, optimizer, warm)
     simulated = simulate(spec, 2, phase, "float32", optimizer, "torch", warm=warm, dispatch_mode=True).peak_bytes

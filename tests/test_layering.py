@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_backend_or_skip
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMEWORKS = ("torch", "tensorflow", "keras", "mxnet", "jax")
@@ -73,10 +74,7 @@ def test_the_scan_sees_imports_inside_functions(tmp_path: Path) -> None:
 )
 def test_importing_analytics_and_reports_loads_no_framework(framework: str) -> None:
     """Run in each framework's env, where the framework could be imported by accident."""
-    from xfbench.backends import is_available
-
-    if not is_available(framework):
-        pytest.skip(f"{framework} is not installed in this environment")
+    require_backend_or_skip(framework)
     mods = [
         "xfbench." + ".".join(p.relative_to(REPO).with_suffix("").parts)
         for folder in ("analytics", "reports")

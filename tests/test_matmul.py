@@ -5,7 +5,6 @@ The framework parts are marked (``-m torch`` etc.) and skip with a reason where 
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_or_skip
 from xfbench.benchmarks.matmul import SweepConfig, run_sweep, time_callable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,8 +121,7 @@ def test_cli_bad_input_is_one_line_exit_2(args: list[str], word: str) -> None:
 
 
 def _framework_sweep(backend: str, module: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed in this environment (tox -e {backend})")
+    require_or_skip(module, backend, reason=f"{module} is not installed in this environment (tox -e {backend})")
     result = run_sweep(tiny((backend,), exercises=True, logging_steps=20, concurrency_size=64), None, lambda _l: None)
     check_rows(result.rows, backend)
     logging = [r for r in result.rows if r["kind"] == "logging"]
@@ -138,7 +137,7 @@ def test_torch_tiny_sweep() -> None:
 
 @pytest.mark.torch
 def test_torch_trace_logging_values() -> None:
-    pytest.importorskip("torch")
+    require_or_skip("torch", "torch", reason="PyTorch is not installed (tox -e torch)")
     import numpy as np
     from xfbench.backends.torch.ops import trace_logging
 
@@ -165,7 +164,7 @@ def test_mxnet_tiny_sweep() -> None:
 @pytest.mark.gpu
 @pytest.mark.torch
 def test_torch_gpu_transfers_rows() -> None:
-    torch = pytest.importorskip("torch")
+    torch = require_or_skip("torch", "torch", reason="PyTorch is not installed (tox -e torch)")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
     result = run_sweep(tiny(("torch",), devices=("cpu", "gpu:0")), None, lambda _l: None)

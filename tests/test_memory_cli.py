@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_backend_or_skip
 from xfbench.backends import is_available
 from xfbench.benchmarks.cli.memory import Point, fit_line, fits, format_report, plot, rel_error
 
@@ -115,8 +116,7 @@ def test_backend_not_installed_names_the_install_command() -> None:
 @pytest.mark.torch
 @pytest.mark.slow
 def test_torch_run_fits_the_hand_counted_tensor_level_series(tmp_path: Path) -> None:
-    if not is_available("torch"):
-        pytest.skip("torch is not installed in this environment (tox -e torch)")
+    require_backend_or_skip("torch")
     from xfbench.benchmarks.cli.memory import measure_point
     from xfbench.benchmarks.harness.workload import Config
 

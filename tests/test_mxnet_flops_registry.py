@@ -9,10 +9,11 @@ then fed a hand-made node and its terms compared with hand arithmetic.
 from __future__ import annotations
 
 import pytest
+from conftest import require_or_skip
 
-pytest.importorskip("mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)")
+require_or_skip("mxnet", "mxnet", reason="MXNet 1.9.1 is not installed (tox -e mxnet)")
 
-from xfbench.backends.mxnet.flops import (
+from xfbench.backends.mxnet.flops import (  # noqa: E402
     DEFAULT_RULE,
     SUPPORTED_OPS,
     OpNode,

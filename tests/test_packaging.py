@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import require_or_skip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +98,7 @@ def test_models_and_predict_outside_the_checkout(site: Path, tmp_path: Path) -> 
 
 @pytest.mark.torch
 def test_run_outside_the_checkout_writes_under_the_working_directory(site: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
+    require_or_skip("torch", "torch", reason="PyTorch is not installed (tox -e torch)")
     proc = _run(
         site,
         tmp_path,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from xfbench.backends import is_available
+from conftest import require_backend_or_skip
 from xfbench.benchmarks.scaling import ScalingPlan, _job, run_job
 from xfbench.reports.paths import subprocess_env
 
@@ -22,8 +22,7 @@ PLAN = ScalingPlan(models=("lenet",), workers=(1, 2), batch=2, steps=2, warmup=1
 
 
 def _need(backend: str) -> None:
-    if not is_available(backend):
-        pytest.skip(f"{backend} is not installed in this environment (tox -e {backend})")
+    require_backend_or_skip(backend)
 
 
 def _run(backend: str, workers: int, tmp_path: Path) -> tuple[dict, list[np.ndarray]]:
@@ -246,15 +245,17 @@ def test_the_loop_calls_each_hook_as_the_job_says() -> None:
     )
     verify = {"model": "lenet", "global_batch": 4, "weights_out": "w.npz"}
     result = run(_lenet_job(verify=verify), engine)  # type: ignore[arg-type]
-    assert ALLREDUCE_WARMUP == 2
-    # Per size: 2 untimed + 4 timed all-reduces, each after a settle; the reported bytes are the hook's.
-    assert log[:12] == ["settle", "ar0"] * 6 and log[12:24] == ["settle", "ar1"] * 6
+    # Per size: ALLREDUCE_WARMUP untimed + 4 timed all-reduces, each after a settle; the reported bytes are the
+    # hook's. (That the loop takes its warm-up count from the constant: test_the_allreduce_warmup_is_the_modules_
+    # constant, which changes it.)
+    n = 2 * (ALLREDUCE_WARMUP + 4)  # log entries per size
+    assert log[:n] == ["settle", "ar0"] * (ALLREDUCE_WARMUP + 4) and log[n : 2 * n] == ["settle", "ar1"] * (n // 2)
     assert [(a["bytes"], len(a["times"])) for a in result["allreduce"]] == [(4096, 4), (100, 4)]
     # Per batch: 2 warm-up + 3 timed steps, one settle before the timed ones; 3 timed compute-only steps.
     per_batch = ["step4"] * 2 + ["settle"] + ["step4"] * 3 + ["settle"] + ["alone"] * 3
-    assert log[24:34] == per_batch
-    assert log[34:44] == [x.replace("step4", "step2") for x in per_batch]
-    assert log[44:] == ["verify lenet"]
+    assert log[2 * n : 2 * n + 10] == per_batch
+    assert log[2 * n + 10 : 2 * n + 20] == [x.replace("step4", "step2") for x in per_batch]
+    assert log[2 * n + 20 :] == ["verify lenet"]
     assert built == [("lenet", 4), ("lenet", 2)]
     steps = result["steps"]
     assert [(s["model"], s["batch_per_worker"], len(s["times"]), s["params"]) for s in steps] == [
@@ -263,6 +264,26 @@ def test_the_loop_calls_each_hook_as_the_job_says() -> None:
     ]
     assert all(s["times"] == s["compute_only_times"] == [3.0] * 3 for s in steps)  # both went through reduce
     assert {k: result[k] for k in HEADER} == {**HEADER, "workers": 2}  # the header, as the engine gave it
+
+
+def test_the_allreduce_warmup_is_the_modules_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop reads ALLREDUCE_WARMUP when it runs: with 3 (not the shipped 2), 3 untimed + 2 timed reductions
+    per size, by hand, and 2 times reported. A loop that hard-coded its warm-up count would make 4 calls."""
+    from xfbench.backends import distributed_loop
+    from xfbench.backends.distributed_loop import Engine, Trainee, run
+
+    monkeypatch.setattr(distributed_loop, "ALLREDUCE_WARMUP", 3)
+    calls: list[int] = []
+    engine = Engine(
+        header=HEADER,  # type: ignore[arg-type]
+        build=lambda spec, batch: Trainee(step=lambda: None, params=1),
+        verify=print,  # type: ignore[arg-type]
+        allreduce=lambda slot, nbytes: (nbytes, lambda: calls.append(slot)),  # type: ignore[arg-type,return-value]
+    )
+    job = _lenet_job(batches=[2], steps=1, warmup=0, allreduce_sizes=[4096, 100], allreduce_repeats=2)
+    result = run(job, engine)  # type: ignore[arg-type]
+    assert calls == [0] * (3 + 2) + [1] * (3 + 2)
+    assert [len(a["times"]) for a in result["allreduce"]] == [2, 2]
 
 
 def test_time_calls_reduces_and_measures() -> None:

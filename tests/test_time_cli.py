@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_or_skip, required_frameworks
 from test_steptime import synthetic_peaks  # one synthetic machine for both test modules
 from xfbench.analytics.spec import spec_from_dict
 from xfbench.analytics.steptime import (
@@ -196,10 +197,12 @@ def test_compare_layers_by_hand() -> None:
 
 def _framework(name: str) -> Any:
     module = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}[name]
-    pytest.importorskip(module, reason=f"{name} is not installed (tox -e {name})")
+    require_or_skip(module, name, reason=f"{name} is not installed (tox -e {name})")
     try:
         return importlib.import_module(f"xfbench.backends.{name}.profile")
     except ImportError as exc:  # MXNet under numpy >= 1.24
+        if name in required_frameworks():
+            raise  # its own env: an adapter that does not import is a failure
         pytest.skip(f"{name} does not import here: {exc}")
 
 

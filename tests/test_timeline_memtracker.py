@@ -18,12 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import require_or_skip
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (tox -e torch)")
-try:
-    from torch.distributed._tools.mem_tracker import MemTracker
-except ImportError as exc:  # pragma: no cover - depends on the torch build
-    pytest.skip(f"this torch has no MemTracker ({exc})", allow_module_level=True)
+torch = require_or_skip("torch", "torch", reason="PyTorch is not installed (tox -e torch)")
+# The torch env (XFBENCH_REQUIRE=torch) fails here when its torch has no MemTracker; elsewhere the module skips.
+MemTracker = require_or_skip(
+    "torch.distributed._tools.mem_tracker", "torch", reason="this torch has no MemTracker"
+).MemTracker
 
 from xfbench.analytics.catalog import catalog_model  # noqa: E402
 from xfbench.analytics.spec import ModelSpec, spec_from_dict  # noqa: E402
