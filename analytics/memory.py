@@ -27,7 +27,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from xfbench.analytics.shapes import infer_shapes, padding_amounts
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes, padding_amounts
 from xfbench.analytics.spec import Activation, AvgPool2D, Conv2D, Dropout, Flatten, MaxPool2D, ModelSpec
 from xfbench.analytics.vocab import (  # the vocabulary's dtype and optimizer tables, re-exported here
     DEFAULT_DTYPE,
@@ -161,6 +161,56 @@ def training_ledger(
     )
 
 
+def mxnet_onednn_layout_bytes(
+    spec: ModelSpec, batch_size: int, phase: str, block: int, dtype: str = DEFAULT_DTYPE
+) -> int:
+    """Bytes an MXNet (oneDNN) step holds in oneDNN's blocked layouts beyond its static memory plan: the sum over
+    the spec's convolutions of :func:`analytics.timeline_rules.mxnet_onednn_layout_elems` (channels padded to
+    ``block``, oneDNN's channel block on the run's CPU: :func:`analytics.timeline_rules.onednn_channel_block`)."""
+    from xfbench.analytics.timeline_rules import mxnet_onednn_layout_elems
+
+    width = dtype_bytes(dtype)
+    total = 0
+    for layer, ins, out in zip(spec.layers, layer_input_shapes(spec), infer_shapes(spec)):
+        if not isinstance(layer, Conv2D):
+            continue
+        cin, h, w = ins[0]
+        kernel = layer.kernel
+        assert isinstance(kernel, tuple)
+        total += mxnet_onednn_layout_elems(
+            batch_size, (cin, h * w), out[0], (kernel[0], kernel[1]), phase == "training", block
+        )
+    return total * width
+
+
+def mxnet_onednn_rnn_bytes(spec: ModelSpec, batch_size: int, phase: str, dtype: str = DEFAULT_DTYPE) -> int:
+    """Bytes an MXNet (oneDNN) training step's LSTM layers hold beyond the simulated step's reserve space: oneDNN's
+    RNN workspace (:func:`analytics.timeline_rules.lstm_workspace_bytes`, training layout: with the state
+    gradients) minus the gates-and-states reserve the simulated ``RNN`` rule already allocates (``B*T*4H +
+    B*(T+1)*2H`` elements). 0 in inference (``forward_inference`` keeps no workspace).
+
+    Basis: the catalog LSTM (b16) and textnet (two LSTMs, b8 and b32) training rows, MXNet 1.9.1 on the AVX-512 CPU
+    and under the AVX2 cap: the measured step beyond the static plan grows by 0.50 MB per sample between batches 8
+    and 32, the workspace of the two layers by 0.54 MB per sample (``lstm_workspace_bytes`` was checked against
+    torch's oneDNN workspace tensor, same oneDNN formula). A fixed part per LSTM layer (2-3 MB: oneDNN's RNN
+    primitive, whose allocations memray names ``RnnPrimitive``) is not in this rule (not itemized per layer)."""
+    from xfbench.analytics.layers.recurrent import LSTM
+    from xfbench.analytics.timeline_rules import lstm_workspace_bytes
+
+    if phase != "training":
+        return 0
+    width = dtype_bytes(dtype)
+    total = 0
+    for layer, ins in zip(spec.layers, layer_input_shapes(spec)):
+        if not isinstance(layer, LSTM):
+            continue
+        steps, features = ins[0]
+        h, b = layer.units, batch_size
+        reserve = (b * steps * 4 * h + b * (steps + 1) * 2 * h) * width
+        total += max(lstm_workspace_bytes(b, steps, features, h, width) - reserve, 0)
+    return total
+
+
 def textbook_inference_bytes(spec: ModelSpec, params: int, batch_size: int = 1, dtype: str = DEFAULT_DTYPE) -> int:
     """HOML ch14 ex2 (b): the two largest consecutive layer outputs + parameters."""
     width = dtype_bytes(dtype)
@@ -207,6 +257,8 @@ __all__ = [
     "check_feasible",
     "dtype_bytes",
     "inference_ledger",
+    "mxnet_onednn_layout_bytes",
+    "mxnet_onednn_rnn_bytes",
     "textbook_inference_bytes",
     "textbook_training_bytes",
     "training_ledger",

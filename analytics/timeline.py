@@ -49,6 +49,7 @@ from xfbench.analytics.timeline_rules import (
     FREE_TEMPS,
     MXNET_OPS,
     OPTIMIZER_STATE,
+    TF_ONEDNN_OPS,
     TF_OPS,
     TORCH_ACCUMULATE_IN_PLACE,
     TORCH_CUDA_ROUND_BYTES,
@@ -244,6 +245,7 @@ class _Ctx:
     warm: bool
     threads: int = 1
     kernel_scratch: bool = False
+    tf_onednn: bool = False
 
 
 class _Lowering:
@@ -598,6 +600,7 @@ def simulate(
     dispatch_mode: bool = False,
     threads: int = 1,
     kernel_scratch: bool = False,
+    tf_onednn: bool = False,
 ) -> Timeline:
     """Simulates one step and returns its :class:`Timeline`.
 
@@ -609,7 +612,9 @@ def simulate(
     the frameworks' default, this machine's logical cores, which its rows record as ``cpu_cores``).
     ``kernel_scratch=True``: the process-level step, which adds memory a kernel holds while it runs that is no
     tensor (torch CPU convolutions: oneDNN's blocked copies); off, and ignored under ``dispatch_mode``, the step is
-    the tensor level ``MemTracker`` sees. Raises ``ValueError`` / :class:`SpecError` on bad arguments.
+    the tensor level ``MemTracker`` sees. ``tf_onednn=True`` (TensorFlow only): TensorFlow's oneDNN ops run
+    (:data:`analytics.timeline_rules.TF_ONEDNN_OPS`), as on CPUs with AVX512_VNNI by default.
+    Raises ``ValueError`` / :class:`SpecError` on bad arguments.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -626,6 +631,8 @@ def simulate(
     ops = dict({"torch": TORCH_OPS, "tensorflow": TF_OPS, "mxnet": MXNET_OPS}[framework])
     for unit_type in UNIT_TYPES:  # each unit type's own rules (analytics/layers/)
         ops.update(unit_type.RULES.get(framework, {}))
+    if framework == "tensorflow" and tf_onednn:
+        ops.update(TF_ONEDNN_OPS)
     round_to = TORCH_CUDA_ROUND_BYTES if (framework == "torch" and device == "gpu") else 1
     prog = _Program(round_to)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
@@ -641,6 +648,7 @@ def simulate(
         warm,
         threads,
         kernel_scratch and not dispatch_mode,
+        tf_onednn and framework == "tensorflow",
     )
     low = _Lowering(prog, ctx)
     notes: list[str] = []

@@ -638,3 +638,144 @@ def element_bytes(dtype: str, width: int) -> int:
 
 def ceil_to(n_bytes: int, block: int) -> int:
     return math.ceil(n_bytes / block) * block if block > 1 else n_bytes
+
+
+# ------------------------------------------------------------------ process-level rules that read the run's CPU
+
+#: oneDNN's float32 channel block per CPU instruction set (its blocked activation layouts ``nChw16c`` on AVX-512,
+#: ``nChw8c`` on AVX2/AVX/SSE4.1; oneDNN's ``cpu_isa_t`` and the layouts its jit convolutions pick). The run reads
+#: the ISA (``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` and the CPU's flags: ``benchmarks/harness/rows.py``
+#: ``onednn_isa``); the prediction takes the block as an input.
+ONEDNN_BLOCK_BY_ISA: dict[str, int] = {"avx512": 16, "avx2": 8, "avx": 8, "sse41": 8}
+
+
+def onednn_channel_block(isa: str) -> int:
+    """The float32 channel block oneDNN's blocked layouts use on ``isa`` (``avx512*`` -> 16, else 8)."""
+    key = isa.strip().lower()
+    if key.startswith("avx512") or key.startswith("avx10") or key.startswith("amx"):
+        return ONEDNN_BLOCK_BY_ISA["avx512"]
+    return ONEDNN_BLOCK_BY_ISA.get(key, ONEDNN_AVX2_BLOCK)
+
+
+#: MXNet's static memory planner (``src/imperative/imperative_utils.h`` MXPlanMemory, the GraphAllocator of
+#: ``src/nnvm/plan_memory.cc``): a freed buffer is reused by a later request whose size is within this factor
+#: (``NNVM_EXEC_MATCH_RANGE``, default 16), the smallest free buffer at least as large first, else the largest
+#: smaller one, which then grows to the request.
+MXNET_PLAN_MATCH_RANGE = 16
+
+
+def mxnet_plan_bytes(requests: list[tuple[str, str, int]], match_range: int = MXNET_PLAN_MATCH_RANGE) -> int:
+    """Bytes of the storage MXNet's static memory plan allocates for a step's sequence of ``requests``:
+    ``("alloc", name, nbytes)`` / ``("free", name, 0)`` in execution order. A ``hybridize(static_alloc=True)`` graph
+    allocates every planned buffer once and keeps it (``CachedOp::StaticAllocMemory``), so the step's arrays take
+    the plan's total, not the live peak: the total of each storage entry's largest request.
+
+    Basis: the GraphAllocator's ``Request``/``Release`` (``src/nnvm/plan_memory.cc``): a free list keyed by size;
+    a request of ``s`` bytes takes, among the free entries of size in ``[s // m, s * m]``, the smallest of size
+    ``>= s``, else the largest smaller one (whose size grows to ``s``); none: a new entry."""
+    free: list[tuple[int, int]] = []  # (size, entry id), in release order
+    sizes: list[int] = []
+    entry_of: dict[str, int] = {}
+    for action, name, nbytes in requests:
+        if action == "free":
+            if name in entry_of:
+                sid = entry_of.pop(name)
+                free.append((sizes[sid], sid))
+            continue
+        lo, hi = nbytes // match_range, nbytes * match_range
+        larger = [f for f in free if nbytes <= f[0] <= hi]
+        smaller = [f for f in free if lo <= f[0] < nbytes]
+        pick = min(larger, key=lambda f: f[0]) if larger else max(smaller, key=lambda f: f[0]) if smaller else None
+        if pick is None:
+            sizes.append(nbytes)
+            entry_of[name] = len(sizes) - 1
+            continue
+        free.remove(pick)
+        sid = pick[1]
+        sizes[sid] = max(sizes[sid], nbytes)
+        entry_of[name] = sid
+    return sum(sizes)
+
+
+#: Copies, per convolution, of a conv input in oneDNN's blocked layout that an MXNet training step holds beyond
+#: its static plan (fitted, see :func:`mxnet_onednn_layout_elems`).
+MXNET_TRAIN_INPUT_COPIES = 1.5
+
+
+def mxnet_onednn_layout_elems(
+    batch: int,
+    in_ch_hw: tuple[int, int],
+    out_channels: int,
+    kernel: tuple[int, int],
+    training: bool,
+    block: int,
+) -> int:
+    """Elements one MXNet convolution (oneDNN, MXNet 1.9.1 CPU) holds in oneDNN's blocked layouts beyond the
+    arrays of MXNet's static memory plan (:func:`mxnet_plan_bytes`), with channels padded to ``block``
+    (:func:`onednn_channel_block`; an input of 4 channels or fewer is read plain, as oneDNN's first-layer
+    kernels do): the weight's blocked copy ``W`` (``Wb``: output channels padded; input channels too above 4),
+    and in training :data:`MXNET_TRAIN_INPUT_COPIES` blocked copies of the conv's input ``X``.
+
+    Basis, measured (``DNNL_VERBOSE=1 .tox/mxnet/bin/python -m xfbench.benchmarks.harness.worker --backend mxnet
+    --model M --phase P --batch B --repeats 1 --no-tensor``, oneDNN 2.4.4 inside MXNet 1.9.1, this AVX-512 CPU):
+    every conv weight is reordered from ``abcd`` into a blocked format in each forward, and after an inference
+    forward reordered once more and kept (``MKLDNNDataReorderAsync``: cnn3, ResNet-18, held-out oddconv); the
+    activations pass between oneDNN ops in blocked layouts (``aBcd8b``/``aBcd16b``); memray's owners of the first
+    step (README, "What the first step holds") are MXNet's temp space and these layout copies. The kernel, and with
+    it the block, is chosen per shape: ResNet-18's convs (channels multiples of 16) run ``brgconv:avx512_core``,
+    the held-out spec's 24/40/72-channel convs ``jit:avx2`` with 8-blocks, cnn3's first two convs (3 and 100 input
+    channels) ``gemm:jit`` on plain layouts; the ISA's block is the approximation used here.
+
+    The sizes are a FIT, not a derivation: over the 7 catalog conv rows in training at the default ISA
+    (AVX-512), the step minus the plan, the measured framework overhead and ``sum(Wb)`` is matched by
+    ``1.61 sum(Xb)`` (least squares in relative error), used rounded to 1.5; inference is ``sum(Wb)``. Checked on
+    rows no coefficient was fitted to (the custom specs at batches 8 and 32, two of them new and held out, and all
+    rows again under ``ONEDNN_MAX_CPU_ISA=AVX2``; issue 20 item 4). Which arrays MXNet keeps
+    blocked and which its temp space reuses (``TmpMemMgr``: twice the largest request of the operators before
+    it) is not itemized per array (not yet isolated: memray's per-allocation owners at two batches would).
+    """
+    cin, hw = in_ch_hw
+    kh, kw = kernel
+    plain_in = cin <= 4
+    weight = ceil_to(out_channels, block) * (cin if plain_in else ceil_to(cin, block)) * kh * kw
+    if not training:
+        return weight
+    x = batch * (cin if plain_in else ceil_to(cin, block)) * hw
+    return weight + math.ceil(MXNET_TRAIN_INPUT_COPIES * x)
+
+
+#: TensorFlow's convolution with its oneDNN ops on (``_MklConv2D``/``_MklFusedConv2D`` and the oneDNN gradient ops;
+#: on by default on CPUs with AVX512_VNNI/AVX512_BF16/AMX, or with ``TF_ENABLE_ONEDNN_OPTS=1``): no im2col buffers
+#: (those are Eigen's kernels, :func:`tf_conv_grad_col_elems`); the gradient ops hold blocked copies of the input
+#: and of the output gradient while they run (the mechanism of :func:`torch_onednn_conv_scratch_elems`, unpadded
+#: here: the sizes of ``input`` and ``output``); the forward writes NHWC directly (oneDNN's native ``acdb``
+#: kernels: a blocked-destination copy in the forward over-predicted every inference row). Selected by
+#: ``simulate(tf_onednn=True)``; the benchmark rows read the switch from the run (``benchmarks/harness/rows.py``
+#: ``tf_onednn_enabled``).
+#:
+#: Basis, measured on the 2-core AVX-512 (AVX512_VNNI) CPU, TensorFlow 2.21 (issue 20 item 4): the quick-profile
+#: catalog with ``TF_ENABLE_ONEDNN_OPTS=0`` measures what the Eigen rules were fitted to (AlexNet training 258.2 MB
+#: against 255 on the AVX2 reference machine; cnn3, AlexNet and VGG-11 inference within 3% of the Eigen-rule
+#: prediction) and, with TensorFlow's default (oneDNN on), AlexNet training 137 MB: the switch, not the ISA cap
+#: (``ONEDNN_MAX_CPU_ISA=AVX2`` moved no TensorFlow catalog row by more than its spread), is what changed. On the
+#: custom specs at batches 8 and 32 (training), this rule's per-sample slope is -8% to +7% of the measured one for
+#: the five conv specs with an input gradient (AVX2 cap: -11% to +18%), where the Eigen rule's was -46% to +179%
+#: (tiny's one conv has no input gradient: -1% / -22% either way; textnet has no conv). Not modelled (not yet
+#: isolated): why the oneDNN-on step of AlexNet and VGG-11 holds less than their simulated tensors (inference
+#: 10.8 MB against 11.0 simulated plus the probe's 5.7; training 137 against 206 plus 9.2).
+TF_ONEDNN_OPS: dict[str, OpRule] = {
+    "Conv2D": OpRule(
+        _OUT,
+        ("input",),
+        (
+            Buf("grad:input", "input"),
+            Buf("workspace", "input"),
+            Buf("param:weight", "weight"),
+            Buf("workspace", "output"),
+            FREE_TEMPS,
+        ),
+        "tensorflow/core/kernels/mkl/mkl_conv_ops.cc, mkl_conv_grad_input_ops.cc, mkl_conv_grad_filter_ops.cc "
+        "(TensorFlow's oneDNN ops): the gradient ops reorder the input and the output gradient into blocked copies; "
+        "no im2col buffer; measured per-sample slopes on the custom specs (TF_ONEDNN_OPS' comment)",
+    ),
+}

@@ -77,7 +77,7 @@ def test_model_step(
     if measure_memory:
         release_gpu_cache(cfg.backend, cfg.device)
         family = probe_family(cfg.spec())
-        overhead = framework_overhead(cfg.backend, cfg.device, cfg.phase, cfg.optimizer, family)
+        overhead = framework_overhead(cfg.backend, cfg.device, cfg.phase, cfg.optimizer, family, cfg.batch_size)
         if overhead is not None:
             row["mem_predicted_bytes"] += overhead
             row["message"] = (

@@ -299,10 +299,11 @@ def cmd_memory(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         b: Config(args.backend, args.model, args.phase, b, args.device, args.dtype, args.optimizer) for b in args.batch
     }
     family = probe_family(spec)
-    overhead = framework_overhead(args.backend, args.device, args.phase, args.optimizer, family)
     points = []
     for config in configs.values():
         print(f"measuring {config.id} ({args.repeats} processes) ...", flush=True)
+        # the probe at this batch: a framework's fixed first-step memory switches with the batch (rows.py)
+        overhead = framework_overhead(args.backend, args.device, args.phase, args.optimizer, family, config.batch_size)
         points.append(measure_point(config, args.repeats, not args.no_plot, overhead))
     where = "CPU" if args.device == "cpu" else args.device
     title = f"{spec.name} {args.phase} on {args.backend} {where} ({args.dtype}, {args.optimizer})"

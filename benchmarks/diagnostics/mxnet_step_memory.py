@@ -43,6 +43,16 @@ all three switches off for one quick-profile row::
     .tox/mxnet/bin/python benchmarks/diagnostics/mxnet_step_memory.py --model lstm --batches 16 --inference \
         --no-phases --variants suite imperative_nobulk_nomkldnn
 
+Which layouts and kernels oneDNN runs (issue 20 item 4; the basis of ``analytics/timeline_rules.py``
+``mxnet_onednn_layout_elems``): the suite's worker with oneDNN's verbose log, one fresh process, e.g.::
+
+    DNNL_VERBOSE=1 nice -n 10 .tox/mxnet/bin/python -m xfbench.benchmarks.harness.worker --backend mxnet \
+        --model resnet18 --phase inference --batch 1 --repeats 1 --no-tensor | grep exec
+
+lists every primitive of the first and second step with its implementation (``brgconv:avx512_core``,
+``jit:avx2``, ``gemm:jit``), its memory formats (``abcd`` plain, ``aBcd8b``/``aBcd16b`` blocked) and the reorders
+(weights into blocked formats in each forward, and once more after an inference forward: the kept copies).
+
 One process at a time. Not a switch here:
 ``MXNET_EXEC_ENABLE_INPLACE`` (the name does not occur in MXNet 1.9.1's ``libmxnet.so``, so 1.9.1 does not read
 it); ``MXNET_MEM_PLAN_VERBOSE_LOGGING=1`` logs only the outer imperative graph (``_CachedOp`` and the loss), not

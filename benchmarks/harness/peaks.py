@@ -226,16 +226,16 @@ def derive(backend: str, device: str, raw: Mapping[str, float], threads: int | N
         t = raw[key]
         bandwidth[size] = stream_moved(raw, size) / max(t - stream_call, 0.05 * t)
     fault_bw = _fault_from_raw(raw, bandwidth, short)
-    gemm = gemm_rates(raw, call, fault_bw)
+    gemm = gemm_rates(dict(raw), call, fault_bw)
     rates: dict[str, float] = {}
     for name, count in (
         ("elementwise", RATE_ELEMENTS),
         ("pool", raw.get("pool-count", 0)),
         ("transpose", RATE_ELEMENTS),
     ):
-        t = raw.get(f"rate:{name}")
-        if t and count:
-            rates[name] = count / t
+        rt = raw.get(f"rate:{name}")
+        if rt and count:
+            rates[name] = count / rt
     rates.update(_batchnorm_from_raw(raw, short))
     peaks = MachinePeaks(
         label=f"{device} ({backend}, measured)",
@@ -249,11 +249,11 @@ def derive(backend: str, device: str, raw: Mapping[str, float], threads: int | N
     )
     steps = {}
     for phase in ("inference", "training"):
-        t = raw.get(f"probe-step:{phase}")
-        if t is None:
+        pt = raw.get(f"probe-step:{phase}")
+        if pt is None:
             continue
         pred = predict_step(spec_from_dict(STEP_PROBE), 2, phase, peaks, framework=backend, optimizer="sgd")
-        steps[phase] = calibrated_step_overhead(t, pred)
+        steps[phase] = calibrated_step_overhead(pt, pred)
     return replace(peaks, step_overhead_s=steps, conv=_conv_from_raw(raw, call_s=short))
 
 
@@ -348,33 +348,33 @@ def out_of_bounds(raw: Mapping[str, float], threads: int | None, device: str) ->
     flop_cap = cores * FLOPS_PER_CYCLE * clock
     call = raw.get(f"stream:{STREAM_CALL_BYTES}", short or 0.0)
     for size in COPY_SIZES:
-        t = raw.get(f"stream:{size}")
-        if t is None:
+        st = raw.get(f"stream:{size}")
+        if st is None:
             continue
-        net = t - call
+        net = st - call
         moved = stream_moved(raw, size)
         if net <= 0 or moved / net > bw_cap:
             implied = "no time beyond the call" if net <= 0 else f"{moved / net / 1e9:.1f} GB/s"
             bad[f"stream:{size}"] = (
-                f"{t * 1e6:.3f} us ({implied}) above {bw_cap / 1e9:.0f} GB/s = {cores} threads x {BYTES_PER_CYCLE} B"
+                f"{st * 1e6:.3f} us ({implied}) above {bw_cap / 1e9:.0f} GB/s = {cores} threads x {BYTES_PER_CYCLE} B"
                 f" x {clock / 1e9:.1f} GHz"
             )
     gemm_call = raw.get("gemm:1x1x1", 0.0)
     for m, k, n in GEMM_GRID:
         key = f"gemm:{m}x{k}x{n}"
-        t = raw.get(key)
+        gt = raw.get(key)
         pm, pk, pn = proxy_shape(m, k, n)
         flops = 2.0 * pm * pk * pn
-        if t is not None and flops >= LARGE_GEMM_FLOPS and flops / max(t - gemm_call, 1e-12) > flop_cap:
-            bad[key] = f"{flops / (t - gemm_call) / 1e9:.0f} GFLOP/s above {flop_cap / 1e9:.0f} GFLOP/s"
+        if gt is not None and flops >= LARGE_GEMM_FLOPS and flops / max(gt - gemm_call, 1e-12) > flop_cap:
+            bad[key] = f"{flops / (gt - gemm_call) / 1e9:.0f} GFLOP/s above {flop_cap / 1e9:.0f} GFLOP/s"
     for kernel in ("forward",):
         for m, k, n in CONV_GRID[kernel]:
             key = f"conv-{kernel}:{m}x{k}x{n}"
-            t = raw.get(key)
+            ct = raw.get(key)
             side = conv_probe_side(m, k, n)
             flops = 2.0 * side * side * k * n
-            if t is not None and flops >= LARGE_GEMM_FLOPS and flops / t > flop_cap:
-                bad[key] = f"{flops / t / 1e9:.0f} GFLOP/s above {flop_cap / 1e9:.0f} GFLOP/s"
+            if ct is not None and flops >= LARGE_GEMM_FLOPS and flops / ct > flop_cap:
+                bad[key] = f"{flops / ct / 1e9:.0f} GFLOP/s above {flop_cap / 1e9:.0f} GFLOP/s"
     return bad
 
 
@@ -605,7 +605,7 @@ def _cached(backend: str, device: str) -> tuple[MachinePeaks, tuple[tuple[str, f
         peaks = derive(backend, device, raw, threads)
         sweeps = int(raw.get("sweeps", 1))
         peaks = replace(peaks, basis=f"{MEASURED_BASIS} (reused: calibrated {stamp}, {sweeps} sweeps)")
-        print(f"step-time calibration: {backend} {device}: reused {_cache_path(key)} ({stamp})", file=sys.stderr)
+        print(f"step-time calibration: {backend} {device}: reused a kept calibration ({stamp})", file=sys.stderr)
         return peaks, tuple(raw.items())
     peaks, raw = measure(backend, device)
     if key is not None:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from xfbench.analytics.costs import tf_profiler_flops
+from xfbench.analytics.memory import mxnet_onednn_layout_bytes, mxnet_onednn_rnn_bytes
 from xfbench.analytics.predict import counter_prediction, predict, unsupported_layer_indices
 from xfbench.analytics.spec import ModelSpec, SpecError
 from xfbench.analytics.timeline import Timeline, simulate
+from xfbench.analytics.timeline_rules import mxnet_plan_bytes, onednn_channel_block
 from xfbench.analytics.vocab import device_kind
 from xfbench.backends import get_backend
 from xfbench.benchmarks.harness.measurement import Measurement
@@ -24,13 +26,15 @@ from xfbench.reports.paths import subprocess_env
 WORKER_TIMEOUT_S = 900  # per repeat
 COUNTER_NAMES = {"torch": "torch", "tensorflow": "tensorflow", "mxnet": "mxnet"}
 #: What ``mem_predicted_bytes`` builds on, per backend: ``simulated`` (the simulated first step's peak above the
-#: baseline) or ``ledger`` (the static ledger's), either plus the probe-measured framework overhead. Chosen by
-#: measurement: the quick profile (cnn3/AlexNet at 8, VGGs at 1, 3 forked repeats each) on the 2-core CPU,
-#: median |error| inference / training: torch simulated 9.5% / 8.5% (worst 71%, mlp's 0.6 MB row; 26% among
-#: rows above 10 MB), ledger 9.5% / 9.7% (worst 71% / 61%); TensorFlow simulated 30.0% / 12.9%, ledger 29.3% /
-#: 17.0%; MXNet ledger 33.5% / 48.8%, simulated 49.1% / 60.5% (its rules are a first approximation; what its
-#: step allocates beyond them is not yet isolated).
-PROCESS_PREDICTION: dict[str, str] = {"torch": "simulated", "tensorflow": "simulated", "mxnet": "ledger"}
+#: baseline), ``planned`` (MXNet: the static memory plan of the simulated step plus oneDNN's blocked-layout copies,
+#: :func:`mxnet_planned_step_bytes`) or ``ledger`` (the static ledger's), each plus the probe-measured framework
+#: overhead. Chosen by measurement: the quick profile (cnn3/AlexNet at 8, VGGs at 1, 3 forked repeats each) on the
+#: 2-core CPU, median |error| inference / training: torch simulated 9.5% / 8.5% (worst 71%, mlp's 0.6 MB row; 26%
+#: among rows above 10 MB), ledger 9.5% / 9.7% (worst 71% / 61%); TensorFlow simulated 30.0% / 12.9%, ledger 29.3% /
+#: 17.0%; MXNet ledger 33.5% / 48.8%, simulated 49.1% / 60.5%; MXNet planned (issue 20, the catalog with ResNet-18
+#: and the inception model, the custom specs at batches 8 and 32, AVX-512 and an AVX2 cap): see
+#: :func:`analytics.timeline_rules.mxnet_onednn_layout_elems`.
+PROCESS_PREDICTION: dict[str, str] = {"torch": "simulated", "tensorflow": "simulated", "mxnet": "planned"}
 DEFAULT_MEMORY_REPEATS = 3
 #: ``--memory-repeats`` reaches the memory workers through this variable (set by the benchmark conftest).
 MEMORY_REPEATS_ENV = "XFBENCH_MEMORY_REPEATS"
@@ -122,22 +126,142 @@ def memory_in_fresh_process(
 PROBES = Path(__file__).resolve().parent.parent / "probes"  # benchmarks/probes: package data, shipped in the wheel
 
 
+#: Probes that measure one more layer of a type than the conv probe has (TensorFlow's first execution holds memory
+#: per op of its graph: issue 20): layer type -> (probe file, layers of that type in ``conv.json``).
+LAYER_PROBES: dict[str, tuple[str, int]] = {"Conv2D": ("conv2", 1), "BatchNorm": ("bn", 0)}
+#: The backends whose overhead adds the per-layer probes' cost (measured where it matters: TensorFlow, below).
+PER_LAYER_OVERHEAD_BACKENDS = ("tensorflow",)
+
+
+#: The backends whose overhead adds a probe of the model's largest dense layer (MKL's SGEMM buffers, below).
+GEMM_PROBE_BACKENDS = ("torch",)
+#: Layer types with weights: a dense layer behind one of them computes its input's gradient in training.
+WEIGHTED_TYPES = ("Conv2D", "Dense", "LSTM", "Embedding", "BatchNorm")
+#: The units of the GEMM probe's baseline: the same probe with a dense layer whose GEMMs take no MKL buffers.
+GEMM_SMALL_UNITS = 2
+
+
 def probe_family(spec: ModelSpec) -> str:
-    """Which probe model stands for ``spec``'s kernels: ``conv``, ``lstm`` or ``dense``."""
-    types = {layer.type for layer in spec.layers}
-    return "conv" if "Conv2D" in types else "lstm" if "LSTM" in types else "dense"
+    """Which probe model stands for ``spec``'s kernels: ``conv``, ``lstm`` or ``dense``; for a conv model, the layers
+    it has beyond the conv probe's, for the per-layer probes (:data:`LAYER_PROBES`), e.g. ResNet-18's
+    ``conv:Conv2D=19,BatchNorm=20``; and, after ``;gemm=``, the input shape and units of its largest dense layer
+    (by weight), for the GEMM probe (the mlp: ``dense;gemm=784>256``; ``gemmdx`` where a layer with weights comes
+    before it, e.g. LeNet's ``conv:Conv2D=1;gemmdx=400>120``)."""
+    from xfbench.analytics.shapes import layer_input_shapes
+
+    types = [layer.type for layer in spec.layers]
+    base = "conv" if "Conv2D" in types else "lstm" if "LSTM" in types else "dense"
+    extra = [f"{t}={types.count(t) - n}" for t, (_, n) in LAYER_PROBES.items() if types.count(t) > n]
+    family = f"{base}:{','.join(extra)}" if base == "conv" and extra else base
+    dense = [
+        (shape[-1] * layer.units, i, shape, layer.units)
+        for i, (layer, (shape, *_)) in enumerate(zip(spec.layers, layer_input_shapes(spec)))
+        if layer.type == "Dense"
+    ]
+    if dense:
+        _, index, shape, units = max(dense, key=lambda d: (d[0], -d[1]))
+        # its input wants a gradient where a layer with weights comes before it (the input-gradient GEMM runs)
+        dx = any(layer.type in WEIGHTED_TYPES for layer in spec.layers[:index])
+        family += f";{'gemmdx' if dx else 'gemm'}={'x'.join(map(str, shape))}>{units}"
+    return family
+
+
+def _probe_path(name: str) -> Path:
+    """The probe model file: ``benchmarks/probes/<name>.json``, or for ``gemm-<shape>-<units>`` a dense layer on that
+    input shape (flattened first where it is an image), ``gemmdx-...`` the same behind a BatchNorm (the dense
+    layer's input then wants a gradient), written on first use under ``$TMPDIR``."""
+    if not name.startswith(("gemm-", "gemmdx-")):
+        return PROBES / f"{name}.json"
+    kind, shape_text, units = name.split("-")
+    shape = [int(v) for v in shape_text.split("x")]
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "xfbench-probes" / f"{name}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a BatchNorm first, so that the dense layer's input wants a gradient as in the model (its input-gradient
+        # GEMM takes MKL buffers of its own: measured, torch_conv_scratch.py --model heldout_graydense: the
+        # backward ``mm`` of the input gradient holds 6.1 MB, the weight gradient's none)
+        layers: list[dict[str, Any]] = [{"type": "BatchNorm"}] if kind == "gemmdx" else []
+        layers += [{"type": "Flatten"}] if len(shape) > 2 else []
+        layers.append({"type": "Dense", "units": int(units)})
+        spec = {"name": f"probe-{name}", "source": "xfbench: one dense layer (issue 20)", "input_shape": shape}
+        path.write_text(json.dumps({**spec, "layers": layers}))
+    return path
+
+
+#: The batch of the overhead probe where the caller names none (the probes' batch before issue 20).
+PROBE_BATCH = 8
 
 
 @cache
-def framework_overhead(backend: str, device: str, phase: str, optimizer: str, family: str) -> int | None:
+def framework_overhead(
+    backend: str, device: str, phase: str, optimizer: str, family: str, batch: int | None = None
+) -> int | None:
     """A framework's fixed first-step memory (bytes), measured on a tiny model in a fresh process.
 
     This is the ledger's ``framework_overhead`` term: thread pools, JIT-compiled kernels, lazy
     initialisation and the allocator's first arenas, which a first step pays whatever the model's size.
     It depends on which kernels run, so the probe has the model's kernel family (conv, LSTM or dense
-    only: ``benchmarks/probes/``). Measured once per (backend, device, phase, optimizer, family) per run.
+    only: ``benchmarks/probes/``), and on the batch, so the probe runs at the row's ``batch`` (default
+    :data:`PROBE_BATCH`). Measured once per (backend, device, phase, optimizer, family, batch) per run, in the
+    run's own environment (CPU, ISA cap, threads, library versions): what it measures travels with the run.
+    ``family`` is :func:`probe_family`'s: in a TensorFlow training step each layer beyond the conv probe's adds
+    what one more such layer adds to the probe (``conv2.json``, ``bn.json``, at the same batch).
+
+    Why the batch (issue 20): MXNet 1.9.1's first inference step on the AVX-512 CPU holds 0.46-1.03 MB beyond
+    the probe's step at batches 1, 2 and 8 and 4.15-4.52 MB at batches 16, 32 and 64 (conv and dense probes, one
+    fresh process each; training 4.8-5.2 MB at every batch), and TensorFlow's 2.0 MB at batch 1 and 5.4-7.3 MB
+    from batch 2 on: a fixed cost that switches with the batch, which a batch-8 probe missed (MXNet mlp at batch
+    64 measured 4.43 MB against 1.03 predicted). Not itemized (memray's owners at both batches would name it).
+    The GEMM probe (torch): the model's largest dense layer behind a BatchNorm, at the row's batch and phase, less
+    the same probe with a 2-unit dense layer (:data:`GEMM_SMALL_UNITS`). MKL's SGEMM keeps per-thread packing
+    buffers from its first call, sized by its blocking for the GEMM's shape (memray: ``mkl_serv_allocate`` in
+    ``mkl_blas_def_sgemm_getbufs``; the README's "What the first step holds" table), which the 8-unit dense
+    probe's GEMMs do not take: at batch 64 the dense probe holds 0.04 MB (inference) and 0.31 MB (training) beyond
+    its step, a 784 -> 128 layer 0.30 and 0.98 MB; in the held-out graydense spec (training, batch 8) the input
+    gradient's ``mm`` of its 3872 -> 192 layer holds 6.1 MB (``torch_conv_scratch.py --modes ops``), which is why
+    the probe of a dense layer with weights before it has a BatchNorm first (its input then wants a gradient; at
+    batch 1 torch's BatchNorm refuses a training step, and the probe adds nothing). The buffers count in the
+    first step's peak where that comes after the GEMM: in training (the backward follows every forward GEMM) and
+    in the inference of a model without convs; a conv model's inference peaks in its convs, before its dense
+    head (AlexNet: the fc layers' 6.3 MB of buffers come after the peak, memray; the README's torch notes).
+    Why per layer (TensorFlow training): one more BatchNorm adds 1.8 MB to the conv probe's first training step
+    (batches 1 and 8), one more conv 0.9-1.1 MB (TensorFlow 2.21, oneDNN ops on): the first execution's memory
+    grows with the graph (the README's issue-19 note on Keras 3's decomposed BatchNorm). Not in inference: there
+    the probes give 0.3-0.6 MB per layer, but ResNet-18 and the inception model at batch 1 hold 0.12-0.13 MB per
+    layer beyond their simulated step and the batch-1 probe (not yet isolated).
     """
-    probe = Config(backend, str(PROBES / f"{family}.json"), phase, 8, device, "float32", optimizer)
+    size = PROBE_BATCH if batch is None else batch
+    head, _, gemm = family.replace(";gemmdx=", ";gemm=dx:").partition(";gemm=")
+    base, _, extra = head.partition(":")
+    overhead = _probe_overhead(backend, device, phase, optimizer, base, size)
+    if overhead is None:
+        return None
+    if gemm and backend in GEMM_PROBE_BACKENDS and (phase == "training" or base != "conv"):
+        kind = "gemmdx" if gemm.startswith("dx:") else "gemm"
+        shape, _, units = gemm.removeprefix("dx:").partition(">")
+        gemm_overhead = _probe_overhead(backend, device, phase, optimizer, f"{kind}-{shape}-{units}", size)
+        small_overhead = _probe_overhead(backend, device, phase, optimizer, f"{kind}-{shape}-{GEMM_SMALL_UNITS}", size)
+        if gemm_overhead is not None and small_overhead is not None:
+            overhead += max(gemm_overhead - small_overhead, 0)
+    if not extra or backend not in PER_LAYER_OVERHEAD_BACKENDS or phase != "training":
+        return overhead
+    for item in extra.split(","):
+        layer_type, _, count = item.partition("=")
+        layer_overhead = _probe_overhead(backend, device, phase, optimizer, LAYER_PROBES[layer_type][0], size)
+        if layer_overhead is not None:
+            overhead += int(count) * max(layer_overhead - overhead_base(backend, device, phase, optimizer, size), 0)
+    return overhead
+
+
+def overhead_base(backend: str, device: str, phase: str, optimizer: str, batch: int) -> int:
+    """The conv probe's overhead (0 where it failed): the base the per-layer probes are read against."""
+    return _probe_overhead(backend, device, phase, optimizer, "conv", batch) or 0
+
+
+@cache
+def _probe_overhead(backend: str, device: str, phase: str, optimizer: str, probe_name: str, batch: int) -> int | None:
+    """One probe's first step in a fresh process minus its own predicted step (bytes; None where it failed)."""
+    probe = Config(backend, str(_probe_path(probe_name)), phase, batch, device, "float32", optimizer)
     # One process: the probes' figures are a few MB and varied by at most 0.4 MB over 3 repeats (every framework,
     # both phases, quick-profile run on the 2-core CPU), while each repeat costs a build and, in TensorFlow, a
     # trace (a TensorFlow probe took 24-37 s with 3 repeats there, a torch one 4-12 s).
@@ -158,6 +282,65 @@ def framework_threads() -> int:
     """The intra-op threads the frameworks run a benchmark step with: their default, this machine's logical cores
     (the rows record it as ``cpu_cores``); the simulated step takes it as an input."""
     return os.cpu_count() or 1
+
+
+#: oneDNN's ISA cap, in the order oneDNN (2.x/3.x) and MKL-DNN (MXNet 1.x's older builds) read it.
+ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA")
+#: TensorFlow's switch for its oneDNN ops (``TF_ENABLE_ONEDNN_OPTS``) and the CPU features that turn them on by
+#: default on Linux (TensorFlow's ``tensorflow/core/util/util.cc`` ``IsMKLEnabled``: AVX512_VNNI, AVX512_BF16,
+#: AVX_VNNI, AMX_TILE, AMX_INT8, AMX_BF16; the process logs "oneDNN custom operations are on" when they are).
+TF_ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+TF_ONEDNN_CPU_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def onednn_isa() -> str:
+    """The instruction set oneDNN's kernels run with in this run: the CPU's best (``avx512`` with AVX512F/BW/VL/DQ,
+    else ``avx2``, ``avx``, ``sse41``), capped by ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_``/``MKLDNN_MAX_CPU_ISA``) where
+    set. The same run reads the same answer as the frameworks' oneDNN (they read the variable at their first
+    primitive), which is what the predictions' blocked-layout sizes depend on."""
+    flags = cpu_flags()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        best = "avx512"
+    elif "avx2" in flags:
+        best = "avx2"
+    elif "avx" in flags:
+        best = "avx"
+    else:
+        best = "sse41"
+    order = ("sse41", "avx", "avx2", "avx512")
+    for name in ONEDNN_ISA_ENV:
+        cap = os.environ.get(name, "").strip().lower()
+        if not cap or cap in ("all", "default"):
+            continue
+        cap = "avx512" if cap.startswith(("avx512", "avx10", "amx")) else cap
+        if cap in order and order.index(cap) < order.index(best):
+            return cap
+        break
+    return best
+
+
+def tf_onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN ops in this run: ``TF_ENABLE_ONEDNN_OPTS`` where set, else on for the CPUs
+    :data:`TF_ONEDNN_CPU_FLAGS` names (TensorFlow's own default on Linux)."""
+    text = os.environ.get(TF_ONEDNN_ENV, "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    return any(flag in cpu_flags() for flag in TF_ONEDNN_CPU_FLAGS)
 
 
 def _prediction(config: Config) -> Any:
@@ -200,6 +383,7 @@ def simulated_timeline(config: Config, *, tracked: bool = False) -> Timeline | N
                 dispatch_mode=tracked and config.backend == "torch",
                 threads=framework_threads(),
                 kernel_scratch=not tracked,
+                tf_onednn=config.backend == "tensorflow" and not tracked and tf_onednn_enabled(),
             )
     except (SpecError, ValueError):
         return None
@@ -215,10 +399,38 @@ def simulated_step_bytes(config: Config) -> int | None:
     return timeline.peak_bytes - sum(value for name, value in timeline.breakdown if name in before)
 
 
+def mxnet_planned_step_bytes(config: Config) -> int | None:
+    """MXNet's first step above the baseline (``hybridize(static_alloc=True)``, oneDNN): the bytes of its static
+    memory plan over the simulated step's arrays (:func:`analytics.timeline_rules.mxnet_plan_bytes`; what the
+    baseline holds, the categories of ``_built_terms``, is not planned) plus the arrays oneDNN keeps in blocked
+    layouts (:func:`analytics.memory.mxnet_onednn_layout_bytes`, the channel block of this run's oneDNN ISA:
+    :func:`onednn_isa`) and oneDNN's RNN workspace beyond the simulated reserve
+    (:func:`analytics.memory.mxnet_onednn_rnn_bytes`). None where the simulator cannot lower the spec."""
+    timeline = simulated_timeline(config)
+    if timeline is None:
+        return None
+    before = _built_terms(config)
+    requests = [
+        (e.action, e.tensor, e.nbytes) for e in timeline.events if e.stage != "setup" and e.category not in before
+    ]
+    block = onednn_channel_block(onednn_isa())
+    spec = config.spec()
+    return (
+        mxnet_plan_bytes(requests)
+        + mxnet_onednn_layout_bytes(spec, config.batch_size, config.phase, block, config.dtype)
+        + mxnet_onednn_rnn_bytes(spec, config.batch_size, config.phase, config.dtype)
+    )
+
+
 def _step_bytes(config: Config) -> int:
     """The process-level prediction's model part (:data:`PROCESS_PREDICTION`; the ledger where the simulator
     cannot lower the spec)."""
-    if PROCESS_PREDICTION.get(config.backend) == "simulated":
+    mode = PROCESS_PREDICTION.get(config.backend)
+    if mode == "planned" and device_kind(config.device) == "cpu":
+        planned = mxnet_planned_step_bytes(config)
+        if planned is not None:
+            return planned
+    if mode == "simulated":
         simulated = simulated_step_bytes(config)
         if simulated is not None:
             return simulated
