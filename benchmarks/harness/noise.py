@@ -2,19 +2,17 @@
 
 A benchmark run cannot tell a slower machine from a busier one by its own rows; a fixed workload timed three
 times can. The probe is framework-free (numpy's BLAS, so it runs in every framework's environment): a 512^3
-float32 GEMM, 30 calls after 3 warm-up calls, each time's median kept, with the 1-minute load average and the
-CPU affinity. A run is flagged *noisy* when the probe's slowest median exceeds its fastest by more than
-:data:`NOISY_PROBE_SPREAD` (this machine's quiet back-to-back probes agree within a few percent; a second
-process busy on one of the two cores slows it by about half), or when the load average beyond this run's own
-processes exceeds :data:`LOAD_MARGIN`. Each probe is a report row (``kind = noise``); the summary and
-``xfbench compare`` say whether the run was flagged.
+float32 GEMM, 30 calls after 3 warm-up calls, in each of :data:`PROBE_PROCESSES` fresh processes (the median of
+their medians), with the 1-minute load average and the CPU affinity. A run is flagged *noisy* when the probe's
+slowest median exceeds its fastest by more than :data:`NOISY_PROBE_SPREAD`, or when the 1-minute load average
+exceeds the run's CPUs by more than :data:`LOAD_MARGIN`. Each probe is a report row (``kind = noise``); the
+pytest summary says whether the run was flagged.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -38,23 +36,47 @@ def affinity() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def probe(where: str) -> dict[str, Any]:
-    """Times the fixed workload now; returns its report row (``shape`` = ``noise:<where>``)."""
-    import numpy as np
+#: Fresh processes per probe: the probe runs outside the benchmark process, whose framework threads (TensorFlow's
+#: spinning Eigen pool, torch's OpenMP team) slowed the same GEMM by up to 50% in-process (measured: torch run's
+#: start probe 2.12 ms then 1.35 ms; TensorFlow's 1.44 ms then 2.07 ms, quiet machine); the process-to-process
+#: spread of one GEMM (about 12% here) is why it is the median of several.
+PROBE_PROCESSES = 3
+_PROBE_CODE = """
+import json, statistics, time
+import numpy as np
+rng = np.random.default_rng(0)
+a = rng.standard_normal(({n}, {n}), dtype=np.float32)
+b = rng.standard_normal(({n}, {n}), dtype=np.float32)
+for _ in range({warmup}):
+    a @ b
+times = []
+for _ in range({calls}):
+    start = time.perf_counter()
+    a @ b
+    times.append(time.perf_counter() - start)
+print(json.dumps(times))
+"""
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((PROBE_N, PROBE_N), dtype=np.float32)
-    b = rng.standard_normal((PROBE_N, PROBE_N), dtype=np.float32)
-    for _ in range(PROBE_WARMUP):
-        a @ b
-    times = []
-    for _ in range(PROBE_CALLS):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
+
+def _one_process() -> list[float]:
+    import json
+    import subprocess
+    import sys
+
+    code = _PROBE_CODE.format(n=PROBE_N, warmup=PROBE_WARMUP, calls=PROBE_CALLS)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    return [float(t) for t in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def probe(where: str) -> dict[str, Any]:
+    """Times the fixed workload now in :data:`PROBE_PROCESSES` fresh processes (one at a time); returns its report
+    row (``shape`` = ``noise:<where>``, ``time_median_s`` the median of the processes' medians)."""
+    runs = [_one_process() for _ in range(PROBE_PROCESSES)]
+    times = [t for run in runs for t in run]
     load1, _, _ = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"), 0.0, 0.0)
     cpus = affinity()
-    median = statistics.median(times)
+    median = statistics.median(statistics.median(run) for run in runs)
+    q = statistics.quantiles(times, n=4)
     return {
         "kind": NOISE_KIND,
         "backend": "",
@@ -64,11 +86,11 @@ def probe(where: str) -> dict[str, Any]:
         "dtype": "float32",
         "time_median_s": median,
         "time_min_s": min(times),
-        "time_iqr_s": statistics.quantiles(times, n=4)[2] - statistics.quantiles(times, n=4)[0],
+        "time_iqr_s": q[2] - q[0],
         "rounds": len(times),
         "gflops_per_s": 2.0 * PROBE_N**3 / median / 1e9,
-        "message": f"noise probe ({where}): numpy {PROBE_N}^3 float32 GEMM, load average {load1:.2f}, "
-        f"affinity {len(cpus)} CPUs ({cpu_affinity()})",
+        "message": f"noise probe ({where}): numpy {PROBE_N}^3 float32 GEMM in {PROBE_PROCESSES} fresh processes, "
+        f"load average {load1:.2f}, affinity {len(cpus)} CPUs ({cpu_affinity()})",
     }
 
 
