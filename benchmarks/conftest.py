@@ -148,13 +148,18 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     from xfbench.benchmarks.harness import noise
 
-    noise.attach(getattr(config, "_xfbench_writer", None), len(items))
+    noise.attach(getattr(config, "_xfbench_writer", None), sum(1 for item in items if _is_model_test(item.nodeid)))
+
+
+def _is_model_test(nodeid: str) -> bool:
+    return "bench_models.py::" in nodeid
 
 
 def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
     from xfbench.benchmarks.harness import noise
 
-    noise.finished_one()
+    if _is_model_test(nodeid):
+        noise.finished_one()
 
 
 def _measured_nothing(config: pytest.Config) -> bool:
