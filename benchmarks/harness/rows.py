@@ -147,6 +147,7 @@ def probe_family(spec: ModelSpec) -> str:
     ``conv:Conv2D=19,BatchNorm=20``; and, after ``;gemm=``, the input shape and units of its largest dense layer
     (by weight), for the GEMM probe (the mlp: ``dense;gemm=784>256``; ``gemmdx`` where a layer with weights comes
     before it, e.g. LeNet's ``conv:Conv2D=1;gemmdx=400>120``)."""
+    from xfbench.analytics.layers import Dense
     from xfbench.analytics.shapes import layer_input_shapes
 
     types = [layer.type for layer in spec.layers]
@@ -156,7 +157,7 @@ def probe_family(spec: ModelSpec) -> str:
     dense = [
         (shape[-1] * layer.units, i, shape, layer.units)
         for i, (layer, (shape, *_)) in enumerate(zip(spec.layers, layer_input_shapes(spec)))
-        if layer.type == "Dense"
+        if isinstance(layer, Dense)
     ]
     if dense:
         _, index, shape, units = max(dense, key=lambda d: (d[0], -d[1]))
