@@ -300,7 +300,7 @@ COLUMNS: tuple[Column, ...] = (
     _col(
         "shape",
         "str",
-        "matmul transfer logging concurrency scaling allreduce exercise calibration",
+        "matmul transfer logging concurrency scaling allreduce exercise calibration noise",
         "matmul, logging, concurrency: MxKxN; transfer: device-copy:BYTES, h2d:BYTES or d2h:BYTES; allreduce: the "
         "bytes reduced; scaling: the global batch; exercise: its id (or crossover); calibration: the figure "
         "measured (gemm:MxKxN, conv-<kernel>:MxKxN, stream:BYTES, fault:BYTES, dispatch:op, rate:<name>, "
