@@ -44,7 +44,12 @@ def test_row_has_measurements_beside_predictions(tmp_path: Path) -> None:
     # forward 2*16*(784*256 + 256*10); backward: weight grads for both + input grad of the second only
     fwd = 2 * 16 * (784 * 256 + 256 * 10)
     assert row["flops_predicted"] == fwd + 2 * 16 * (784 * 256 + 256 * 10) + 2 * 16 * 256 * 10
-    assert row["time_median_s"] > 0 and row["rounds"] == 3
+    # --rounds 3 in each of the 3 processes (the benchmark process and two forked from the timing server)
+    assert row["time_processes"] == 3 and row["rounds"] == 3 * 3
+    assert 0 < row["time_lo_s"] <= row["time_median_s"] <= row["time_hi_s"]
+    assert row["time_within_noise"] == (
+        "yes" if row["time_lo_s"] <= row["time_predicted_s"] <= row["time_hi_s"] else "no"
+    )
     assert row["mem_method"] in ("rss-hwm", "rss-sampled") and row["mem_measured_bytes"] > 0
     assert row["mem_predicted_bytes"] > 0 and row["mem_rel_error"] == pytest.approx(
         (row["mem_predicted_bytes"] - row["mem_measured_bytes"]) / row["mem_measured_bytes"]
