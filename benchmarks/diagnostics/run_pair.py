@@ -13,7 +13,8 @@ backend, it prints:
   (``time_within_noise``); and memory error: median and worst ``|mem_rel_error|``, rows beyond 25%;
 * each run's noise-probe verdict (``kind = noise`` rows).
 
-Framework-free (csv only), so it runs with any Python.
+Framework-free (csv and the suite's noise rule): run it with any environment that has xfbench installed, e.g.
+``.tox/core/bin/python benchmarks/diagnostics/run_pair.py A B``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from xfbench.benchmarks.harness.noise import verdict
 
 KEY = ("backend", "model", "phase", "batch_size", "device", "dtype", "optimizer")
 
@@ -61,18 +64,9 @@ def _stats(values: list[float]) -> str:
 
 
 def noise_line(rows: list[dict[str, str]]) -> str:
-    probes = [r for r in rows if r.get("kind") == "noise" and _f(r.get("time_median_s"))]
-    if len(probes) < 2:
-        return "no noise probe"
-    medians = [float(r["time_median_s"]) for r in probes]
-    spread = (max(medians) - min(medians)) / min(medians)
-    loads = []
-    for r in probes:
-        msg = r.get("message", "")
-        if "load average " in msg:
-            loads.append(_f(msg.split("load average ", 1)[1].split(",", 1)[0]) or 0.0)
-    flag = "NOISY" if spread > 0.10 else "quiet"
-    return f"{flag} (probe spread {spread:.1%}, load average up to {max(loads or [0.0]):.2f})"
+    """The run's noise-probe verdict, by the suite's own rule (:func:`benchmarks.harness.noise.verdict`)."""
+    judged = verdict(rows)
+    return "no noise probe" if judged is None else judged[1]
 
 
 def compare(rows1: list[dict[str, str]], rows2: list[dict[str, str]]) -> dict[str, dict[str, Any]]:

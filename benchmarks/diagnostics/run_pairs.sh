@@ -34,5 +34,5 @@ for setting in "$@"; do
     done
     cp "$dir"/specs/*.csv "$dir/"
   done
-  python3 benchmarks/diagnostics/run_pair.py "$OUT/$setting-1" "$OUT/$setting-2" --label "$setting" | tee "$OUT/$setting.md"
+  .tox/bench-torch/bin/python benchmarks/diagnostics/run_pair.py "$OUT/$setting-1" "$OUT/$setting-2" --label "$setting" | tee "$OUT/$setting.md"
 done
