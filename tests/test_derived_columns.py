@@ -271,6 +271,11 @@ def test_derived_columns_agree_with_their_sources(
     assert row["time_predicted_s"] > 0 and row["prediction_basis"]
     assert _close(row["time_rel_error"], (row["time_predicted_s"] - row["time_median_s"]) / row["time_median_s"])
     assert row["rounds"] == 3 == len(bench.times)
+    # one process (XFBENCH_TIME_PROCESSES=1): its median is both ends of the between-process interval, and the
+    # within-noise verdict follows from the prediction and that interval
+    assert row["time_processes"] == 1 and row["time_lo_s"] == row["time_hi_s"] == row["time_median_s"]
+    lo, hi, pred = row["time_lo_s"], row["time_hi_s"], row["time_predicted_s"]
+    assert row["time_within_noise"] == ("yes" if lo <= pred <= hi else "no")
 
     # memory: the prediction is the step's bytes (by hand, MEM_STEP_BY_HAND) plus the probe's overhead; the error
     # is from the two
