@@ -233,6 +233,85 @@ def _inception(input_shape: Sequence[int], num_classes: int = 1000, **_: Any) ->
     return layers
 
 
+def _mha_block(
+    tag: str, prev: str, d: int, heads: int, ff: int, act: str, causal: bool, pre_norm: bool, eps: float
+) -> list[Layer]:
+    """One transformer block reading layer ``prev``; its last layer is named ``{tag}_out``.
+
+    Pre-LayerNorm (GPT-2): ``x + MHA(LN(x))``, then ``h + FF(LN(h))``. Post-LayerNorm (BERT):
+    ``LN(x + MHA(x))``, then ``LN(h + FF(h))``. FF: Dense(ff, act), Dense(d)."""
+    k = d // heads
+    if pre_norm:
+        return [
+            L.LayerNorm(eps, name=f"{tag}_ln1", inputs=(prev,)),
+            L.MultiHeadAttention(heads, k, causal=causal, name=f"{tag}_attn"),
+            L.Add(name=f"{tag}_add1", inputs=(prev, f"{tag}_attn")),
+            L.LayerNorm(eps, name=f"{tag}_ln2"),
+            L.Dense(ff, activation=act, name=f"{tag}_fc"),
+            L.Dense(d, name=f"{tag}_proj"),
+            L.Add(name=f"{tag}_out", inputs=(f"{tag}_add1", f"{tag}_proj")),
+        ]
+    return [
+        L.MultiHeadAttention(heads, k, causal=causal, name=f"{tag}_attn", inputs=(prev,)),
+        L.Add(name=f"{tag}_add1", inputs=(prev, f"{tag}_attn")),
+        L.LayerNorm(eps, name=f"{tag}_ln1"),
+        L.Dense(ff, activation=act, name=f"{tag}_fc"),
+        L.Dense(d, name=f"{tag}_proj"),
+        L.Add(name=f"{tag}_add2", inputs=(f"{tag}_ln1", f"{tag}_proj")),
+        L.LayerNorm(eps, name=f"{tag}_out"),
+    ]
+
+
+def _gpt(layers_n: int, d: int, heads: int, positions: int, vocab: int) -> list[Layer]:
+    """GPT-2 (Radford et al. 2019; Hugging Face's GPT2LMHeadModel without dropout): token embedding, learned
+    positions, pre-LayerNorm causal blocks (FF 4d, gelu_tanh), final LayerNorm, head tied to the embedding."""
+    layers: list[Layer] = [L.Embedding(vocab, d, name="wte"), L.PositionEmbedding(positions, name="wpe")]
+    prev = "wpe"
+    for i in range(layers_n):
+        layers += _mha_block(f"h{i}", prev, d, heads, 4 * d, "gelu_tanh", True, True, 1e-5)
+        prev = f"h{i}_out"
+    layers += [L.LayerNorm(1e-5, name="ln_f"), L.Dense(vocab, use_bias=False, tie="wte", name="lm_head")]
+    return layers
+
+
+def _bert(layers_n: int, d: int, heads: int, positions: int, vocab: int, num_classes: int) -> list[Layer]:
+    """BERT (Devlin et al. 2019) encoder without token-type embeddings or dropout: token embedding, learned
+    positions, embedding LayerNorm, post-LayerNorm blocks (FF 4d, erf GELU, epsilon 1e-12); the stated head:
+    mean over tokens (GlobalAvgPool1D; BERT's pooler reads the [CLS] token, which the spec cannot slice), a
+    tanh pooler Dense(d) and a Dense(num_classes) classifier (logits)."""
+    layers: list[Layer] = [
+        L.Embedding(vocab, d, name="word_embeddings"),
+        L.PositionEmbedding(positions, name="position_embeddings"),
+        L.LayerNorm(1e-12, name="emb_ln"),
+    ]
+    prev = "emb_ln"
+    for i in range(layers_n):
+        layers += _mha_block(f"l{i}", prev, d, heads, 4 * d, "gelu", False, False, 1e-12)
+        prev = f"l{i}_out"
+    layers += [
+        L.GlobalAvgPool1D(name="pool"),
+        L.Dense(d, activation="tanh", name="pooler"),
+        L.Dense(num_classes, name="classifier"),
+    ]
+    return layers
+
+
+def _gpt2(input_shape: Sequence[int], vocab: int = 50257, **_: Any) -> list[Layer]:
+    return _gpt(12, 768, 12, 1024, vocab)
+
+
+def _gpt2_tiny(input_shape: Sequence[int], vocab: int = 8192, **_: Any) -> list[Layer]:
+    return _gpt(2, 128, 2, 256, vocab)
+
+
+def _bert_base(input_shape: Sequence[int], num_classes: int = 2, vocab: int = 30522, **_: Any) -> list[Layer]:
+    return _bert(12, 768, 12, 512, vocab, num_classes)
+
+
+def _bert_tiny(input_shape: Sequence[int], num_classes: int = 2, vocab: int = 30522, **_: Any) -> list[Layer]:
+    return _bert(2, 128, 2, 512, vocab, num_classes)
+
+
 CATALOG: dict[str, CatalogEntry] = {
     e.name: e
     for e in (
@@ -340,6 +419,44 @@ CATALOG: dict[str, CatalogEntry] = {
             _inception,
             num_classes=1000,
         ),
+        CatalogEntry(
+            "gpt2",
+            "Radford et al. 2019 (GPT-2 small); HOML ch16 ex6; Hugging Face GPT2LMHeadModel: 124,439,808 parameters",
+            "GPT-2 small: 12 pre-LayerNorm causal blocks, d=768, 12 heads, FF 3072 gelu_tanh, vocab 50,257, "
+            "1024 learned positions, final LayerNorm, head tied to the token embedding; no dropout",
+            (128,),
+            _gpt2,
+            vocab=50257,
+        ),
+        CatalogEntry(
+            "gpt2_tiny",
+            "GPT-2's architecture at the quick profile's size (stated here: 2 blocks, d=128, 2 heads, FF 512, vocab "
+            "8,192, 256 positions: 1,478,144 parameters)",
+            "a 2-block GPT-2: the gpt2 family small enough for tox -m bench",
+            (64,),
+            _gpt2_tiny,
+            vocab=8192,
+        ),
+        CatalogEntry(
+            "bert_base",
+            "Devlin et al. 2019 (BERT-base); HOML ch16 ex5; without token-type embeddings (1,536 parameters)",
+            "BERT-base encoder: 12 post-LayerNorm blocks, d=768, 12 heads, FF 3072 GELU (erf), vocab 30,522, 512 "
+            "learned positions; head: mean over tokens, tanh pooler Dense(768), Dense(num_classes) logits",
+            (128,),
+            _bert_base,
+            num_classes=2,
+            vocab=30522,
+        ),
+        CatalogEntry(
+            "bert_tiny",
+            "Turc et al. 2019 (BERT-Tiny: L=2, H=128, A=2, FF 512; google-research/bert's small models), with "
+            "bert_base's head: 4,385,922 parameters",
+            "a 2-block BERT: the bert family small enough for tox -m bench",
+            (64,),
+            _bert_tiny,
+            num_classes=2,
+            vocab=30522,
+        ),
     )
 }
 
@@ -373,7 +490,8 @@ def catalog_model(
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise SpecError("sizes must be positive integers", field="input_shape", value=shape)
     layers = tuple(entry.builder(shape, **kwargs))
-    return ModelSpec(name=name, input_shape=shape, layers=layers, source=entry.source)
+    dtype = "int64" if isinstance(layers[0], L.Embedding) else "float32"
+    return ModelSpec(name=name, input_shape=shape, layers=layers, source=entry.source, input_dtype=dtype)
 
 
 def load_spec_file(path: str | Path) -> ModelSpec:

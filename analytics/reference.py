@@ -23,9 +23,11 @@ im2col (``sliding_window_view``) followed by one matrix product per block of out
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from xfbench.analytics.shapes import infer_shapes, padding_amounts
+from xfbench.analytics.shapes import infer_shapes, padding_amounts, tied_layer
 from xfbench.analytics.spec import BatchNorm, Embedding, ModelSpec, consumers, layer_inputs
 from xfbench.analytics.weights import weight_slots
 
@@ -57,7 +59,19 @@ def activate(x: np.ndarray, kind: str | None) -> np.ndarray:
         return np.tanh(x)
     if kind == "softmax":
         return softmax(x)
-    raise ValueError(f"unknown activation {kind!r}; allowed: relu, sigmoid, tanh, softmax")
+    if kind == "gelu":  # the erf form, erf exact to double precision (math.erf)
+        return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+    if kind == "gelu_tanh":  # GPT-2's tanh approximation
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    raise ValueError(f"unknown activation {kind!r}; allowed: relu, sigmoid, tanh, softmax, gelu, gelu_tanh")
+
+
+_ERF = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """Element-wise erf in float64 (numpy has none; ``math.erf`` is exact to double precision)."""
+    return np.asarray(_ERF(np.asarray(x, dtype=np.float64)), dtype=np.float64)
 
 
 def _pad_hw(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], value: float) -> np.ndarray:
@@ -257,7 +271,10 @@ def _run(
     for i, (layer, srcs) in enumerate(zip(spec.layers, layer_inputs(spec))):
         args = [h if j < 0 else outputs[j] for j in srcs]
         ins = [a for a in args if a is not None]
-        out = layer.forward(ins, params_by_layer.get(i, []), training)  # the type's own reference
+        params = params_by_layer.get(i, [])
+        if getattr(layer, "tie", None):  # a tied head reads its embedding's matrix
+            params = [params_by_layer[tied_layer(spec, i)][0], *params]
+        out = layer.forward(ins, params, training)  # the type's own reference
         if keep_bn_inputs and isinstance(layer, BatchNorm):  # its running statistics follow from its input
             bn_inputs[i] = ins
         expected = (x.shape[0], *out_shapes[i])

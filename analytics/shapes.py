@@ -36,6 +36,37 @@ def layer_output_shape(index: int, layer: Layer, shape: Shape, notes: list[str] 
     return tuple(layer.output_shape(index, [tuple(shape)], [] if notes is None else notes))
 
 
+def tied_layer(spec: ModelSpec, index: int) -> int:
+    """The index of the Embedding whose matrix layer ``index`` (a ``Dense`` with ``tie``) uses."""
+    name = spec.layers[index].tie  # type: ignore[attr-defined]
+    for j, other in enumerate(spec.layers[:index]):
+        if other.label == name:
+            return j
+    raise SpecError("must name an earlier Embedding layer", layer=index, field="tie", value=name)
+
+
+def _check_tie(spec: ModelSpec, i: int, layer: Layer, in_shape: Shape) -> None:
+    j = tied_layer(spec, i)
+    emb = spec.layers[j]
+    if emb.type != "Embedding":
+        raise SpecError(f"names a {emb.type}; a tie needs an Embedding layer", layer=i, field="tie", value=emb.label)
+    vocab, dim = emb.vocab, emb.dim  # type: ignore[attr-defined]
+    if layer.units != vocab:  # type: ignore[attr-defined]
+        raise SpecError(
+            f"a head tied to {emb.label} needs units == its vocab {vocab}",
+            layer=i,
+            field="units",
+            value=layer.units,  # type: ignore[attr-defined]
+        )
+    if in_shape[-1] != dim:
+        raise SpecError(
+            f"a head tied to {emb.label} needs {dim} input features (its dim), got {in_shape[-1]}",
+            layer=i,
+            field="tie",
+            value=emb.label,
+        )
+
+
 def _walk(spec: ModelSpec) -> tuple[list[Shape], list[list[Shape]], list[tuple[int, str]]]:
     """Output shapes, input shapes (per layer, in ``inputs`` order) and floored-padding notes, over the graph."""
     shape: Shape = tuple(spec.input_shape)
@@ -52,6 +83,8 @@ def _walk(spec: ModelSpec) -> tuple[list[Shape], list[list[Shape]], list[tuple[i
         in_shapes = [shape if j < 0 else outs[j] for j in srcs]
         ins.append(in_shapes)
         outs.append(tuple(layer.output_shape(i, in_shapes, notes)))
+        if getattr(layer, "tie", None):
+            _check_tie(spec, i, layer, in_shapes[0])
         if notes:
             found.append((i, "; ".join(notes)))
     return outs, ins, found

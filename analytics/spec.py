@@ -49,11 +49,20 @@ _ALIASES = {
     "concat": "Concatenate",
     "batchnorm": "BatchNorm",
     "batchnormalization": "BatchNorm",
+    "layernorm": "LayerNorm",
+    "layernormalization": "LayerNorm",
+    "multiheadattention": "MultiHeadAttention",
+    "mha": "MultiHeadAttention",
+    "attention": "MultiHeadAttention",
+    "positionembedding": "PositionEmbedding",
+    "globalavgpool1d": "GlobalAvgPool1D",
     # activations as layer types
     "relu": "relu",
     "sigmoid": "sigmoid",
     "tanh": "tanh",
     "softmax": "softmax",
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_tanh",
 }
 
 

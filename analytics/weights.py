@@ -88,7 +88,7 @@ def _draw_weights(spec: ModelSpec, seed: int, dtype: str) -> list[np.ndarray]:
         if slot.param in ("gamma", "moving_variance"):  # positive scales: uniform [0.5, 1.5)
             out.append((rng.random(slot.shape, dtype=draw) + 0.5).astype(dtype, copy=False))
             continue
-        if slot.param in ("bias", "beta", "moving_mean"):
+        if slot.param in ("bias", "beta", "moving_mean") or slot.param.endswith("_bias"):
             limit = 0.1
         elif slot.param == "embeddings":
             limit = math.sqrt(3.0)

@@ -32,6 +32,7 @@ from xfbench.analytics.layers.dense import Dense
 from xfbench.analytics.layers.elementwise import Activation, Dropout, Flatten
 from xfbench.analytics.layers.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D, _Pool
 from xfbench.analytics.layers.recurrent import LSTM, Embedding, LocalResponseNorm
+from xfbench.analytics.layers.transformer import GlobalAvgPool1D, LayerNorm, MultiHeadAttention, PositionEmbedding
 
 #: Every layer type a spec may name, by its canonical name (the registry every dispatch goes through).
 LAYER_TYPES: dict[str, type[Layer]] = {
@@ -51,10 +52,14 @@ LAYER_TYPES: dict[str, type[Layer]] = {
         Add,
         Concatenate,
         BatchNorm,
+        LayerNorm,
+        MultiHeadAttention,
+        PositionEmbedding,
+        GlobalAvgPool1D,
     )
 }
 #: The graph wave's types, whose simulated-step and step-time facets are in their own modules too.
-UNIT_TYPES = (Add, Concatenate, BatchNorm)
+UNIT_TYPES = (Add, Concatenate, BatchNorm, LayerNorm, MultiHeadAttention, PositionEmbedding, GlobalAvgPool1D)
 
 __all__ = [
     "LAYER_TYPES",
@@ -70,7 +75,11 @@ __all__ = [
     "Dropout",
     "Embedding",
     "Flatten",
+    "GlobalAvgPool1D",
     "GlobalAvgPool2D",
+    "LayerNorm",
+    "MultiHeadAttention",
+    "PositionEmbedding",
     "LocalResponseNorm",
     "MaxPool2D",
     "_Pool",

@@ -13,9 +13,11 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax")
-#: FLOPs per element of each activation (softmax: exp, sum, divide).
-ACTIVATION_FLOPS = {"relu": 1, "sigmoid": 1, "tanh": 1, "softmax": 3}
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax", "gelu", "gelu_tanh")
+#: FLOPs per element of each activation (softmax: exp, sum, divide; gelu, the erf form
+#: ``0.5 x (1 + erf(x / sqrt 2))``: scale, erf, add, two products = 5; gelu_tanh, GPT-2's
+#: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``: cube (2), scale, add, scale, tanh, add, two products = 9).
+ACTIVATION_FLOPS = {"relu": 1, "sigmoid": 1, "tanh": 1, "softmax": 3, "gelu": 5, "gelu_tanh": 9}
 PaddingT = str | int
 Shape = tuple[int, ...]
 
@@ -60,7 +62,9 @@ class LayerCost:
     add: int = 0  # Add: element-wise sums of the inputs
     backward_weight: int = 0
     backward_input: int = 0  # gradient w.r.t. the layer's input; skipped for the first layer with weights
-    backward_recurrent: int = 0  # LSTM: gradient w.r.t. h_{t-1}, always needed
+    # always needed, even for the first layer with weights: LSTM's gradient w.r.t. h_{t-1}; attention's gradients
+    # through its score and value products (they reach its own projections' weights)
+    backward_recurrent: int = 0
 
     @property
     def forward_all(self) -> int:

@@ -3,7 +3,12 @@ optional bias and activation.
 
 * parameters: ``F * units`` (+ ``units``); FLOPs: ``2 * rows * F * units`` (rows: 1, or T), one bias add per
   output element, the activation's; backward: weight and input gradients as the forward matmul each;
-* neutral weights: kernel ``(in, out)`` (after a Flatten the ``in`` axis is in (C, H, W) order), bias.
+* neutral weights: kernel ``(in, out)`` (after a Flatten the ``in`` axis is in (C, H, W) order), bias;
+* ``tie: <Embedding layer name>`` (GPT-2's language-model head): the kernel is that embedding's ``(vocab, dim)``
+  matrix transposed, so ``units`` must equal its ``vocab`` and the input's features its ``dim`` (checked by
+  :func:`analytics.shapes.infer_shapes`); no kernel of its own (no kernel slot, no kernel parameters: the matrix
+  is counted once, at the embedding), a bias only with ``use_bias``. Its FLOPs are a dense layer's; its weight
+  gradient adds into the embedding's single gradient. The reference passes the tied matrix as ``params[0]``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Dense(Layer):
     units: int
     use_bias: bool = True
     activation: str | None = None
+    tie: str | None = None
     name: str = ""
 
     ENDS_IMAGE: ClassVar[bool] = True
@@ -42,6 +48,8 @@ class Dense(Layer):
     def validate(self, index: int) -> None:
         check_positive_int(index, "units", self.units)
         check_activation(index, self.activation)
+        if self.tie is not None and (not isinstance(self.tie, str) or not self.tie):
+            raise SpecError("must name an Embedding layer", layer=index, field="tie", value=self.tie)
 
     def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         shape = one_input(index, self, in_shapes)
@@ -58,14 +66,20 @@ class Dense(Layer):
     def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> LayerCost:
         in_shape = in_shapes[0]
         rows = math.prod(in_shape[:-1])  # 1, or T for a time-distributed dense
-        params = in_shape[-1] * self.units + (self.units if self.use_bias else 0)
+        params = (0 if self.tie else in_shape[-1] * self.units) + (self.units if self.use_bias else 0)
         return gemm_cost(params, rows * in_shape[-1] * self.units, math.prod(out_shape), self.use_bias, self.activation)
 
     def param_tensors(self, framework: str) -> int:
-        return 2 if self.use_bias else 1
+        return (0 if self.tie else 1) + (1 if self.use_bias else 0)
+
+    @property
+    def trainable(self) -> bool:
+        return True  # a tied head trains the embedding's matrix
 
     def weight_slots(self, in_shapes: list[Shape]) -> list[tuple[str, Shape, bool]]:
-        slots: list[tuple[str, Shape, bool]] = [("kernel", (in_shapes[0][-1], self.units), True)]
+        slots: list[tuple[str, Shape, bool]] = []
+        if not self.tie:
+            slots.append(("kernel", (in_shapes[0][-1], self.units), True))
         if self.use_bias:
             slots.append(("bias", (self.units,), True))
         return slots
@@ -74,7 +88,8 @@ class Dense(Layer):
         from xfbench.analytics.reference import activate
 
         x = inputs[0]
-        out = np.tensordot(x, params[0], axes=([x.ndim - 1], [0]))
+        kernel = params[0].T if self.tie else params[0]  # tied: the embedding's (vocab, dim) matrix
+        out = np.tensordot(x, kernel, axes=([x.ndim - 1], [0]))
         if self.use_bias:
             out = out + params[1]
         return activate(out, self.activation)
