@@ -7,8 +7,8 @@ Fields and defaults are the file format (README, "Custom models"):
 * ``LayerNorm`` (``epsilon: 1e-5``): over the last axis of a ``(T, F)`` or ``(F,)`` input, biased variance, with
   scale ``gamma`` and shift ``beta`` (``F`` each). FLOPs (``norm`` column, per element): the statistics (a sum; a
   centred square and its sum: 1 + 3), normalize (subtract, multiply by the inverse deviation: 2), scale and shift
-  (2): 8. Backward (``backward_input``): 8 per element as well (a first convention: the gradient's two reductions
-  and the products; the counters do not count it).
+  (2): 8. Its backward is not in ``backward_flops``, which counts the backward's products (matmuls), as
+  BatchNorm's is not.
 * ``MultiHeadAttention`` (``heads``, ``key_dim``, ``causal: false``, ``use_bias: true``): one input is
   self-attention, two are ``[query, key_value]``; query ``(T, F)``, key/value ``(S, Fk)``. Query, key and value are
   each a Dense ``F -> heads * key_dim`` (``Fk ->`` for key and value), the output a Dense ``heads * key_dim -> F``;
@@ -88,7 +88,7 @@ class LayerNorm(Layer):
 
     def cost(self, in_shapes: list[Shape], out_shape: Shape, framework: str) -> LayerCost:
         elems = math.prod(out_shape)
-        return LayerCost(params=2 * out_shape[-1], norm=LAYERNORM_FLOPS * elems, backward_input=LAYERNORM_FLOPS * elems)
+        return LayerCost(params=2 * out_shape[-1], norm=LAYERNORM_FLOPS * elems)
 
     def param_tensors(self, framework: str) -> int:
         return 2
