@@ -97,6 +97,7 @@ class Check:
     batches: tuple[int, ...] = ()
     per_sample: bool = False
     expected_error: str = ""
+    layer_type: str = ""  # layer_count: a type name, optionally ":<flag>" (e.g. "MultiHeadAttention:causal")
 
     def __post_init__(self) -> None:
         if self.expected_error and self.expected_error not in EXPECTED_ERRORS:
@@ -134,6 +135,7 @@ QUANTITIES = (
     "memory_curve",  # footprint vs batch: bytes per sample (fit), and the largest batch in a budget
     "activation_crossover",  # the training batch above which activations outweigh the largest layer
     "matmul",  # from benchmarks/matmul.py
+    "layer_count",  # layers of check.layer_type in the model (":causal": those whose flag is set)
 )
 
 
@@ -168,6 +170,58 @@ def _alexnet_variant(stride1: int = 4, drop_conv4: bool = False) -> ModelSpec:
 
 def _single_layer(layer: Layer, input_shape: tuple[int, ...], name: str) -> ModelSpec:
     return ModelSpec(name, input_shape, (layer,), source="exercise check")
+
+
+def _transformer_original(tokens: int = 16) -> ModelSpec:
+    """Vaswani et al. 2017's base Transformer (HOML ch16 ex6): 6 encoder layers (self-attention, FF), 6 decoder
+    layers (masked self-attention, attention over the encoder's output, FF), d=512, 8 heads, FF 2048 (ReLU),
+    post-LayerNorm, a 37,000-token vocabulary shared by both sides and the output layer (tied). The spec has one
+    input: source and target are the same token sequence here (the counts do not depend on it); learned
+    positions stand for the paper's sinusoids (its Table 3 (E): nearly identical results)."""
+    d, heads, ff, vocab = 512, 8, 2048, 37000
+    k = d // heads
+    layers: list[Layer] = [L.Embedding(vocab, d, name="embed"), L.PositionEmbedding(name="pos")]
+
+    def sub(tag: str, prev: str, body: list[Layer]) -> list[Layer]:
+        last = body[-1].label
+        return [*body, L.Add(name=f"{tag}_add", inputs=(prev, last)), L.LayerNorm(name=f"{tag}_ln")]
+
+    prev = "pos"
+    for i in range(6):
+        layers += sub(f"enc{i}_a", prev, [L.MultiHeadAttention(heads, k, name=f"enc{i}_attn", inputs=(prev,))])
+        a = f"enc{i}_a_ln"
+        layers += sub(
+            f"enc{i}_f", a, [L.Dense(ff, activation="relu", name=f"enc{i}_fc"), L.Dense(d, name=f"enc{i}_proj")]
+        )
+        prev = f"enc{i}_f_ln"
+    memory = prev
+    prev = "pos"
+    for i in range(6):
+        layers += sub(
+            f"dec{i}_s", prev, [L.MultiHeadAttention(heads, k, causal=True, name=f"dec{i}_self", inputs=(prev,))]
+        )
+        s1 = f"dec{i}_s_ln"
+        layers += sub(f"dec{i}_c", s1, [L.MultiHeadAttention(heads, k, name=f"dec{i}_cross", inputs=(s1, memory))])
+        c1 = f"dec{i}_c_ln"
+        layers += sub(
+            f"dec{i}_f", c1, [L.Dense(ff, activation="relu", name=f"dec{i}_fc"), L.Dense(d, name=f"dec{i}_proj")]
+        )
+        prev = f"dec{i}_f_ln"
+    layers.append(L.Dense(vocab, use_bias=False, tie="embed", name="generator"))
+    return ModelSpec("transformer-original", (tokens,), tuple(layers), "Vaswani et al. 2017 (base)", "int64")
+
+
+def attention_layers(spec: ModelSpec) -> list[int]:
+    """Indices of the MultiHeadAttention layers of ``spec``."""
+    return [i for i, layer in enumerate(spec.layers) if isinstance(layer, L.MultiHeadAttention)]
+
+
+def count_layers(spec: ModelSpec, layer_type: str) -> int:
+    """Layers of ``layer_type`` (``"Type"`` or ``"Type:flag"``: those whose boolean field ``flag`` is set)."""
+    type_name, _, flag = layer_type.partition(":")
+    if type_name not in L.LAYER_TYPES:
+        raise ValueError(f"unknown layer type {type_name!r}; allowed: {', '.join(L.LAYER_TYPES)}")
+    return sum(1 for layer in spec.layers if layer.type == type_name and (not flag or bool(getattr(layer, flag))))
 
 
 ADHOC_MODELS: dict[str, Callable[[], ModelSpec]] = {
@@ -205,6 +259,8 @@ ADHOC_MODELS: dict[str, Callable[[], ModelSpec]] = {
     "cnn3-2layers": lambda: _cnn3_variant(layers=2),
     "alexnet-stride8": lambda: _alexnet_variant(stride1=8),
     "alexnet-noconv4": lambda: _alexnet_variant(drop_conv4=True),
+    # HOML ch16 ex6: the original Transformer.
+    "transformer-original": _transformer_original,
 }
 
 
@@ -570,6 +626,8 @@ def fmt(value: float | tuple[int, ...] | str | None, unit: str = "") -> str:
         return f"{value / 1e6:,.2f} MB/sample"
     if unit == "batch":
         return f"{value:.4g}"
+    if unit == "layers":
+        return f"{value:g} layers"
     return f"{value:g}"
 
 
@@ -636,6 +694,8 @@ def predicted_figure(ex: Exercise, framework: str = "tensorflow") -> Figure:
         return Figure(cross, "batch", note="crossover batch (predicted)")
     if q == "matmul":
         return Figure(None, note="see xfbench matmul")
+    if q == "layer_count":
+        return Figure(count_layers(model_spec(c.model), c.layer_type), "layers", note=f"{c.layer_type} in the spec")
     if q == "remedies":
         return Figure(None, "ratio", note="per remedy")
     raise ValueError(f"unknown quantity {q!r}; allowed: {', '.join(QUANTITIES)}")

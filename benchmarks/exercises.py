@@ -18,6 +18,7 @@ exercise id) written with :class:`reports.writer.RunWriter` into ``reports/exerc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import statistics
@@ -30,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from xfbench.analytics.exercises import (
     REMEDIES,
     Exercise,
     Figure,
     Verdict,
     analytic_verdict,
+    attention_layers,
     bisect_largest_batch,
     claim_text,
     crossover_batch,
@@ -55,6 +58,7 @@ from xfbench.analytics.exercises import (
     single_layer_specs,
     verdict,
 )
+from xfbench.analytics.shapes import layer_input_shapes
 from xfbench.analytics.spec import ModelSpec
 from xfbench.analytics.weights import make_batch
 from xfbench.backends.common import is_oom_message
@@ -256,7 +260,47 @@ class Runner:
                 f"measured {fmt(slope, 'bytes/sample')} vs fc6 weights+gradients {fmt(fixed, 'bytes')}: "
                 f"at batch {c.batch} the dominant part is {part}"
             )
+        if q == "layer_count":
+            return self.layer_count(spec, c.layer_type)
         raise ValueError(f"no measurement for quantity {q!r}")
+
+    def layer_count(self, spec: ModelSpec, layer_type: str) -> tuple[Figure, str]:
+        """Attention layers counted from what the framework runs: ``MultiHeadAttention``, the FLOPs of the
+        counter's batched products (torch bmm, TensorFlow BatchMatMul, MXNet batch_dot) over one layer's two
+        products (every layer of the model has the same); ``MultiHeadAttention:causal``, each attention layer
+        built alone (self-attention on its query's shape) and run twice, the last token's input changed: a
+        layer whose first output row stays the same hides later positions."""
+        type_name, _, flag = layer_type.partition(":")
+        if type_name != "MultiHeadAttention" or flag not in ("", "causal"):
+            raise ValueError(f"no measurement for layer_count of {layer_type!r}")
+        layers = attention_layers(spec)
+        if not flag:
+            ins = layer_input_shapes(spec)
+            sizes = {spec.layers[i].sizes(ins[i]) for i in layers}  # type: ignore[attr-defined]
+            if len(sizes) != 1:
+                raise ValueError("the attention layers differ in size: the counter cannot tell them apart")
+            t, _, s_len, _, h, k = sizes.pop()
+            per_layer = 2 * 2 * h * t * s_len * k
+            by_op = self.b.count_flops(self.build(spec), spec, 1, "inference").by_op
+            batched = {op: n for op, n in by_op.items() if _is_batched_product(op)}
+            total = sum(batched.values())
+            return Figure(total / per_layer, "layers"), (
+                f"counter: {', '.join(f'{op} {n / 1e6:.1f}M' for op, n in batched.items()) or 'no batched product'}"
+                f" / {per_layer / 1e6:.1f}M FLOPs per layer"
+            )
+        masked = 0
+        for i in layers:
+            alone = dataclasses.replace(spec.layers[i], inputs=None, name="attn")
+            shape = layer_input_shapes(spec)[i][0]
+            one = ModelSpec(f"{spec.name}-attn{i}", tuple(shape), (alone,), source=f"{spec.name} layer {i}")
+            model = self.build(one)
+            x, _ = make_batch(one, 1, 3)
+            x2 = x.copy()
+            x2[:, -1, :] += 1.0
+            a = self.b.to_numpy(self.b.infer(model, self.b.to_device(x, self.device)))
+            b = self.b.to_numpy(self.b.infer(model, self.b.to_device(x2, self.device)))
+            masked += bool(np.array_equal(a[:, 0], b[:, 0]))
+        return Figure(masked, "layers"), f"{len(layers)} attention layers run alone, last token changed"
 
     def curve(self, model: str) -> tuple[list[int], list[int]]:
         if model not in self._curve_cache:
@@ -500,6 +544,13 @@ class Runner:
             sub,
             {"measured": measured.value, "predicted": pred.value, "unit": measured.unit or pred.unit},
         )
+
+
+def _is_batched_product(op: str) -> bool:
+    """A FLOP counter's batched matrix product (torch ``aten.bmm``, TensorFlow ``BatchMatMulV2``/``V3``, MXNet
+    ``batch_dot``), forward only."""
+    low = op.lower()
+    return ("bmm" in low or "batchmatmul" in low or "batch_dot" in low) and "backward" not in low
 
 
 def _number(value: object, default: float) -> float:
