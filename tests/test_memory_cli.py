@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import require_backend_or_skip
 from xfbench.backends import is_available
-from xfbench.benchmarks.cli.memory import Point, fit_line, fits, format_report, plot, rel_error
+from xfbench.benchmarks.cli.memory import Point, fit_line, fit_quadratic, fits, format_report, plot, rel_error
 
 REPO = Path(__file__).resolve().parents[1]
 MLP_FIXED = (784 * 256 + 256 + 256 * 10 + 10) * 4  # 814,120
@@ -72,6 +72,20 @@ def test_report_says_when_a_backend_has_no_tensor_figure_and_when_a_batch_failed
     assert "fit: needs measurements at two or more distinct batches" in text
 
 
+def test_sequence_sweep_fits_per_token_and_the_quadratic_term() -> None:
+    # measured: 10 MB + 20 kB/token + 100 B/token^2 at T = 64, 128, 256 (hand: 64 -> 10e6 + 1.28e6 + 409,600 B)
+    def mem(t: int, c: float) -> int:
+        return int(10e6 + 20e3 * t + c * t * t)
+
+    points = [Point(2, tokens=t, measured=mem(t, 100.0), predicted=mem(t, 110.0)) for t in (64, 128, 256)]
+    assert points[0].measured == 11_689_600
+    text = format_report("gpt2_tiny training", points, 3)
+    assert text.splitlines()[1].split()[0] == "tokens"  # the swept column is the sequence length
+    assert "per token measured" in text
+    assert "quadratic fit: measured 20,000 B/token + 100.00 B/token^2; predicted 20,000 B/token + 110.00" in text
+    assert fit_quadratic([1, 2], [1.0, 2.0]) is None  # three lengths needed
+
+
 def test_plot_writes_a_png_with_the_simulated_curve(tmp_path: Path) -> None:
     from xfbench.benchmarks.harness.workload import Config
 
@@ -94,6 +108,10 @@ def test_plot_writes_a_png_with_the_simulated_curve(tmp_path: Path) -> None:
         (["mlp", "--backend", "torch", "--repeats", "0"], "--repeats"),
         (["mlp"], "--backend"),
         (["mlp", "--backend", "torch", "--batch", "10000000000"], "bytes"),
+        (["mlp", "--backend", "torch", "--batch", "2", "--seq", "16,32"], "token models"),
+        (["gpt2_tiny", "--backend", "torch", "--batch", "2,4", "--seq", "16,32"], "one batch"),
+        (["gpt2_tiny", "--backend", "torch", "--batch", "2", "--seq", "16,0"], "--seq"),
+        (["gpt2_tiny", "--backend", "torch", "--batch", "2", "--seq", "16,512"], "256 positions"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:

@@ -1,8 +1,12 @@
 """``xfbench memory``: one model's step memory at several batches, measured beside its predictions, split into
 a fixed part and a per-sample part.
 
-``xfbench memory MODEL --backend B --batch 8,16,32 [--device cpu] [--phase training] [--repeats 3]
-[--optimizer sgd] [--dtype float32] [--out DIR] [--no-plot]``
+``xfbench memory MODEL --backend B --batch 8,16,32 [--seq 64,128,256] [--device cpu] [--phase training]
+[--repeats 3] [--optimizer sgd] [--dtype float32] [--out DIR] [--no-plot]``
+
+``--seq`` sweeps the sequence length of a token model (its input ``(T,)``) at one batch instead: the fits are
+then per token, and with three or more lengths a quadratic ``fixed + per_token x T + per_token2 x T^2`` shows
+attention's ``T^2`` term (the score and probability matrices) beside the linear one.
 
 For each batch the memory worker (:mod:`benchmarks.harness.worker`) measures the first step in ``--repeats`` fresh
 processes: the process-level peak above the post-build baseline (median and spread) and, with torch, the
@@ -43,6 +47,12 @@ class Point:
     tensor_measured: int | None = None
     tensor_predicted: int | None = None
     timeline: dict[str, Any] = field(default_factory=dict)
+    tokens: int | None = None  # the sequence length of a --seq sweep (None: a batch sweep)
+
+    @property
+    def x(self) -> int:
+        """The swept variable: the sequence length in a --seq sweep, the batch otherwise."""
+        return self.batch if self.tokens is None else self.tokens
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,19 @@ def fit_line(batches: list[int], values: list[float]) -> Fit | None:
     return Fit(mean_v - slope * mean_b, slope, n)
 
 
+def fit_quadratic(xs: list[int], values: list[float | None]) -> tuple[float, float, float] | None:
+    """Least squares ``bytes = a + b x + c x^2`` (``(a, b, c)``); ``None`` with fewer than three distinct x."""
+    import numpy as np
+
+    pairs = [(x, v) for x, v in zip(xs, values) if v is not None]
+    if len({x for x, _ in pairs}) < 3:
+        return None
+    x = np.array([p[0] for p in pairs], dtype=float)
+    a = np.stack([np.ones_like(x), x, x * x], axis=1)
+    coef = np.linalg.lstsq(a, np.array([p[1] for p in pairs], dtype=float), rcond=None)[0]
+    return float(coef[0]), float(coef[1]), float(coef[2])
+
+
 def rel_error(predicted: float | None, measured: float | None) -> float | None:
     if predicted is None or measured is None or measured == 0:
         return None
@@ -85,7 +108,7 @@ def _mb(value: float | None) -> str:
 def fits(points: list[Point]) -> dict[str, Fit | None]:
     """The four series' fits: process level measured/predicted, tensor level measured/predicted."""
     ok = [p for p in points if p.status == "ok"]
-    batches = [p.batch for p in ok]
+    batches = [p.x for p in ok]
     series = {
         "measured": [p.measured for p in ok],
         "predicted": [p.predicted for p in ok],
@@ -99,14 +122,16 @@ def format_report(title: str, points: list[Point], repeats: int) -> str:
     """The text ``xfbench memory`` prints: a table per batch and the fits, in MB (10^6 bytes)."""
     from xfbench.reports.table import render_table
 
+    unit = "tokens" if any(p.tokens is not None for p in points) else "batch"
+    per = "token" if unit == "tokens" else "sample"
     rows = []
     for p in points:
         if p.status != "ok":
-            rows.append([p.batch, p.status, p.message[:60], "", "", "", "", "", ""])
+            rows.append([p.x, p.status, p.message[:60], "", "", "", "", "", ""])
             continue
         rows.append(
             [
-                p.batch,
+                p.x,
                 _mb(p.measured),
                 "-" if p.spread is None else f"{p.spread:.1%}",
                 _mb(p.predicted),
@@ -121,7 +146,7 @@ def format_report(title: str, points: list[Point], repeats: int) -> str:
         title,
         render_table(
             [
-                "batch",
+                unit,
                 "measured MB",
                 "spread",
                 "predicted MB",
@@ -136,8 +161,8 @@ def format_report(title: str, points: list[Point], repeats: int) -> str:
         "",
     ]
     f = fits(points)
-    if len({p.batch for p in points if p.status == "ok"}) < 2:
-        out.append("fit: needs measurements at two or more distinct batches")
+    if len({p.x for p in points if p.status == "ok"}) < 2:
+        out.append(f"fit: needs measurements at two or more distinct {'lengths' if unit == 'tokens' else 'batches'}")
         return "\n".join(out)
     labels = (("process level", "measured", "predicted"), ("tensor level", "tensor_measured", "tensor_predicted"))
     for label, meas_key, pred_key in labels:
@@ -148,18 +173,28 @@ def format_report(title: str, points: list[Point], repeats: int) -> str:
             assert pred is not None
             out.append(
                 f"{label}: no measurement on this backend; predicted fixed {_mb(pred.fixed)} MB + "
-                f"{_mb(pred.per_sample)} MB/sample"
+                f"{_mb(pred.per_sample)} MB/{per}"
             )
         elif pred is None:
-            out.append(
-                f"{label}: measured fixed {_mb(meas.fixed)} MB + {_mb(meas.per_sample)} MB/sample; no prediction"
-            )
+            out.append(f"{label}: measured fixed {_mb(meas.fixed)} MB + {_mb(meas.per_sample)} MB/{per}; no prediction")
         else:
             out.append(
                 f"{label}: fixed measured {_mb(meas.fixed)} MB, predicted {_mb(pred.fixed)} MB "
-                f"({_pct(rel_error(pred.fixed, meas.fixed))}); per sample measured {_mb(meas.per_sample)} MB, "
+                f"({_pct(rel_error(pred.fixed, meas.fixed))}); per {per} measured {_mb(meas.per_sample)} MB, "
                 f"predicted {_mb(pred.per_sample)} MB ({_pct(rel_error(pred.per_sample, meas.per_sample))})"
             )
+        if unit == "tokens":
+            ok = [p for p in points if p.status == "ok"]
+            xs = [p.x for p in ok]
+            qm = fit_quadratic(xs, [getattr(p, meas_key) for p in ok])
+            qp = fit_quadratic(xs, [getattr(p, pred_key) for p in ok])
+            if qm is not None or qp is not None:
+                parts = [
+                    f"{name} {q[1]:,.0f} B/token + {q[2]:,.2f} B/token^2"
+                    for name, q in (("measured", qm), ("predicted", qp))
+                    if q is not None
+                ]
+                out.append(f"{label}, quadratic fit: " + "; ".join(parts))
     return "\n".join(out)
 
 
@@ -213,7 +248,7 @@ def plot(points: list[Point], configs: dict[int, Any], path: Path, title: str) -
                 label="torch CPU allocator (profiler)",
                 color="tab:green",
             )
-        x, y = _simulated_curve(configs[p.batch])
+        x, y = _simulated_curve(configs[p.x])
         if x:
             ax.plot(
                 x,
@@ -226,7 +261,7 @@ def plot(points: list[Point], configs: dict[int, Any], path: Path, title: str) -
             ax.axhline(p.measured / 1e6, color="tab:blue", linestyle=":", label="measured peak (median)")
         if p.predicted is not None:
             ax.axhline(p.predicted / 1e6, color="tab:red", linestyle=":", label="predicted peak (process)")
-        ax.set_title(f"batch {p.batch}")
+        ax.set_title(f"batch {p.batch}" if p.tokens is None else f"{p.tokens} tokens, batch {p.batch}")
         ax.set_xlabel("progress through the step (time; op order for the simulation)")
         ax.set_ylabel("MB above the baseline")
         ax.grid(alpha=0.3)
@@ -280,31 +315,54 @@ def cmd_memory(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from xfbench.benchmarks.harness.workload import Config
 
     spec = load_model(args.model, option="model")
+    seqs: tuple[int | None, ...] = (None,)
+    if args.seq:
+        if len(args.batch) != 1:
+            raise usage_error(
+                f"--batch {','.join(map(str, args.batch))}: --seq sweeps the sequence length at one batch; "
+                "allowed: one batch"
+            )
+        if len(spec.input_shape) != 1 or spec.input_dtype != "int64":
+            raise usage_error(
+                f"--seq {','.join(map(str, args.seq))}: {args.model} takes a {tuple(spec.input_shape)} input; "
+                "allowed only for token models (input (T,))"
+            )
+        seqs = tuple(args.seq)
+    shapes = {t: None if t is None else (t,) for t in seqs}
     for batch in args.batch:
-        require_feasible(
-            spec,
-            batch,
-            args.phase,
-            dtype=args.dtype,
-            optimizer=args.optimizer,
-            framework=args.backend,
-            device=device_kind(args.device),
-            what=f"{args.model} {args.phase} at batch {batch}",
-        )
+        for t in seqs:
+            sized = spec if t is None else load_model(args.model, option="model", input_shape=(t,))
+            require_feasible(
+                sized,
+                batch,
+                args.phase,
+                dtype=args.dtype,
+                optimizer=args.optimizer,
+                framework=args.backend,
+                device=device_kind(args.device),
+                what=f"{args.model} {args.phase} at batch {batch}" + ("" if t is None else f", {t} tokens"),
+            )
     out_dir = args.out or os.path.join("reports", "runs", "memory")
     if not args.no_plot:
         check_output_dir(out_dir, "--out")
     require_backends([args.backend])  # in a probe process: this one stays framework-free
     configs = {
-        b: Config(args.backend, args.model, args.phase, b, args.device, args.dtype, args.optimizer) for b in args.batch
+        (b if t is None else t): Config(
+            args.backend, args.model, args.phase, b, args.device, args.dtype, args.optimizer, shapes[t]
+        )
+        for b in args.batch
+        for t in seqs
     }
     family = probe_family(spec)
     points = []
     for config in configs.values():
-        print(f"measuring {config.id} ({args.repeats} processes) ...", flush=True)
+        what = "" if config.input_shape is None else f", {config.input_shape[0]} tokens"
+        print(f"measuring {config.id}{what} ({args.repeats} processes) ...", flush=True)
         # the probe at this batch: a framework's fixed first-step memory switches with the batch (rows.py)
         overhead = framework_overhead(args.backend, args.device, args.phase, args.optimizer, family, config.batch_size)
-        points.append(measure_point(config, args.repeats, not args.no_plot, overhead))
+        point = measure_point(config, args.repeats, not args.no_plot, overhead)
+        point.tokens = None if config.input_shape is None else config.input_shape[0]
+        points.append(point)
     where = "CPU" if args.device == "cpu" else args.device
     title = f"{spec.name} {args.phase} on {args.backend} {where} ({args.dtype}, {args.optimizer})"
     print(format_report(title, points, args.repeats))
@@ -326,6 +384,12 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
     p.add_argument("model", help="catalog name or a .json/.yaml spec file")
     p.add_argument("--backend", type=one_backend, required=True, help=", ".join(BACKENDS))
     p.add_argument("--batch", type=_batches, default=(8, 16, 32), help="comma-separated batches (default 8,16,32)")
+    p.add_argument(
+        "--seq",
+        type=_batches,
+        default=None,
+        help="comma-separated sequence lengths of a token model, swept at one --batch (fits per token)",
+    )
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu, gpu or gpu:N (default cpu)")
     p.add_argument("--phase", choices=PHASES, default="training", help="inference or training (default training)")
     p.add_argument(
@@ -341,4 +405,4 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
     p.set_defaults(func=lambda args: cmd_memory(args, usage_error))
 
 
-__all__ = ["Fit", "Point", "cmd_memory", "fit_line", "fits", "format_report", "register", "rel_error"]
+__all__ = ["Fit", "Point", "cmd_memory", "fit_line", "fit_quadratic", "fits", "format_report", "register", "rel_error"]
