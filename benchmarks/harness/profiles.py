@@ -45,6 +45,12 @@ PROFILES: dict[str, dict[str, Plan]] = {
         "resnet34": Plan((1,), 3, by_default=False),
         "resnet50": Plan((1,), 3, by_default=False),
         "inception": Plan((1,), 3),
+        # transformers (issue 21): the small ones of each family by default, at 64 tokens; GPT-2 and BERT-base
+        # (128 tokens) only when named
+        "gpt2_tiny": Plan((8,), 5),
+        "bert_tiny": Plan((8,), 5),
+        "gpt2": Plan((1,), 3, by_default=False),
+        "bert_base": Plan((1,), 3, by_default=False),
     },
     "full": {
         "cnn3": Plan((50,), 5),
@@ -61,6 +67,11 @@ PROFILES: dict[str, dict[str, Plan]] = {
         "resnet34": Plan((32,), 3),
         "resnet50": Plan((32,), 3),
         "inception": Plan((32,), 3),
+        # HOML ch16's fine-tuning batches are 32; at 128 tokens GPT-2 and BERT-base train at 8 on a CPU's memory
+        "gpt2_tiny": Plan((32,), 5),
+        "bert_tiny": Plan((32,), 5),
+        "gpt2": Plan((8,), 3),
+        "bert_base": Plan((8,), 3),
     },
 }
 DEFAULT_PLAN = Plan((1,), 5)  # custom spec files
