@@ -292,14 +292,15 @@ def counter_prediction(
         raise ValueError(f"unknown phase {phase!r}; allowed: inference, training")
     if counter == "tensorflow":
         return sum(tf_profiler_flops(spec, batch_size, phase, skip_layers).values())
-    pred = predict(spec, batch_size, framework=counter)
+    # the FLOP columns of predict()'s layers, without its simulated steps (which a counter does not need)
+    grads = needs_input_grad(spec)
     total = 0
-    for lp in pred.layers:
-        if lp.index in skip_layers:
+    for i, (layer, cost) in enumerate(zip(spec.layers, spec_costs(spec, canonical_framework(counter)))):
+        if i in skip_layers:
             continue
-        total += lp.forward_flops
-        if phase == "training":
-            total += lp.backward_flops
+        total += cost.matmul * batch_size
+        if phase == "training" and has_weights(layer):
+            total += backward_flops(cost, grads[i]) * batch_size
     return total
 
 

@@ -30,6 +30,10 @@ OLD_FREE_OPS = set(
     "Pad pad _zeros _ones zeros_like ones_like _rnn_param_concat Concat concat _copy identity BlockGrad "
     "stop_gradient Cast cast Embedding".split()
 )
+# Added for the transformer (issue 21): attention's batched products, GlobalAvgPool1D's mean, and the causal
+# mask's shape-only arange (data creation, free).
+TRANSFORMER_RULES = {"batch_dot", "mean"}
+TRANSFORMER_FREE_OPS = {"_contrib_arange_like"}
 
 
 def node(
@@ -53,8 +57,8 @@ def node(
 
 
 def test_registry_covers_exactly_the_old_chain() -> None:
-    assert set(SUPPORTED_OPS) == OLD_CHAIN_BRANCHES | OLD_FREE_OPS
-    assert {op for op, rule in SUPPORTED_OPS.items() if rule is free_rule} == OLD_FREE_OPS
+    assert set(SUPPORTED_OPS) == OLD_CHAIN_BRANCHES | OLD_FREE_OPS | TRANSFORMER_RULES | TRANSFORMER_FREE_OPS
+    assert {op for op, rule in SUPPORTED_OPS.items() if rule is free_rule} == OLD_FREE_OPS | TRANSFORMER_FREE_OPS
     assert DEFAULT_RULE is elementwise_rule  # the old chain's `else`
 
 
@@ -125,3 +129,30 @@ def test_dropout_elementwise_and_free_rules_by_hand() -> None:
     act = node("Activation", (4, 10), (4, 10), training=True, in_dep=False)
     assert DEFAULT_RULE(act) == [("Activation", 40, False)]  # no gradient into an input that needs none
     assert SUPPORTED_OPS["Reshape"](node("Reshape", (4, 10), (40,))) == []
+
+
+def test_batch_dot_rule_by_hand() -> None:
+    # Q K^T of 2 samples x 3 heads (B = 6), T = 5 queries, S = 7 keys, K = 4: out (6, 5, 7), 2 * 6*5*7*4 FLOPs.
+    scores = node("batch_dot", (6, 5, 7), (6, 5, 4), (6, 7, 4), attrs={"transpose_b": "True"})
+    assert SUPPORTED_OPS["batch_dot"](scores) == [("batch_dot", 1680, True)]
+    assert 2 * 6 * 5 * 7 * 4 == 1680
+    # P V: (6, 5, 7) x (6, 7, 4) -> (6, 5, 4), contracted over S = 7; training, both inputs need a gradient
+    pv = node("batch_dot", (6, 5, 4), (6, 5, 7), (6, 7, 4), training=True, in_dep=True)
+    assert SUPPORTED_OPS["batch_dot"](pv) == [
+        ("batch_dot", 1680, True),
+        ("batch_dot.grad_lhs", 1680, True),
+        ("batch_dot.grad_rhs", 1680, True),
+    ]
+    # transpose_a: the contracted length is the first input's second-to-last axis (here 3, not 5)
+    ta = node("batch_dot", (2, 5, 4), (2, 3, 5), (2, 3, 4), attrs={"transpose_a": "True"})
+    assert SUPPORTED_OPS["batch_dot"](ta) == [("batch_dot", 2 * 2 * 5 * 4 * 3, True)]
+    # only the right input depends on a parameter: one gradient
+    one = node("batch_dot", (6, 5, 4), (6, 5, 7), (6, 7, 4), training=True, in_dep=False)
+    one = OpNode(**{**one.__dict__, "in_deps": (False, True)})
+    assert SUPPORTED_OPS["batch_dot"](one) == [("batch_dot", 1680, True), ("batch_dot.grad_rhs", 1680, True)]
+
+
+def test_mean_rule_by_hand() -> None:
+    # mean over T = 6 of (2, 6, 5): one FLOP per input element, 60; its gradient as many again
+    mean = node("mean", (2, 5), (2, 6, 5), attrs={"axis": "1"}, training=True, in_dep=True)
+    assert SUPPORTED_OPS["mean"](mean) == [("mean", 60, False), ("mean.grad", 60, False)]

@@ -13,11 +13,15 @@ without an entry gets :data:`DEFAULT_RULE`:
 * ``RNN`` (mode ``lstm``: 4 gates; ``gru``: 3; ``rnn_*``: 1): :func:`rnn_rule`, per time step and sample
   ``2 * G*h * in`` for the input matrix product plus ``2 * G*h * h`` for the recurrent one; its two biases
   (``2 * G*h`` = 8h adds for an LSTM) under ``"RNN.bias"``. The gates' element-wise math is not counted.
+* ``batch_dot`` (attention's ``Q K^T`` and ``P V``): :func:`batch_dot_rule`, ``2 * B * M * N * K`` (the
+  full products, causal or not: the mask is an added ``(T, S)`` of 0/-inf); backward: one ``batch_dot`` of the
+  same size per input that depends on a parameter (``"batch_dot.grad_lhs"``, ``"batch_dot.grad_rhs"``).
 * ``Pooling``: :func:`pooling_rule`, one FLOP per window element per output (``kh * kw`` or ``H * W`` for
-  global pooling).
+  global pooling); ``mean`` (GlobalAvgPool1D): :func:`reduce_mean_rule`, one per input element.
 * ``Dropout``: :func:`dropout_rule`, one FLOP per output element, in the training phase only.
-* data movement (``Reshape``, ``Flatten``, ``SwapAxis``, ``Pad``, ``_zeros``, ``Embedding``...):
-  :func:`free_rule`, 0.
+* data movement (``Reshape``, ``Flatten``, ``SwapAxis``, ``Pad``, ``_zeros``, ``Embedding``,
+  ``_contrib_arange_like``...): :func:`free_rule`, 0. ``arange_like`` reads only its input's shape, so what
+  follows it (the causal mask's ``broadcast_greater``, ``log``) depends on no parameter and has no gradient.
 * every other operator that computes (``Activation``, ``softmax``, ``LRN``, ``elemwise_div``...):
   :data:`DEFAULT_RULE` = :func:`elementwise_rule`, one FLOP per output element under its MXNet name.
 
@@ -31,8 +35,14 @@ input depends on a parameter), not the analytic ``norm`` column's 4 per element 
 None of them is in ``total`` nor in the analytic count it is compared with (matrix products only), so none is
 listed in ``unsupported``: that names a weighted spec layer whose matrix product the walk did not find.
 
-``total`` is the matrix-product work only: ``Convolution + FullyConnected + RNN`` (2 per MAC, no bias,
-no activation/pooling); ``by_op`` has all of the above.
+Transformer layers: a ``MultiHeadAttention`` is four ``FullyConnected`` and two ``batch_dot``; a tied ``Dense`` is a
+``FullyConnected`` reading the embedding's matrix (its ``grad_weight`` adds into that one gradient); ``LayerNorm``
+is the ``LayerNorm`` operator under :data:`DEFAULT_RULE` (1 per element, as ``BatchNorm``; the analytic ``norm``
+column has 8); ``gelu`` is ``LeakyReLU`` (1 per element; the analytic column has 5), ``gelu_tanh`` nine
+element-wise ops (9 per element, as the analytic column).
+
+``total`` is the matrix-product work only: ``Convolution + FullyConnected + RNN + batch_dot`` (2 per MAC, no
+bias, no activation/pooling); ``by_op`` has all of the above.
 
 Training (``phase="training"``) = forward + backward. Backward of ``Convolution``/``FullyConnected``:
 weight gradient (2 per MAC, ``"<op>.grad_weight"``) plus input gradient (2 per MAC,
@@ -53,11 +63,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import mxnet as mx
+from xfbench.analytics.layers.transformer import MultiHeadAttention
 from xfbench.analytics.spec import LSTM, Conv2D, Dense, ModelSpec
 from xfbench.backends.base import FlopCount
 
 COUNTER = "mxnet-symbol-graph"
-_MATMUL_OPS = ("Convolution", "FullyConnected", "RNN")
+_MATMUL_OPS = ("Convolution", "FullyConnected", "RNN", "batch_dot")
 # Operators all of whose inputs are data (an Add's ``elemwise_add``): a gradient flows back when any input
 # depends on a parameter, not only input 0 (the spec's Add may name the model input first).
 _ALL_DATA_OPS = ("elemwise_add", "_Plus", "add_n", "ElementWiseSum")
@@ -83,6 +94,9 @@ class OpNode:
     training: bool
     inputs: tuple[tuple[int, int], ...]  # (source node, output index) per input
     graph_shapes: list[list[tuple[int, ...]]]  # per node of the graph, the shapes of its outputs
+    # per input, whether it depends on a trainable parameter (rules with several data inputs: batch_dot);
+    # empty: only ``in_dep`` (input 0) is known
+    in_deps: tuple[bool, ...] = ()
 
     @property
     def numel(self) -> int:
@@ -117,6 +131,39 @@ def matmul_rule(node: OpNode) -> list[Term]:
             terms.append((f"{node.op}.grad_input", flops, True))
         if has_bias:
             terms.append((f"{node.op}.bias_grad", node.numel, False))
+    return terms
+
+
+def batch_dot_rule(node: OpNode) -> list[Term]:
+    """``batch_dot`` (attention's ``Q K^T`` and ``P V``): ``out (B..., M, N)``, with the contracted length ``K``
+    read from the first input, ``(B..., M, K)`` or, with ``transpose_a``, ``(B..., K, M)``:
+    ``2 * numel(out) * K`` = ``2 * B * M * N * K`` FLOPs (2 per MAC), in ``total``.
+
+    Training adds, per input that depends on a parameter (``in_deps``; ``in_dep`` for both when unknown), its
+    gradient, itself a ``batch_dot`` of the same ``2 * B * M * N * K`` FLOPs: ``"batch_dot.grad_lhs"`` and
+    ``"batch_dot.grad_rhs"``, in ``total``.
+    """
+    lhs = node.input_shape(0)
+    contracted = lhs[-2] if node.attrs.get("transpose_a", "False") in ("True", "1", "true") else lhs[-1]
+    flops = 2 * node.numel * contracted
+    terms: list[Term] = [(node.op, flops, True)]
+    if node.training:
+        deps = node.in_deps or (node.in_dep, node.in_dep)
+        if deps[0]:
+            terms.append((f"{node.op}.grad_lhs", flops, True))
+        if deps[1]:
+            terms.append((f"{node.op}.grad_rhs", flops, True))
+    return terms
+
+
+def reduce_mean_rule(node: OpNode) -> list[Term]:
+    """``mean`` (GlobalAvgPool1D's mean over time): one FLOP per input element, ``numel(input)`` (as
+    :func:`pooling_rule` prices a global pool); training adds ``"mean.grad"``, as many again, when ``in_dep``.
+    Not in ``total``."""
+    flops = math.prod(node.input_shape(0))
+    terms: list[Term] = [(node.op, flops, False)]
+    if node.training and node.in_dep:
+        terms.append((f"{node.op}.grad", flops, False))
     return terms
 
 
@@ -226,12 +273,18 @@ _FREE_OPS = (
     "Cast",
     "cast",
     "Embedding",
+    "_contrib_arange_like",
 )
+# Operators that read only their input's shape (attention's causal mask is built from ``arange_like``): their
+# value depends on no parameter, whatever their input does.
+_SHAPE_ONLY_OPS = ("_contrib_arange_like", "zeros_like", "ones_like")
 # Operator name -> its rule (as fvcore's ``_DEFAULT_SUPPORTED_OPS``); any other operator gets DEFAULT_RULE.
 SUPPORTED_OPS: dict[str, Rule] = {
     "Convolution": matmul_rule,
     "FullyConnected": matmul_rule,
     "RNN": rnn_rule,
+    "batch_dot": batch_dot_rule,
+    "mean": reduce_mean_rule,
     "Pooling": pooling_rule,
     "Dropout": dropout_rule,
     **dict.fromkeys(_FREE_OPS, free_rule),
@@ -277,6 +330,8 @@ def _param_dependence(nodes: list[dict[str, Any]], data_name: str) -> list[bool]
     for node in nodes:
         if node["op"] == "null":
             dep.append(node["name"] != data_name)
+        elif node["op"] in _SHAPE_ONLY_OPS:
+            dep.append(False)
         else:
             dep.append(any(dep[src] for src, _, _ in node["inputs"]))
     return dep
@@ -318,6 +373,7 @@ def count_flops(model: Any, spec: ModelSpec, batch_size: int, phase: str = "infe
             training=training,
             inputs=tuple((src, out) for src, out, _ in inputs),
             graph_shapes=node_shapes,
+            in_deps=tuple(needs_grad[src] for src, _, _ in inputs),
         )
         for key, value, in_total in SUPPORTED_OPS.get(op, DEFAULT_RULE)(op_node):
             if value:
@@ -329,15 +385,17 @@ def count_flops(model: Any, spec: ModelSpec, batch_size: int, phase: str = "infe
     unsupported = tuple(
         f"{i}:{layer.type}"
         for i, layer in enumerate(spec.layers)
-        if isinstance(layer, (Conv2D, Dense, LSTM)) and i not in seen_layers
+        if isinstance(layer, (Conv2D, Dense, LSTM, MultiHeadAttention)) and i not in seen_layers
     )
     convention = (
-        "MXNet symbol graph walked by xfbench: total = Convolution + FullyConnected + RNN matrix products, "
+        "MXNet symbol graph walked by xfbench: total = Convolution + FullyConnected + RNN + batch_dot matrix "
+        "products, "
         "2 FLOPs per MAC, no bias, no activations/pooling"
     )
     if training:
         convention += (
             "; training = forward + backward (weight gradient + input gradient per conv/dense/RNN, the "
-            "input gradient omitted where the op's input does not depend on a parameter, e.g. the graph input)"
+            "input gradient omitted where the op's input does not depend on a parameter, e.g. the graph input; "
+            "batch_dot: one gradient batch_dot per input that depends on a parameter)"
         )
     return FlopCount(counter=COUNTER, convention=convention, total=int(total), by_op=by_op, unsupported=unsupported)

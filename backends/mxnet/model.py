@@ -24,6 +24,15 @@ Where MXNet differs from the spec:
   sizes; for even sizes its channel window differs, so those (and float64 models: MXNet's ``LRN`` has no
   float64 kernel) are built from ``square``/``Pooling``.
 * Softmax (layer or fused activation) is ``softmax`` over the last axis of the channels-first tensor.
+* Transformer types (issue 21): LayerNorm is ``nn.LayerNorm(axis=-1)`` (the ``LayerNorm`` operator; its backward
+  reads the input and the op's mean and std outputs). ``gelu`` is ``LeakyReLU(act_type="gelu")``, the erf form
+  (composed from ``erf`` in float64: that kernel computes in float32); ``gelu_tanh`` is composed (MXNet has only
+  the erf form). MultiHeadAttention (MXNet 1.9.1 has no Gluon one) is :class:`_Attention`: four
+  ``nn.Dense(flatten=False)``, ``batch_dot`` on ``(N*H, T, K)`` heads, an additive 0/-inf causal mask,
+  ``softmax``, ``batch_dot``; neutral kernels are the Dense weights transposed, in the order query, key, value,
+  output. PositionEmbedding adds ``slice_axis`` of its ``(length, F)`` table; GlobalAvgPool1D is ``mean(axis=1)``.
+  A tied Dense (:class:`_TiedDense`) is ``FullyConnected`` on the Embedding's own Parameter: one parameter, whose
+  gradient autograd sums over its two uses (``add_n`` of the lookup's and the head's weight gradients).
 * Add is a chain of ``elemwise_add`` (``inputs - 1`` ops); Concatenate is ``Concat`` on the channel axis 1
   of ``(N, C, H, W)``, the last axis otherwise (:func:`analytics.layers.concatenate.concat_axis`).
 * BatchNorm is ``nn.BatchNorm`` (the ``BatchNorm`` operator) on axis 1 of ``(N, C, H, W)``, the last axis
@@ -53,7 +62,8 @@ from xfbench.analytics.layers.add import Add
 from xfbench.analytics.layers.base import hw_pads
 from xfbench.analytics.layers.batchnorm import BatchNorm
 from xfbench.analytics.layers.concatenate import Concatenate, concat_axis
-from xfbench.analytics.shapes import layer_input_shapes
+from xfbench.analytics.layers.transformer import GlobalAvgPool1D, LayerNorm, MultiHeadAttention, PositionEmbedding
+from xfbench.analytics.shapes import layer_input_shapes, tied_layer
 from xfbench.analytics.spec import Layer, ModelSpec, consumers, layer_inputs
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, weight_slots
@@ -182,10 +192,124 @@ class _Concat(nn.HybridBlock):
         return F.concat(*xs, dim=self._dim)
 
 
-def _activation_block(kind: str, prefix: str) -> nn.HybridBlock:
+class _Gelu(nn.HybridBlock):
+    """GELU, erf form ``0.5 x (1 + erf(x / sqrt 2))``: MXNet's ``LeakyReLU(act_type="gelu")`` (one op). That
+    kernel computes in float32 whatever the dtype (mshadow_op.h casts to float; measured: 1.4e-7 from the exact
+    form in a float64 model), so a float64 model composes it from ``erf`` (five element-wise ops)."""
+
+    def __init__(self, native: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._native = native
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        if self._native:
+            return F.LeakyReLU(x, act_type="gelu")
+        return (F.erf(x * float(1.0 / np.sqrt(2.0))) + 1.0) * x * 0.5
+
+
+# GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+_GELU_TANH_C = float(np.sqrt(2.0 / np.pi))
+_GELU_TANH_A = 0.044715
+
+
+class _GeluTanh(nn.HybridBlock):
+    """GELU, tanh form (MXNet 1.9.1 has only the erf form), composed of nine element-wise ops (= the analytic 9
+    FLOPs per element): ``x*x``, ``*a``, ``+1``, ``*x`` (= x + a x^3), ``*c``, ``tanh``, ``+1``, ``*x``,
+    ``*0.5``."""
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        inner = (x * x * _GELU_TANH_A + 1.0) * x * _GELU_TANH_C
+        return (F.tanh(inner) + 1.0) * x * 0.5
+
+
+def _activation_block(kind: str, prefix: str, dtype: str = "float32") -> nn.HybridBlock:
     if kind == "softmax":
         return _Softmax(prefix=prefix)
+    if kind == "gelu":
+        return _Gelu(native=dtype != "float64", prefix=prefix)
+    if kind == "gelu_tanh":
+        return _GeluTanh(prefix=prefix)
     return nn.Activation(kind, prefix=prefix)
+
+
+class _Attention(nn.HybridBlock):
+    """Multi-head attention composed from explicit ops (MXNet 1.9.1 has no Gluon MultiHeadAttention): four
+    ``nn.Dense(flatten=False)`` (``query_``, ``key_``, ``value_``, ``output_``), each projection reshaped
+    ``(N, L, H*K) -> (N*H, L, K)``, ``batch_dot(q * 1/sqrt(K), k, transpose_b=True)`` -> scores ``(N*H, T, S)``,
+    when causal ``+ log(1 - [s > t])`` (0 or -inf, built from ``arange_like``: no constant, no parameter),
+    ``softmax`` over keys, ``batch_dot(p, v)``, back to ``(N, T, H*K)``, output projection."""
+
+    def __init__(self, heads: int, key_dim: int, causal: bool, use_bias: bool, f: int, fk: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._heads, self._key_dim, self._causal = heads, key_dim, causal
+        hk = heads * key_dim
+        with self.name_scope():
+            self.query = nn.Dense(hk, use_bias=use_bias, flatten=False, in_units=f, prefix="query_")
+            self.key = nn.Dense(hk, use_bias=use_bias, flatten=False, in_units=fk, prefix="key_")
+            self.value = nn.Dense(hk, use_bias=use_bias, flatten=False, in_units=fk, prefix="value_")
+            self.output = nn.Dense(f, use_bias=use_bias, flatten=False, in_units=hk, prefix="output_")
+
+    def _heads_first(self, F: Any, x: Any) -> Any:
+        """``(N, L, H*K) -> (N*H, L, K)``."""
+        x = F.reshape(x, shape=(0, 0, self._heads, self._key_dim))
+        return F.reshape(F.transpose(x, axes=(0, 2, 1, 3)), shape=(-3, 0, 0))
+
+    def hybrid_forward(self, F: Any, xq: Any, *kv: Any) -> Any:
+        xkv = kv[0] if kv else xq
+        q = self._heads_first(F, self.query(xq))
+        k = self._heads_first(F, self.key(xkv))
+        v = self._heads_first(F, self.value(xkv))
+        scores = F.batch_dot(q * (1.0 / float(np.sqrt(self._key_dim))), k, transpose_b=True)  # (N*H, T, S)
+        if self._causal:
+            rows = F.reshape(F.contrib.arange_like(scores, axis=1), shape=(-1, 1))  # t
+            cols = F.reshape(F.contrib.arange_like(scores, axis=2), shape=(1, -1))  # s
+            hidden = F.broadcast_greater(cols, rows)  # (T, S): 1 where s > t
+            scores = F.broadcast_add(scores, F.expand_dims(F.log(1.0 - hidden), axis=0))
+        p = F.softmax(scores, axis=-1)
+        o = F.batch_dot(p, v)  # (N*H, T, K)
+        o = F.transpose(F.reshape(o, shape=(-4, -1, self._heads, 0, 0)), axes=(0, 2, 1, 3))  # (N, T, H, K)
+        return self.output(F.reshape(o, shape=(0, 0, -3)))
+
+
+class _PositionEmbedding(nn.HybridBlock):
+    """``x + table[:T]`` with a learned ``(length, F)`` table (``slice_axis`` when ``length > T``)."""
+
+    def __init__(self, length: int, t: int, f: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._length, self._t = length, t
+        with self.name_scope():
+            self.embeddings = self.params.get("embeddings", shape=(length, f))
+
+    def hybrid_forward(self, F: Any, x: Any, embeddings: Any) -> Any:
+        table = embeddings
+        if self._length != self._t:
+            table = F.slice_axis(table, axis=0, begin=0, end=self._t)
+        return F.broadcast_add(x, F.expand_dims(table, axis=0))
+
+
+class _Mean1D(nn.HybridBlock):
+    """``(N, T, F) -> (N, F)``: the mean over time."""
+
+    def hybrid_forward(self, F: Any, x: Any) -> Any:
+        return F.mean(x, axis=1)
+
+
+class _TiedDense(nn.HybridBlock):
+    """A Dense whose weight is an Embedding's ``(vocab, dim)`` Parameter (the same object: one parameter, one
+    gradient, summed over its two uses by autograd): ``FullyConnected(x, emb_weight, flatten=False)`` = ``x
+    @ emb_weight^T``, plus an own bias with ``use_bias``."""
+
+    def __init__(self, weight: gluon.Parameter, units: int, use_bias: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._units, self._use_bias = units, use_bias
+        self.params.update({weight.name: weight})  # collect_params holds it once (same name, same object)
+        self.weight = weight
+        if use_bias:
+            with self.name_scope():
+                self.bias = self.params.get("bias", shape=(units,), init="zeros")
+
+    def hybrid_forward(self, F: Any, x: Any, weight: Any, bias: Any = None) -> Any:
+        return F.FullyConnected(x, weight, bias, num_hidden=self._units, no_bias=bias is None, flatten=False)
 
 
 def _add_block(net: XfNet, i: int, layer: Add, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
@@ -230,8 +354,8 @@ def _conv_block(net: XfNet, i: int, layer: L.Conv2D, in_shape: tuple[int, ...], 
             prefix="conv_",
         )
         seq.add(conv)
-        if layer.activation == "softmax":
-            seq.add(_Softmax(prefix="softmax_"))
+        if layer.activation is not None and fused is None:
+            seq.add(_activation_block(layer.activation, f"{layer.activation}_", net.xf_dtype))
     net.xf_param_prefix[i] = conv.prefix
     return seq
 
@@ -272,7 +396,7 @@ def _global_avg_pool_block(
 def _dense_block(net: XfNet, i: int, layer: L.Dense, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
     fused = layer.activation if layer.activation in ("relu", "sigmoid", "tanh") else None
 
-    def dense(block_prefix: str) -> nn.Dense:
+    def dense(block_prefix: str) -> nn.HybridBlock:
         blk = nn.Dense(
             layer.units,
             activation=fused,
@@ -284,12 +408,19 @@ def _dense_block(net: XfNet, i: int, layer: L.Dense, in_shape: tuple[int, ...], 
         net.xf_param_prefix[i] = blk.prefix
         return blk
 
-    if layer.activation != "softmax":
-        return dense(prefix)
+    def tied(block_prefix: str) -> nn.HybridBlock:
+        emb = list(net._children.values())[tied_layer(net.xf_spec, i)]
+        blk = _TiedDense(emb.weight, layer.units, layer.use_bias, prefix=block_prefix)
+        net.xf_param_prefix[i] = blk.prefix
+        return blk
+
+    make = tied if layer.tie else dense
+    if layer.activation is None or fused is not None:
+        return make(prefix)
     seq = nn.HybridSequential(prefix=prefix)
     with seq.name_scope():
-        seq.add(dense("dense_"))
-        seq.add(_Softmax(prefix="softmax_"))
+        seq.add(make("dense_"))
+        seq.add(_activation_block(layer.activation, f"{layer.activation}_", net.xf_dtype))
     return seq
 
 
@@ -300,7 +431,7 @@ def _flatten_block(net: XfNet, i: int, layer: L.Flatten, in_shape: tuple[int, ..
 def _activation_layer_block(
     net: XfNet, i: int, layer: L.Activation, in_shape: tuple[int, ...], prefix: str
 ) -> nn.HybridBlock:
-    return _activation_block(layer.kind, prefix)
+    return _activation_block(layer.kind, prefix, net.xf_dtype)
 
 
 def _dropout_block(net: XfNet, i: int, layer: L.Dropout, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
@@ -338,6 +469,35 @@ def _embedding_block(net: XfNet, i: int, layer: L.Embedding, in_shape: tuple[int
     return emb
 
 
+def _layernorm_block(net: XfNet, i: int, layer: LayerNorm, in_shape: tuple[int, ...], prefix: str) -> nn.HybridBlock:
+    ln = nn.LayerNorm(axis=-1, epsilon=layer.epsilon, in_channels=in_shape[-1], prefix=prefix)
+    net.xf_param_prefix[i] = ln.prefix
+    return ln
+
+
+def _attention_block(
+    net: XfNet, i: int, layer: MultiHeadAttention, in_shape: tuple[int, ...], prefix: str
+) -> nn.HybridBlock:
+    fk = layer_input_shapes(net.xf_spec)[i][-1][-1]  # the key/value input's features (the query's when one)
+    blk = _Attention(layer.heads, layer.key_dim, layer.causal, layer.use_bias, in_shape[-1], fk, prefix=prefix)
+    net.xf_param_prefix[i] = blk.prefix
+    return blk
+
+
+def _position_block(
+    net: XfNet, i: int, layer: PositionEmbedding, in_shape: tuple[int, ...], prefix: str
+) -> nn.HybridBlock:
+    blk = _PositionEmbedding(layer.rows([in_shape]), in_shape[0], in_shape[-1], prefix=prefix)
+    net.xf_param_prefix[i] = blk.prefix
+    return blk
+
+
+def _global_avg_pool_1d_block(
+    net: XfNet, i: int, layer: GlobalAvgPool1D, in_shape: tuple[int, ...], prefix: str
+) -> nn.HybridBlock:
+    return _Mean1D(prefix=prefix)
+
+
 #: A builder: ``(net, i, layer, in_shape, prefix) -> block`` for spec layer ``i``, whose (first) input has the
 #: per-sample shape ``in_shape``; the block is named ``prefix`` (``l<i>_``), and a block with parameters registers
 #: its parameter block's prefix in ``net.xf_param_prefix``.
@@ -360,6 +520,10 @@ BUILDERS: dict[type[Layer], Builder] = {
     Add: _add_block,
     Concatenate: _concat_block,
     BatchNorm: _batchnorm_block,
+    LayerNorm: _layernorm_block,
+    MultiHeadAttention: _attention_block,
+    PositionEmbedding: _position_block,
+    GlobalAvgPool1D: _global_avg_pool_1d_block,
 }
 
 
@@ -424,6 +588,13 @@ def _mx_slots(model: XfNet) -> list[tuple[gluon.Parameter, Callable[[np.ndarray]
         params = _params_of(model, slot.layer)
         if isinstance(layer, L.Conv2D):
             out.append((params["weight" if slot.param == "kernel" else "bias"], lambda a: a))
+        elif isinstance(layer, MultiHeadAttention):
+            proj, kind = slot.param.split("_")
+            transpose = kind == "kernel"
+            param = params[f"{proj}_{'weight' if transpose else 'bias'}"]
+            out.append((param, (lambda a: a.T) if transpose else (lambda a: a)))
+        elif isinstance(layer, (LayerNorm, PositionEmbedding)):
+            out.append((params[slot.param], lambda a: a))
         elif isinstance(layer, L.Dense):
             if slot.param == "kernel":
                 out.append((params["weight"], lambda a: a.T))
@@ -466,7 +637,9 @@ def get_weights(model: XfNet) -> list[np.ndarray]:
     for slot, (param, _) in zip(weight_slots(model.xf_spec), _mx_slots(model)):
         arr = param.data().asnumpy()
         layer = model.xf_spec.layers[slot.layer]
-        if slot.param in ("kernel", "recurrent_kernel") and isinstance(layer, (L.Dense, L.LSTM)):
+        if (slot.param in ("kernel", "recurrent_kernel") and isinstance(layer, (L.Dense, L.LSTM))) or (
+            isinstance(layer, MultiHeadAttention) and slot.param.endswith("_kernel")
+        ):
             arr = arr.T
         elif slot.param == "bias" and isinstance(layer, L.LSTM):
             arr = arr + _params_of(model, slot.layer)["l0_h2h_bias"].data().asnumpy()

@@ -4,14 +4,18 @@ The counter intercepts aten ops below autograd and has formulas for matmul-like 
 ``bmm``, ``convolution`` and their backward ops, attention): 2 FLOPs per multiply-accumulate, bias adds,
 activations, pooling, normalisation and element-wise ops are not counted. On the CPU ``aten.lstm`` runs as
 one fused kernel with no formula, so an LSTM layer counts 0 there; such layers are listed in
-``FlopCount.unsupported``.
+``FlopCount.unsupported``. ``MultiHeadAttention`` runs on the math path (``backends/torch/model.py``): its
+projections are ``addmm`` (``mm`` without a bias), ``Q K^T`` and ``P V`` are one ``bmm`` each over ``N * heads``
+(the full ``T x S`` products, the causal mask is a ``masked_fill`` the counter ignores), and their backward four
+more ``bmm``; no ``scaled_dot_product_attention`` is dispatched, so the counter's SDPA formulas (and the CPU
+kernels it does not register) do not arise.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from xfbench.analytics.spec import LSTM, Conv2D, Dense, ModelSpec
+from xfbench.analytics.spec import LSTM, Conv2D, Dense, ModelSpec, MultiHeadAttention
 from xfbench.analytics.vocab import check_phase
 from xfbench.analytics.weights import make_batch
 from xfbench.backends.base import FlopCount
@@ -21,7 +25,7 @@ COUNTER = f"torch.utils.flop_counter.FlopCounterMode (torch {torch.__version__})
 CONVENTION = "2 per MAC, bias ignored (FlopCounterMode)"
 # Layers whose work is multiply-accumulates the counter is expected to see; 0 for one of them means
 # the counter has no formula for its op.
-_MAC_LAYERS = (Conv2D, Dense, LSTM)
+_MAC_LAYERS = (Conv2D, Dense, LSTM, MultiHeadAttention)
 
 # The counter's total is already what the analytic count predicts under its convention.
 ALIGNED_OPS: tuple[str, ...] | None = None

@@ -9,6 +9,7 @@ stores ``kernel.T`` / ``recurrent_kernel.T`` with the same gate order (i, f, g, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from xfbench.analytics import layers as L
-from xfbench.analytics.shapes import infer_shapes, input_shapes, same_padding
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes, same_padding, tied_layer
 from xfbench.analytics.spec import Layer, ModelSpec, SpecError, consumers, is_sequential, layer_inputs
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind
@@ -41,7 +42,11 @@ def _activation_fn(kind: str | None) -> Callable[[torch.Tensor], torch.Tensor] |
         return torch.tanh
     if kind == "softmax":
         return lambda t: torch.softmax(t, dim=-1)
-    raise ValueError(f"activation {kind!r}; allowed: relu, sigmoid, tanh, softmax")
+    if kind == "gelu":  # the erf form
+        return F.gelu
+    if kind == "gelu_tanh":  # GPT-2's tanh approximation
+        return lambda t: F.gelu(t, approximate="tanh")
+    raise ValueError(f"activation {kind!r}; allowed: relu, sigmoid, tanh, softmax, gelu, gelu_tanh")
 
 
 def _same_pad(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -173,28 +178,56 @@ class GlobalAvgPoolLayer(SpecLayer):
 
 
 class DenseLayer(SpecLayer):
+    """``nn.Linear``; a tied head (``tie``) has no weight of its own: :class:`TorchModel` points it at its
+    embedding (:meth:`tie_to`) and it computes ``F.linear(x, embedding.weight, bias)``, so the matrix is one
+    Parameter with one gradient (the gather's and the head's contributions summed by autograd)."""
+
     def __init__(self, layer: L.Dense, in_features: int):
         super().__init__()
-        self.linear = nn.Linear(in_features, layer.units, bias=layer.use_bias)
+        self.tied = layer.tie is not None
+        if self.tied:
+            self.linear: nn.Linear | None = None
+            self.bias = nn.Parameter(torch.zeros(layer.units)) if layer.use_bias else None
+        else:
+            self.linear = nn.Linear(in_features, layer.units, bias=layer.use_bias)
+        # the tied EmbeddingLayer, in a tuple so that it is not registered twice as a submodule (its Parameter
+        # is read at each forward: moving or materialising the model may replace the Parameter object)
+        self._tie: tuple[EmbeddingLayer, ...] = ()
         self.act = _activation_fn(layer.activation)
 
+    def tie_to(self, embedding: EmbeddingLayer) -> None:
+        self._tie = (embedding,)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
+        if self.linear is not None:
+            y = self.linear(x)
+        else:
+            if not self._tie:
+                raise RuntimeError("a tied Dense needs tie_to(embedding) before its first forward")
+            y = F.linear(x, self._tie[0].embedding.weight, self.bias)
         return self.act(y) if self.act is not None else y
 
+    def _bias(self) -> torch.Tensor | None:
+        return self.bias if self.linear is None else self.linear.bias
+
     def neutral_count(self) -> int:
-        return 2 if self.linear.bias is not None else 1
+        return (0 if self.tied else 1) + (1 if self._bias() is not None else 0)
 
     def get_neutral(self) -> list[np.ndarray]:
-        out = [_export(self.linear.weight).T.copy()]
-        if self.linear.bias is not None:
-            out.append(_export(self.linear.bias))
+        out = [] if self.linear is None else [_export(self.linear.weight).T.copy()]
+        bias = self._bias()
+        if bias is not None:
+            out.append(_export(bias))
         return out
 
     def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
-        _assign(self.linear.weight, np.asarray(arrays[0]).T)
-        if self.linear.bias is not None:
-            _assign(self.linear.bias, arrays[1])
+        pos = 0
+        if self.linear is not None:
+            _assign(self.linear.weight, np.asarray(arrays[0]).T)
+            pos = 1
+        bias = self._bias()
+        if bias is not None:
+            _assign(bias, arrays[pos])
 
 
 class FlattenLayer(SpecLayer):
@@ -333,33 +366,164 @@ class BatchNormLayer(SpecLayer):
             _assign(target, array)
 
 
-#: One builder per layer type, from the layer and its (first) input's per-sample shape (the completeness test in
+class LayerNormLayer(SpecLayer):
+    """``LayerNorm``: ``nn.LayerNorm`` over the last axis (aten.native_layer_norm; saves the input, mean and
+    rstd for backward). Neutral weights: gamma, beta."""
+
+    def __init__(self, layer: L.LayerNorm, in_shape: tuple[int, ...]):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_shape[-1], eps=layer.epsilon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    def neutral_count(self) -> int:
+        return 2
+
+    def get_neutral(self) -> list[np.ndarray]:
+        return [_export(self.norm.weight), _export(self.norm.bias)]
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        _assign(self.norm.weight, arrays[0])
+        _assign(self.norm.bias, arrays[1])
+
+
+class MultiHeadAttentionLayer(SpecLayer):
+    """``MultiHeadAttention`` on the math path (no ``scaled_dot_product_attention``): four ``nn.Linear``
+    (query, key, value, output), ``matmul(q / sqrt(K), k^T)`` per head (bmm), the causal mask by
+    ``masked_fill`` with -inf, ``softmax``, ``matmul(p, v)`` (bmm), the output projection. FlopCounterMode sees
+    every product. Kept for backward (torch 2.13 CPU, traced): the projections' inputs, at::matmul's contiguous
+    copies of ``q / sqrt(K)`` ``(N*H, T, K)``, ``k^T`` ``(N*H, K, S)`` and ``v`` ``(N*H, S, K)``, the probability
+    matrix per head (softmax's output, read by its backward and by ``P V``'s), the merged heads ``(N, T, HK)``
+    for the output projection, and the mask; not the scores (masked_fill's backward needs only the mask).
+    One input: self-attention; two: ``[query, key_value]``.
+
+    Neutral weights (:mod:`analytics.layers.transformer`): kernels ``(in, out)`` = ``Linear.weight.T`` and
+    biases, in the order query, key, value, output."""
+
+    mask: torch.Tensor  # (T, S) bool, True where key s is hidden from query t (causal only)
+
+    def __init__(self, layer: L.MultiHeadAttention, in_shapes: Sequence[tuple[int, ...]]):
+        super().__init__()
+        t, f = in_shapes[0]
+        s, fk = in_shapes[-1]
+        h, k = layer.heads, layer.key_dim
+        self.heads, self.key_dim, self.causal = h, k, layer.causal
+        bias = layer.use_bias
+        self.query = nn.Linear(f, h * k, bias=bias)
+        self.key = nn.Linear(fk, h * k, bias=bias)
+        self.value = nn.Linear(fk, h * k, bias=bias)
+        self.output = nn.Linear(h * k, f, bias=bias)
+        if self.causal:
+            # key s is hidden from query t where s > t; sliced to (T, S) at each call
+            self.register_buffer("mask", torch.ones(t, s, dtype=torch.bool).triu(1), persistent=False)
+
+    def init_buffers(self) -> None:
+        """Refills the causal mask (``Module.to_empty`` leaves buffers uninitialised)."""
+        if self.causal:
+            with torch.no_grad():
+                self.mask.copy_(torch.ones_like(self.mask).triu(1))
+
+    def forward(self, xq: torch.Tensor, xkv: torch.Tensor | None = None) -> torch.Tensor:
+        if xkv is None:
+            xkv = xq
+        n, t, _ = xq.shape
+        s = xkv.shape[1]
+        h, k = self.heads, self.key_dim
+        q = self.query(xq).view(n, t, h, k).transpose(1, 2)  # (N, H, T, K)
+        key = self.key(xkv).view(n, s, h, k).transpose(1, 2)  # (N, H, S, K)
+        v = self.value(xkv).view(n, s, h, k).transpose(1, 2)
+        scores = torch.matmul(q * (1.0 / math.sqrt(k)), key.transpose(-2, -1))  # (N, H, T, S)
+        if self.causal:
+            scores = scores.masked_fill(self.mask[:t, :s], float("-inf"))
+        p = torch.softmax(scores, dim=-1)
+        o = torch.matmul(p, v).transpose(1, 2).reshape(n, t, h * k)
+        return self.output(o)
+
+    def _linears(self) -> list[nn.Linear]:
+        return [self.query, self.key, self.value, self.output]
+
+    def neutral_count(self) -> int:
+        return 8 if self.query.bias is not None else 4
+
+    def get_neutral(self) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for lin in self._linears():
+            out.append(_export(lin.weight).T.copy())
+            if lin.bias is not None:
+                out.append(_export(lin.bias))
+        return out
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        pos = 0
+        for lin in self._linears():
+            _assign(lin.weight, np.asarray(arrays[pos]).T)
+            pos += 1
+            if lin.bias is not None:
+                _assign(lin.bias, arrays[pos])
+                pos += 1
+
+
+class PositionEmbeddingLayer(SpecLayer):
+    """``PositionEmbedding``: a ``(length, F)`` Parameter whose first ``T`` rows are added to the input."""
+
+    def __init__(self, layer: L.PositionEmbedding, in_shape: tuple[int, ...]):
+        super().__init__()
+        t, f = in_shape
+        self.table = nn.Parameter(torch.zeros(layer.length if layer.length is not None else t, f))
+        nn.init.normal_(self.table)  # nn.Embedding's default initialisation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table[: x.shape[1]]
+
+    def neutral_count(self) -> int:
+        return 1
+
+    def get_neutral(self) -> list[np.ndarray]:
+        return [_export(self.table)]
+
+    def set_neutral(self, arrays: Sequence[np.ndarray]) -> None:
+        _assign(self.table, arrays[0])
+
+
+class GlobalAvgPool1DLayer(SpecLayer):
+    """``GlobalAvgPool1D``: mean over time, ``(N, T, F) -> (N, F)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1)
+
+
+#: One builder per layer type, from the layer and its inputs' per-sample shapes (the completeness test in
 #: tests/test_graph_torch.py checks it against analytics.layers.LAYER_TYPES).
-BUILDERS: dict[type[Layer], Callable[[Any, tuple[int, ...]], SpecLayer]] = {
-    L.Conv2D: lambda layer, shape: ConvLayer(layer, shape[0]),
-    L.MaxPool2D: lambda layer, shape: PoolLayer(layer),
-    L.AvgPool2D: lambda layer, shape: PoolLayer(layer),
-    L.GlobalAvgPool2D: lambda layer, shape: GlobalAvgPoolLayer(),
-    L.Dense: lambda layer, shape: DenseLayer(layer, shape[-1]),
-    L.Flatten: lambda layer, shape: FlattenLayer(),
-    L.Activation: lambda layer, shape: ActivationLayer(layer.kind),
-    L.Dropout: lambda layer, shape: DropoutLayer(layer.rate),
-    L.LocalResponseNorm: lambda layer, shape: LRNLayer(layer),
-    L.LSTM: lambda layer, shape: LSTMLayer(layer, shape[-1]),
-    L.Embedding: lambda layer, shape: EmbeddingLayer(layer),
-    L.Add: lambda layer, shape: AddLayer(),
-    L.Concatenate: lambda layer, shape: ConcatLayer(),
-    L.BatchNorm: lambda layer, shape: BatchNormLayer(layer, shape),
+BUILDERS: dict[type[Layer], Callable[[Any, list[tuple[int, ...]]], SpecLayer]] = {
+    L.Conv2D: lambda layer, shapes: ConvLayer(layer, shapes[0][0]),
+    L.MaxPool2D: lambda layer, shapes: PoolLayer(layer),
+    L.AvgPool2D: lambda layer, shapes: PoolLayer(layer),
+    L.GlobalAvgPool2D: lambda layer, shapes: GlobalAvgPoolLayer(),
+    L.Dense: lambda layer, shapes: DenseLayer(layer, shapes[0][-1]),
+    L.Flatten: lambda layer, shapes: FlattenLayer(),
+    L.Activation: lambda layer, shapes: ActivationLayer(layer.kind),
+    L.Dropout: lambda layer, shapes: DropoutLayer(layer.rate),
+    L.LocalResponseNorm: lambda layer, shapes: LRNLayer(layer),
+    L.LSTM: lambda layer, shapes: LSTMLayer(layer, shapes[0][-1]),
+    L.Embedding: lambda layer, shapes: EmbeddingLayer(layer),
+    L.Add: lambda layer, shapes: AddLayer(),
+    L.Concatenate: lambda layer, shapes: ConcatLayer(),
+    L.BatchNorm: lambda layer, shapes: BatchNormLayer(layer, shapes[0]),
+    L.LayerNorm: lambda layer, shapes: LayerNormLayer(layer, shapes[0]),
+    L.MultiHeadAttention: lambda layer, shapes: MultiHeadAttentionLayer(layer, shapes),
+    L.PositionEmbedding: lambda layer, shapes: PositionEmbeddingLayer(layer, shapes[0]),
+    L.GlobalAvgPool1D: lambda layer, shapes: GlobalAvgPool1DLayer(),
 }
 
 
-def _make_layer(index: int, layer: Layer, in_shape: tuple[int, ...]) -> SpecLayer:
+def _make_layer(index: int, layer: Layer, in_shapes: list[tuple[int, ...]]) -> SpecLayer:
     builder = BUILDERS.get(type(layer))
     if builder is None:
         raise SpecError(
             f"layer type {layer.type} is not supported with torch", layer=index, field="type", value=layer.type
         )
-    return builder(layer, in_shape)
+    return builder(layer, [tuple(s) for s in in_shapes])
 
 
 class TorchModel(nn.Module):
@@ -370,8 +534,14 @@ class TorchModel(nn.Module):
         infer_shapes(spec)  # raises SpecError before any module is built
         self.spec = spec
         self.layers = nn.ModuleList(
-            _make_layer(i, layer, shape) for i, (layer, shape) in enumerate(zip(spec.layers, input_shapes(spec)))
+            _make_layer(i, layer, shapes)
+            for i, (layer, shapes) in enumerate(zip(spec.layers, layer_input_shapes(spec)))
         )
+        for i, layer in enumerate(spec.layers):  # tied heads read their embedding's one Parameter
+            if getattr(layer, "tie", None):
+                head, emb = self.layers[i], self.layers[tied_layer(spec, i)]
+                assert isinstance(head, DenseLayer) and isinstance(emb, EmbeddingLayer)
+                head.tie_to(emb)
         self.xf_device = torch.device("cpu")
         self.xf_dtype = torch.float32
         self.sources = layer_inputs(spec)
@@ -435,6 +605,9 @@ def build_model(
         with torch.device("meta"):
             model = TorchModel(spec)
         model.to_empty(device=dev)
+        for module in model.modules():  # buffers that are not weights (set_weights does not load them)
+            if isinstance(module, MultiHeadAttentionLayer):
+                module.init_buffers()
     model.to(device=dev, dtype=dt)
     model.xf_device, model.xf_dtype = dev, dt
     return model
