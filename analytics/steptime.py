@@ -249,6 +249,9 @@ class Convention:
     nhwc: bool = False
     explicit_pad_ops: bool = False
     same_pad_native: bool = False
+    #: ops (forward, backward) of a GELU per kind where it is not one kernel each way (Keras' tf.nn.gelu and
+    #: Gluon's gelu_tanh are composed of element-wise ops, each a pass over the tensor)
+    gelu_ops: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 CONVENTIONS: dict[str, Convention] = {
@@ -288,6 +291,9 @@ CONVENTIONS: dict[str, Convention] = {
         nhwc=True,
         explicit_pad_ops=True,
         same_pad_native=True,
+        # tf.nn.gelu (nn_ops.py): erf form Mul, Erf, AddV2, Mul, Mul; tanh form Pow, Mul, AddV2, Mul, Tanh, AddV2,
+        # Mul, Mul; their gradients about twice as many ops (first approximation)
+        gelu_ops={"gelu": (5, 9), "gelu_tanh": (8, 15)},
     ),
     # MXNet (hybridized with static_alloc: one memory plan reused every step, oneDNN): Convolution and
     # FullyConnected take the bias; the Gluon block's activation is a separate Activation op; the CPU LSTM
@@ -302,6 +308,8 @@ CONVENTIONS: dict[str, Convention] = {
         update_ops={"sgd": 1, "momentum": 1, "adam": 1},
         loss_ops=8,
         fresh_allocations=False,
+        # LeakyReLU(act_type="gelu") is one kernel; gelu_tanh is composed in the block (tanh, products, sums)
+        gelu_ops={"gelu_tanh": (8, 14)},
     ),
 }
 
@@ -421,13 +429,17 @@ class _Builder:
             return
         w = self.w
         compute = elements if kind in _TRANSCENDENTAL else 0
+        # a GELU composed of element-wise ops (Convention.gelu_ops): each op a pass (two reads, one write)
+        fwd_ops, bwd_ops = self.fw.gelu_ops.get(kind, (1, 1))
         if not (fused and kind == "relu"):
-            self.mem(i, "forward", kind, 2 * elements * w, 1, compute, out=elements * w)
+            passes = 2 if fwd_ops == 1 else 3 * fwd_ops
+            self.mem(i, "forward", kind, passes * elements * w, fwd_ops, compute, out=fwd_ops * elements * w)
         if training:
-            self.mem(i, "input_grad", f"{kind} grad", 3 * elements * w, 1, out=elements * w)
+            self.mem(i, "input_grad", f"{kind} grad", 3 * bwd_ops * elements * w, bwd_ops, out=bwd_ops * elements * w)
 
 
-_TRANSCENDENTAL = ("sigmoid", "tanh", "softmax")
+#: activations whose element-wise work is compute (exp, erf, tanh) as well as memory
+_TRANSCENDENTAL = ("sigmoid", "tanh", "softmax", "gelu", "gelu_tanh")
 
 
 def layer_work(

@@ -187,6 +187,7 @@ class _Node:
     sizes: dict[str, int]
     params: dict[str, int]  # parameter name -> bytes of its gradient
     key: str
+    shared: dict[str, str] = field(default_factory=dict)  # parameter name -> group of a parameter read twice
 
 
 class _Program:
@@ -264,6 +265,9 @@ class _Lowering:
         self.uses: dict[int, int] = {}
         # gradients handed to several values at once (an Add's, a cat's slices): storage -> holders left
         self.grad_refs: dict[int, int] = {}
+        # a shared parameter's first gradient, by group (TensorFlow: held back from the update until the second)
+        self.shared_grads: dict[str, int] = {}
+        self.accumulating: list[tuple[int, int, int]] = []  # (first gradient, second gradient, bytes)
 
     # ------------------------------------------------------------------ ops
 
@@ -277,6 +281,7 @@ class _Lowering:
         params: dict[str, int] | None = None,
         name: str | None = None,
         contiguous: bool = True,
+        shared: dict[str, str] | None = None,
     ) -> dict[str, _Val]:
         """One op: allocate its results, record a backward node if autograd tracks it. Returns its values by
         role (``output`` and ``aux:<name>``); aux results nobody saves are freed right after the op."""
@@ -296,7 +301,16 @@ class _Lowering:
             tid = self.p.alloc(f"{tag}.{buf.role}", n, _FORWARD, tag, self.stage, holder="new")
             outs[buf.role] = self.p.val(tid, sizes[buf.size], recorded and buf.role == "output", contiguous)
         if recorded:
-            node = _Node(op, rule, dict(inputs), outs["output"], dict(sizes), params, f"node{len(self.nodes)}:{tag}")
+            node = _Node(
+                op,
+                rule,
+                dict(inputs),
+                outs["output"],
+                dict(sizes),
+                params,
+                f"node{len(self.nodes)}:{tag}",
+                dict(shared or {}),
+            )
             for s in rule.saves:
                 v = inputs.get(s) or outs.get(s)
                 if v is not None:
@@ -320,9 +334,12 @@ class _Lowering:
         params: dict[str, int] | None = None,
         name: str | None = None,
         contiguous: bool = True,
+        shared: dict[str, str] | None = None,
     ) -> _Val:
         """:meth:`run`, returning the output value."""
-        return self.run(op, inputs, sizes, label=label, params=params, name=name, contiguous=contiguous)["output"]
+        return self.run(op, inputs, sizes, label=label, params=params, name=name, contiguous=contiguous, shared=shared)[
+            "output"
+        ]
 
     def drop(self, v: _Val, label: str) -> None:
         """Python no longer references ``v`` (in a graph: once its last reader has let go)."""
@@ -392,6 +409,11 @@ class _Lowering:
             temps: list[int] = []
             if rule.passthrough or (rule.view and not rule.backward):
                 for buf in rule.backward:  # a passthrough op may still produce parameter gradients
+                    if buf.role == "temp":  # (and a temporary on the way, e.g. the broadcast's sum)
+                        n = node.sizes.get(buf.size, 0) * element_bytes(buf.dtype, self.c.width)
+                        if n:
+                            temps.append(self.p.alloc(f"{node.key}.temp", n, "temporaries", node.key, self.stage, "g"))
+                        continue
                     made += self._param_grad(node, buf)
                 # the same storage goes on to every operand that wants it (an Add's two inputs): not freed here
                 takers = [src for src in node.inputs.values() if src.requires_grad]
@@ -428,6 +450,8 @@ class _Lowering:
                 self.p.drop(t, "g", node.key, self.stage)
             if all(tid != g_out for _, tid in delivered):
                 self._drop_g(g_out, node.key)
+            if self.accumulating:
+                made += self._accumulate(node.key)
             self._release(node)
             self._deliver(grads, delivered, node.key)
             if applied_early and made:
@@ -442,11 +466,53 @@ class _Lowering:
 
     def _param_grad(self, node: _Node, buf: Buf) -> list[int]:
         """A parameter gradient: AccumulateGrad steals it (no copy), so it lives until the next zero_grad (torch,
-        MXNet); TensorFlow frees it once its update has run (:meth:`backward`)."""
+        MXNet); TensorFlow frees it once its update has run (:meth:`backward`).
+
+        A parameter read by two ops (a tied head's matrix, :meth:`tie`): the first gradient becomes the
+        parameter's; the second is a temporary added into it in place and freed when its op is done (PyTorch's
+        ``torch/csrc/autograd/functions/accumulate_grad.h``, case 2.3: ``variable_grad += new_grad``; out of place
+        under a dispatch mode, measured). TensorFlow applies that gradient only once both have arrived."""
         name = buf.role.split(":", 1)[1]
         if name not in node.params:
             return []
-        return [self.p.alloc(f"{node.key}.grad_{name}", node.params[name], "gradients", node.key, self.stage, "grads")]
+        group = node.shared.get(name)
+        n = node.params[name]
+        early = self.c.framework == "tensorflow"
+        if group is not None and group in self.shared_grads:
+            new = self.p.alloc(f"{node.key}.grad_{name}", n, "temporaries", node.key, self.stage, "g")
+            self.accumulating.append((self.shared_grads.pop(group), new, n))
+            return []
+        tid = self.p.alloc(f"{node.key}.grad_{name}", n, "gradients", node.key, self.stage, "grads")
+        if group is not None:
+            self.shared_grads[group] = tid
+            # TensorFlow: held back from the early update until the second gradient has been added
+            return [] if early else [tid]
+        return [tid]
+
+    def _accumulate(self, key: str) -> list[int]:
+        """AccumulateGrad of a shared parameter's second gradient, once its op has returned (and let go of its
+        incoming gradient): in place (PyTorch's case 2.3), out of place under a TorchDispatchMode (measured with
+        MemTracker: aten.add, then the old gradient and the new one are freed); TensorFlow applies the sum now.
+        Returns the gradients whose update may run."""
+        made: list[int] = []
+        for first, new, n in self.accumulating:
+            tag = f"{key}:accumulate"
+            if self.c.framework == "tensorflow":
+                made.append(first)
+            elif self.c.dispatch_mode:
+                total = self.p.alloc(f"{key}.grad_sum", n, "gradients", tag, self.stage, "grads")
+                self.p.drop(first, "grads", tag, self.stage)
+                made.append(total)
+            self.p.drop(new, "g", tag, self.stage)
+        self.accumulating = []
+        return made
+
+    def tie(self, label: str, role: str, group: str) -> None:
+        """Marks the recorded ops of layer ``label`` whose parameter ``role`` is shared under ``group`` (the
+        embedding of a tied head): their gradients accumulate into one (see :meth:`_param_grad`)."""
+        for node in self.nodes:
+            if node.key.split(":", 1)[1].startswith(f"{label}:") and role in node.params:
+                node.shared[role] = group
 
     def _deliver(self, grads: dict[int, int], delivered: list[tuple[_Val, int]], key: str) -> None:
         """Hands gradients to the values they belong to; a second gradient for one value is accumulated."""
@@ -478,7 +544,24 @@ class _Lowering:
 
 # --------------------------------------------------------------------------------------- PyTorch lowering
 
-_TORCH_ACT = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "softmax": "_softmax"}
+_TORCH_ACT = {
+    "relu": "relu",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "softmax": "_softmax",
+    "gelu": "gelu",  # F.gelu(x): aten.gelu, approximate="none"
+    "gelu_tanh": "gelu",  # F.gelu(x, approximate="tanh"): the same op and rule
+}
+#: TensorFlow's and MXNet's activation ops per kind (analytics/timeline_rules.py TF_OPS, MXNET_OPS)
+_TF_ACT = {
+    "relu": "Relu",
+    "sigmoid": "Sigmoid",
+    "tanh": "Tanh",
+    "softmax": "Softmax",
+    "gelu": "Gelu",
+    "gelu_tanh": "GeluTanh",
+}
+_MXNET_ACT = {"softmax": "softmax", "gelu": "LeakyReLU_gelu", "gelu_tanh": "gelu_tanh"}
 
 
 class _TorchModel:
@@ -563,10 +646,7 @@ class _ApproxModel(_TorchModel):
 
     def act(self, label: str, kind: str, x: _Val) -> _Val:
         fw = self.low.c.framework
-        if fw == "tensorflow":
-            op = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softmax": "Softmax"}[kind]
-        else:
-            op = "softmax" if kind == "softmax" else "Activation"
+        op = _TF_ACT[kind] if fw == "tensorflow" else _MXNET_ACT.get(kind, "Activation")
         return self.low.out(op, {"input": x}, {"input": x.elems, "output": x.elems}, label=label, name=kind)
 
     def loss(self, y: _Val, out_elems: int) -> _Val:

@@ -280,6 +280,37 @@ TORCH_OPS: dict[str, OpRule] = {
         ),
         f"{_DY} div.Tensor: other: -grad * ((self / other) / other) (three temporaries), self: grad / other",
     ),
+    # The transformer's ops (backends/torch/model.py; checked with MemTracker on gpt2_tiny and bert_tiny,
+    # tests/test_transformer_memory.py)
+    "gelu": OpRule(
+        _OUT,
+        ("input",),
+        _GRAD_IN,
+        f"{_DY} gelu: gelu_backward(grad, self, approximate) (saves the input; erf and tanh forms alike)",
+    ),
+    "bmm": OpRule(
+        _OUT,
+        ("input", "other"),
+        (Buf("grad:other", "other"), Buf("grad:input", "input")),
+        f"{_DY} bmm: self: grad.bmm(mat2.transpose(1, 2)), mat2: self.transpose(1, 2).bmm(grad) (saves both "
+        "operands); at::matmul of two 4-D tensors reshapes them to 3-D (a copy of a non-viewable operand, "
+        "aten.clone) and runs aten.bmm; measured with MemTracker: mat2's gradient is made first",
+    ),
+    "matmul": OpRule(
+        _OUT,
+        (),
+        (),
+        "inference mode under a TorchDispatchMode: aten.matmul is one op to an observer (its reshape copies and "
+        "bmm are not tensors it sees; measured with MemTracker)",
+    ),
+    "view_grad_copy": OpRule(
+        (),
+        (),
+        _GRAD_IN,
+        f"{_DY} _unsafe_view/view: grad.reshape(self.sizes()); the gradient arriving through a transpose is not "
+        "viewable, so the reshape copies it (aten.clone; measured with MemTracker after each head split and merge)",
+        view=True,
+    ),
 }
 
 #: PyTorch's gradient accumulation when one tensor gets several gradients (``torch/csrc/autograd/input_buffer.cpp``):
@@ -577,6 +608,47 @@ TF_OPS: dict[str, OpRule] = {
         _GRAD_IN_W,
         "keras LSTM unrolled in a While loop: per step the gates (4H) and states are kept for backward",
     ),
+    # The transformer's ops: first approximation (read from the gradient functions, not measured)
+    "BatchMatMulV2": OpRule(
+        _OUT,
+        ("input", "other"),
+        (Buf("grad:input", "input"), Buf("grad:other", "other")),
+        "math_grad.py _BatchMatMulV2: op.inputs[0] and [1] kept for the two gradients; first approximation",
+    ),
+    "Transpose": OpRule(
+        _OUT, (), _GRAD_IN, "array_grad.py _TransposeGrad: a transpose of the gradient (a copy); first approximation"
+    ),
+    "MulScale": OpRule(
+        _OUT,
+        (),
+        _GRAD_IN,
+        "math_grad.py _MulGrad: grad * y for a constant y (the 1/sqrt(K) scale); first approximation",
+    ),
+    # tf.nn.gelu is composed in Python (nn_ops.py gelu): erf form 0.5 * x * (1 + erf(x / sqrt 2)); the gradients
+    # of Mul and Erf keep x / sqrt 2, 0.5 x and 1 + erf(.) beside x (three tensors of the input's size); the tanh
+    # form keeps x^3 (Pow), the inner sum, its scaled value, tanh's output, 0.5 x and 1 + tanh (six)
+    "Gelu": OpRule(
+        (Buf("aux:scaled", "input"), Buf("aux:half", "input"), Buf("aux:one_plus_erf", "input"), *_OUT),
+        ("input", "aux:scaled", "aux:half", "aux:one_plus_erf"),
+        (Buf("temp", "input"), Buf("temp", "input"), Buf("grad:input", "input")),
+        "nn_ops.py gelu (approximate=False) composed of Mul, Erf, AddV2; math_grad.py _ErfGrad and _MulGrad keep "
+        "their inputs; first approximation",
+    ),
+    "GeluTanh": OpRule(
+        (
+            Buf("aux:cube", "input"),
+            Buf("aux:inner", "input"),
+            Buf("aux:scaled", "input"),
+            Buf("aux:tanh", "input"),
+            Buf("aux:half", "input"),
+            Buf("aux:one_plus_tanh", "input"),
+            *_OUT,
+        ),
+        ("input", "aux:cube", "aux:inner", "aux:scaled", "aux:tanh", "aux:half", "aux:one_plus_tanh"),
+        (Buf("temp", "input"), Buf("temp", "input"), Buf("temp", "input"), Buf("grad:input", "input")),
+        "nn_ops.py gelu (approximate=True) composed of Pow, Mul, AddV2, Tanh; math_grad.py _TanhGrad keeps the "
+        "output, _MulGrad its inputs; first approximation",
+    ),
 }
 
 # ------------------------------------------------------------------------------ MXNet (first approximation)
@@ -627,6 +699,42 @@ MXNET_OPS: dict[str, OpRule] = {
         ("input", "output", "aux:workspace"),
         _GRAD_IN_W,
         "src/operator/rnn.cc: the reserve space (gates and states of every step) is kept for backward",
+    ),
+    # The transformer's ops (first approximation, not measured)
+    "batch_dot": OpRule(
+        _OUT,
+        ("input", "other"),
+        (Buf("grad:input", "input"), Buf("grad:other", "other")),
+        "src/operator/tensor/dot.cc batch_dot: _backward_batch_dot reads both inputs; first approximation",
+    ),
+    "transpose": OpRule(
+        _OUT, (), _GRAD_IN, "src/operator/tensor/matrix_op.cc transpose: the gradient transposed back (a copy)"
+    ),
+    "_mul_scalar": OpRule(
+        _OUT, (), _GRAD_IN, "src/operator/tensor/elemwise_binary_scalar_op_basic.cc _mul_scalar: grad * scalar"
+    ),
+    "LeakyReLU_gelu": OpRule(
+        _OUT,
+        ("input", "output"),
+        _GRAD_IN,
+        "src/operator/leaky_relu.cc LeakyReLU act_type=gelu (the erf form): the backward reads in_data and "
+        "out_data; first approximation",
+    ),
+    # gelu_tanh composed in the block from tanh, products and sums: like TensorFlow's, the products keep their
+    # operands (x^3, the inner sum, tanh's output, 0.5 x, 1 + tanh)
+    "gelu_tanh": OpRule(
+        (
+            Buf("aux:cube", "input"),
+            Buf("aux:inner", "input"),
+            Buf("aux:tanh", "input"),
+            Buf("aux:half", "input"),
+            Buf("aux:one_plus_tanh", "input"),
+            *_OUT,
+        ),
+        ("input", "aux:cube", "aux:inner", "aux:tanh", "aux:half", "aux:one_plus_tanh"),
+        (Buf("temp", "input"), Buf("temp", "input"), Buf("grad:input", "input")),
+        "src/operator/tensor/elemwise_binary_op_basic.cc _backward_mul reads both operands, "
+        "src/operator/tensor/elemwise_unary_op_trig.cc _backward_tanh the output; first approximation",
     ),
 }
 

@@ -287,14 +287,10 @@ def test_flop_counter_reconciles(name: str, phase: str) -> None:
     assert fc.by_op["aten.bmm"] == (2 if phase == "inference" else 6) * 2 * per_product
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="analytic MHA backward: the output projection's input gradient is always computed (it leads to the "
-    "query/key/value weights) but is counted only when the layer's input needs a gradient; reported to the lead",
-)
 def test_flop_counter_attention_on_the_model_input() -> None:
     """Attention reading the raw (float) model input in training: FlopCounterMode counts the output projection's
-    input gradient, 2 N T HK F = 2 * 2 * 5 * 6 * 4 = 480 FLOPs the analytic count leaves out."""
+    input gradient, 2 N T HK F = 2 * 2 * 5 * 6 * 4 = 480 FLOPs, which the layer needs for its own weights, but not
+    the query/key/value input gradients (the model input wants none)."""
     spec = spec_from_dict(
         {
             "input_shape": [5, 4],

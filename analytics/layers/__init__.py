@@ -78,9 +78,9 @@ __all__ = [
     "GlobalAvgPool1D",
     "GlobalAvgPool2D",
     "LayerNorm",
-    "MultiHeadAttention",
-    "PositionEmbedding",
     "LocalResponseNorm",
     "MaxPool2D",
+    "MultiHeadAttention",
+    "PositionEmbedding",
     "_Pool",
 ]

@@ -96,6 +96,8 @@ class Dense(Layer):
 
     def simulate(self, model: Any, label: str, xs: list[Any], in_shapes: list[Shape], out_shape: Shape) -> Any:
         out_elems = model.b * math.prod(out_shape)
+        if self.tie:
+            return _tied_dense(model, label, self, xs[0], in_shapes[0], out_elems)
         if model.low.c.framework == "torch":
             return _torch_dense(model, label, self, xs[0], in_shapes[0], out_elems)
         tf = model.low.c.framework == "tensorflow"
@@ -112,6 +114,8 @@ class Dense(Layer):
         out_elems = B * math.prod(site.out_shape)
         rows = B * math.prod(in_shape[:-1])
         f_in, units = in_shape[-1], self.units
+        # a tied head (``tie``) is the same three GEMMs on the embedding's matrix; its weight gradient is added into
+        # the embedding's (one more pass over the matrix)
         b.gemm(site.i, "forward", "dense", rows, f_in, units)
         if self.use_bias and not fw.bias_fused:
             b.mem(site.i, "forward", "bias", 2 * out_elems * w)
@@ -120,15 +124,67 @@ class Dense(Layer):
             if site.need_dx:
                 b.gemm(site.i, "input_grad", "dense dX", rows, units, f_in)
             b.gemm(site.i, "weight_grad", "dense dW", f_in, rows, units)
+            if self.tie:
+                table = f_in * units
+                b.mem(site.i, "weight_grad", "tied gradient accumulation", 3 * table * w, 1, inplace=True)
             if self.use_bias:
                 b.mem(site.i, "weight_grad", "bias grad", out_elems * w, 1)
 
 
-def _torch_dense(model: Any, label: str, layer: Dense, x: Any, in_shape: Shape, out_elems: int) -> Any:
-    """nn.Linear: addmm (mm without a bias) on a 2-D or contiguous input; on a non-contiguous 3-D input at::matmul
-    (a reshape copy, mm, the bias added in place, or out of place under a dispatch mode); the activation."""
+def _tied_dense(model: Any, label: str, layer: Dense, x: Any, in_shape: Shape, out_elems: int) -> Any:
+    """A head tied to an Embedding (``tie``): no parameter of its own but the bias; its op reads the embedding's
+    matrix, and its weight gradient and the embedding's accumulate into the one gradient of that matrix
+    (``_Lowering.tie``). PyTorch: ``F.linear(x, emb.weight, bias)``, the ops of nn.Linear; TensorFlow
+    ``tf.matmul(x, emb, transpose_b=True)`` (+ BiasAdd); MXNet ``FullyConnected`` on the shared weight."""
+    from xfbench.analytics.shapes import tied_layer
+
     low = model.low
-    w = model.param(label, "weight", in_shape[-1] * layer.units)
+    i = int(label.split(":", 1)[0])
+    j = tied_layer(model.spec, i)
+    emb = model.spec.layers[j]
+    emb_label = f"{j}:{emb.label}"
+    weight = emb.vocab * emb.dim * low.c.width  # type: ignore[attr-defined]
+    group = f"tie:{emb_label}"
+    low.tie(emb_label, "weight", group)
+    shared = {"weight": group}
+    if low.c.framework == "torch":
+        return _torch_dense(model, label, layer, x, in_shape, out_elems, weight=weight, shared=shared)
+    tf = low.c.framework == "tensorflow"
+    params = {"weight": weight}
+    if layer.use_bias:
+        bias = layer.units * low.c.width
+        low.params.append((f"{label}.bias", bias))
+        if not tf:  # FullyConnected takes the bias: its gradient is the op's
+            params["bias"] = bias
+    sizes = {"input": x.elems, "output": out_elems}
+    y = low.out("MatMul" if tf else "FullyConnected", {"input": x}, sizes, label=label, params=params, shared=shared)
+    if tf and layer.use_bias:
+        z = low.out("BiasAdd", {"input": y}, {"output": out_elems}, label=label)
+        low.drop(y, label)
+        y = z
+    if layer.activation:
+        z = model.act(label, layer.activation, y)
+        low.drop(y, label)
+        y = z
+    low.drop(x, label)
+    return y
+
+
+def _torch_dense(
+    model: Any,
+    label: str,
+    layer: Dense,
+    x: Any,
+    in_shape: Shape,
+    out_elems: int,
+    weight: int | None = None,
+    shared: dict[str, str] | None = None,
+) -> Any:
+    """nn.Linear: addmm (mm without a bias) on a 2-D or contiguous input; on a non-contiguous 3-D input at::matmul
+    (a reshape copy, mm, the bias added in place, or out of place under a dispatch mode); the activation.
+    ``weight``/``shared``: a tied head's matrix (bytes; declared by its embedding) and its gradient group."""
+    low = model.low
+    w = model.param(label, "weight", in_shape[-1] * layer.units) if weight is None else weight
     params = {"weight": w}
     if layer.use_bias:
         params["bias"] = model.param(label, "bias", layer.units)
@@ -136,7 +192,7 @@ def _torch_dense(model: Any, label: str, layer: Dense, x: Any, in_shape: Shape, 
     if len(in_shape) == 1 or (x.contiguous and layer.use_bias):
         # addmm (2-D, or 3-D contiguous through _flatten_nd_linear); mm without a bias
         op = "addmm" if layer.use_bias else "mm"
-        y = low.out(op, {"input": x}, sizes, label=label, params=params)
+        y = low.out(op, {"input": x}, sizes, label=label, params=params, shared=shared)
     elif not low.c.training and low.c.dispatch_mode:
         # inference mode: an observer sees aten.linear as one op, i.e. only its result (the real run below,
         # copy + mm + add_, is what torch.profiler's memory events show inside aten::linear)
@@ -153,6 +209,7 @@ def _torch_dense(model: Any, label: str, layer: Dense, x: Any, in_shape: Shape, 
             label=label,
             params={"weight": w},
             name="mm",
+            shared=shared,
         )
         if src is not x:
             low.drop(src, label)
