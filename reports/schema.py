@@ -35,6 +35,12 @@ History (bump SCHEMA_VERSION on any change to the columns or their meaning, and 
   ``time_within_noise`` says whether the predicted time lies inside that interval; ``threads`` the intra-op
   threads; ``cpu_affinity`` the CPUs the run could use; rows of kind ``noise`` (the run's noise probe).
 
+The file layout (not a schema change; the columns and the version stay): since issue 22 the files are plain
+CSV, the header first, so ``pandas.read_csv(path)``, ``csv.DictReader``, spreadsheets and DuckDB open them with
+their defaults; the version is the ``schema_version`` column of every row and this history is kept here (and
+in ``HISTORY_COMMENT``). Files written before began with that ``#`` history line; ``read_report`` still reads
+them (it skips leading ``#`` lines).
+
 ``python -m xfbench.reports.schema --markdown`` prints the README's block (``markdown()``).
 
 Units: seconds, bytes, FLOPs (2 per multiply-accumulate), samples/s. Empty cell = not applicable or not
@@ -52,6 +58,8 @@ from xfbench.analytics.vocab import BACKENDS, DTYPES, OPTIMIZERS, PHASES
 SCHEMA_VERSION = 4
 # Versions read_report accepts; a file of an older one lacks the columns added since (ADDED_IN), read as blank.
 READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4)
+# The schema history in one line. Files written before issue 22 began with it (as a ``#`` line before the header,
+# which read_report still skips); files are now plain CSV, and the history is kept here and in the docstring.
 HISTORY_COMMENT = (
     "# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows,"
     " 3 = tf32 column, tensor-level memory and memory repeats, 4 = time over several processes, noise probe"
@@ -468,8 +476,10 @@ def markdown_table() -> str:
 def version_sentence() -> str:
     """The README's sentence that introduces the table and states the schema version."""
     return (
-        f"The CSV schema (version {SCHEMA_VERSION}; the first line of each file is a `#` history comment;\n"
-        "`reports/schema.py` is the source of this table, printed by `python -m xfbench.reports.schema --markdown`).\n"
+        f"The CSV schema (version {SCHEMA_VERSION}; plain CSV, the header first, the version in every row's\n"
+        "`schema_version` and the history in `reports/schema.py`; files of older releases begin with a `#` history\n"
+        "line, which `merge` and `compare` still read; `reports/schema.py` is the source of this table, printed by\n"
+        "`python -m xfbench.reports.schema --markdown`).\n"
         "*type*: what a cell holds (an `int` or `float` cell is a number or blank); *key*: one of the columns that\n"
         "identify a configuration (`CONFIG_KEY`); *since*: the schema version that added the column (*optional in\n"
         "N*: a file of version N may lack it, and it reads as blank); *row kinds*: the `kind`s of row that fill it\n"

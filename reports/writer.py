@@ -3,7 +3,12 @@
 One file per run under ``reports/runs/`` (git-ignored), named
 ``<UTC yyyymmddTHHMMSS>-<host>-<pid>-<8 hex>.csv`` and opened exclusively, so concurrent runs never share a
 file. Each row is flushed and fsync'ed as soon as it is written: a crash or kill loses nothing already measured.
-The file starts with ``HISTORY_COMMENT`` and the header ``COLUMN_NAMES``.
+
+The files are plain CSV, so every tool opens them with its defaults (``pandas.read_csv(path)``,
+``csv.DictReader``, a spreadsheet, DuckDB): the first line is the header ``COLUMN_NAMES``, then one row per
+line; the schema version is the ``schema_version`` column of every row, and the schema's history lives in
+``reports.schema``. Files written before issue 22 began with a ``#`` history line (``HISTORY_COMMENT``);
+``read_report`` still reads them, skipping leading ``#`` lines.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ from xfbench.reports.paths import runs_dir
 from xfbench.reports.schema import (
     COLUMN_NAMES,
     COLUMNS,
-    HISTORY_COMMENT,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     STATUSES,
@@ -104,8 +108,7 @@ class RunWriter:
             ) from None
         self._counts: Counter[str] = Counter()
         self._csv = csv.writer(self._fh, lineterminator="\n")
-        self._fh.write(HISTORY_COMMENT + "\n")
-        self._csv.writerow(COLUMN_NAMES)
+        self._csv.writerow(COLUMN_NAMES)  # plain CSV: the header is the first line
         self._sync()
 
     @property
@@ -247,7 +250,8 @@ def _number_fault(column: str, cell: str, integer: bool) -> str | None:
 def read_report(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one report file into a DataFrame with the schema's columns, typed (see INT_/FLOAT_COLUMNS).
 
-    Leading ``#`` comment lines are skipped. Files of every version in ``READABLE_VERSIONS`` are read; the
+    Leading ``#`` comment lines are skipped (files written before issue 22 began with a history line; files
+    written now are plain CSV). Files of every version in ``READABLE_VERSIONS`` are read; the
     columns an older version lacks (``ADDED_IN``) are blank. Raises ``SchemaError`` for a file without a
     ``schema_version`` column, of another schema version, or with missing columns, and ``ReportError`` (one
     line naming the file, and the line where it applies) for a file that is not a readable report: missing,
@@ -323,7 +327,7 @@ def _as_int(text: str) -> int | None:
 
 
 def write_report(df: pd.DataFrame, out_path: str | os.PathLike[str]) -> Path:
-    """Write a frame of schema rows (e.g. merged) with the history comment; floats round-trip exactly.
+    """Write a frame of schema rows (e.g. merged) as plain CSV (header first); floats round-trip exactly.
 
     The file is written beside its destination and renamed into place, so a crash never leaves half a file
     where a finished one was. ``ReportError`` (one line) when ``out_path`` is a directory or cannot be written.
@@ -335,7 +339,6 @@ def write_report(df: pd.DataFrame, out_path: str | os.PathLike[str]) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(HISTORY_COMMENT + "\n")
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(COLUMN_NAMES)
             for rec in df[list(COLUMN_NAMES)].itertuples(index=False, name=None):

@@ -199,11 +199,15 @@ def _report(directory: Path, machine: str, seconds: float) -> Path:
 
 
 def _parts(path: Path) -> tuple[str, list[str], list[str]]:
-    """(comment line, header, first row) of a report written by RunWriter."""
+    """(leading ``#`` lines, header, first row) of a report written by RunWriter: plain CSV since issue 22, so
+    the first part is empty; files of older releases began with a ``#`` history line."""
     text = path.read_text(encoding="utf-8")
-    comment, body = text.split("\n", 1)
-    header, row = list(csv.reader(io.StringIO(body)))[:2]
-    return comment + "\n", header, row
+    comment = ""
+    while text.startswith("#"):
+        line, text = text.split("\n", 1)
+        comment += line + "\n"
+    header, row = list(csv.reader(io.StringIO(text)))[:2]
+    return comment, header, row
 
 
 def _line(cells: list[str]) -> str:
@@ -234,7 +238,7 @@ def _bad_csv(tmp_path: Path, kind: str) -> tuple[list[str], str]:
         return [str(tmp_path / "nowhere.csv")], "no such file"
     if kind == "truncated_row":
         p.write_text(lines[0] + lines[1] + lines[2][:40], encoding="utf-8")  # a run killed mid-row
-        return [str(p)], "line 3: truncated row"
+        return [str(p)], f"line {2 + comment.count(chr(10))}: truncated row"
     if kind == "other_version":
         at = header.index("schema_version")
         p.write_text(lines[0] + lines[1] + _line(["1" if i == at else c for i, c in enumerate(row)]))
@@ -307,7 +311,7 @@ def test_merge_output_must_be_a_file_and_a_failed_merge_keeps_the_old_output(tmp
     out = tmp_path / "merged.csv"
     assert xf(tmp_path, "merge", str(a), "-o", str(out)).returncode == 0
     before = out.read_bytes()
-    assert len(before.decode().splitlines()) == 3  # comment, header, A's row
+    assert len(before.decode().splitlines()) == 2  # header, A's row (plain CSV)
     bad = tmp_path / "bad.csv"
     bad.write_text(a.read_text().splitlines(keepends=True)[0] + a.read_text().splitlines(keepends=True)[1] + "3,x\n")
     one_error_line(xf(tmp_path, "merge", str(b), str(bad), "-o", str(out)), "bad.csv", "truncated row")
@@ -334,7 +338,7 @@ def test_version_2_file_merges_with_blank_new_columns(tmp_path: Path) -> None:
     proc = xf(tmp_path, "merge", str(a), str(old), "-o", "m.csv")
     assert proc.returncode == 0, proc.stderr
     merged = (tmp_path / "m.csv").read_text().splitlines()
-    assert merged[1].split(",") == list(COLUMN_NAMES) and len(merged) == 4
+    assert merged[0].split(",") == list(COLUMN_NAMES) and len(merged) == 3  # plain CSV: header first
 
 
 # -------------------------------------------------------------------------------------- backends and options
@@ -443,7 +447,7 @@ def test_run_that_measured_nothing_says_so_and_fails(tmp_path: Path) -> None:
     assert "measured nothing" in proc.stdout
     assert "Traceback" not in proc.stderr
     (csv_file,) = (tmp_path / "reports" / "runs").glob("*.csv")  # in the working directory, not the package
-    rows = csv_file.read_text().splitlines()[2:]
+    rows = csv_file.read_text().splitlines()[1:]  # plain CSV: the header, then the rows
     assert len(rows) == 3 and all(",skipped," in r for r in rows)  # one skipped row per backend, none lost
 
 

@@ -32,6 +32,7 @@ SUBCOMMANDS = (
     "exercises",
     "memory",
     "merge",
+    "report",
 )
 
 
