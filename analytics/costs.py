@@ -23,7 +23,17 @@ from __future__ import annotations
 
 import math
 
-from xfbench.analytics.layers import LSTM, AvgPool2D, Conv2D, Dense, GlobalAvgPool2D, MaxPool2D
+from xfbench.analytics.layers import (
+    LSTM,
+    AvgPool2D,
+    Conv2D,
+    Dense,
+    GlobalAvgPool1D,
+    GlobalAvgPool2D,
+    LayerNorm,
+    MaxPool2D,
+    MultiHeadAttention,
+)
 from xfbench.analytics.layers.base import LayerCost
 from xfbench.analytics.shapes import infer_shapes, input_shapes, layer_input_shapes
 from xfbench.analytics.spec import Layer, ModelSpec, layer_inputs
@@ -105,10 +115,12 @@ def backward_flops(cost: LayerCost, needs_grad: bool) -> int:
 # TensorFlow's profiler, op by op
 # --------------------------------------------------------------------------------------------------------------
 
-# The op types whose ``float_ops`` :func:`tf_profiler_flops` predicts: conv / dense / LSTM matmuls, bias adds,
-# pooling, the global average pool's (and the loss's) Mean, and in training their gradient ops. The profiler
-# also counts element-wise ops (the LSTM cell's Add/Mul, dropout's masks, the loss's arithmetic), Softmax and
-# the gradient accumulation across LSTM steps (AddN); those are outside this set.
+# The op types whose ``float_ops`` :func:`tf_profiler_flops` predicts: conv / dense / LSTM / attention-projection
+# matmuls, attention's two batched products (BatchMatMulV2), bias adds, pooling, the global average pools' (and
+# the loss's and LayerNorm's statistics') Mean, and in training their gradient ops. The profiler also counts
+# element-wise ops (the LSTM cell's Add/Mul, dropout's masks, the loss's arithmetic, LayerNorm's normalization,
+# GELU's arithmetic, attention's scaling and mask), Softmax and the gradient accumulation (AddN); those are
+# outside this set.
 TF_PROFILER_OPS: tuple[str, ...] = (
     "Conv2D",
     "Conv2DBackpropInput",
@@ -166,6 +178,28 @@ def tf_profiler_flops(
         gets a gradient only where a layer with weights lies before it. (The global average pool's gradient
         is a RealDiv, outside this set.)
 
+    The transformer's layers (Keras 3 as ``backends/tensorflow/model.py`` builds them):
+
+    * MultiHeadAttention (query ``(T, F)``, key/value ``(S, Fk)``, ``H`` heads of ``K``): four Dense projections,
+      each a ``MatMul`` of ``2 * rows * in * out`` (rows ``N*T`` for query and output, ``N*S`` for key and
+      value) and a ``BiasAdd`` (``use_bias``, more than one unit); ``Q K^T`` and ``P V`` are ``BatchMatMulV2``,
+      ``2*N*H*T*S*K`` each (the full ``T x S`` products, causal or not). Training: each projection's weight
+      gradient; the input gradients of query (key, value) where a layer with weights lies before the query
+      (key/value) input, the output projection's always; ``BiasAddGrad`` ``elements - units``; four
+      ``BatchMatMulV2`` gradients: the two ``dX`` products are ``2*N*H*T*S*K`` each, the two ``dY``
+      products (``adj_x``: ``Q^T``-side ``dK = dS^T Q`` and ``dV = P^T dO``) are priced by the registry,
+      which reads ``transpose_a`` (a ``MatMul`` attribute; BatchMatMulV2 names it ``adj_x``), from the
+      un-transposed ``a`` operand's last axis ``S`` instead of ``T``: ``2*N*H*S*S*K`` each (equal to the
+      true count for self-attention, ``S == T``). The scaling (``Mul``), the mask (``AddV2``), ``Softmax``
+      and its gradient are outside this set.
+    * LayerNorm: Keras 3 takes ``tf.nn.moments`` (two ``Mean``: one per input element each) and normalizes
+      with element-wise ops (``AddV2``, ``Mul``, ``Rsqrt``, ``Neg``; the shift is an ``AddV2``, no BiasAdd);
+      its gradient has no op of this set.
+    * GlobalAvgPool1D: ``Mean``, one per input element (its gradient a RealDiv). PositionEmbedding: an
+      ``AddV2`` (gradient ``Sum``), outside this set. A tied Dense is a Dense (one ``MatMul`` on the
+      embedding's matrix with ``transpose_b``; the two gradients into the embedding are summed by ``AddN``,
+      outside this set).
+
     ``skip_layers``: layer indices the counter does not count (their forward and gradient ops are left out).
     """
     if phase not in ("inference", "training"):
@@ -176,7 +210,11 @@ def tf_profiler_flops(
     training = phase == "training"
     outs = infer_shapes(spec)
     ins = input_shapes(spec)
+    all_ins = layer_input_shapes(spec)
+    sources = layer_inputs(spec)
     grads = needs_input_grad(spec)
+    # weighted[j]: a layer with weights lies on or before layer j (so its output needs a gradient)
+    weighted = [g or has_weights(layer) for g, layer in zip(grads, spec.layers)]
     out: dict[str, int] = dict.fromkeys(TF_PROFILER_OPS, 0)
     for i, (layer, in_shape, out_shape) in enumerate(zip(spec.layers, ins, outs)):
         if i in skip_layers:
@@ -221,7 +259,33 @@ def tf_profiler_flops(
             out[kind] += area * out_elems
             if training and grads[i]:
                 out[kind + "Grad"] += (area + 1) * out_elems if kind == "MaxPool" else 2 * area * out_elems
-        elif isinstance(layer, GlobalAvgPool2D):
+        elif isinstance(layer, MultiHeadAttention):
+            t, f, s, fk, h, k = layer.sizes(all_ins[i])
+            hk = h * k
+            q_src, kv_src = sources[i][0], sources[i][-1]
+            q_grad = q_src >= 0 and weighted[q_src]
+            kv_grad = kv_src >= 0 and weighted[kv_src]
+            projections = (  # (forward matmul FLOPs, input gradient needed): query, key, value, output
+                (2 * n * t * f * hk, q_grad),
+                (2 * n * s * fk * hk, kv_grad),
+                (2 * n * s * fk * hk, kv_grad),
+                (2 * n * t * hk * f, True),
+            )
+            for matmul, needs_dx in projections:
+                # forward; in training the weight gradient and, where needed, the input gradient
+                out["MatMul"] += matmul * ((2 + needs_dx) if training else 1)
+            product = 2 * n * h * t * s * k  # one of Q K^T, P V
+            out["BatchMatMulV2"] += 2 * product
+            if training:
+                out["BatchMatMulV2"] += 2 * product + 2 * (2 * n * h * s * s * k)
+            if layer.use_bias:
+                for elems, units in ((n * t * hk, hk), (n * s * hk, hk), (n * s * hk, hk), (n * t * f, f)):
+                    if units > 1:
+                        out["BiasAdd"] += elems
+                        out["BiasAddGrad"] += elems - units if training else 0
+        elif isinstance(layer, LayerNorm):
+            out["Mean"] += 2 * n * math.prod(in_shape)  # tf.nn.moments: the mean, and the squared deviations'
+        elif isinstance(layer, (GlobalAvgPool2D, GlobalAvgPool1D)):
             out["Mean"] += n * math.prod(in_shape)
     if training:
         kind = output_kind(spec)

@@ -112,6 +112,22 @@ HAND_PARAMS = {
         )
     )
     + _fc(512, 1000),
+    # Hugging Face's GPT2LMHeadModel (GPT-2 small) count, a second source: the head shares the token embedding
+    "gpt2": 124_439_808,
+    # transformer blocks by hand: attention 4 * _fc(d, d), two LayerNorms 2 * 2d, FF _fc(d, 4d) + _fc(4d, d)
+    "gpt2_tiny": 8192 * 128 + 256 * 128 + 2 * (4 * _fc(128, 128) + 4 * 128 + _fc(128, 512) + _fc(512, 128)) + 2 * 128,
+    "bert_base": 30522 * 768
+    + 512 * 768
+    + 2 * 768
+    + 12 * (4 * _fc(768, 768) + 4 * 768 + _fc(768, 3072) + _fc(3072, 768))
+    + _fc(768, 768)
+    + _fc(768, 2),
+    "bert_tiny": 30522 * 128
+    + 512 * 128
+    + 2 * 128
+    + 2 * (4 * _fc(128, 128) + 4 * 128 + _fc(128, 512) + _fc(512, 128))
+    + _fc(128, 128)
+    + _fc(128, 2),
 }
 
 

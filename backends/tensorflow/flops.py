@@ -41,6 +41,27 @@ counts many of these (the ``Mean`` ones inside the aligned set), none under a ru
 BatchNorm layer (:data:`UNCOUNTED_TYPES`) is named in ``unsupported`` and its ops, forward and gradient, are
 left out of ``total`` and ``by_op``.
 
+Transformer layers on this version (verified on TF 2.21 / Keras 3.15; the rules are
+:func:`xfbench.analytics.costs.tf_profiler_flops`'s):
+
+* MultiHeadAttention (composed in ``backends/tensorflow/model.py``): four projections, each ``Tensordot`` ->
+  ``MatMul`` + ``BiasAdd``; ``Q K^T`` and ``P V`` are ``BatchMatMulV2`` (``2*N*H*T*S*K`` each, causal or not).
+  The registry's BatchMatMul rule reads ``transpose_a``, which BatchMatMulV2 names ``adj_x``, so it always takes
+  ``k`` from the first operand's last axis: right for the forward products and the two ``dX`` gradients, but
+  the two ``adj_x`` gradients (``dK = dS^T Q``, ``dV = P^T dO``) are priced ``2*N*H*S*S*K`` instead of
+  ``2*N*H*T*S*K`` (the same for self-attention). The query's scaling (``Mul``), the causal mask (``AddV2``),
+  ``Softmax`` (5 per score) and the softmax gradient (``Mul``/``Sum``/``Sub``) are counted outside the aligned
+  set. Keras' own ``MultiHeadAttention`` projects with ``Einsum``, which the registry does not count.
+* LayerNorm (Keras 3 ``LayerNormalization``): ``tf.nn.moments`` -- two ``Mean`` (one per input element each,
+  in the aligned set), ``SquaredDifference``, ``StopGradient`` -- then ``AddV2``/``Rsqrt``/``Mul``/``Neg``
+  (beta is an ``AddV2``, not a BiasAdd); its gradient (``Sum``, ``Mul``, ``RealDiv``, ``Tile``, ``RsqrtGrad``,
+  ``Sub``) has no aligned op.
+* GELU: the erf form is ``Mul``/``Neg``/``Erfc`` (``Erfc`` has no registry entry: the profiler counts 0 for
+  it), the tanh form ``Pow``/``Mul``/``AddV2``/``Tanh`` (``Tanh`` not counted); neither is in the aligned set.
+* PositionEmbedding: ``StridedSlice`` + ``AddV2`` (gradient: a ``Sum`` over the batch); GlobalAvgPool1D: ``Mean``
+  (aligned; gradient a ``RealDiv``); the tied head: one ``MatMul`` with ``transpose_b`` on the embedding's
+  variable (its gradients are aligned ``MatMul``); the embedding's two gradients are summed by an ``AddN``.
+
 Keras runs an LSTM as a ``tf.while_loop`` (or a cuDNN kernel on GPU); the profiler does not look inside
 the loop body and would count one step out of ``T``. For counting, each LSTM is traced unrolled
 (``unroll=True``: the same per-step ops, once per step); should a loop remain anyway, that layer goes to
@@ -67,8 +88,10 @@ COUNTER = "tf.compat.v1.profiler float_operation"
 CONVENTION = (
     "TF profiler float_ops: multiply and add counted separately (2 per MAC in Conv2D/MatMul), bias adds "
     "included (BiasAdd, 1 per element), pooling 1 per window element, element-wise ops 1 per element, "
-    "Softmax 5 per element; ReLU/sigmoid/tanh, padding and transposes not counted; LSTM counted unrolled; "
-    "conv gradients priced from the conv's input size over the stride area, BiasAddGrad elements - C"
+    "Softmax 5 per element; ReLU/sigmoid/tanh, Erfc (erf GELU), padding and transposes not counted; LSTM counted "
+    "unrolled; conv gradients priced from the conv's input size over the stride area, BiasAddGrad elements - C; "
+    "attention's Q K^T and P V as BatchMatMulV2 (full T x S, causal or not; the adj_x gradients priced with S "
+    "for T); LayerNorm's statistics as two Mean"
 )
 _LOOP_OPS = ("While", "StatelessWhile")
 # The profiler's op types that xfbench predicts op by op under this counter's convention (forward and

@@ -25,6 +25,21 @@ Layer mapping (spec -> Keras, channels-last; one builder per type in :data:`BUIL
   running variance.
 * Add -> ``keras.layers.Add``; Concatenate -> ``keras.layers.Concatenate`` on channels (axis -1 of NHWC, axis 1
   of NCHW) or on the last (feature) axis of a sequence or vector.
+* Activations ``gelu`` -> ``keras.activations.gelu(x, approximate=False)`` (the erf form; ``keras.ops.gelu``
+  defaults to the tanh form), ``gelu_tanh`` -> ``approximate=True``; also as a Conv2D's or Dense's activation.
+* LayerNorm -> ``keras.layers.LayerNormalization(axis=-1, epsilon=eps)`` (Keras 3: ``tf.nn.moments`` -- ``Mean``,
+  ``SquaredDifference``, ``Mean`` -- then ``Rsqrt``, ``Mul``, ``Neg``; the shift ``beta`` is an ``AddV2``).
+* MultiHeadAttention -> :class:`_MultiHeadAttention`, composed from explicit ops so that TensorFlow's profiler
+  sees every product (Keras' own ``MultiHeadAttention`` projects with ``Einsum``, which the profiler does not
+  count): four ``keras.layers.Dense`` (query, key, value, output: ``Tensordot`` -> ``MatMul``, bias
+  ``BiasAdd``), reshape and transpose to ``(N, H, T, K)``, ``tf.matmul(q * 1/sqrt(K), k, transpose_b=True)``
+  (``BatchMatMulV2``, ``adj_y``), a ``-inf`` mask added above the diagonal when causal, ``tf.nn.softmax``,
+  ``tf.matmul(p, v)`` (``BatchMatMulV2``), transpose back, the output projection.
+* PositionEmbedding -> :class:`_PositionEmbedding`: a ``(length, F)`` weight, ``x + table[:T]``;
+  GlobalAvgPool1D -> ``keras.layers.GlobalAveragePooling1D`` (``Mean`` over time).
+* Dense with ``tie`` -> :class:`_TiedDense`: ``tf.matmul(x, E, transpose_b=True)`` (a ``(N*T, D)`` reshape of a
+  sequence, one ``MatMul``) on the tied Embedding's own variable ``E`` (one variable, one gradient: the head's
+  and the lookup's gradients are summed into it), its bias added with ``BiasAdd``.
 
 Graphs: each layer reads the Keras tensors of the layers its ``inputs`` name (:func:`analytics.spec.layer_inputs`),
 and each tensor remembers whether it is NHWC. A layer that needs NHWC transposes its NCHW input (one ``Permute``
@@ -43,7 +58,7 @@ from typing import Any
 
 import numpy as np
 from xfbench.analytics import layers as L
-from xfbench.analytics.shapes import infer_shapes, layer_input_shapes
+from xfbench.analytics.shapes import infer_shapes, layer_input_shapes, tied_layer
 from xfbench.analytics.spec import Layer, ModelSpec, consumers, layer_inputs
 from xfbench.analytics.vocab import DTYPES as DTYPE_NAMES
 from xfbench.analytics.weights import output_kind, random_weights
@@ -62,7 +77,7 @@ class _WeightEntry:
     the (C, H, W) shape whose flattening order differs between the spec and Keras."""
 
     index: int
-    kind: str  # "conv", "dense", "lstm", "embedding", "batchnorm"
+    kind: str  # "conv", "dense", "lstm", "embedding", "batchnorm", "layernorm", "attention", "positions", "tied"
     layer: Any
     flatten_chw: tuple[int, int, int] | None = None
 
@@ -119,6 +134,130 @@ class _LocalResponseNorm(keras.layers.Layer):
         return input_shape
 
 
+def _gelu(x: Any) -> Any:
+    """GELU, the erf form (``keras.ops.gelu`` defaults to the tanh form)."""
+    return keras.activations.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x: Any) -> Any:
+    """GELU, the tanh approximation (GPT-2's)."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+def _keras_activation(kind: str | None) -> Any:
+    """The Keras activation of a spec activation kind (a name Keras knows, or one of the GELU functions)."""
+    return {"gelu": _gelu, "gelu_tanh": _gelu_tanh}.get(kind, kind) if kind is not None else None
+
+
+class _MultiHeadAttention(keras.layers.Layer):
+    """Scaled dot-product attention composed from explicit ops (see the module docstring); query ``(N, T, F)``,
+    key/value ``(N, S, Fk)`` (the query itself for self-attention)."""
+
+    def __init__(self, features: int, heads: int, key_dim: int, causal: bool, use_bias: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.heads, self.key_dim, self.causal, self.use_bias = int(heads), int(key_dim), bool(causal), bool(use_bias)
+        dtype = kwargs.get("dtype")
+        hk = self.heads * self.key_dim
+
+        def dense(name: str, units: int) -> Any:
+            return keras.layers.Dense(units, use_bias=self.use_bias, kernel_initializer="zeros", name=name, dtype=dtype)
+
+        self.query, self.key, self.value = dense("query", hk), dense("key", hk), dense("value", hk)
+        self.out = dense("output", int(features))  # back to the query's features
+
+    def build(self, query_shape: tuple, key_value_shape: tuple | None = None) -> None:
+        kv_shape = query_shape if key_value_shape is None else key_value_shape
+        self.query.build(query_shape)
+        self.key.build(kv_shape)
+        self.value.build(kv_shape)
+        self.out.build((*query_shape[:-1], self.heads * self.key_dim))
+        self.built = True
+
+    def _heads(self, x: Any, length: int) -> Any:
+        """``(N, length, H*K) -> (N, H, length, K)``."""
+        return tf.transpose(tf.reshape(x, (-1, length, self.heads, self.key_dim)), (0, 2, 1, 3))
+
+    def call(self, query: Any, key_value: Any = None) -> Any:
+        kv = query if key_value is None else key_value
+        t, s = int(query.shape[1]), int(kv.shape[1])
+        q = self._heads(self.query(query), t)
+        k = self._heads(self.key(kv), s)
+        v = self._heads(self.value(kv), s)
+        scores = tf.matmul(q * tf.cast(1.0 / np.sqrt(self.key_dim), q.dtype), k, transpose_b=True)  # (N,H,T,S)
+        if self.causal:
+            hidden = np.triu(np.ones((t, s), dtype=bool), k=1)
+            mask = np.where(hidden, -np.inf, 0.0).astype(scores.dtype.as_numpy_dtype)
+            scores = scores + tf.constant(mask)
+        p = tf.nn.softmax(scores, axis=-1)
+        o = tf.reshape(tf.transpose(tf.matmul(p, v), (0, 2, 1, 3)), (-1, t, self.heads * self.key_dim))
+        return self.out(o)
+
+    def compute_output_shape(self, query_shape: tuple, key_value_shape: tuple | None = None) -> tuple:
+        return tuple(query_shape)
+
+
+class _PositionEmbedding(keras.layers.Layer):
+    """A learned ``(length, F)`` table whose first ``T`` rows are added to the ``(N, T, F)`` input."""
+
+    def __init__(self, length: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.length = int(length)
+
+    def build(self, input_shape: tuple) -> None:
+        self.embeddings = self.add_weight(
+            shape=(self.length, int(input_shape[-1])), initializer="zeros", name="embeddings"
+        )
+        self.built = True
+
+    def call(self, x: Any) -> Any:
+        table = tf.convert_to_tensor(self.embeddings)
+        t = int(x.shape[1])
+        return x + (table if t == self.length else table[:t])
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return tuple(input_shape)
+
+
+class _Tie:
+    """Holds the tied Embedding layer out of Keras' tracking (its variable stays the Embedding's alone)."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+
+
+class _TiedDense(keras.layers.Layer):
+    """A Dense whose kernel is an Embedding's ``(vocab, dim)`` matrix transposed (GPT-2's head): no kernel of
+    its own, the bias (``use_bias``) its only weight."""
+
+    def __init__(self, embedding: Any, units: int, use_bias: bool, activation: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._tie = _Tie(embedding)
+        self.units, self.use_bias = int(units), bool(use_bias)
+        self.activation = keras.activations.get(activation) if activation is not None else None
+        self.bias = None
+
+    def build(self, input_shape: tuple) -> None:
+        if self.use_bias:
+            self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+        self.built = True
+
+    def call(self, x: Any) -> Any:
+        table = tf.convert_to_tensor(self._tie.layer.embeddings)  # (vocab, dim)
+        if len(x.shape) == 3:  # (N, T, D): one (N*T, D) x (D, vocab) MatMul
+            t, d = int(x.shape[1]), int(x.shape[2])
+            y = tf.reshape(tf.matmul(tf.reshape(x, (-1, d)), table, transpose_b=True), (-1, t, self.units))
+        else:
+            y = tf.matmul(x, table, transpose_b=True)
+        if self.bias is not None:
+            y = keras.ops.add(y, self.bias)  # BiasAdd, as keras.layers.Dense
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:-1], self.units)
+
+
 def _keras_name(index: int, layer: Any, suffix: str = "") -> str:
     base = re.sub(r"[^A-Za-z0-9_]", "_", layer.name or layer.type.lower())
     return f"l{index}_{base}{suffix}"
@@ -164,17 +303,18 @@ class _Out:
 
 # The layer types that run on NHWC image tensors (the spec's (C, H, W) is transposed in front of them).
 _NHWC_TYPES = (L.Conv2D, L.MaxPool2D, L.AvgPool2D, L.GlobalAvgPool2D, L.LocalResponseNorm, L.BatchNorm)
-# The layer types that join two or more inputs (their image inputs first meet in one layout).
-_JOIN_TYPES = (L.Add, L.Concatenate)
+# The layer types that join two or more inputs (their image inputs first meet in one layout), and attention
+# (``[query, key_value]``).
+_JOIN_TYPES = (L.Add, L.Concatenate, L.MultiHeadAttention)
 
 
 @dataclass
 class _Step:
     """One spec layer being built, for its type's builder: what it reads, and the layout facts it updates.
 
-    ``x`` is the input tensor (a list of them for Add and Concatenate), already NHWC where the type needs it;
-    ``channels_last`` says whether an image tensor is NHWC (a builder whose output is no image any more sets it
-    to False); ``chw`` is the (C, H, W) shape a Dense kernel must absorb (:class:`_Out`).
+    ``x`` is the input tensor (a list of them for Add, Concatenate and MultiHeadAttention), already NHWC where the
+    type needs it; ``channels_last`` says whether an image tensor is NHWC (a builder whose output is no image any
+    more sets it to False); ``chw`` is the (C, H, W) shape a Dense kernel must absorb (:class:`_Out`).
     """
 
     spec: ModelSpec
@@ -217,7 +357,7 @@ def _conv(s: _Step, layer: L.Conv2D) -> Any:
         strides=layer.stride,
         padding="same" if pad == "same" else "valid",
         use_bias=layer.use_bias,
-        activation=None if softmax else layer.activation,
+        activation=None if softmax else _keras_activation(layer.activation),
         kernel_initializer="zeros",
         name=s.name,
         **s.common,
@@ -285,10 +425,20 @@ def _flatten(s: _Step, layer: L.Flatten) -> Any:
 
 
 def _dense(s: _Step, layer: L.Dense) -> Any:
+    if layer.tie:
+        j = tied_layer(s.spec, s.index)
+        emb = next(e.layer for e in s.entries if e.index == j and e.kind == "embedding")
+        tied = _TiedDense(
+            emb, layer.units, layer.use_bias, _keras_activation(layer.activation), name=s.name, **s.common
+        )
+        x = tied(s.x)
+        s.entries.append(_WeightEntry(s.index, "tied", tied))
+        s.chw = None
+        return x
     dense = keras.layers.Dense(
         layer.units,
         use_bias=layer.use_bias,
-        activation=layer.activation,
+        activation=_keras_activation(layer.activation),
         kernel_initializer="zeros",
         name=s.name,
         **s.common,
@@ -303,7 +453,7 @@ def _activation(s: _Step, layer: L.Activation) -> Any:
     if layer.kind == "softmax":
         axis = 2 if (s.image_in and s.channels_last) else -1
         return keras.layers.Softmax(axis=axis, name=s.name, **s.common)(s.x)
-    return keras.layers.Activation(layer.kind, name=s.name, **s.common)(s.x)
+    return keras.layers.Activation(_keras_activation(layer.kind), name=s.name, **s.common)(s.x)
 
 
 def _dropout(s: _Step, layer: L.Dropout) -> Any:
@@ -332,6 +482,35 @@ def _embedding(s: _Step, layer: L.Embedding) -> Any:
     return x
 
 
+def _layer_norm(s: _Step, layer: L.LayerNorm) -> Any:
+    ln = keras.layers.LayerNormalization(axis=-1, epsilon=layer.epsilon, name=s.name, **s.common)
+    x = ln(s.x)
+    s.entries.append(_WeightEntry(s.index, "layernorm", ln))
+    s.chw = None
+    return x
+
+
+def _attention(s: _Step, layer: L.MultiHeadAttention) -> Any:
+    attn = _MultiHeadAttention(
+        int(s.shape[-1]), layer.heads, layer.key_dim, layer.causal, layer.use_bias, name=s.name, **s.common
+    )
+    x = attn(s.x[0]) if len(s.x) == 1 else attn(s.x[0], s.x[1])
+    s.entries.append(_WeightEntry(s.index, "attention", attn))
+    return x
+
+
+def _position_embedding(s: _Step, layer: L.PositionEmbedding) -> Any:
+    length = layer.length if layer.length is not None else int(s.shape[0])
+    pos = _PositionEmbedding(length, name=s.name, **s.common)
+    x = pos(s.x)
+    s.entries.append(_WeightEntry(s.index, "positions", pos))
+    return x
+
+
+def _global_avg_pool_1d(s: _Step, layer: L.GlobalAvgPool1D) -> Any:
+    return keras.layers.GlobalAveragePooling1D(name=s.name, **s.common)(s.x)
+
+
 #: A builder: ``(step, layer) -> output tensor``; it records a layer with weights in ``step.entries`` and updates
 #: ``step.channels_last`` and ``step.chw`` where its output's layout differs from its input's.
 Builder = Callable[[_Step, Any], Any]
@@ -353,6 +532,10 @@ BUILDERS: dict[type[Layer], Builder] = {
     L.Add: _add,
     L.Concatenate: _concatenate,
     L.BatchNorm: _batchnorm,
+    L.LayerNorm: _layer_norm,
+    L.MultiHeadAttention: _attention,
+    L.PositionEmbedding: _position_embedding,
+    L.GlobalAvgPool1D: _global_avg_pool_1d,
 }
 
 
@@ -477,13 +660,26 @@ def _layer_params(entry: _WeightEntry) -> list[tuple[str, Any]]:
             ("moving_mean", layer.moving_mean),
             ("moving_variance", layer.moving_variance),
         ]
+    if entry.kind == "layernorm":
+        return [("gamma", layer.gamma), ("beta", layer.beta)]
+    if entry.kind == "positions":
+        return [("embeddings", layer.embeddings)]
+    if entry.kind == "attention":  # the neutral order: query, key, value, output; kernel then bias
+        out: list[tuple[str, Any]] = []
+        for proj, dense in (("query", layer.query), ("key", layer.key), ("value", layer.value), ("output", layer.out)):
+            out.append((f"{proj}_kernel", dense.kernel))
+            if dense.bias is not None:
+                out.append((f"{proj}_bias", dense.bias))
+        return out
+    if entry.kind == "tied":  # the kernel is the Embedding's, exported there
+        return [("bias", layer.bias)] if layer.bias is not None else []
     if entry.kind == "lstm":
         cell = layer.cell
         return [("kernel", cell.kernel), ("recurrent_kernel", cell.recurrent_kernel), ("bias", cell.bias)]
-    out = [("kernel", layer.kernel)]
+    params = [("kernel", layer.kernel)]
     if layer.bias is not None:
-        out.append(("bias", layer.bias))
-    return out
+        params.append(("bias", layer.bias))
+    return params
 
 
 def set_weights(model: Any, weights: Sequence[np.ndarray]) -> None:
