@@ -309,7 +309,7 @@ def test_pool_default_stride_is_the_window() -> None:
         ({"type": "Conv2D", "filters": 4, "kernel": 0}, r"layer 0 field 'kernel'=0"),
         ({"type": "Conv2D", "filters": 4, "kernel": 3, "padding": "full"}, r"field 'padding'='full'.*'same'"),
         ({"type": "Dense", "units": 0}, r"field 'units'=0"),
-        ({"type": "Activation", "kind": "gelu"}, r"field 'kind'='gelu'.*relu"),
+        ({"type": "Activation", "kind": "swish"}, r"field 'kind'='swish'.*relu"),
         ({"type": "Dropout", "rate": 1.5}, r"field 'rate'=1.5"),
         ({"type": "Conv3D", "filters": 1}, r"field 'type'='Conv3D'.*allowed"),
         ({"type": "Dense", "units": 3, "colour": 1}, r"field 'colour'=1"),

@@ -288,7 +288,8 @@ def test_visible_devices_of_the_baseline_and_of_an_absent_backend() -> None:
 
 
 def test_the_quick_profile_leaves_vgg16_and_vgg19_to_be_named() -> None:
-    """The quick profile's default run is every catalog model but VGG-16 and VGG-19 (issue 12's time budget);
+    """The quick profile's default run is every catalog model but VGG-16, VGG-19, the deeper ResNets, GPT-2 and
+    BERT-base (the time budget);
     named, they run at the profile's batch 1 with 3 rounds; the full profile runs every catalog model."""
     from xfbench.analytics.catalog import CATALOG
 
@@ -296,7 +297,10 @@ def test_the_quick_profile_leaves_vgg16_and_vgg19_to_be_named() -> None:
         sel = options.select_configs(_run_options(["--backend", "torch", "--phase", "training", *argv]), expand=False)
         return [cfg.model for cfg, _ in sel.configs]
 
-    expected_quick = ["cnn3", "alexnet", "vgg11", "lstm", "lenet", "nin", "mlp", "resnet18", "inception"]
+    expected_quick = [
+        *("cnn3", "alexnet", "vgg11", "lstm", "lenet", "nin", "mlp", "resnet18", "inception"),
+        *("gpt2_tiny", "bert_tiny"),  # issue 21: gpt2 and bert_base only when named
+    ]
     assert models([]) == [m for m in CATALOG if m in expected_quick] and set(expected_quick) <= set(CATALOG)
     named = options.select_configs(_run_options(["--backend", "torch", "--models", "vgg16"]), expand=False)
     assert [(c.model, c.phase, c.batch_size, p.rounds) for c, p in named.configs] == [
