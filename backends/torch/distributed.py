@@ -1,6 +1,6 @@
 """Data-parallel training steps with ``torch.distributed`` + ``DistributedDataParallel`` (gloo on CPU, NCCL on GPU).
 
-One module, two roles (``python -m backends.torch.distributed --job JOB.json --out RESULT.json``):
+One module, two roles (``python -m xfbench.backends.torch.distributed --job JOB.json --out RESULT.json``):
 
 * **worker** (``RANK`` is in the environment): joins the process group through the ``env://`` rendezvous
   exactly as ``torchrun`` sets it up (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
@@ -9,7 +9,7 @@ One module, two roles (``python -m backends.torch.distributed --job JOB.json --o
 
       torchrun --nnodes=2 --nproc-per-node=4 --node-rank=<0|1> \\
           --rdzv-backend=c10d --rdzv-endpoint=<host0>:29500 \\
-          -m backends.torch.distributed --job job.json --out result.json
+          -m xfbench.backends.torch.distributed --job job.json --out result.json
 
 * **local launcher** (no ``RANK``; ``--nprocs N``): starts N copies of itself on this machine with those
   variables set (a free port on 127.0.0.1) and waits for them, like ``torchrun --standalone``.
@@ -253,7 +253,7 @@ def _worker(job: Job, out_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Worker (``RANK`` set) or local launcher (``--nprocs N``); see the module docstring."""
-    p = job_parser("python -m backends.torch.distributed")
+    p = job_parser("python -m xfbench.backends.torch.distributed")
     p.add_argument("--nprocs", type=int, default=None, help="launcher: start N local workers (no torchrun)")
     args = p.parse_args(argv)
     if "RANK" in os.environ:
