@@ -216,7 +216,9 @@ def sweep(items: Mapping[str, tuple[Callable[[], Callable[[], object]], int]], k
 def derive(backend: str, device: str, raw: Mapping[str, float], threads: int | None) -> MachinePeaks:
     """The peaks from the raw fastest times of a calibration (module docstring); pure arithmetic."""
     call = raw["gemm:1x1x1"]
-    short, long = raw["dispatch:1"], raw[f"dispatch:{CHAIN}"]
+    short, long = raw.get("dispatch:1", call), raw.get(f"dispatch:{CHAIN}")
+    # a refused chain (its per-op cost below the physical floor: a noisy sweep) prices an op at that floor
+    op_overhead = MIN_OP_S if long is None else max((long - short) / (CHAIN - 1), 0.0)
     stream_call = raw.get(f"stream:{STREAM_CALL_BYTES}", short)
     bandwidth: dict[int, float] = {}
     for size in COPY_SIZES:
@@ -242,7 +244,7 @@ def derive(backend: str, device: str, raw: Mapping[str, float], threads: int | N
         basis=MEASURED_BASIS,
         gemm=gemm,
         bandwidth=bandwidth,
-        op_overhead_s=max((long - short) / (CHAIN - 1), 0.0),
+        op_overhead_s=op_overhead,
         rates=rates,
         threads=threads,
         fault_bw=fault_bw,
