@@ -290,7 +290,7 @@ class Runner:
             )
         masked = 0
         for i in layers:
-            alone = dataclasses.replace(spec.layers[i], inputs=None, name="attn")
+            alone = dataclasses.replace(spec.layers[i], inputs=None)
             shape = layer_input_shapes(spec)[i][0]
             one = ModelSpec(f"{spec.name}-attn{i}", tuple(shape), (alone,), source=f"{spec.name} layer {i}")
             model = self.build(one)

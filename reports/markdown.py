@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from xfbench.reports.html import ERROR_COLUMNS, Machine, load_machines, model_rows, quality
@@ -335,7 +336,9 @@ def run_to_run_section(runs: Sequence[tuple[str, Machine]]) -> str:
         assert isinstance(moved, list)
         pmoved = f["pmoved"]
         assert isinstance(pmoved, list)
-        cov, judged = f["covered"]  # type: ignore[misc]
+        covered = f["covered"]
+        assert isinstance(covered, tuple)
+        cov, judged = int(covered[0]), int(covered[1])
         beyond = sum(v > 0.20 for v in moved)
         coverage = f"{cov}/{judged} ({cov / judged:.0%})" if judged else "-"
         rows.append([backend, str(f["paired"]), f"{_stats(moved)} ({beyond})", coverage, _stats(pmoved)])
@@ -348,7 +351,7 @@ def run_to_run_section(runs: Sequence[tuple[str, Machine]]) -> str:
     )
 
 
-def _time_cell(r: dict[str, object]) -> str:
+def _time_cell(r: Mapping[Any, Any]) -> str:
     lo, hi = _f(r["time_lo_s"]), _f(r["time_hi_s"])
     text = _ms(r["time_median_s"])
     return text + (f" [{_ms(lo)}..{_ms(hi)}]" if not math.isnan(lo) and not math.isnan(hi) else "")
