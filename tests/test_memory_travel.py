@@ -284,3 +284,14 @@ def test_gemm_probe_adds_the_largest_dense_layers_buffers(monkeypatch: pytest.Mo
         {"type": "Dense", "units": 256},
     ]
     assert seen["gemm-1x28x28-2"]["layers"][-1] == {"type": "Dense", "units": 2}
+
+
+def test_probe_family_of_a_transformer_counts_attention_blocks_beyond_the_attn_probe() -> None:
+    """gpt2_tiny has 2 attention layers, the attn probe 1: one more block's first-step memory (attn2 - attn); its
+    largest dense layer is the tied head, 128 -> 8,192 on 64 tokens, behind layers with weights (dx)."""
+    from xfbench.analytics.catalog import catalog_model
+
+    assert rows.probe_family(catalog_model("gpt2_tiny")) == "attn:MultiHeadAttention=1;gemmdx=64x128>8192"
+    assert rows.probe_family(catalog_model("gpt2")).startswith("attn:MultiHeadAttention=11;")
+    probe = spec_from_dict(json.loads((rows.PROBES / "attn.json").read_text()))
+    assert rows.probe_family(probe).split(";")[0] == "attn"  # the probe itself: no block beyond its own

@@ -128,7 +128,14 @@ PROBES = Path(__file__).resolve().parent.parent / "probes"  # benchmarks/probes:
 
 #: Probes that measure one more layer of a type than the conv probe has (TensorFlow's first execution holds memory
 #: per op of its graph: issue 20): layer type -> (probe file, layers of that type in ``conv.json``).
-LAYER_PROBES: dict[str, tuple[str, int]] = {"Conv2D": ("conv2", 1), "BatchNorm": ("bn", 0)}
+LAYER_PROBES: dict[str, tuple[str, int]] = {
+    "Conv2D": ("conv2", 1),
+    "BatchNorm": ("bn", 0),
+    "MultiHeadAttention": ("attn2", 1),
+}
+#: The per-layer probes each base probe reads against it (a conv model's convs and BatchNorms; a transformer's
+#: attention blocks: ``attn2`` is the ``attn`` probe with a second block).
+BASE_LAYER_PROBES: dict[str, tuple[str, ...]] = {"conv": ("Conv2D", "BatchNorm"), "attn": ("MultiHeadAttention",)}
 #: The backends whose overhead adds the per-layer probes' cost (measured where it matters: TensorFlow, below).
 PER_LAYER_OVERHEAD_BACKENDS = ("tensorflow",)
 
@@ -136,24 +143,40 @@ PER_LAYER_OVERHEAD_BACKENDS = ("tensorflow",)
 #: The backends whose overhead adds a probe of the model's largest dense layer (MKL's SGEMM buffers, below).
 GEMM_PROBE_BACKENDS = ("torch",)
 #: Layer types with weights: a dense layer behind one of them computes its input's gradient in training.
-WEIGHTED_TYPES = ("Conv2D", "Dense", "LSTM", "Embedding", "BatchNorm")
+WEIGHTED_TYPES = (
+    *("Conv2D", "Dense", "LSTM", "Embedding", "BatchNorm"),
+    *("LayerNorm", "MultiHeadAttention", "PositionEmbedding"),
+)
 #: The units of the GEMM probe's baseline: the same probe with a dense layer whose GEMMs take no MKL buffers.
 GEMM_SMALL_UNITS = 2
 
 
 def probe_family(spec: ModelSpec) -> str:
-    """Which probe model stands for ``spec``'s kernels: ``conv``, ``lstm`` or ``dense``; for a conv model, the layers
-    it has beyond the conv probe's, for the per-layer probes (:data:`LAYER_PROBES`), e.g. ResNet-18's
-    ``conv:Conv2D=19,BatchNorm=20``; and, after ``;gemm=``, the input shape and units of its largest dense layer
-    (by weight), for the GEMM probe (the mlp: ``dense;gemm=784>256``; ``gemmdx`` where a layer with weights comes
-    before it, e.g. LeNet's ``conv:Conv2D=1;gemmdx=400>120``)."""
+    """Which probe model stands for ``spec``'s kernels: ``conv``, ``lstm``, ``attn`` (a transformer: any
+    MultiHeadAttention) or ``dense``; the layers it has beyond its base probe's, for the per-layer probes
+    (:data:`LAYER_PROBES`, :data:`BASE_LAYER_PROBES`), e.g. ResNet-18's ``conv:Conv2D=19,BatchNorm=20``,
+    gpt2_tiny's ``attn:MultiHeadAttention=1``; and, after ``;gemm=``, the input shape and units of its largest
+    dense layer (by weight), for the GEMM probe (the mlp: ``dense;gemm=784>256``; ``gemmdx`` where a layer with
+    weights comes before it, e.g. LeNet's ``conv:Conv2D=1;gemmdx=400>120``)."""
     from xfbench.analytics.layers import Dense
     from xfbench.analytics.shapes import layer_input_shapes
 
     types = [layer.type for layer in spec.layers]
-    base = "conv" if "Conv2D" in types else "lstm" if "LSTM" in types else "dense"
-    extra = [f"{t}={types.count(t) - n}" for t, (_, n) in LAYER_PROBES.items() if types.count(t) > n]
-    family = f"{base}:{','.join(extra)}" if base == "conv" and extra else base
+    base = (
+        "conv"
+        if "Conv2D" in types
+        else "lstm"
+        if "LSTM" in types
+        else "attn"
+        if "MultiHeadAttention" in types
+        else "dense"
+    )
+    extra = [
+        f"{t}={types.count(t) - LAYER_PROBES[t][1]}"
+        for t in BASE_LAYER_PROBES.get(base, ())
+        if types.count(t) > LAYER_PROBES[t][1]
+    ]
+    family = f"{base}:{','.join(extra)}" if extra else base
     dense = [
         (shape[-1] * layer.units, i, shape, layer.units)
         for i, (layer, (shape, *_)) in enumerate(zip(spec.layers, layer_input_shapes(spec)))
@@ -250,13 +273,16 @@ def framework_overhead(
         layer_type, _, count = item.partition("=")
         layer_overhead = _probe_overhead(backend, device, phase, optimizer, LAYER_PROBES[layer_type][0], size)
         if layer_overhead is not None:
-            overhead += int(count) * max(layer_overhead - overhead_base(backend, device, phase, optimizer, size), 0)
+            overhead += int(count) * max(
+                layer_overhead - overhead_base(backend, device, phase, optimizer, size, base), 0
+            )
     return overhead
 
 
-def overhead_base(backend: str, device: str, phase: str, optimizer: str, batch: int) -> int:
-    """The conv probe's overhead (0 where it failed): the base the per-layer probes are read against."""
-    return _probe_overhead(backend, device, phase, optimizer, "conv", batch) or 0
+def overhead_base(backend: str, device: str, phase: str, optimizer: str, batch: int, base: str = "conv") -> int:
+    """A base probe's overhead (0 where it failed; the conv probe by default): what its per-layer probes are read
+    against."""
+    return _probe_overhead(backend, device, phase, optimizer, base, batch) or 0
 
 
 @cache
