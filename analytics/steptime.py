@@ -332,7 +332,9 @@ class Work:
     (M, K, N) that keys :meth:`MachinePeaks.conv_rate`. ``written``: bytes of ``bytes`` that are writes to
     memory the item did not read (a new output): on a write-allocate cache each costs a read for ownership
     too, so the physical traffic is ``bytes + written``; an in-place update (``inplace``) writes where it
-    read. ``rate``: which of :attr:`MachinePeaks.rates` prices ``elements``.
+    read. ``rate``: which of :attr:`MachinePeaks.rates` prices ``elements``; ``fallback``: the rate that prices them
+    where ``rate`` was not measured (a calibration kept before that rate was timed; ``None``: no compute term, the
+    bandwidth alone).
     """
 
     layer: int
@@ -350,6 +352,7 @@ class Work:
     rate: str = "elementwise"
     inplace: bool = False
     written: float = 0.0
+    fallback: str | None = None
 
 
 class _Builder:
@@ -404,9 +407,10 @@ class _Builder:
         out: float = 0.0,
         rate: str = "elementwise",
         inplace: bool = False,
+        fallback: str | None = None,
     ) -> None:
-        """Memory-bound work moving ``nbytes`` (``elements`` compute operations priced at ``rate``); ``out``:
-        bytes of the new output it allocates."""
+        """Memory-bound work moving ``nbytes`` (``elements`` compute operations priced at ``rate``, else at
+        ``fallback`` where ``rate`` was not measured); ``out``: bytes of the new output it allocates."""
         self.items.append(
             Work(
                 layer,
@@ -419,27 +423,59 @@ class _Builder:
                 rate=rate,
                 inplace=inplace,
                 written=0.0 if inplace else float(out),
+                fallback=fallback,
             )
         )
 
     def activation(self, i: int, kind: str | None, elements: int, training: bool, fused: bool) -> None:
         """Forward and backward of an activation over ``elements`` outputs (relu fused where the framework
-        fuses it; transcendentals also count as compute elements)."""
+        fuses it; transcendentals also count as compute elements).
+
+        Softmax and the GELUs are compute-bound kernels (exp, erf, tanh, row reductions): their elements are priced
+        at their own measured rate (:data:`_OWN_RATE`: ``rates[kind]``, the framework's kernel timed as the model
+        runs it, a composed GELU's ops together), the bytes still bounding from below. Their backward is priced at
+        the same rate over the same elements - a first convention (the gradient kernels were not timed apart).
+        Where the rate was not measured (an older kept calibration) the forward falls back to the sigmoid's rate
+        (``elementwise``) and the backward to bandwidth alone, as before."""
         if kind is None:
             return
         w = self.w
         compute = elements if kind in _TRANSCENDENTAL else 0
+        own = kind in _OWN_RATE
+        rate = kind if own else "elementwise"
+        fallback = "elementwise" if own else None
         # a GELU composed of element-wise ops (Convention.gelu_ops): each op a pass (two reads, one write)
         fwd_ops, bwd_ops = self.fw.gelu_ops.get(kind, (1, 1))
         if not (fused and kind == "relu"):
             passes = 2 if fwd_ops == 1 else 3 * fwd_ops
-            self.mem(i, "forward", kind, passes * elements * w, fwd_ops, compute, out=fwd_ops * elements * w)
+            self.mem(
+                i,
+                "forward",
+                kind,
+                passes * elements * w,
+                fwd_ops,
+                compute,
+                out=fwd_ops * elements * w,
+                rate=rate,
+                fallback=fallback,
+            )
         if training:
-            self.mem(i, "input_grad", f"{kind} grad", 3 * bwd_ops * elements * w, bwd_ops, out=bwd_ops * elements * w)
+            self.mem(
+                i,
+                "input_grad",
+                f"{kind} grad",
+                3 * bwd_ops * elements * w,
+                bwd_ops,
+                elements if own else 0,
+                out=bwd_ops * elements * w,
+                rate=rate,
+            )
 
 
 #: activations whose element-wise work is compute (exp, erf, tanh) as well as memory
 _TRANSCENDENTAL = ("sigmoid", "tanh", "softmax", "gelu", "gelu_tanh")
+#: activations priced at their own measured rate (``MachinePeaks.rates[kind]``; the calibration's ``rate:<kind>``)
+_OWN_RATE = ("softmax", "gelu", "gelu_tanh")
 
 
 def layer_work(
@@ -531,7 +567,7 @@ def work_time(item: Work, peaks: MachinePeaks) -> WorkTime:
         rate = peaks.conv_rate(item.kernel, *item.conv_shape) if item.kernel and item.conv_shape else None
         compute = item.flops / (rate or peaks.gemm_rate(*item.gemm))
     else:
-        rate = peaks.rates.get(item.rate)
+        rate = peaks.rates.get(item.rate) or (peaks.rates.get(item.fallback) if item.fallback else None)
         compute = item.elements / rate if rate and item.elements else 0.0
     traffic = item.bytes + item.written  # physical: a new output's lines are read for ownership first
     memory = traffic / peaks.bw(traffic) if traffic else 0.0

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from xfbench.analytics.catalog import resolve_model
 from xfbench.analytics.roofline import get_device
+from xfbench.analytics.shapes import infer_shapes
 from xfbench.analytics.spec import spec_from_dict
 from xfbench.analytics.steptime import (
     CONV_GRID,
@@ -28,6 +29,7 @@ from xfbench.analytics.steptime import (
     peaks_to_rows,
     predict_step,
     rel_error,
+    work_time,
 )
 
 TINY = {"name": "tiny", "input_shape": [3], "layers": [{"type": "Dense", "units": 4}]}
@@ -355,3 +357,32 @@ def test_time_prediction_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(peaks_mod, "_cached", broken)
     cols = peaks_mod.time_prediction_columns(cfg, {"time_median_s": 1.0, "message": "noisy"}, _Writer())
     assert cols == {"message": "noisy; time prediction failed: RuntimeError: no probe"}
+
+
+def test_transformer_kernels_priced_at_their_own_rates() -> None:
+    # gpt2_tiny training under PyTorch: LayerNorm, attention's softmax and the GELU carry their elements at their
+    # own rate names. With the bandwidth and dispatch free (1e15 B/s, no op cost), an item's time is its compute:
+    # elements / rate. Without those rates (a calibration kept before they were timed) the forward softmax and GELU
+    # fall back to the sigmoid's rate, as before, and the LayerNorm and the backward passes are bandwidth alone.
+    spec = resolve_model("gpt2_tiny")
+    items = layer_work(spec, 2, "training", framework="torch")
+    by_rate: dict[str, list[Any]] = {}
+    for w in items:
+        by_rate.setdefault(w.rate, []).append(w)
+    assert {w.what for w in by_rate["layernorm"]} == {"layernorm", "layernorm grad"}
+    assert {w.what for w in by_rate["softmax"]} == {"softmax", "softmax grad"}
+    gelu = [w for w in items if w.what.startswith("gelu")]
+    assert gelu and all(w.rate == w.what.split(" ")[0] and w.elements > 0 for w in gelu)
+    for w in by_rate["layernorm"]:
+        layer = spec.layers[w.layer]  # a LayerNorm keeps its input's shape: elements = batch x T x features
+        assert layer.type == "LayerNorm"
+        assert w.elements == 2 * math.prod(infer_shapes(spec)[w.layer])
+    old = flat(bw=1e15, op=0.0, rates={"elementwise": 1e9})
+    new = flat(
+        bw=1e15, op=0.0, rates={"elementwise": 1e9, "softmax": 1e8, "layernorm": 2e8, "gelu": 4e8, "gelu_tanh": 5e7}
+    )
+    for w in by_rate["layernorm"] + by_rate["softmax"] + gelu:
+        forward = w.phase == "forward"
+        assert work_time(w, new).compute_s == pytest.approx(w.elements / new.rates[w.rate], rel=1e-12)
+        fallback = w.elements / 1e9 if forward and w.rate != "layernorm" else 0.0
+        assert work_time(w, old).compute_s == pytest.approx(fallback, rel=1e-12)

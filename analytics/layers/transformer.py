@@ -188,15 +188,35 @@ class LayerNorm(Layer):
     def work(self, b: Any, site: WorkSite) -> None:
         """Memory-bound: the forward reads the input and writes the output (one kernel in PyTorch and MXNet; Keras
         composes about 9 ops, 12 passes over the input's size); the backward reads the gradient and the input and
-        writes the input gradient, then reduces the scale and shift gradients (Keras: about 14 ops)."""
+        writes the input gradient, then reduces the scale and shift gradients (Keras: about 14 ops). The forward
+        and the input gradient are also compute (row statistics, rsqrt): their elements are priced at the measured
+        ``layernorm`` rate (the framework's layer norm, all its ops, timed as the model runs it; the backward at the
+        forward's rate, a first convention), the bytes still bounding from below; without that rate, bandwidth
+        alone."""
         elems = site.batch * math.prod(site.out_shape)
         w = b.w
         tf = site.framework == "tensorflow"
-        b.mem(site.i, "forward", "layernorm", (12 if tf else 2) * elems * w, 9 if tf else 1, out=elems * w)
+        b.mem(
+            site.i,
+            "forward",
+            "layernorm",
+            (12 if tf else 2) * elems * w,
+            9 if tf else 1,
+            elems,
+            out=elems * w,
+            rate="layernorm",
+        )
         if site.training:
             if site.need_dx:
                 b.mem(
-                    site.i, "input_grad", "layernorm grad", (14 if tf else 3) * elems * w, 8 if tf else 1, out=elems * w
+                    site.i,
+                    "input_grad",
+                    "layernorm grad",
+                    (14 if tf else 3) * elems * w,
+                    8 if tf else 1,
+                    elems,
+                    out=elems * w,
+                    rate="layernorm",
                 )
             b.mem(site.i, "weight_grad", "layernorm scale/shift grad", (6 if tf else 2) * elems * w, 6 if tf else 0)
 
@@ -489,7 +509,9 @@ class MultiHeadAttention(Layer):
     def work(self, b: Any, site: WorkSite) -> None:
         """The four projections as GEMMs; attention's two batched products as ``B*H`` GEMMs of ``T x K x S`` and
         ``T x S x K`` (one op each); the scale, the head split and merge copies (PyTorch: matmul's reshape
-        copies; Keras and Gluon: transposes), the causal mask and the softmax as memory-bound passes. Training:
+        copies; Keras and Gluon: transposes), the causal mask and the softmax as memory-bound passes (the softmax's
+        elements, forward and backward, also priced at the measured ``softmax`` rate: exp and row reductions; its
+        forward at the sigmoid's rate where that was not measured, its backward at bandwidth alone). Training:
         the products' four gradient GEMMs, softmax's and the mask's backward, the copies' gradients, and the
         projections' input and weight gradients (the query, key and value input gradients summed)."""
         fw, w, B = b.fw, b.w, site.batch
@@ -513,7 +535,7 @@ class MultiHeadAttention(Layer):
         b.gemm(i, "forward", "attention QK^T", t, k, s, repeat=B * h, ops=1)
         if self.causal:
             b.mem(i, "forward", "causal mask", 2 * ns * w + t * s, out=ns * w)
-        b.mem(i, "forward", "softmax", 2 * ns * w, 1, ns, out=ns * w)
+        b.mem(i, "forward", "softmax", 2 * ns * w, 1, ns, out=ns * w, rate="softmax", fallback="elementwise")
         b.gemm(i, "forward", "attention PV", t, s, k, repeat=B * h, ops=1)
         if not site.training:
             return
@@ -523,7 +545,7 @@ class MultiHeadAttention(Layer):
         b.mem(i, "input_grad", "head merge grad copy", 2 * nq * w, out=nq * w)
         b.gemm(i, "input_grad", "attention dP", t, k, s, repeat=B * h, ops=1)
         b.gemm(i, "input_grad", "attention dV", s, t, k, repeat=B * h, ops=1)
-        b.mem(i, "input_grad", "softmax grad", 3 * ns * w, out=ns * w)
+        b.mem(i, "input_grad", "softmax grad", 3 * ns * w, 1, ns, out=ns * w, rate="softmax")
         if self.causal:
             b.mem(i, "input_grad", "causal mask grad", 2 * ns * w + t * s, out=ns * w)
         b.gemm(i, "input_grad", "attention dQ", t, s, k, repeat=B * h, ops=1)

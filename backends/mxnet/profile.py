@@ -78,6 +78,66 @@ def elementwise_callable(elements: int, device: str = "cpu") -> Callable[[], Non
     return run
 
 
+SOFTMAX_ROW = 64  # softmax probe: rows of this many values (an attention row over 64 keys)
+LAYERNORM_ROW = 128  # layer-norm probe: rows of this many features
+# GPT-2's tanh approximation, composed as the model's _GeluTanh block: 0.5 x (1 + tanh(sqrt(2/pi) (x + a x^3)))
+_GELU_TANH_C = float((2.0 / 3.141592653589793) ** 0.5)
+_GELU_TANH_A = 0.044715
+
+
+def _block_callable(forward: Callable[..., Any], *inputs: Any) -> Callable[[], None]:
+    """``forward(F, *inputs)`` as a hybridized block (static memory plan, as the models), called on ``inputs``."""
+    from mxnet.gluon import nn
+
+    class Probe(nn.HybridBlock):
+        def hybrid_forward(self, F: Any, *vs: Any) -> Any:
+            return forward(F, *vs)
+
+    block = Probe()
+    block.hybridize(static_alloc=True)
+    block(*inputs)
+    _wait()
+
+    def run() -> None:
+        block(*inputs).wait_to_read()
+
+    return run
+
+
+def softmax_callable(elements: int, device: str = "cpu") -> Callable[[], None]:
+    """``softmax`` over the last axis of a ``(elements / 64, 64)`` float32 array (hybridized)."""
+    ctx = resolve_device(device)
+    x = mx.nd.random.normal(shape=(max(1, elements // SOFTMAX_ROW), SOFTMAX_ROW), ctx=ctx)
+    return _block_callable(lambda F, v: F.softmax(v, axis=-1), x)
+
+
+def layernorm_callable(elements: int, device: str = "cpu") -> Callable[[], None]:
+    """The ``LayerNorm`` operator (Gluon's ``nn.LayerNorm(axis=-1)``) over rows of 128 of ``elements`` float32
+    values (hybridized)."""
+    ctx = resolve_device(device)
+    x = mx.nd.random.normal(shape=(max(1, elements // LAYERNORM_ROW), LAYERNORM_ROW), ctx=ctx)
+    gamma = mx.nd.ones((LAYERNORM_ROW,), ctx=ctx)
+    beta = mx.nd.zeros((LAYERNORM_ROW,), ctx=ctx)
+    return _block_callable(lambda F, v, g, b: F.LayerNorm(v, g, b, axis=-1, eps=1e-5), x, gamma, beta)
+
+
+def gelu_callable(elements: int, device: str = "cpu", approximate: bool = False) -> Callable[[], None]:
+    """GELU over ``elements`` float32 values as the model computes it (hybridized): the erf form is
+    ``LeakyReLU(act_type="gelu")`` (one op); the tanh form (``approximate``) is composed of nine element-wise ops,
+    as the model's ``_GeluTanh``."""
+    ctx = resolve_device(device)
+    x = mx.nd.random.normal(shape=(elements,), ctx=ctx)
+
+    def erf_form(F: Any, v: Any) -> Any:
+        return F.LeakyReLU(v, act_type="gelu")
+
+    def tanh_form(F: Any, v: Any) -> Any:
+        inner = (v * v * _GELU_TANH_A + 1.0) * v * _GELU_TANH_C
+        return (F.tanh(inner) + 1.0) * v * 0.5
+
+    return _block_callable(tanh_form if approximate else erf_form, x)
+
+
 POOL_PROBE_SHAPE = (2, 64, 56, 56)
 
 
@@ -370,8 +430,11 @@ __all__ = [
     "conv_callable",
     "dispatch_callable",
     "elementwise_callable",
+    "gelu_callable",
+    "layernorm_callable",
     "pool_callable",
     "profile_layers",
+    "softmax_callable",
     "stream_callable",
     "threads",
     "transpose_callable",

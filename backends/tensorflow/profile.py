@@ -76,6 +76,52 @@ def elementwise_callable(elements: int, device: str = "cpu") -> Callable[[], Non
     return run
 
 
+SOFTMAX_ROW = 64  # softmax probe: rows of this many values (an attention row over 64 keys)
+LAYERNORM_ROW = 128  # layer-norm probe: rows of this many features
+
+
+def _graph_callable(fn: Callable[[Any], Any], x: Any, device: str) -> Callable[[], None]:
+    """``fn`` traced once as a ``tf.function`` (as the model's step runs), called on ``x``."""
+    with tf.device(resolve_device(device)):
+        graph = tf.function(fn)
+        graph(x)
+
+    def run() -> None:
+        with tf.device(resolve_device(device)):
+            graph(x)
+
+    return run
+
+
+def softmax_callable(elements: int, device: str = "cpu") -> Callable[[], None]:
+    """``tf.nn.softmax`` over the last axis of a ``(elements / 64, 64)`` float32 tensor in a ``tf.function``."""
+    with tf.device(resolve_device(device)):
+        x = tf.random.normal([max(1, elements // SOFTMAX_ROW), SOFTMAX_ROW])
+    return _graph_callable(lambda v: tf.nn.softmax(v, axis=-1), x, device)
+
+
+def layernorm_callable(elements: int, device: str = "cpu") -> Callable[[], None]:
+    """``keras.layers.LayerNormalization(axis=-1)`` (as the model builds it: ``tf.nn.moments``, the normalization,
+    scale and shift) over rows of 128 of ``elements`` float32 values, in a ``tf.function``."""
+    from xfbench.backends.tensorflow._tf import keras
+
+    with tf.device(resolve_device(device)):
+        x = tf.random.normal([max(1, elements // LAYERNORM_ROW), LAYERNORM_ROW])
+        ln = keras.layers.LayerNormalization(axis=-1, epsilon=1e-5)
+        ln.build(x.shape)
+    return _graph_callable(lambda v: ln(v), x, device)
+
+
+def gelu_callable(elements: int, device: str = "cpu", approximate: bool = False) -> Callable[[], None]:
+    """``keras.activations.gelu`` over ``elements`` float32 values, the erf form or (``approximate``) the tanh form,
+    as the model's ``gelu`` / ``gelu_tanh`` activations, in a ``tf.function``."""
+    from xfbench.backends.tensorflow._tf import keras
+
+    with tf.device(resolve_device(device)):
+        x = tf.random.normal([elements])
+    return _graph_callable(lambda v: keras.activations.gelu(v, approximate=approximate), x, device)
+
+
 POOL_PROBE_SHAPE = (2, 56, 56, 64)  # NHWC; 3x3 stride-2 max pooling -> 27 x 27 outputs per plane
 
 
@@ -290,8 +336,11 @@ __all__ = [
     "conv_callable",
     "dispatch_callable",
     "elementwise_callable",
+    "gelu_callable",
+    "layernorm_callable",
     "pool_callable",
     "profile_layers",
+    "softmax_callable",
     "stream_callable",
     "threads",
     "transpose_callable",

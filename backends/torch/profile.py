@@ -7,6 +7,10 @@ Importing this imports torch. Same interface in ``backends.tensorflow.profile`` 
 * :func:`dispatch_callable(n_ops, device)` - a callable running ``n_ops`` tiny element-wise ops in the step's
   execution mode (here: eager), synchronized; the slope over ``n_ops`` is the per-op dispatch overhead;
 * :func:`elementwise_callable(elements, device)` - one transcendental op (``sigmoid``) over ``elements``;
+* :func:`softmax_callable(elements, device)`, :func:`layernorm_callable(elements, device)`,
+  :func:`gelu_callable(elements, device, approximate)` - the transformer's compute-bound element-wise kernels
+  (softmax over rows of :data:`SOFTMAX_ROW`, layer norm over rows of :data:`LAYERNORM_ROW`, GELU erf or tanh form)
+  over ``elements`` values, as the model runs them;
 * :func:`pool_callable(device)` - a 3x3 stride-2 max pooling, and its window elements;
 * :func:`transpose_callable(elements, device)` - an NCHW -> NHWC transpose of about ``elements`` values;
 * :func:`alloc_callable(nbytes, device)` - a fresh ``nbytes`` tensor filled (allocation + first touch);
@@ -60,6 +64,63 @@ def elementwise_callable(elements: int, device: str = "cpu") -> Callable[[], Non
 
     def run() -> None:
         torch.sigmoid(x, out=out)
+        synchronize(dev)
+
+    return run
+
+
+SOFTMAX_ROW = 64  # softmax probe: rows of this many values (an attention row over 64 keys)
+LAYERNORM_ROW = 128  # layer-norm probe: rows of this many features
+
+
+def _rows(elements: int, width: int) -> int:
+    return max(1, elements // width)
+
+
+def softmax_callable(elements: int, device: str = "cpu") -> Callable[[], None]:
+    """``torch.softmax`` over the last axis of a ``(elements / 64, 64)`` float32 tensor (inference mode), then a
+    device sync."""
+    dev = resolve_device(device)
+    x = torch.randn(_rows(elements, SOFTMAX_ROW), SOFTMAX_ROW, device=dev)
+
+    def run() -> None:
+        with torch.inference_mode():
+            torch.softmax(x, dim=-1)
+        synchronize(dev)
+
+    return run
+
+
+def layernorm_callable(elements: int, device: str = "cpu") -> Callable[[], None]:
+    """``F.layer_norm`` (with scale and shift, as ``nn.LayerNorm``) over rows of 128 of ``elements`` float32 values
+    (inference mode), then a device sync."""
+    import torch.nn.functional as F
+
+    dev = resolve_device(device)
+    x = torch.randn(_rows(elements, LAYERNORM_ROW), LAYERNORM_ROW, device=dev)
+    weight = torch.ones(LAYERNORM_ROW, device=dev)
+    bias = torch.zeros(LAYERNORM_ROW, device=dev)
+
+    def run() -> None:
+        with torch.inference_mode():
+            F.layer_norm(x, (LAYERNORM_ROW,), weight, bias, 1e-5)
+        synchronize(dev)
+
+    return run
+
+
+def gelu_callable(elements: int, device: str = "cpu", approximate: bool = False) -> Callable[[], None]:
+    """``F.gelu`` over ``elements`` float32 values, the erf form or (``approximate``) the tanh form, as the model's
+    ``gelu`` / ``gelu_tanh`` activations (inference mode), then a device sync."""
+    import torch.nn.functional as F
+
+    dev = resolve_device(device)
+    x = torch.randn(elements, device=dev)
+    mode = "tanh" if approximate else "none"
+
+    def run() -> None:
+        with torch.inference_mode():
+            F.gelu(x, approximate=mode)
         synchronize(dev)
 
     return run
@@ -273,8 +334,11 @@ __all__ = [
     "conv_callable",
     "dispatch_callable",
     "elementwise_callable",
+    "gelu_callable",
+    "layernorm_callable",
     "pool_callable",
     "profile_layers",
+    "softmax_callable",
     "stream_callable",
     "threads",
     "transpose_callable",

@@ -16,7 +16,11 @@ What is measured (each with :func:`benchmarks.matmul.time_callable`; the fastest
 3. the dispatch overhead per op in the step's execution mode (``backends.<fw>.profile.dispatch_callable``:
    the slope between chains of 1 and :data:`CHAIN` tiny ops);
 4. element rates of the framework's non-streaming kernels: a sigmoid, a 3x3/2 max pooling, an NCHW->NHWC
-   transpose (``profile.elementwise_callable``, ``pool_callable``, ``transpose_callable``);
+   transpose (``profile.elementwise_callable``, ``pool_callable``, ``transpose_callable``), and the transformer's
+   compute-bound element-wise kernels (:data:`TRANSFORMER_RATES`: softmax over rows of 64, layer norm over rows of
+   128, GELU in its erf and tanh forms: ``profile.softmax_callable``, ``layernorm_callable``, ``gelu_callable``),
+   these net of one call's dispatch (``dispatch:1``); a kept calibration without them prices those kernels as
+   before (the sigmoid's rate, or bandwidth alone);
 5. the fixed cost of one step, inference and training: a one-layer probe model (:data:`STEP_PROBE`) stepped
    through the real backend (``benchmarks.harness.workload.prepare``), minus what its work items predict;
 6. the framework's own convolution kernels over :data:`analytics.steptime.CONV_GRID` (3x3 probe convolutions
@@ -70,6 +74,14 @@ CONV_FLOP_CAP = 2e9  # forward FLOPs of one probe convolution at most
 LARGE_GEMM_FLOPS = 1e8  # products at least this large set the cap on every class's rate
 CHAIN = 201  # ops in the long dispatch chain
 RATE_ELEMENTS = 1 << 20
+#: The transformer kernels' element rates (``rate:<name>``, each over :data:`RATE_ELEMENTS` values): name -> how
+#: the backend's profile module makes the probe.
+TRANSFORMER_RATES: dict[str, Callable[[Any, int, str], Callable[[], object]]] = {
+    "softmax": lambda prof, n, device: prof.softmax_callable(n, device),
+    "layernorm": lambda prof, n, device: prof.layernorm_callable(n, device),
+    "gelu": lambda prof, n, device: prof.gelu_callable(n, device, False),
+    "gelu_tanh": lambda prof, n, device: prof.gelu_callable(n, device, True),
+}
 # (channels, side) of the BatchNorm probes: 128 x 16 x 16 (32 K elements, a late ResNet stage at batch 1) and
 # 64 x 128 x 128 (1 M elements, a stem's).
 BATCHNORM_PROBES: tuple[tuple[int, int], ...] = ((128, 16), (64, 128))
@@ -174,6 +186,8 @@ def calibration_items(backend: str, device: str) -> dict[str, tuple[Callable[[],
     add("rate:elementwise", lambda: prof.elementwise_callable(RATE_ELEMENTS, device))
     add("rate:pool", lambda: prof.pool_callable(device)[0])
     add("rate:transpose", lambda: prof.transpose_callable(RATE_ELEMENTS, device))
+    for name, make in TRANSFORMER_RATES.items():
+        add(f"rate:{name}", functools.partial(make, prof, RATE_ELEMENTS, device))
     for channels, side in BATCHNORM_PROBES:
         for kind in ("forward", "training"):
             add(
@@ -238,6 +252,10 @@ def derive(backend: str, device: str, raw: Mapping[str, float], threads: int | N
         rt = raw.get(f"rate:{name}")
         if rt and count:
             rates[name] = count / rt
+    for name in TRANSFORMER_RATES:  # absent from an older raw (or refused): the pricing falls back
+        rt = raw.get(f"rate:{name}")
+        if rt:
+            rates[name] = RATE_ELEMENTS / max(rt - short, 0.05 * rt)
     rates.update(_batchnorm_from_raw(raw, short))
     peaks = MachinePeaks(
         label=f"{device} ({backend}, measured)",
@@ -498,7 +516,7 @@ CALIBRATION_MODES = ("reuse", "fresh", "off")
 MAX_AGE_ENV = "XFBENCH_CALIBRATION_MAX_AGE_H"
 DEFAULT_MAX_AGE_H = 7 * 24.0
 #: Bumped whenever what a calibration times or how its raw figures are read changes (a kept one is then stale).
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3  # 3: the transformer kernels' rates (TRANSFORMER_RATES)
 
 
 def calibration_mode() -> str:
