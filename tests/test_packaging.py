@@ -84,7 +84,7 @@ def test_installed_package_imports_from_site_not_checkout(site: Path, tmp_path: 
     pkg_file, probes, listing = proc.stdout.splitlines()
     assert Path(pkg_file).is_relative_to(site)
     assert Path(probes).is_relative_to(site)
-    assert listing == "['bn.json', 'conv.json', 'conv2.json', 'dense.json', 'lstm.json']"
+    assert listing == "['attn.json', 'attn2.json', 'bn.json', 'conv.json', 'conv2.json', 'dense.json', 'lstm.json']"
 
 
 def test_models_and_predict_outside_the_checkout(site: Path, tmp_path: Path) -> None:

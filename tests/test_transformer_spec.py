@@ -157,8 +157,9 @@ def test_tied_head_has_one_gradient() -> None:
     assert end["gradients"] == end["parameters"] - 2 * 16 * 16
     table = 8192 * 128 * 4
     made = [e.category for e in tl.events if e.action == "alloc" and e.stage == "backward" and e.nbytes == table]
-    # the head's gradient becomes the matrix's; the embedding's is added into it in place and freed
-    assert made == ["gradients", "temporaries"]
+    # the head's gradient, the embedding's (a temporary) and their sum, out of place (three tables at once:
+    # benchmarks/diagnostics/tied_grad_probe.py measured it outside a dispatch mode; tests/test_transformer_memory.py)
+    assert made == ["gradients", "temporaries", "gradients"]
 
 
 @pytest.mark.parametrize("name", ["gpt2", "bert_base", "gpt2_tiny", "bert_tiny"])
