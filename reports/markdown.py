@@ -131,6 +131,20 @@ PAGES: tuple[Page, ...] = (
         (("tensorflow counts", "cpu-amd-epyc-2core-quick-tensorflow-models-nomemory.csv"),),
     ),
     Page(
+        "transformers",
+        "Transformers: GPT-2, BERT and held-out transformer specs",
+        "`benchmarks/diagnostics/run_transformers.sh default` in each framework's bench env: `gpt2_tiny` and "
+        "`bert_tiny` at the quick profile's batch 8 (64 tokens), the held-out spec files `heldout_xattn` and "
+        "`heldout_lm` at batch 4, `gpt2` and `bert_base` at batch 1 (128 tokens); time from 3 processes, memory "
+        "the median of 3 fresh processes. `first`: the first run, before softmax, LayerNorm and GELU were priced "
+        "at measured rates and before the attention probe of the framework overhead and the tied head's third "
+        "table; `final`: the run after them.",
+        (
+            ("first", "cpu-amd-epyc-2core-transformers-first.csv"),
+            ("final", "cpu-amd-epyc-2core-transformers.csv"),
+        ),
+    ),
+    Page(
         "exercises",
         "Textbook exercises: claims, predictions, measurements",
         "`xfbench exercises` in each framework's env (CPU). The claims come from the textbooks' exercises (HOML "
