@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -204,8 +204,14 @@ def _pair(ok: pd.DataFrame, baseline: str, labels: Sequence[str]) -> pd.DataFram
     return ratios.drop(columns="_rank").reset_index(drop=True)
 
 
+def geometric_mean(values: Iterable[float]) -> float:
+    """exp(mean(log v)) of positive values; NaN for none (``compare``'s and ``report``'s verdicts)."""
+    logs = [math.log(float(v)) for v in values]
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
 def _geomean(r: pd.Series) -> float:
-    return float(np.exp(np.log(r.astype(float)).mean()))
+    return geometric_mean(r)
 
 
 def _geomeans(ratios: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from xfbench.reports.compare import alias as machine_alias
+from xfbench.reports.compare import geometric_mean
+from xfbench.reports.compare import verdict as ratio_verdict
 from xfbench.reports.schema import CONFIG_KEY, SCHEMA_VERSION, STATUSES
 from xfbench.reports.writer import ReportError, check_distinct, check_no_shared_runs, read_report, read_text_file
 
@@ -69,24 +72,11 @@ def target_for(metric: str, backend: str) -> Target:
     return TARGETS.get((metric, backend), TARGETS[(metric, "")])
 
 
-def geometric_mean(values: Iterable[float]) -> float:
-    """exp(mean(log v)) of positive values; NaN for none."""
-    logs = [math.log(v) for v in values]
-    return math.exp(sum(logs) / len(logs)) if logs else math.nan
-
-
 def speed_words(ratio: float) -> str:
-    """``ratio`` = time(machine) / time(reference) in words: "2.00x slower", "1.25x faster", "same speed"."""
-    if not math.isfinite(ratio) or ratio <= 0:
-        return ""
-    if round(ratio, 2) == 1.0:
-        return "same speed"
-    return f"{ratio:.2f}x slower" if ratio > 1 else f"{1 / ratio:.2f}x faster"
-
-
-def alias_for(index: int) -> str:
-    """The short alias of the ``index``-th machine: A, B, ..., Z, M27, M28, ..."""
-    return chr(ord("A") + index) if index < 26 else f"M{index + 1}"
+    """``ratio`` = time(machine) / time(reference) in words: "2.00x slower", "1.25x faster", "same speed"
+    (``compare``'s verdict, its "same" spelled out)."""
+    words = ratio_verdict(ratio)
+    return "same speed" if words == "same" else words
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -167,7 +157,7 @@ def load_machines(paths: Sequence[str | os.PathLike[str]]) -> list[Machine]:
         text = read_text_file(p)
         for host in dict.fromkeys(df["machine"]):
             rows = df[df["machine"] == host].copy()
-            alias = alias_for(len(machines))
+            alias = machine_alias(len(machines))
             rows["alias"] = alias
             machines.append(Machine(alias, rows, text, _facts(rows)))
     return machines
