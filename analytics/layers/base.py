@@ -189,6 +189,18 @@ def check_positive_int(index: int, name: str, value: Any) -> None:
         raise SpecError("must be a positive integer", layer=index, field=name, value=value)
 
 
+def check_positive_number(index: int, name: str, value: Any) -> None:
+    """A positive int or float (not a bool), e.g. a normalization's ``epsilon``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise SpecError("must be a positive number", layer=index, field=name, value=value)
+
+
+def check_one_input(index: int, layer: Layer) -> None:
+    """A one-input layer names at most one input (``inputs`` of one name, or none: the layer above)."""
+    if layer.inputs is not None and len(layer.inputs) != 1:
+        raise SpecError(f"{layer.type} reads one input", layer=index, field="inputs", value=list(layer.inputs))
+
+
 def check_padding(index: int, padding: Any) -> None:
     if isinstance(padding, str):
         if padding not in ("same", "valid"):

@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from xfbench.analytics.layers.base import Layer, LayerCost, Shape, SpecError, WorkSite
+from xfbench.analytics.layers.base import (
+    Layer,
+    LayerCost,
+    Shape,
+    SpecError,
+    WorkSite,
+    check_one_input,
+    check_positive_number,
+)
 from xfbench.analytics.timeline_rules import Buf, OpRule
 
 _STATS = (Buf("output", "output"), Buf("aux:save_mean", "stat"), Buf("aux:save_var", "stat"))
@@ -119,14 +127,11 @@ class BatchNorm(Layer):
     }
 
     def validate(self, index: int) -> None:
-        eps = self.epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise SpecError("must be a positive number", layer=index, field="epsilon", value=eps)
+        check_positive_number(index, "epsilon", self.epsilon)
         m = self.momentum
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
             raise SpecError("must be in [0, 1] (PyTorch's convention)", layer=index, field="momentum", value=m)
-        if self.inputs is not None and len(self.inputs) != 1:
-            raise SpecError("BatchNorm reads one input", layer=index, field="inputs", value=list(self.inputs))
+        check_one_input(index, self)
 
     def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         shape = tuple(in_shapes[0])

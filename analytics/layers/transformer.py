@@ -44,7 +44,9 @@ from xfbench.analytics.layers.base import (
     Shape,
     SpecError,
     WorkSite,
+    check_one_input,
     check_positive_int,
+    check_positive_number,
     input_of_rank,
     keras_gluon_gemm,
     keras_gluon_params,
@@ -59,11 +61,6 @@ _GRAD_IN = (Buf("grad:input", "input"),)
 def _check_bool(index: int, name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise SpecError("must be true or false", layer=index, field=name, value=value)
-
-
-def _check_one_input(index: int, layer: Layer) -> None:
-    if layer.inputs is not None and len(layer.inputs) != 1:
-        raise SpecError(f"{layer.type} reads one input", layer=index, field="inputs", value=list(layer.inputs))
 
 
 #: LayerNorm's FLOPs per element, forward and backward (see the module docstring).
@@ -133,10 +130,8 @@ class LayerNorm(Layer):
     }
 
     def validate(self, index: int) -> None:
-        eps = self.epsilon
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise SpecError("must be a positive number", layer=index, field="epsilon", value=eps)
-        _check_one_input(index, self)
+        check_positive_number(index, "epsilon", self.epsilon)
+        check_one_input(index, self)
 
     def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         shape = tuple(in_shapes[0])
@@ -611,7 +606,7 @@ class PositionEmbedding(Layer):
     def validate(self, index: int) -> None:
         if self.length is not None:
             check_positive_int(index, "length", self.length)
-        _check_one_input(index, self)
+        check_one_input(index, self)
 
     def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         t, f = input_of_rank(index, self, in_shapes, 2, "(time, features)")
@@ -703,7 +698,7 @@ class GlobalAvgPool1D(Layer):
     }
 
     def validate(self, index: int) -> None:
-        _check_one_input(index, self)
+        check_one_input(index, self)
 
     def output_shape(self, index: int, in_shapes: list[Shape], notes: list[str]) -> Shape:
         return (input_of_rank(index, self, in_shapes, 2, "(time, features)")[1],)
