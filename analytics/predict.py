@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xfbench.analytics.costs import (
+    LayerCost,
     backward_flops,
     canonical_framework,
     has_weights,
@@ -206,6 +207,18 @@ def simulate_phases(
     return out[0], out[1], tuple(dict.fromkeys(notes))
 
 
+def layer_matmul_flops(
+    spec: ModelSpec, batch_size: int, framework: str, costs: list[LayerCost] | None = None
+) -> list[tuple[int, int]]:
+    """Per layer, ``(forward, backward)`` matmul FLOPs of the batch: the ``forward_flops`` and ``backward_flops``
+    columns of :func:`predict` (backward only for a layer with weights, its input gradient where it needs one)."""
+    grads = needs_input_grad(spec)
+    return [
+        (cost.matmul * batch_size, backward_flops(cost, grads[i]) * batch_size if has_weights(layer) else 0)
+        for i, (layer, cost) in enumerate(zip(spec.layers, costs or spec_costs(spec, framework)))
+    ]
+
+
 def count_params(spec: ModelSpec, framework: str = "tensorflow") -> int:
     fw = canonical_framework(framework)
     return sum(cost.params for cost in spec_costs(spec, fw))
@@ -228,9 +241,10 @@ def predict(
     fw = canonical_framework(framework)
     outs = infer_shapes(spec)
     ins = input_shapes(spec)
-    grads = needs_input_grad(spec)
+    costs = spec_costs(spec, fw)
+    matmul = layer_matmul_flops(spec, batch_size, fw, costs)
     layers = []
-    for i, (layer, in_shape, out_shape, cost) in enumerate(zip(spec.layers, ins, outs, spec_costs(spec, fw))):
+    for i, (layer, in_shape, out_shape, cost) in enumerate(zip(spec.layers, ins, outs, costs)):
         layers.append(
             LayerPrediction(
                 index=i,
@@ -239,14 +253,14 @@ def predict(
                 input_shape=in_shape,
                 output_shape=out_shape,
                 params=cost.params,
-                forward_flops=cost.matmul * batch_size,
+                forward_flops=matmul[i][0],
                 bias_flops=cost.bias * batch_size,
                 activation_flops=cost.activation * batch_size,
                 pool_flops=cost.pool * batch_size,
                 other_flops=cost.other * batch_size,
                 norm_flops=cost.norm * batch_size,
                 add_flops=cost.add * batch_size,
-                backward_flops=backward_flops(cost, grads[i]) * batch_size if has_weights(layer) else 0,
+                backward_flops=matmul[i][1],
                 activation_bytes=math.prod(out_shape) * batch_size * width,
             )
         )
@@ -293,15 +307,8 @@ def counter_prediction(
     if counter == "tensorflow":
         return sum(tf_profiler_flops(spec, batch_size, phase, skip_layers).values())
     # the FLOP columns of predict()'s layers, without its simulated steps (which a counter does not need)
-    grads = needs_input_grad(spec)
-    total = 0
-    for i, (layer, cost) in enumerate(zip(spec.layers, spec_costs(spec, canonical_framework(counter)))):
-        if i in skip_layers:
-            continue
-        total += cost.matmul * batch_size
-        if phase == "training" and has_weights(layer):
-            total += backward_flops(cost, grads[i]) * batch_size
-    return total
+    flops = layer_matmul_flops(spec, batch_size, canonical_framework(counter))
+    return sum(fwd + (bwd if phase == "training" else 0) for i, (fwd, bwd) in enumerate(flops) if i not in skip_layers)
 
 
 def unsupported_layer_indices(spec: ModelSpec, unsupported: tuple[str, ...]) -> tuple[int, ...]:
