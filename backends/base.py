@@ -346,6 +346,12 @@ class DistributedWorker(Protocol):
         """Reads the job, runs it, writes the result; returns the exit status."""
         ...
 
+    def node_processes(self, job_path: str, out_path: str, node: Any, python: str) -> list[Any]:
+        """The processes one node of a multi-node job starts (:class:`backends.distributed_loop.NodeProcess`
+        for this :class:`~backends.distributed_loop.Node`), on the framework's own multi-node engine; importing
+        the module imports no framework."""
+        ...
+
 
 # Submodule of ``backends.<fw>`` ("" is the package itself) -> the contracts it satisfies.
 CONTRACTS: dict[str, tuple[type, ...]] = {

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,11 +113,7 @@ class StepTimes(_StepFields, total=False):
     compute_only_times: list[float]
 
 
-class Header(TypedDict):
-    """Who ran a job and how: ``backend``, ``framework_version``, ``workers`` (the N that ran), ``engine`` and
-    ``threads`` (for the rows' messages), ``device`` (``cpu``/``gpu``), ``tf32`` (``on``/``off`` on GPUs, ``""``
-    on the CPU)."""
-
+class _HeaderFields(TypedDict):
     backend: str
     framework_version: str
     workers: int
@@ -124,6 +121,15 @@ class Header(TypedDict):
     threads: str
     device: str
     tf32: str
+
+
+class Header(_HeaderFields, total=False):
+    """Who ran a job and how: ``backend``, ``framework_version``, ``workers`` (the N that ran, over all nodes),
+    ``engine`` and ``threads`` (for the rows' messages), ``device`` (``cpu``/``gpu``), ``tf32`` (``on``/``off``
+    on GPUs, ``""`` on the CPU); a multi-node run adds ``nodes`` and ``workers_per_node``."""
+
+    nodes: int
+    workers_per_node: int
 
 
 class Result(Header):
@@ -186,6 +192,41 @@ class Engine:
     sync: Callable[[], None] = _nothing
     settle: Callable[[], None] = _nothing
     reduce: Callable[[list[float]], list[float]] = _same
+    #: Whether this process reports for its node (the node-status file and the partial result of
+    #: :func:`report_progress`): one process per node (torch: LOCAL_RANK 0), every process of a one-process engine.
+    leader: bool = True
+
+
+#: Environment variable naming the file where a node's leader writes how far the job got (``joined`` once the
+#: workers of all nodes formed their group, then ``measured <model> batch <b>``); the multi-node runner
+#: (:mod:`benchmarks.multinode`) reads it to say whether a failure came before or after every node joined.
+STATUS_ENV = "XFBENCH_NODE_STATUS"
+#: Seconds a worker waits for the other nodes (joining, and each collective), set by the multi-node runner.
+TIMEOUT_ENV = "XFBENCH_DIST_TIMEOUT_S"
+
+
+def dist_timeout_s(default: float = 300.0) -> float:
+    """The workers' join and collective timeout: :data:`TIMEOUT_ENV` when set (a positive number), else
+    ``default``."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def mark_status(text: str, leader: bool = True) -> None:
+    """Appends ``text`` as one line to the node-status file (:data:`STATUS_ENV`) when set and ``leader``."""
+    path = os.environ.get(STATUS_ENV)
+    if path and leader:
+        with open(path, "a") as f:
+            f.write(text + "\n")
+
+
+def partial_path(out_path: str | Path) -> Path:
+    """Where a worker keeps the result measured so far (written after each model and batch)."""
+    return Path(str(out_path) + ".partial")
 
 
 def time_calls(
@@ -214,10 +255,20 @@ def time_calls(
     return times
 
 
-def run(job: Job, engine: Engine) -> Result:
-    """Runs ``job`` through ``engine``'s hooks (steps 1-3 of the module docstring); returns the result."""
+def run(job: Job, engine: Engine, out_path: str | Path | None = None) -> Result:
+    """Runs ``job`` through ``engine``'s hooks (steps 1-3 of the module docstring); returns the result.
+
+    With ``out_path``, the leader keeps the result measured so far in :func:`partial_path` (after the
+    all-reduce microbenchmark and after each model and batch) and notes each in the node-status file, so that
+    a run that dies keeps what it measured."""
     e = engine
     result: Result = {**e.header, "allreduce": [], "steps": []}
+
+    def progress(what: str) -> None:
+        mark_status(what, e.leader)
+        if out_path is not None and e.leader:
+            write_result(partial_path(out_path), result)
+
     if e.allreduce is not None:
         for slot, nbytes in enumerate(job["allreduce_sizes"]):
             size, call = e.allreduce(slot, int(nbytes))
@@ -225,6 +276,7 @@ def run(job: Job, engine: Engine) -> Result:
                 call, int(job["allreduce_repeats"]), warmup=ALLREDUCE_WARMUP, sync=e.sync, before=e.settle
             )
             result["allreduce"].append({"bytes": size, "times": times})
+        progress("measured all-reduce")
     for entry in job["models"]:
         spec = spec_from_dict(entry["spec"])
         for batch in job["batches"]:
@@ -241,6 +293,7 @@ def run(job: Job, engine: Engine) -> Result:
                 alone = time_calls(trainee.compute_only, steps, sync=e.sync, start=e.settle)
                 step["compute_only_times"] = e.reduce(alone)
             result["steps"].append(step)
+            progress(f"measured {entry['name']} batch {batch}")
             del trainee
     verify = job.get("verify")
     if verify:
@@ -271,3 +324,53 @@ def replicas_main(
     args = p.parse_args(argv)
     write_result(args.out, run_job(read_job(args.job), args.workers))
     return 0
+
+
+# --- several nodes ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Node:
+    """This machine's place in a multi-node job: ``nnodes`` nodes, this one ``node_rank`` (0 .. nnodes-1);
+    ``master`` (``host:port``) is where the job's rendezvous lives (torch's c10d store, MXNet's scheduler, the
+    first TensorFlow worker), reachable from every node; ``workers_per_node`` processes (or replicas) per node;
+    ``hosts``: every node's ``host:port`` in rank order where an engine needs them all (TensorFlow's cluster
+    spec; default: the master's host with ports ``port+1+rank``, which is right on one machine's loopback);
+    ``join_timeout_s``: how long a worker waits for the others (joining, then each collective)."""
+
+    nnodes: int
+    node_rank: int
+    master: str
+    workers_per_node: int = 1
+    hosts: tuple[str, ...] = ()
+    join_timeout_s: float = 60.0
+
+    @property
+    def master_host(self) -> str:
+        return self.master.rpartition(":")[0]
+
+    @property
+    def master_port(self) -> int:
+        return int(self.master.rpartition(":")[2])
+
+    @property
+    def world(self) -> int:
+        """Workers over all nodes."""
+        return self.nnodes * self.workers_per_node
+
+    def host_list(self) -> list[str]:
+        """Every node's ``host:port`` in rank order (``hosts``, else the loopback default of the docstring)."""
+        if self.hosts:
+            return list(self.hosts)
+        return [f"{self.master_host}:{self.master_port + 1 + r}" for r in range(self.nnodes)]
+
+
+@dataclass(frozen=True)
+class NodeProcess:
+    """One process a node starts for a multi-node job: ``role`` ``worker`` (the runner waits for every worker
+    and reads the result the node's leader writes) or a helper role (``server``, ``scheduler``: stopped once
+    the workers are done); ``cmd`` the command, ``env`` variables added to the environment."""
+
+    role: str
+    cmd: list[str]
+    env: dict[str, str]

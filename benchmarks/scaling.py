@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from xfbench.analytics.scaling import (
 )
 from xfbench.analytics.spec import ModelSpec
 from xfbench.backends.common import tf32_row_value
-from xfbench.backends.distributed_loop import Job, Result, StepTimes, VerifyJob
+from xfbench.backends.distributed_loop import Job, Node, Result, StepTimes, VerifyJob
 from xfbench.benchmarks.harness.measurement import Measurement
 from xfbench.reports.paths import subprocess_env
 
@@ -242,6 +242,8 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
                     "kind": "allreduce",
                     "status": "ok",
                     "workers": n,
+                    "nodes": res.get("nodes", 1),
+                    "workers_per_node": res.get("workers_per_node", n),
                     "shape": a["bytes"],
                     "time_median_s": med,
                     "time_min_s": m.min,
@@ -256,12 +258,15 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
     for n, res in sorted(results.items()):
         tn = _by_step(res)
         note = f"{res.get('threads', '')}; {res.get('engine', '')}"
+        placement = {"nodes": res.get("nodes", 1), "workers_per_node": res.get("workers_per_node", n)}
         for model in plan.models:
             spec = plan.spec(model)
             nbytes = gradient_bytes(spec, backend)
             for mode in plan.modes:
                 b = per_worker_batch(plan.strong_batch if mode == "strong" else plan.batch, n, mode)
                 base_batch = plan.strong_batch if mode == "strong" else plan.batch
+                if (model, b) not in tn:  # a partial result (the run failed before this model)
+                    continue
                 entry = tn[(model, b)]
                 meas = Measurement.of(entry["times"])
                 base = Measurement.of(t1[(model, base_batch)]["times"]).median
@@ -287,6 +292,7 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
                         "batch_size": b,
                         "shape": b * n,
                         "workers": n,
+                        **placement,
                         "scaling_mode": mode,
                         **meas.columns(),
                         "throughput_samples_per_s": b * n / meas.median,
@@ -331,6 +337,61 @@ def run_backend(backend: str, plan: ScalingPlan, progress: Callable[[str], None]
             }
             return ([*build_rows(backend, plan, results)] if 1 in results else []) + [error]
     return build_rows(backend, plan, results)
+
+
+def run_multinode(
+    backend: str,
+    plan: ScalingPlan,
+    node: Node,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """This node's part of a multi-node sweep (:mod:`benchmarks.multinode`): the job on ``node.world`` workers
+    over ``node.nnodes`` nodes; then, on node 0 only, the one-worker baseline on this node, and the rows.
+
+    Node 0 returns the rows (the all-reduce and scaling rows of N = 1 and N = ``node.world``, with ``nodes`` and
+    ``workers_per_node``); another node returns ``[]`` when its part succeeded. A failure gives an ``error`` row
+    naming the node(s) waited for, after the rows of what the job measured before it."""
+    from xfbench.benchmarks.multinode import NodeFailure, run_node_job
+
+    world = node.world
+    plan = replace(plan, workers=(1, world))
+    check_plan(plan)
+    if progress:
+        progress(f"scale {backend} N={world} on {node.nnodes} nodes (this is node {node.node_rank}) ...")
+    failure: NodeFailure | None = None
+    try:
+        multi = run_node_job(backend, _job(plan, world), node, plan.python.get(backend), plan.timeout_s, progress)
+    except NodeFailure as exc:
+        failure, multi = exc, exc.partial
+    if node.node_rank != 0:
+        return [] if failure is None else [_node_error(backend, plan, node, str(failure))]
+    results: dict[int, Result] = {}
+    try:
+        if progress:
+            progress(f"scale {backend} N=1 (the baseline, on node 0 alone) ...")
+        results[1] = run_job(backend, 1, _job(plan, 1), plan.python.get(backend), plan.timeout_s)
+    except RuntimeError as exc:
+        errors = [] if failure is None else [_node_error(backend, plan, node, str(failure))]
+        return [*errors, _node_error(backend, plan, node, f"the one-worker baseline failed: {exc}", workers=1)]
+    if multi is not None:
+        results[world] = multi
+    rows = build_rows(backend, plan, results)
+    return rows if failure is None else [*rows, _node_error(backend, plan, node, str(failure))]
+
+
+def _node_error(
+    backend: str, plan: ScalingPlan, node: Node, message: str, workers: int | None = None
+) -> dict[str, Any]:
+    return {
+        "kind": "scaling",
+        "backend": backend,
+        "device": plan.device,
+        "workers": node.world if workers is None else workers,
+        "nodes": node.nnodes if workers is None else 1,
+        "workers_per_node": node.workers_per_node if workers is None else 1,
+        "status": "error",
+        "message": message[:1000],
+    }
 
 
 def plot_scaling(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path | None:
@@ -409,6 +470,14 @@ def run_scaling(
     return rows
 
 
+def _placement(row: dict[str, Any]) -> str:
+    """``N``, or ``N = nodes x per node`` for a row across nodes."""
+    nodes = row.get("nodes")
+    if nodes in (None, "", 1) or int(nodes) == 1:
+        return str(row["workers"])
+    return f"{row['workers']} = {nodes}x{row.get('workers_per_node', '?')}"
+
+
 def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     """A text table of the scaling rows and the fitted all-reduce model."""
     from xfbench.reports.table import render_table
@@ -425,7 +494,7 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
                 r["backend"],
                 r["model"],
                 r["scaling_mode"],
-                r["workers"],
+                _placement(r),
                 f"{r['time_median_s'] * 1e3:.2f} / {r['time_predicted_s'] * 1e3:.2f} ms",
                 f"{r['speedup']:.2f} / {r['speedup_predicted']:.2f}",
                 f"{100 * r['efficiency']:.0f}% / {100 * r['efficiency_predicted']:.0f}%",
@@ -453,5 +522,6 @@ __all__ = [
     "plot_scaling",
     "run_backend",
     "run_job",
+    "run_multinode",
     "run_scaling",
 ]

@@ -34,6 +34,8 @@ History (bump SCHEMA_VERSION on any change to the columns or their meaning, and 
   processes' medians, ``time_lo_s`` / ``time_hi_s`` the between-process interval, ``time_processes`` how many;
   ``time_within_noise`` says whether the predicted time lies inside that interval; ``threads`` the intra-op
   threads; ``cpu_affinity`` the CPUs the run could use; rows of kind ``noise`` (the run's noise probe).
+* 5 - data-parallel runs across nodes (issue 23): ``nodes`` and ``workers_per_node`` of a scaling or all-reduce
+  row (``workers`` stays the total); rows of version 4 and before ran on one node (read as blank).
 
 The file layout (not a schema change; the columns and the version stay): since issue 22 the files are plain
 CSV, the header first, so ``pandas.read_csv(path)``, ``csv.DictReader``, spreadsheets and DuckDB open them with
@@ -55,15 +57,15 @@ from typing import Literal
 
 from xfbench.analytics.vocab import BACKENDS, DTYPES, OPTIMIZERS, PHASES
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Versions read_report accepts; a file of an older one lacks the columns added since (ADDED_IN), read as blank.
-READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4)
+READABLE_VERSIONS: tuple[int, ...] = (2, 3, 4, 5)
 # The schema history in one line. Files written before issue 22 began with it (as a ``#`` line before the header,
 # which read_report still skips); files are now plain CSV, and the history is kept here and in the docstring.
 HISTORY_COMMENT = (
     "# xfbench benchmark report; schema history: 1 = first version, 2 = matmul/scaling/exercise rows,"
-    " 3 = tf32 column, tensor-level memory and memory repeats, 4 = time over several processes, noise probe"
-    " (see reports/schema.py)"
+    " 3 = tf32 column, tensor-level memory and memory repeats, 4 = time over several processes, noise probe,"
+    " 5 = nodes and workers per node (see reports/schema.py)"
 )
 STATUSES = ("ok", "skipped", "oom", "error")
 
@@ -375,6 +377,15 @@ COLUMNS: tuple[Column, ...] = (
         "data-parallel workers (processes or devices); concurrency: 1 in sequence, 2 at the same time",
         key=True,
         added_in=2,
+    ),
+    _col("nodes", "int", "scaling allreduce", "machines the data-parallel workers ran on", key=True, added_in=5),
+    _col(
+        "workers_per_node",
+        "int",
+        "scaling allreduce",
+        "data-parallel workers on each machine (workers = nodes x workers_per_node)",
+        key=True,
+        added_in=5,
     ),
     _col(
         "scaling_mode",

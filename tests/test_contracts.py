@@ -577,7 +577,7 @@ def test_protocol_members_by_hand() -> None:
     # NAME + threads, 11 probes (batchnorm_callable: issue 19; softmax, layernorm, gelu: the transformer rates),
     # profile_layers
     assert len(protocol_members(Profiler)) == 1 + 13
-    assert set(protocol_members(DistributedWorker)) == {"THREADS_NOTE", "main"}
+    assert set(protocol_members(DistributedWorker)) == {"THREADS_NOTE", "main", "node_processes"}
 
 
 def test_a_module_missing_a_member_or_with_other_parameters_is_reported() -> None:

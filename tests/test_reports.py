@@ -525,6 +525,9 @@ HEADER_V4 = (
     .replace("time_rel_error,", "time_rel_error,time_within_noise,threads,")
     .replace("cpu_cores,", "cpu_cores,cpu_affinity,cpu_isa_cap,")
 )
+# Version 5 (issue 23): where the data-parallel workers ran, after workers.
+HEADER_V5 = HEADER_V4.replace(",workers,", ",workers,nodes,workers_per_node,")
+VERSION5 = ["nodes", "workers_per_node"]
 # The typed columns as the writer listed them before the table carried the types.
 INTS = {
     "schema_version",
@@ -539,6 +542,8 @@ INTS = {
     "mem_repeats",
     "time_processes",  # version 4
     "threads",  # version 4
+    "nodes",  # version 5
+    "workers_per_node",  # version 5
 }
 FLOATS = {
     "time_median_s",
@@ -594,7 +599,8 @@ def test_every_column_the_writer_types_is_in_the_table() -> None:
 
 
 def test_header_and_keys_derived_from_the_table_are_unchanged() -> None:
-    assert ",".join(COLUMN_NAMES) == HEADER_V4 and len(COLUMN_NAMES) == len(set(COLUMN_NAMES)) == 69 + 7
+    assert HEADER_V5 != HEADER_V4
+    assert ",".join(COLUMN_NAMES) == HEADER_V5 and len(COLUMN_NAMES) == len(set(COLUMN_NAMES)) == 69 + 7 + 2
     assert list(COLUMN) == list(COLUMN_NAMES)
     assert CONFIG_KEY == (
         "kind",
@@ -609,6 +615,8 @@ def test_header_and_keys_derived_from_the_table_are_unchanged() -> None:
         "shape",
         "transfers",
         "workers",
+        "nodes",
+        "workers_per_node",
         "scaling_mode",
     )
     assert WRITER_COLUMNS == ("schema_version", "run_id", "timestamp")
@@ -631,12 +639,15 @@ def test_header_and_keys_derived_from_the_table_are_unchanged() -> None:
     memory3 += ["mem_repeats", "mem_spread"]
     version4 = ["time_lo_s", "time_hi_s", "time_processes", "time_within_noise", "threads"]
     version4 += ["cpu_affinity", "cpu_isa_cap"]
-    assert ADDED_IN == {"tf32": 3, **{c: 3 for c in memory3}, **{c: 4 for c in version4}}
+    assert ADDED_IN == {"tf32": 3, **{c: 3 for c in memory3}, **{c: 4 for c in version4}, **{c: 5 for c in VERSION5}}
     assert OPTIONAL_IN == {c: 3 for c in memory3}
-    assert columns_of_version(4) == COLUMN_NAMES
-    assert columns_of_version(3) == tuple(c for c in COLUMN_NAMES if c not in memory3 and c not in version4)
+    assert columns_of_version(5) == COLUMN_NAMES
+    assert columns_of_version(4) == tuple(c for c in COLUMN_NAMES if c not in VERSION5)
+    assert columns_of_version(3) == tuple(
+        c for c in COLUMN_NAMES if c not in memory3 and c not in version4 and c not in VERSION5
+    )
     assert columns_of_version(2) == tuple(
-        c for c in COLUMN_NAMES if c not in memory3 and c not in version4 and c != "tf32"
+        c for c in COLUMN_NAMES if c not in memory3 and c not in version4 and c not in VERSION5 and c != "tf32"
     )
 
 
@@ -661,8 +672,8 @@ def test_cells_are_formatted_as_before(tmp_path: Path) -> None:
     )
     path = _write(tmp_path, [row])
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == HEADER_V4
-    cells = dict(zip(HEADER_V4.split(","), next(csv.reader([lines[1]]))))
+    assert lines[0] == HEADER_V5
+    cells = dict(zip(HEADER_V5.split(","), next(csv.reader([lines[1]]))))
     expected = {
         "machine": "m",
         "kind": "model",
@@ -675,7 +686,7 @@ def test_cells_are_formatted_as_before(tmp_path: Path) -> None:
         "rounds": "",
         "message": "a, b",
         "tf32": "",
-        "schema_version": "4",
+        "schema_version": "5",
     }
     assert {c: cells[c] for c in expected} == expected
     assert '"a, b"' in lines[1]  # quoted, as csv does

@@ -39,9 +39,13 @@ from typing import Any
 from xfbench.backends.distributed_loop import (
     Engine,
     Job,
+    Node,
+    NodeProcess,
     Trainee,
     VerifyJob,
+    dist_timeout_s,
     job_parser,
+    mark_status,
     read_job,
     run,
     write_result,
@@ -159,8 +163,12 @@ def _engine(job: Job, rank: int, world: int, local_rank: int) -> Engine:
 
         tf32 = apply_tf32_policy()
     dist.init_process_group(
-        pg_backend, init_method="env://", timeout=timedelta(seconds=300), device_id=dev if gpu else None
+        pg_backend, init_method="env://", timeout=timedelta(seconds=dist_timeout_s()), device_id=dev if gpu else None
     )
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    leader = local_rank == 0
+    dist.barrier()
+    mark_status("joined", leader)
     model_device = f"gpu:{local_rank}" if gpu else "cpu"
     optimizer = job["optimizer"]
 
@@ -227,6 +235,8 @@ def _engine(job: Job, rank: int, world: int, local_rank: int) -> Engine:
             "threads": THREADS_NOTE if not gpu else "one GPU per worker process (NCCL)",
             "device": "gpu" if gpu else "cpu",
             "tf32": tf32,
+            "nodes": max(1, world // max(1, local_world)),
+            "workers_per_node": local_world,
         },
         build=build,
         verify=verify,
@@ -235,20 +245,55 @@ def _engine(job: Job, rank: int, world: int, local_rank: int) -> Engine:
         settle=settle,
         # The slowest rank sets the pace: per step, the maximum over ranks.
         reduce=lambda times: max_over_ranks(times, dev),
+        leader=leader,
     )
 
 
 def _worker(job: Job, out_path: str) -> None:
-    """One rank: runs the job; rank 0 writes the result to ``out_path``."""
+    """One rank: runs the job; each node's first process (LOCAL_RANK 0) writes the result to ``out_path`` (the
+    step times are reduced over all ranks, so every node's result holds them; under torchrun's c10d rendezvous
+    global rank 0 may be on any node)."""
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     engine = _engine(job, rank, world, int(os.environ.get("LOCAL_RANK", "0")))
-    result = run(job, engine)
+    result = run(job, engine, out_path)
     engine.settle()
-    if rank == 0:
+    if engine.leader:
         write_result(out_path, result)
     dist.destroy_process_group()
+
+
+def node_processes(job_path: str, out_path: str, node: Node, python: str) -> list[NodeProcess]:
+    """What one node of a multi-node job starts: ``torchrun`` (``python -m torch.distributed.run``) with the
+    c10d rendezvous at ``node.master`` (node 0 hosts its store), ``node.workers_per_node`` workers of this module.
+    The same command a user types on each node of a cluster::
+
+        torchrun --nnodes=2 --nproc-per-node=1 --node-rank=R --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \\
+            --rdzv-id=xfbench --max-restarts=0 -m xfbench.backends.torch.distributed --job job.json --out r.json
+    """
+    conf = f"join_timeout={node.join_timeout_s:g},is_host={'true' if node.node_rank == 0 else 'false'}"
+    cmd = [
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={node.nnodes}",
+        f"--nproc-per-node={node.workers_per_node}",
+        f"--node-rank={node.node_rank}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={node.master}",
+        f"--rdzv-id=xfbench-{node.master_port}",
+        f"--rdzv-conf={conf}",
+        "--max-restarts=0",
+        "--monitor-interval=1",
+        "-m",
+        "xfbench.backends.torch.distributed",
+        "--job",
+        job_path,
+        "--out",
+        out_path,
+    ]
+    return [NodeProcess("worker", cmd, dict(THREAD_ENV))]
 
 
 def main(argv: list[str] | None = None) -> int:
