@@ -111,6 +111,25 @@ def predict_step_time(
     return float(t1_per_sample) * int(batch_per_worker) + ring_allreduce_time(grad_bytes, workers, bandwidth, latency)
 
 
+def predict_dp_step(compute_s: float, overhead_s: float, grad_bytes: float, workers: int, bandwidth: float) -> float:
+    """Predicted seconds of one data-parallel step from measured terms (issue 23):
+
+    ``compute_s``: the same step without its all-reduce, timed while all ``workers`` compute (the cost of workers
+    sharing cores and memory is in it); ``overhead_s``: the engine's per-step cost beyond compute (its
+    synchronization, launch and one small all-reduce's latency: the overhead probe's data-parallel step minus its
+    compute-only step); plus the bandwidth term of a ring all-reduce of ``grad_bytes``,
+    ``2(N-1)/N * grad_bytes / bandwidth``. One worker: ``compute_s``.
+    """
+    n = _check_workers(workers)
+    if compute_s < 0 or grad_bytes < 0 or bandwidth <= 0:
+        raise ValueError(
+            f"need compute_s >= 0, grad_bytes >= 0, bandwidth > 0; got {compute_s}, {grad_bytes}, {bandwidth}"
+        )
+    if n == 1:
+        return float(compute_s)
+    return float(compute_s) + max(0.0, float(overhead_s)) + 2.0 * (n - 1) / n * float(grad_bytes) / float(bandwidth)
+
+
 def speedup(t1: float, tn: float, workers: int, mode: str) -> float:
     """Speedup of ``N`` workers over one from step times ``t1 = T(1)`` and ``tn = T(N)`` (seconds).
 

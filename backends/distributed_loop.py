@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -74,11 +75,17 @@ class Job(_JobFields, total=False):
     ``models``; ``batches``: per-worker batch sizes, each timed for every model; ``steps`` timed and ``warmup``
     untimed training steps per (model, batch); ``optimizer`` (``sgd``, ``momentum``, ``adam``); ``device``
     (``cpu`` or ``gpu``: one GPU per worker); ``allreduce_sizes`` (bytes of float32 arrays) and
-    ``allreduce_repeats`` (timed reductions per size); optional ``verify`` (:class:`VerifyJob`). A job file
-    may leave out what :data:`JOB_DEFAULTS` gives (:func:`read_job`); ``models`` and ``batches`` it must give.
+    ``allreduce_repeats`` (timed reductions per size); optional ``verify`` (:class:`VerifyJob`); optional
+    ``min_time_s`` (time each configuration for at least this long: more steps than ``steps`` where one step is
+    short, at most ``max_steps``) and ``overhead_probe`` (time the engine's per-step cost on
+    :data:`OVERHEAD_PROBE_SPEC` first). A job file may leave out what :data:`JOB_DEFAULTS` gives
+    (:func:`read_job`); ``models`` and ``batches`` it must give.
     """
 
     verify: VerifyJob
+    min_time_s: float
+    max_steps: int
+    overhead_probe: bool
 
 
 JOB_DEFAULTS: dict[str, Any] = {
@@ -88,6 +95,9 @@ JOB_DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "allreduce_sizes": [],
     "allreduce_repeats": 10,
+    "min_time_s": 0.0,
+    "max_steps": 1000,
+    "overhead_probe": False,
 }
 
 
@@ -138,6 +148,13 @@ class Result(Header):
 
     allreduce: list[AllreduceTimes]
     steps: list[StepTimes]
+
+
+class ResultWithProbe(Result, total=False):
+    """A result whose job asked for the overhead probe: ``overhead``, the probe's step times (and, where the
+    engine has it, its compute-only times)."""
+
+    overhead: StepTimes
 
 
 def read_job(path: str | Path) -> Job:
@@ -255,6 +272,59 @@ def time_calls(
     return times
 
 
+#: The overhead probe's model: one Dense layer of 18 parameters. Its data-parallel step is nearly all framework:
+#: the per-step synchronization and launch cost of the engine and one all-reduce of 72 bytes (its latency).
+OVERHEAD_PROBE_SPEC: dict[str, Any] = {
+    "name": "dp-overhead-probe",
+    "source": "xfbench: the per-step cost of a data-parallel engine (one Dense layer, 18 parameters)",
+    "input_shape": [8],
+    "layers": [{"type": "Dense", "units": 2, "use_bias": True, "name": "out"}],
+}
+
+
+def steps_for(job: Job, one_step_s: float) -> int:
+    """Timed steps of one configuration: ``steps``, or more where ``min_time_s`` asks for it (enough steps to
+    last that long at ``one_step_s`` seconds each), at most ``max_steps``."""
+    steps = int(job["steps"])
+    budget = float(job.get("min_time_s", 0.0) or 0.0)
+    if budget > 0 and one_step_s > 0:
+        steps = max(steps, math.ceil(budget / one_step_s))
+    return min(steps, int(job.get("max_steps", 1000) or 1000))
+
+
+def _measure(e: Engine, trainee: Trainee, job: Job, name: str, batch: int) -> StepTimes:
+    """Times ``trainee``: ``warmup`` untimed steps, one timed step that sets the count (:func:`steps_for`, the
+    slowest worker's time, so every worker runs the same count), then the timed steps; where the trainee has
+    a ``compute_only`` step, each timed step is followed by one timed compute-only step (interleaved, so both
+    see the same machine)."""
+    for _ in range(int(job["warmup"])):
+        trainee.step()
+        e.sync()
+        if trainee.compute_only is not None:
+            trainee.compute_only()
+            e.sync()
+    e.settle()
+    first = e.reduce(time_calls(trainee.step, 1, sync=e.sync))[0]
+    steps = steps_for(job, first)
+    e.settle()
+    times: list[float] = []
+    alone: list[float] = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainee.step()
+        e.sync()
+        times.append(time.perf_counter() - t0)
+        if trainee.compute_only is not None:
+            t0 = time.perf_counter()
+            trainee.compute_only()
+            e.sync()
+            alone.append(time.perf_counter() - t0)
+    out: StepTimes = {"model": name, "batch_per_worker": batch, "times": e.reduce(times), "params": trainee.params}
+    if trainee.compute_only is not None:
+        out["compute_only_times"] = e.reduce(alone)
+    return out
+
+
 def run(job: Job, engine: Engine, out_path: str | Path | None = None) -> Result:
     """Runs ``job`` through ``engine``'s hooks (steps 1-3 of the module docstring); returns the result.
 
@@ -262,7 +332,7 @@ def run(job: Job, engine: Engine, out_path: str | Path | None = None) -> Result:
     all-reduce microbenchmark and after each model and batch) and notes each in the node-status file, so that
     a run that dies keeps what it measured."""
     e = engine
-    result: Result = {**e.header, "allreduce": [], "steps": []}
+    result: ResultWithProbe = {**e.header, "allreduce": [], "steps": []}
 
     def progress(what: str) -> None:
         mark_status(what, e.leader)
@@ -277,24 +347,15 @@ def run(job: Job, engine: Engine, out_path: str | Path | None = None) -> Result:
             )
             result["allreduce"].append({"bytes": size, "times": times})
         progress("measured all-reduce")
+    if job.get("overhead_probe") and e.allreduce is not None:
+        name = OVERHEAD_PROBE_SPEC["name"]
+        result["overhead"] = _measure(e, e.build(spec_from_dict(OVERHEAD_PROBE_SPEC), 1), job, name, 1)
+        progress("measured the per-step overhead probe")
     for entry in job["models"]:
         spec = spec_from_dict(entry["spec"])
         for batch in job["batches"]:
-            trainee = e.build(spec, int(batch))
-            steps = int(job["steps"])
-            times = time_calls(trainee.step, steps, warmup=int(job["warmup"]), sync=e.sync, start=e.settle)
-            step: StepTimes = {
-                "model": entry["name"],
-                "batch_per_worker": int(batch),
-                "times": e.reduce(times),
-                "params": trainee.params,
-            }
-            if trainee.compute_only is not None:
-                alone = time_calls(trainee.compute_only, steps, sync=e.sync, start=e.settle)
-                step["compute_only_times"] = e.reduce(alone)
-            result["steps"].append(step)
+            result["steps"].append(_measure(e, e.build(spec, int(batch)), job, entry["name"], int(batch)))
             progress(f"measured {entry['name']} batch {batch}")
-            del trainee
     verify = job.get("verify")
     if verify:
         entries = {m["name"]: m for m in job["models"]}

@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from xfbench.analytics.catalog import resolve_model
 from xfbench.analytics.scaling import (
@@ -37,6 +37,7 @@ from xfbench.analytics.scaling import (
     fit_allreduce,
     gradient_bytes,
     per_worker_batch,
+    predict_dp_step,
     predict_step_time,
     prediction_basis,
     ring_allreduce_time,
@@ -100,6 +101,12 @@ class ScalingPlan:
     full_input: bool = False
     allreduce_sizes: tuple[int, ...] = DEFAULT_ALLREDUCE_SIZES
     allreduce_repeats: int = 10
+    #: Each configuration is timed for at least this long (more steps than ``steps`` where a step is short): five
+    #: steps of a 1 ms model moved its efficiency by 20 points between runs (issue 23).
+    min_time_s: float = 1.0
+    max_steps: int = 1000
+    #: Time the engine's per-step cost on an 18-parameter model first (the prediction's overhead term).
+    overhead_probe: bool = True
     timeout_s: float = 600.0
     python: dict[str, str] = field(default_factory=dict)  # backend -> interpreter (default: this one)
 
@@ -159,6 +166,9 @@ def _job(plan: ScalingPlan, workers: int, verify: VerifyJob | None = None) -> Jo
         "device": plan.device,
         "allreduce_sizes": list(plan.allreduce_sizes),
         "allreduce_repeats": plan.allreduce_repeats,
+        "min_time_s": plan.min_time_s,
+        "max_steps": plan.max_steps,
+        "overhead_probe": plan.overhead_probe,
     }
     if verify:
         job["verify"] = verify
@@ -257,6 +267,7 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
     t1 = _by_step(one)
     for n, res in sorted(results.items()):
         tn = _by_step(res)
+        overhead = _overhead(res)
         note = f"{res.get('threads', '')}; {res.get('engine', '')}"
         placement = {"nodes": res.get("nodes", 1), "workers_per_node": res.get("workers_per_node", n)}
         for model in plan.models:
@@ -271,7 +282,17 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
                 meas = Measurement.of(entry["times"])
                 base = Measurement.of(t1[(model, base_batch)]["times"]).median
                 compute = Measurement.of(t1[(model, b)]["times"]).median
-                t_pred = predict_step_time(compute / b, b, nbytes, n, bandwidth, latency)
+                alone = Measurement.of(entry["compute_only_times"]).median if "compute_only_times" in entry else None
+                if n > 1 and alone is not None and overhead is not None:
+                    t_pred = predict_dp_step(alone, overhead, nbytes, n, bandwidth)
+                    how = (
+                        f"{basis.split(' lat=')[0]}; compute = this step without all-reduce while {n} workers "
+                        f"compute {alone * 1e3:.3g} ms (probe); per-step overhead {overhead * 1e3:.3g} ms (probe: "
+                        f"the 18-parameter model's data-parallel step minus its compute-only step); grads {nbytes} B"
+                    )
+                else:
+                    t_pred = predict_step_time(compute / b, b, nbytes, n, bandwidth, latency)
+                    how = f"{basis}; compute = N=1 step at batch {b}; grads {nbytes} B"
                 sp = speedup(base, meas.median, n, mode)
                 sp_pred = speedup(base, t_pred, n, mode)
                 extra = ""
@@ -299,7 +320,7 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
                         "params_counted": entry.get("params"),
                         "time_predicted_s": t_pred,
                         "time_rel_error": (t_pred - meas.median) / meas.median,
-                        "prediction_basis": f"{basis}; compute = N=1 step at batch {b}; grads {nbytes} B",
+                        "prediction_basis": how,
                         "speedup": sp,
                         "speedup_predicted": sp_pred,
                         "efficiency": sp / n,
@@ -337,6 +358,15 @@ def run_backend(backend: str, plan: ScalingPlan, progress: Callable[[str], None]
             }
             return ([*build_rows(backend, plan, results)] if 1 in results else []) + [error]
     return build_rows(backend, plan, results)
+
+
+def _overhead(res: Result) -> float | None:
+    """The engine's per-step cost at this N from the overhead probe (its data-parallel step minus its
+    compute-only step, medians), or ``None`` where the result has no probe with both."""
+    probe = cast("dict[str, Any] | None", res.get("overhead"))
+    if not probe or not probe.get("compute_only_times"):
+        return None
+    return Measurement.of(probe["times"]).median - Measurement.of(probe["compute_only_times"]).median
 
 
 def run_multinode(

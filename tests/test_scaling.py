@@ -18,7 +18,9 @@ from conftest import require_backend_or_skip
 from xfbench.benchmarks.scaling import ScalingPlan, _job, run_job
 from xfbench.reports.paths import subprocess_env
 
-PLAN = ScalingPlan(models=("lenet",), workers=(1, 2), batch=2, steps=2, warmup=1, allreduce_sizes=(4096, 65536))
+PLAN = ScalingPlan(
+    models=("lenet",), workers=(1, 2), batch=2, steps=2, warmup=1, allreduce_sizes=(4096, 65536), min_time_s=0.0
+)
 
 
 def _need(backend: str) -> None:
@@ -217,7 +219,9 @@ HEADER = {
 
 def _lenet_job(**changes: object) -> dict:
     job = dict(_job(PLAN, 2))
-    job.update(batches=[4, 2], steps=3, warmup=2, allreduce_sizes=[4096, 100], allreduce_repeats=4)
+    job.update(
+        batches=[4, 2], steps=3, warmup=2, allreduce_sizes=[4096, 100], allreduce_repeats=4, overhead_probe=False
+    )
     job.update(changes)
     return job
 
@@ -251,11 +255,14 @@ def test_the_loop_calls_each_hook_as_the_job_says() -> None:
     n = 2 * (ALLREDUCE_WARMUP + 4)  # log entries per size
     assert log[:n] == ["settle", "ar0"] * (ALLREDUCE_WARMUP + 4) and log[n : 2 * n] == ["settle", "ar1"] * (n // 2)
     assert [(a["bytes"], len(a["times"])) for a in result["allreduce"]] == [(4096, 4), (100, 4)]
-    # Per batch: 2 warm-up + 3 timed steps, one settle before the timed ones; 3 timed compute-only steps.
-    per_batch = ["step4"] * 2 + ["settle"] + ["step4"] * 3 + ["settle"] + ["alone"] * 3
-    assert log[2 * n : 2 * n + 10] == per_batch
-    assert log[2 * n + 10 : 2 * n + 20] == [x.replace("step4", "step2") for x in per_batch]
-    assert log[2 * n + 20 :] == ["verify lenet"]
+    # Per batch: 2 warm-up steps each followed by a compute-only step, a settle, one timed step that sets the count
+    # (reduced over the workers: 1.0 s here, and min_time_s is 0, so `steps` = 3 stands), a settle, then 3 timed
+    # steps each followed by a timed compute-only step (interleaved).
+    per_batch = ["step4", "alone"] * 2 + ["settle", "step4", "settle"] + ["step4", "alone"] * 3
+    k = len(per_batch)
+    assert log[2 * n : 2 * n + k] == per_batch
+    assert log[2 * n + k : 2 * n + 2 * k] == [x.replace("step4", "step2") for x in per_batch]
+    assert log[2 * n + 2 * k :] == ["verify lenet"]
     assert built == [("lenet", 4), ("lenet", 2)]
     steps = result["steps"]
     assert [(s["model"], s["batch_per_worker"], len(s["times"]), s["params"]) for s in steps] == [
@@ -264,6 +271,36 @@ def test_the_loop_calls_each_hook_as_the_job_says() -> None:
     ]
     assert all(s["times"] == s["compute_only_times"] == [3.0] * 3 for s in steps)  # both went through reduce
     assert {k: result[k] for k in HEADER} == {**HEADER, "workers": 2}  # the header, as the engine gave it
+
+
+def test_a_time_budget_sets_the_step_count_and_the_probe_runs_first() -> None:
+    """``min_time_s`` 0.5 s with a first step of 0.1 s (what reduce returns here): ceil(0.5 / 0.1) = 5 timed steps
+    (more than ``steps`` = 2), capped by ``max_steps``; ``overhead_probe`` times the 18-parameter probe model
+    first, at batch 1, and reports it apart from the models' steps."""
+    from xfbench.backends.distributed_loop import OVERHEAD_PROBE_SPEC, Engine, Trainee, run, steps_for
+
+    built: list[tuple[str, int]] = []
+
+    def build(spec: object, batch: int) -> Trainee:
+        built.append((getattr(spec, "name", "?"), batch))
+        return Trainee(step=lambda: None, params=3, compute_only=lambda: None)
+
+    engine = Engine(
+        header=HEADER,  # type: ignore[arg-type]
+        build=build,
+        verify=print,  # type: ignore[arg-type]
+        allreduce=lambda slot, nbytes: (nbytes, lambda: None),  # type: ignore[arg-type,return-value]
+        reduce=lambda times: [0.1] * len(times),
+    )
+    job = _lenet_job(batches=[2], steps=2, warmup=0, allreduce_sizes=[], min_time_s=0.5, overhead_probe=True)
+    result = run(job, engine)  # type: ignore[arg-type]
+    assert built == [(OVERHEAD_PROBE_SPEC["name"], 1), ("lenet", 2)]
+    assert len(result["steps"][0]["times"]) == 5 and len(result["steps"][0]["compute_only_times"]) == 5
+    probe = result["overhead"]  # type: ignore[typeddict-item]
+    assert probe["batch_per_worker"] == 1 and len(probe["times"]) == 5
+    assert steps_for({**job, "max_steps": 4}, 0.1) == 4  # type: ignore[typeddict-item]
+    assert steps_for(job, 1.0) == 2  # a slow step: `steps` stands  # type: ignore[arg-type]
+    assert steps_for({**job, "min_time_s": 0.0}, 1e-6) == 2  # no budget  # type: ignore[typeddict-item]
 
 
 def test_the_allreduce_warmup_is_the_modules_constant(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from xfbench.analytics.scaling import (
     fit_allreduce,
     gradient_bytes,
     per_worker_batch,
+    predict_dp_step,
     predict_step_time,
     prediction_basis,
     ring_allreduce_time,
@@ -127,6 +128,25 @@ def test_build_rows_from_results(tmp_path) -> None:
     assert strong["time_iqr_s"] == 0.0 and strong["rounds"] == 3 and strong["time_min_s"] == 0.010
     png = plot_scaling(rows, tmp_path / "s.png")
     assert png is not None and png.stat().st_size > 1000
+
+
+def test_the_prediction_uses_the_probes_where_the_run_has_them() -> None:
+    """With a compute-only step at N = 2 (9 ms) and the overhead probe (DP step 2.5 ms, its compute-only step
+    0.5 ms: 2 ms of engine cost per step), the N = 2 prediction is 9 ms + 2 ms + the ring's bandwidth term
+    2(N-1)/N * grads / bw = grads / 1e9 (bandwidth 1 GB/s, from the all-reduce rows), by hand."""
+    results = _fake_results()
+    results[2]["steps"][0]["compute_only_times"] = [0.009] * 3
+    results[2]["overhead"] = {"model": "probe", "batch_per_worker": 1, "times": [0.0025] * 3}
+    plan = ScalingPlan(models=("mlp",), workers=(1, 2), batch=8)
+    # Without the probe's compute-only times there is no overhead figure: the ring model of before.
+    old = [r for r in build_rows("torch", plan, results) if r["kind"] == "scaling" and r["workers"] == 2]
+    assert old[0]["time_predicted_s"] == pytest.approx(0.008 + 203530 * 4 / 1e9 + 2e-4, rel=1e-9)
+    results[2]["overhead"]["compute_only_times"] = [0.0005] * 3
+    rows = [r for r in build_rows("torch", plan, results) if r["kind"] == "scaling" and r["workers"] == 2]
+    expected = 0.009 + 0.002 + 203530 * 4 / 1e9
+    assert [r["time_predicted_s"] for r in rows] == [pytest.approx(expected, rel=1e-9)] * 2
+    assert "overhead 2 ms" in rows[0]["prediction_basis"] and "compute 9 ms (probe)" in rows[0]["prediction_basis"]
+    assert predict_dp_step(0.009, 0.002, 1e6, 1, 1e9) == 0.009  # one worker: compute only
 
 
 def test_step_statistics_come_from_the_raw_times() -> None:
