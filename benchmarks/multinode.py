@@ -24,7 +24,6 @@ models the job measured before it failed (the worker's partial result).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -51,7 +50,8 @@ from xfbench.reports.paths import subprocess_env
 HELPER_GRACE_S = 10.0
 POLL_S = 0.2
 #: Words in a worker's last lines that say it gave up waiting for the others to join (torch's
-#: RendezvousTimeoutError, TensorFlow's and gloo's deadline messages).
+#: RendezvousTimeoutError, TensorFlow's and gloo's deadline messages). A worker that fails before every node
+#: joined, after the join timeout has passed, is also taken as one that waited for them in vain.
 JOIN_TIMEOUT_MARKERS = ("rendezvoustimeouterror", "deadline", "timed out", "timeout")
 
 
@@ -70,8 +70,21 @@ class NodeFailure(Exception):
 def node_processes(
     backend: str, job_path: str, out_path: str, node: Node, python: str | None = None
 ) -> list[NodeProcess]:
-    """The processes ``backend`` starts on this node (its module's ``node_processes``; no framework import)."""
-    distributed = importlib.import_module(f"xfbench.backends.{backend}.distributed")
+    """The processes ``backend`` starts on this node (its ``distributed`` module's ``node_processes``).
+
+    The module is loaded from its file, not through ``xfbench.backends.<backend>``, whose ``__init__`` imports the
+    framework: the runner may run where the framework is not installed (``--python BACKEND=PATH``) and must not
+    import MXNet (which becomes a ps-lite server or scheduler when ``DMLC_ROLE`` is set)."""
+    import importlib.util
+
+    import xfbench.backends
+
+    path = Path(xfbench.backends.__file__).parent / backend / "distributed.py"
+    spec = importlib.util.spec_from_file_location(f"xfbench_{backend}_distributed_hooks", path)
+    if spec is None or spec.loader is None:
+        raise NodeFailure(f"{backend}: no multi-node engine at {path}")
+    distributed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(distributed)
     processes: list[NodeProcess] = distributed.node_processes(job_path, out_path, node, python or sys.executable)
     return processes
 
@@ -177,7 +190,8 @@ def _watch(
 ) -> str | None:
     """Waits for the workers; ``None`` when all exited 0, else the failure's one-line message. Each new line of
     the node-status file (``joined``, ``measured ...``) goes to ``progress``."""
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     workers = [(s, p, log) for s, p, log in procs if s.role == "worker"]
     where = f"{backend} node {node.node_rank} of {node.nnodes} (master {node.master})"
     seen = 0
@@ -195,9 +209,10 @@ def _watch(
         if bad:
             _, p, log = bad[0]
             tail = _tail(log)
+            waited = time.monotonic() - started
             if joined:
                 cause = f"a worker failed after every node joined ({_others(node)} died or stopped answering?)"
-            elif any(word in tail.lower() for word in JOIN_TIMEOUT_MARKERS):
+            elif waited >= node.join_timeout_s or any(word in tail.lower() for word in JOIN_TIMEOUT_MARKERS):
                 cause = f"{_others(node)} did not join within {node.join_timeout_s:g} s"
             else:
                 cause = f"a worker failed before every node joined (waiting for {_others(node)})"

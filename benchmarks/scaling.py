@@ -268,6 +268,9 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
     for n, res in sorted(results.items()):
         tn = _by_step(res)
         overhead = _overhead(res)
+        if overhead is not None and n > 1:
+            # The update and bookkeeping a one-worker step already pays are in the model's own N=1 term.
+            overhead -= _overhead(one) or 0.0
         note = f"{res.get('threads', '')}; {res.get('engine', '')}"
         placement = {"nodes": res.get("nodes", 1), "workers_per_node": res.get("workers_per_node", n)}
         for model in plan.models:
@@ -283,11 +286,13 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
                 base = Measurement.of(t1[(model, base_batch)]["times"]).median
                 compute = Measurement.of(t1[(model, b)]["times"]).median
                 alone = Measurement.of(entry["compute_only_times"]).median if "compute_only_times" in entry else None
+                update = _beyond_compute(t1.get((model, b))) if backend in UPDATE_AS_AT_ONE else 0.0
                 if n > 1 and alone is not None and overhead is not None:
-                    t_pred = predict_dp_step(alone, overhead, nbytes, n, bandwidth)
+                    t_pred = predict_dp_step(alone + update, overhead, nbytes, n, bandwidth)
                     how = (
                         f"{basis.split(' lat=')[0]}; compute = this step without all-reduce while {n} workers "
-                        f"compute {alone * 1e3:.3g} ms (probe); per-step overhead {overhead * 1e3:.3g} ms (probe: "
+                        f"compute {alone * 1e3:.3g} ms (probe) + its update on one worker {update * 1e3:.3g} ms "
+                        f"(N=1 step minus its compute-only step); per-step overhead {overhead * 1e3:.3g} ms (probe: "
                         f"the 18-parameter model's data-parallel step minus its compute-only step); grads {nbytes} B"
                     )
                 else:
@@ -316,6 +321,9 @@ def build_rows(backend: str, plan: ScalingPlan, results: dict[int, Result]) -> l
                         **placement,
                         "scaling_mode": mode,
                         **meas.columns(),
+                        "time_lo_s": meas.q1,
+                        "time_hi_s": meas.q3,
+                        "time_within_noise": "yes" if meas.q1 <= t_pred <= meas.q3 else "no",
                         "throughput_samples_per_s": b * n / meas.median,
                         "params_counted": entry.get("params"),
                         "time_predicted_s": t_pred,
@@ -358,6 +366,22 @@ def run_backend(backend: str, plan: ScalingPlan, progress: Callable[[str], None]
             }
             return ([*build_rows(backend, plan, results)] if 1 in results else []) + [error]
     return build_rows(backend, plan, results)
+
+
+#: Engines whose one-worker step updates the weights the way their N-worker step does, so that the one-worker
+#: update cost carries over: DDP at world size 1 runs the same reducer and optimizer; MirroredStrategy applies on
+#: its one replica as on N. MXNet's Gluon Trainer does not: with one context it makes no kvstore and updates each
+#: context itself (``Trainer._init_kvstore``: ``kvstore = None`` for one device, not dist), with N contexts the
+#: kvstore reduces and updates; its N-context update is left to the all-reduce terms.
+UPDATE_AS_AT_ONE = ("torch", "tensorflow")
+
+
+def _beyond_compute(one: StepTimes | None) -> float:
+    """What a one-worker step costs beyond its forward and backward (the update and the engine's bookkeeping):
+    its step minus its compute-only step (medians), 0 where either is missing or the difference is negative."""
+    if not one or not one.get("compute_only_times"):
+        return 0.0
+    return max(0.0, Measurement.of(one["times"]).median - Measurement.of(one["compute_only_times"]).median)
 
 
 def _overhead(res: Result) -> float | None:

@@ -35,7 +35,8 @@ History (bump SCHEMA_VERSION on any change to the columns or their meaning, and 
   ``time_within_noise`` says whether the predicted time lies inside that interval; ``threads`` the intra-op
   threads; ``cpu_affinity`` the CPUs the run could use; rows of kind ``noise`` (the run's noise probe).
 * 5 - data-parallel runs across nodes (issue 23): ``nodes`` and ``workers_per_node`` of a scaling or all-reduce
-  row (``workers`` stays the total); rows of version 4 and before ran on one node (read as blank).
+  row (``workers`` stays the total); rows of version 4 and before ran on one node (read as blank). Scaling rows
+  fill ``time_lo_s`` / ``time_hi_s`` (the quartiles of their steps) and ``time_within_noise``.
 
 The file layout (not a schema change; the columns and the version stay): since issue 22 the files are plain
 CSV, the header first, so ``pandas.read_csv(path)``, ``csv.DictReader``, spreadsheets and DuckDB open them with
@@ -180,11 +181,18 @@ COLUMNS: tuple[Column, ...] = (
     _col(
         "time_lo_s",
         "float",
-        "model",
-        "the lowest process median: with `time_hi_s`, the between-process interval of the step time",
+        "model scaling",
+        "the lowest process median: with `time_hi_s`, the between-process interval of the step time (scaling: "
+        "the first quartile of the steps, since schema 5)",
         added_in=4,
     ),
-    _col("time_hi_s", "float", "model", "the highest process median", added_in=4),
+    _col(
+        "time_hi_s",
+        "float",
+        "model scaling",
+        "the highest process median (scaling: the third quartile of the steps)",
+        added_in=4,
+    ),
     _col(
         "time_processes",
         "int",
@@ -357,7 +365,7 @@ COLUMNS: tuple[Column, ...] = (
     _col(
         "time_within_noise",
         "str",
-        "model",
+        "model scaling",
         "yes when time_predicted_s lies within [time_lo_s, time_hi_s] (the error is inside the measurement's "
         "between-process interval), else no",
         added_in=4,

@@ -298,3 +298,47 @@ def test_derived_columns_agree_with_their_sources(
     for r in writer.rows:
         stray = [c for c, v in r.items() if v is not None and v != "" and r["kind"] not in COLUMN[c].kinds]
         assert stray == [], f"a {r['kind']} row fills {stray}"
+
+
+def test_scaling_columns_agree_with_their_sources(backend: str) -> None:
+    """The rows ``xfbench scale`` writes (a real 1- and 2-worker run of lenet on this backend's engine): speedup from
+    the N = 1 base and this row's median, efficiency = speedup / N, both again for the prediction, the relative error,
+    the throughput, and the noise verdict from the row's quartiles, each recomputed here by hand."""
+    from xfbench.benchmarks.scaling import ScalingPlan, run_backend
+
+    plan = ScalingPlan(
+        models=("lenet",),
+        workers=(1, 2),
+        batch=2,
+        steps=3,
+        warmup=1,
+        min_time_s=0.0,
+        allreduce_sizes=(4096, 65536),
+        allreduce_repeats=3,
+    )
+    rows = run_backend(backend, plan)
+    assert [r["message"] for r in rows if r["status"] != "ok"] == []
+    scaling = [r for r in rows if r["kind"] == "scaling"]
+    assert sorted((r["workers"], r["scaling_mode"]) for r in scaling) == [
+        (1, "strong"),
+        (1, "weak"),
+        (2, "strong"),
+        (2, "weak"),
+    ]
+    base = {r["scaling_mode"]: r["time_median_s"] for r in scaling if r["workers"] == 1}
+    for r in scaling:
+        n, mode, t, pred = r["workers"], r["scaling_mode"], r["time_median_s"], r["time_predicted_s"]
+        per_sample = n if mode == "weak" else 1
+        assert r["speedup"] == pytest.approx(base[mode] / t * per_sample, rel=REL)
+        assert r["efficiency"] == pytest.approx(r["speedup"] / n, rel=REL)
+        assert r["speedup_predicted"] == pytest.approx(base[mode] / pred * per_sample, rel=REL)
+        assert r["efficiency_predicted"] == pytest.approx(r["speedup_predicted"] / n, rel=REL)
+        assert r["time_rel_error"] == pytest.approx((pred - t) / t, rel=REL, abs=1e-15)
+        assert r["throughput_samples_per_s"] == pytest.approx(r["batch_size"] * n / t, rel=REL)
+        assert r["shape"] == r["batch_size"] * n and (r["nodes"], r["workers_per_node"]) == (1, n)
+        assert r["time_lo_s"] <= t <= r["time_hi_s"]
+        assert r["time_within_noise"] == ("yes" if r["time_lo_s"] <= pred <= r["time_hi_s"] else "no")
+        stray = [c for c, v in r.items() if v is not None and v != "" and r["kind"] not in COLUMN[c].kinds]
+        assert stray == []
+    for r in [r for r in rows if r["kind"] == "allreduce"]:
+        assert r["time_rel_error"] == pytest.approx((r["time_predicted_s"] - r["time_median_s"]) / r["time_median_s"])

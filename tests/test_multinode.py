@@ -89,7 +89,11 @@ def _finish(proc: subprocess.Popen[str], timeout_s: float) -> tuple[int, str, st
     return proc.returncode, out, err
 
 
-BACKENDS = [pytest.param("torch", marks=pytest.mark.torch)]
+BACKENDS = [
+    pytest.param("torch", marks=pytest.mark.torch),
+    pytest.param("tensorflow", marks=pytest.mark.tensorflow),
+    pytest.param("mxnet", marks=pytest.mark.mxnet),
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

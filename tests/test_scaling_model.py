@@ -146,6 +146,17 @@ def test_the_prediction_uses_the_probes_where_the_run_has_them() -> None:
     expected = 0.009 + 0.002 + 203530 * 4 / 1e9
     assert [r["time_predicted_s"] for r in rows] == [pytest.approx(expected, rel=1e-9)] * 2
     assert "overhead 2 ms" in rows[0]["prediction_basis"] and "compute 9 ms (probe)" in rows[0]["prediction_basis"]
+    # The model's update on one worker: its N=1 step at batch 8 (8 ms) minus its compute-only step there (7 ms);
+    # the probe at N=1 (0.4 ms step, 0.3 ms compute-only: 0.1 ms) is already in that term, so the overhead at N=2
+    # becomes 2 - 0.1 = 1.9 ms.
+    results[1]["steps"][1]["compute_only_times"] = [0.007] * 3
+    results[1]["overhead"] = {"model": "probe", "batch_per_worker": 1, "times": [4e-4] * 3}
+    results[1]["overhead"]["compute_only_times"] = [3e-4] * 3
+    rows = [r for r in build_rows("torch", plan, results) if r["kind"] == "scaling" and r["workers"] == 2]
+    expected = 0.009 + 0.001 + 0.0019 + 203530 * 4 / 1e9
+    assert [r["time_predicted_s"] for r in rows] == [pytest.approx(expected, rel=1e-9)] * 2
+    # Measured steps 10 ms each: the quartiles are 10 ms, and 12.7 ms predicted lies outside them.
+    assert rows[0]["time_lo_s"] == rows[0]["time_hi_s"] == 0.010 and rows[0]["time_within_noise"] == "no"
     assert predict_dp_step(0.009, 0.002, 1e6, 1, 1e9) == 0.009  # one worker: compute only
 
 
