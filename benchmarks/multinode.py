@@ -170,8 +170,8 @@ def run_node_job(
             failure = _watch(backend, node, procs, status, timeout_s, progress)
         finally:
             _stop([p for _, p, _ in procs])
-            for log in logs:
-                log.close()
+            for opened in logs:
+                opened.close()
         if failure is None and os.path.exists(out_path):
             result: Result = json.loads(Path(out_path).read_text())
             return result
@@ -233,26 +233,4 @@ def _watch(
         time.sleep(POLL_S)
 
 
-def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
-    """Whether something listens on ``host:port`` within ``timeout_s`` (tests start node 0 first)."""
-    import socket
-
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex((host, port)) == 0:
-                return True
-        time.sleep(0.2)
-    return False
-
-
-def node_rows_columns(result: Result | None, node: Node) -> dict[str, Any]:
-    """The ``nodes`` and ``workers_per_node`` columns of a multi-node row."""
-    return {
-        "nodes": (result or {}).get("nodes", node.nnodes),
-        "workers_per_node": (result or {}).get("workers_per_node", node.workers_per_node),
-    }
-
-
-__all__ = ["NodeFailure", "node_processes", "run_node_job", "wait_for_port"]
+__all__ = ["NodeFailure", "node_processes", "run_node_job"]

@@ -413,6 +413,7 @@ def run_multinode(
     if progress:
         progress(f"scale {backend} N={world} on {node.nnodes} nodes (this is node {node.node_rank}) ...")
     failure: NodeFailure | None = None
+    multi: Result | None
     try:
         multi = run_node_job(backend, _job(plan, world), node, plan.python.get(backend), plan.timeout_s, progress)
     except NodeFailure as exc:
