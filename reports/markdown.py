@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class Page:
     runs: tuple[tuple[str, str], ...]  # (label, CSV file name under reports/reference/)
     machine: str = "epyc-2c"
     pair: bool = False  # two runs of one machine with the same configurations: run-to-run figures
-    kind: str = "model"  # "model" or "exercise"
+    kind: str = "model"  # "model", "exercise" or "scaling"
 
 
 #: The manifest of ``docs/measured/``.
@@ -143,6 +144,22 @@ PAGES: tuple[Page, ...] = (
             ("first", "cpu-amd-epyc-2core-transformers-first.csv"),
             ("final", "cpu-amd-epyc-2core-transformers.csv"),
         ),
+    ),
+    Page(
+        "scaling",
+        "Data-parallel scaling: efficiency measured and predicted",
+        "The scaling suite of `tox -m bench` (lenet, mlp and cnn3 at 3x64x96; N = 1 and 2 single-threaded "
+        "workers; strong scaling at a global batch of 16, weak at 8 per worker; each configuration timed for at "
+        "least 1 s). `before`: the scaling and all-reduce rows of run 1 of the uncapped pair (issue 20), the "
+        "earlier prediction (the one-worker compute plus the fitted ring "
+        "all-reduce, 5 steps per configuration); `issue 23`: the prediction from the run's probes (compute-only "
+        "steps at N, the one-worker update, the overhead probe, the ring's bandwidth term; docs/scaling.md). "
+        "Target: |predicted - measured efficiency| <= 5 points median per framework, none beyond 15.",
+        (
+            ("before", "cpu-amd-epyc-2core-scaling-before.csv"),
+            ("issue 23", "cpu-amd-epyc-2core-issue23-bench.csv"),
+        ),
+        kind="scaling",
     ),
     Page(
         "exercises",
@@ -450,6 +467,86 @@ def exercises_section(runs: Sequence[tuple[str, Machine]]) -> str:
 # --- pages --------------------------------------------------------------------------------------------------
 
 
+def _scaling_rows(m: Machine) -> pd.DataFrame:
+    rows = m.rows
+    return rows[(rows["kind"] == "scaling") & (rows["status"] == "ok")]
+
+
+def scaling_points(r: Mapping[Any, Any]) -> float:
+    """predicted - measured efficiency, in points (100 x the efficiency difference)."""
+    return 100.0 * (_f(r["efficiency_predicted"]) - _f(r["efficiency"]))
+
+
+def scaling_section(runs: Sequence[tuple[str, Machine]]) -> str:
+    """Per run and backend: median and worst |predicted - measured efficiency| of the rows with N > 1 against the
+    targets, then every such row."""
+    summary, detail = [], []
+    for label, m in runs:
+        rows = _scaling_rows(m)
+        rows = rows[pd.to_numeric(rows["workers"], errors="coerce") > 1]
+        for backend in sorted(set(rows["backend"])):
+            sel = rows[rows["backend"] == backend]
+            points = [abs(scaling_points(r)) for _, r in sel.iterrows()]
+            verdicts = [str(r.get("time_within_noise", "")) for _, r in sel.iterrows()]
+            judged = [v for v in verdicts if v in ("yes", "no")]
+            noise = f"{judged.count('yes')}/{len(judged)}" if judged else "-"
+            med, worst = statistics.median(points), max(points)
+            verdict = "met" if med <= 5 and worst <= 15 else "missed"
+            summary.append(
+                [
+                    label,
+                    backend,
+                    f"{med:.1f} / {worst:.1f} ({len(points)})",
+                    str(sum(p <= 5 for p in points)),
+                    noise,
+                    verdict,
+                ]
+            )
+            for _, r in sel.iterrows():
+                interval = ""
+                if not math.isnan(_f(r.get("time_lo_s"))):
+                    interval = f" [{_ms(r['time_lo_s'])} .. {_ms(r['time_hi_s'])}]"
+                detail.append(
+                    [
+                        label,
+                        backend,
+                        str(r["model"]),
+                        str(r["scaling_mode"]),
+                        str(r["workers"]),
+                        _ms(r["time_median_s"]) + interval,
+                        _ms(r["time_predicted_s"]),
+                        f"{100 * _f(r['efficiency']):.1f}% / {100 * _f(r['efficiency_predicted']):.1f}%",
+                        f"{scaling_points(r):+.1f}",
+                    ]
+                )
+    head = _table(
+        [
+            "run",
+            "backend",
+            "abs(points) median / worst (rows)",
+            "rows within 5",
+            "prediction inside the quartiles",
+            "target",
+        ],
+        summary,
+    )
+    rows_table = _table(
+        [
+            "run",
+            "backend",
+            "model",
+            "mode",
+            "N",
+            "step ms measured [quartiles]",
+            "predicted ms",
+            "efficiency measured / predicted",
+            "points",
+        ],
+        detail,
+    )
+    return "## Efficiency, predicted against measured (N > 1)\n\n" + head + "\n\n## Rows\n\n" + rows_table
+
+
 def render_page(page: Page, reference_dir: Path = REFERENCE_DIR) -> str:
     """The Markdown of ``page``, from its CSVs only."""
     runs = load_page_runs(page, reference_dir)
@@ -461,6 +558,8 @@ def render_page(page: Page, reference_dir: Path = REFERENCE_DIR) -> str:
     parts.append(provenance(page, runs))
     if page.kind == "exercise":
         parts.append(exercises_section(runs))
+    elif page.kind == "scaling":
+        parts.append(scaling_section(runs))
     else:
         parts.append(quality_section(runs))
         if page.pair:

@@ -139,3 +139,22 @@ def test_helpers() -> None:
         "why": "why.",
     }
     assert exercise_fields("no fields") is None
+
+
+def test_scaling_efficiency_recomputed_by_hand() -> None:
+    """The scaling page's issue-23 TensorFlow line: median and worst |predicted - measured efficiency| in points
+    over the N = 2 rows, from the raw CSV cells."""
+    _checkout()
+    rows = [
+        r
+        for r in _csv_rows("cpu-amd-epyc-2core-issue23-bench.csv")
+        if r["kind"] == "scaling" and r["status"] == "ok" and r["backend"] == "tensorflow" and r["workers"] == "2"
+    ]
+    assert len(rows) == 6
+    points = [100 * abs(float(r["efficiency_predicted"]) - float(r["efficiency"])) for r in rows]
+    within = sum(r["time_within_noise"] == "yes" for r in rows)
+    line = f"| issue 23 | tensorflow | {statistics.median(points):.1f} / {max(points):.1f} (6) | "
+    page = render_all()["scaling.md"]
+    assert [ln for ln in page.splitlines() if ln.startswith(line)] == [
+        line + f"{sum(p <= 5 for p in points)} | {within}/6 | {'met' if max(points) <= 15 else 'missed'} |"
+    ]

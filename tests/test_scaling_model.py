@@ -186,6 +186,17 @@ def test_step_statistics_come_from_the_raw_times() -> None:
         (["--model", "nosuch"], "unknown model"),
         (["--backend", "caffe"], "unknown backend"),
         (["--workers", "1,x"], "comma-separated positive integers"),
+        (["--nnodes", "2", "--node-rank", "2", "--master", "h:1", "--backend", "torch"], "allowed: 0..1"),
+        (["--node-rank", "1"], "--node-rank without --nnodes"),
+        (["--nnodes", "2", "--node-rank", "0"], "needs --node-rank R and --master HOST:PORT"),
+        (["--nnodes", "2", "--node-rank", "0", "--master", "nohost"], "--master 'nohost'; allowed: HOST:PORT"),
+        (["--nnodes", "2", "--node-rank", "0", "--master", "h:1", "--hosts", "a:1"], "exactly --nnodes = 2"),
+        (["--nnodes", "2", "--node-rank", "0", "--master", "h:1"], "one --backend per multi-node job"),
+        (
+            ["--nnodes", "2", "--node-rank", "0", "--master", "h:1", "--backend", "torch", "--workers", "1,2"],
+            "--workers",
+        ),
+        (["--simulate", "--network", "25Gbit"], "--network"),
     ],
 )
 def test_cli_usage_errors(argv: list[str], text: str, capsys: pytest.CaptureFixture[str]) -> None:
