@@ -16,6 +16,7 @@ from xfbench.backends.common import is_oom_error
 from xfbench.benchmarks.harness import noise
 from xfbench.benchmarks.harness.measurement import Measurement
 from xfbench.benchmarks.harness.peaks import time_prediction_columns
+from xfbench.benchmarks.harness.phases import PhaseLog
 from xfbench.benchmarks.harness.profiles import Plan
 from xfbench.benchmarks.harness.rows import (
     flop_columns,
@@ -24,6 +25,7 @@ from xfbench.benchmarks.harness.rows import (
     memory_in_fresh_process,
     prediction_columns,
     probe_family,
+    take_reused_probes,
 )
 from xfbench.benchmarks.harness.timing import other_processes, row_columns, time_processes, within_noise
 from xfbench.benchmarks.harness.workload import Config, base_row, prepare
@@ -73,17 +75,23 @@ def test_model_step(
         pytest.skip(reason)
 
     noise.start()  # the run's noise probe, before its first measurement (benchmarks/harness/noise.py)
+    phases = PhaseLog(f"{cfg.backend} {cfg.model} {cfg.phase} b{cfg.batch_size}")
     row.update(prediction_columns(cfg))
     if measure_memory:
         release_gpu_cache(cfg.backend, cfg.device)
         family = probe_family(cfg.spec())
         overhead = framework_overhead(cfg.backend, cfg.device, cfg.phase, cfg.optimizer, family, cfg.batch_size)
+        reused = take_reused_probes()
         if overhead is not None:
             row["mem_predicted_bytes"] += overhead
             row["message"] = (
-                f"prediction includes framework_overhead {overhead / 1e6:.1f} MB (measured on the {family} probe)"
+                f"prediction includes framework_overhead {overhead / 1e6:.1f} MB (measured on the {family} probe"
+                + (f"; reused: probed {min(reused.values())}" if reused else "")
+                + ")"
             )
+        phases.mark("memory overhead probe")
         mem = memory_in_fresh_process(cfg, memory_limit)
+        phases.mark("memory processes")
         if mem.get("status") == "oom":
             _finish(xfbench_writer, xfbench_rows, {**row, "status": "oom", "message": mem.get("message", "")})
             pytest.skip(f"out of memory: {mem.get('message', '')}")
@@ -98,8 +106,10 @@ def test_model_step(
         work = prepare(cfg)
         row["params_counted"] = int(b.count_params(work.model))
         rounds = rounds_override or plan.rounds
+        phases.mark("build")
         benchmark.pedantic(work.step, rounds=rounds, warmup_rounds=plan.warmup_rounds, iterations=1)
         timing = Measurement.from_stats(benchmark.stats.stats)
+        phases.mark("timing in-process")
         # The other processes (benchmarks/harness/timing.py), one at a time, after this one's rounds.
         processes = [list(timing.times)]
         others = other_processes(cfg, time_processes() - 1, plan.warmup_rounds, rounds)
@@ -108,8 +118,10 @@ def test_model_step(
         else:
             note = f"time: {others.get('status')}: {others.get('message', '')}"
             row["message"] = (row.get("message", "") + "; " + note).lstrip("; ")
+        phases.mark("timing other processes")
         row.update(row_columns(processes, cfg.batch_size))
         row.update(time_prediction_columns(cfg, row, xfbench_writer))
+        phases.mark("time prediction")
         row["time_within_noise"] = within_noise(row.get("time_predicted_s"), row)
         row["threads"] = importlib.import_module(f"xfbench.backends.{cfg.backend}.profile").threads()
         if timing.noisy:
@@ -118,6 +130,8 @@ def test_model_step(
             row.update(flop_columns(work))
         except NotImplementedError as exc:
             row["flops_counter"] = f"unsupported: {exc}"
+        phases.mark("flop counter")
+        phases.write()
         if row.get("time_median_s") and row.get("flops_predicted"):
             row["achieved_flops_per_s"] = row["flops_predicted"] / row["time_median_s"]
         benchmark.extra_info.update({k: v for k, v in row.items() if v is not None})

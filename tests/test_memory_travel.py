@@ -7,6 +7,7 @@ value is computed by the code under test. Nothing here imports a deep-learning f
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ def test_tf_onednn_switch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_overhead_probe_runs_at_the_rows_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XFBENCH_CALIBRATION", "off")  # no kept figure of a real run may answer for the fake
     seen: list[int] = []
 
     def fake(config: Any, repeats: int | None = None, *, tensor: bool = True, use_server: bool = True, **_: Any) -> Any:
@@ -166,6 +168,48 @@ def test_overhead_probe_runs_at_the_rows_batch(monkeypatch: pytest.MonkeyPatch) 
         rows.framework_overhead.cache_clear()
         rows._probe_overhead.cache_clear()
     assert seen == [64, rows.PROBE_BATCH] and rows.PROBE_BATCH == 8
+
+
+def test_a_probe_figure_is_kept_and_reused_until_the_environment_changes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The first run measures the probe and keeps its figure; a second run (a new process: the in-process cache
+    cleared) reads it back and names it; a changed oneDNN cap, ``XFBENCH_CALIBRATION=fresh`` or a figure older than
+    the reuse window measures again."""
+    monkeypatch.setenv("XFBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("XFBENCH_CALIBRATION", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    calls: list[int] = []
+
+    def fake(config: Any, repeats: int | None = None, **_: Any) -> Any:
+        calls.append(config.batch_size)
+        return {"status": "ok", "measured_bytes": 5_000_000 + len(calls)}
+
+    key = {"backend": "torch", "device": "cpu", "machine": "m"}
+    monkeypatch.setattr(rows, "memory_in_fresh_process", fake)
+    monkeypatch.setattr(rows, "_step_bytes", lambda config: 0)
+    monkeypatch.setattr(
+        rows, "probe_key", lambda *args: {**key, "args": list(args), "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
+    )
+
+    def fresh_process() -> int | None:
+        rows._probe_overhead.cache_clear()
+        return rows._probe_overhead("torch", "cpu", "training", "sgd", "dense", 8)
+
+    try:
+        assert fresh_process() == 5_000_001 and rows.take_reused_probes() == {}
+        assert fresh_process() == 5_000_001 and list(rows.take_reused_probes()) == ["dense"]  # reused
+        assert calls == [8]
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+        assert fresh_process() == 5_000_002 and rows.take_reused_probes() == {}  # another CPU: measured
+        monkeypatch.setenv("XFBENCH_CALIBRATION", "fresh")
+        assert fresh_process() == 5_000_003
+        monkeypatch.setenv("XFBENCH_CALIBRATION", "reuse")
+        monkeypatch.setenv("XFBENCH_CALIBRATION_MAX_AGE_H", "1e-9")
+        assert fresh_process() == 5_000_004  # too old
+    finally:
+        rows._probe_overhead.cache_clear()
+    assert len(calls) == 4
 
 
 def test_probe_family_counts_layers_beyond_the_conv_probe() -> None:
@@ -194,6 +238,7 @@ def test_probe_family_counts_layers_beyond_the_conv_probe() -> None:
 
 
 def test_per_layer_overhead_adds_each_layers_probe_difference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XFBENCH_CALIBRATION", "off")
     measured = {"conv": 10_000_000, "conv2": 10_900_000, "bn": 11_800_000}
 
     def fake(config: Any, repeats: int | None = None, **_: Any) -> Any:

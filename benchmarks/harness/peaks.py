@@ -570,15 +570,17 @@ def calibration_key(backend: str, device: str, threads: int | None, framework_ve
     }
 
 
-def _cache_path(key: Mapping[str, Any]) -> str:
+def _cache_path(key: Mapping[str, Any], subdir: str = "") -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(cache_dir(), f"{key['backend']}-{key['device'].replace(':', '')}-{digest}.json")
+    folder = os.path.join(cache_dir(), subdir) if subdir else cache_dir()
+    return os.path.join(folder, f"{key['backend']}-{key['device'].replace(':', '')}-{digest}.json")
 
 
-def load_kept(key: Mapping[str, Any], now: float | None = None) -> dict[str, Any] | None:
+def load_kept(key: Mapping[str, Any], now: float | None = None, subdir: str = "") -> dict[str, Any] | None:
     """The kept calibration for ``key`` (its JSON: ``created`` epoch seconds, ``raw``), or ``None`` where there is
-    none, it is older than :func:`max_age_h`, or it cannot be read."""
-    path = _cache_path(key)
+    none, it is older than :func:`max_age_h`, or it cannot be read. ``subdir``: another kind of kept figure under
+    :func:`cache_dir` (the memory probes')."""
+    path = _cache_path(key, subdir)
     try:
         with open(path, encoding="utf-8") as fh:
             kept = json.load(fh)
@@ -592,9 +594,9 @@ def load_kept(key: Mapping[str, Any], now: float | None = None) -> dict[str, Any
     return dict(kept)
 
 
-def keep(key: Mapping[str, Any], raw: Mapping[str, float]) -> str | None:
+def keep(key: Mapping[str, Any], raw: Mapping[str, float], subdir: str = "") -> str | None:
     """Writes a calibration for reuse (atomically); returns its path, or ``None`` where the folder is not writable."""
-    path = _cache_path(key)
+    path = _cache_path(key, subdir)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from functools import cache
 from pathlib import Path
@@ -285,9 +286,78 @@ def overhead_base(backend: str, device: str, phase: str, optimizer: str, batch: 
     return _probe_overhead(backend, device, phase, optimizer, base, batch) or 0
 
 
+#: Bumped whenever what a memory probe measures or how its figure is read changes (kept figures are then stale).
+PROBE_VERSION = 1
+#: Environment variables that change a first step's memory (oneDNN's ISA and scratch, MKL, OpenMP, TensorFlow's
+#: oneDNN ops and threads, MXNet's engine and memory pool): a kept probe figure is reused only where they match.
+_PROBE_ENV_PREFIXES = ("ONEDNN_", "DNNL_", "MKLDNN_", "MKL_", "OMP_", "KMP_", "TF_", "MXNET_", "PYTORCH_", "MALLOC_")
+#: The kept probe figures a row's ``framework_overhead`` used, ``{probe: "probed <time>"}``, since
+#: :func:`take_reused_probes` last emptied it (the row's message names them).
+_REUSED: dict[str, str] = {}
+
+
+def probe_key(backend: str, device: str, phase: str, optimizer: str, probe_name: str, batch: int) -> dict[str, Any]:
+    """What a kept probe figure must match to be reused: the calibration's machine, framework and threads
+    (:func:`benchmarks.harness.peaks.calibration_key`), the probe file's content, the phase, optimizer and batch,
+    and every environment variable of :data:`_PROBE_ENV_PREFIXES`."""
+    import hashlib
+
+    from xfbench.benchmarks.harness.peaks import _profile_module, calibration_key
+
+    key = calibration_key(backend, device, _profile_module(backend).threads(), str(get_backend(backend).VERSION))
+    text = _probe_path(probe_name).read_text(encoding="utf-8")
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_PROBE_ENV_PREFIXES))
+    key.update(
+        version=PROBE_VERSION,
+        grids=hashlib.sha256(text.encode()).hexdigest()[:16],
+        probe=probe_name,
+        phase=phase,
+        optimizer=optimizer,
+        batch=batch,
+        env=hashlib.sha256(json.dumps(env).encode()).hexdigest()[:16],
+    )
+    return key
+
+
+def take_reused_probes() -> dict[str, str]:
+    """The kept probe figures used since the last call (and forgets them)."""
+    out = dict(_REUSED)
+    _REUSED.clear()
+    return out
+
+
 @cache
 def _probe_overhead(backend: str, device: str, phase: str, optimizer: str, probe_name: str, batch: int) -> int | None:
-    """One probe's first step in a fresh process minus its own predicted step (bytes; None where it failed)."""
+    """One probe's first step in a fresh process minus its own predicted step (bytes; None where it failed).
+
+    Kept and reused as the step-time calibration is (issue 20: the probes took 140 s of torch's 323 s of model
+    rows in a quick run): a figure measured on this machine, framework, threads and environment within
+    ``XFBENCH_CALIBRATION_MAX_AGE_H`` hours is read back (``XFBENCH_CALIBRATION=fresh`` measures anew, ``off``
+    neither reads nor keeps); the row's message says which probes were reused and when they were measured."""
+    from xfbench.benchmarks.harness import peaks
+
+    mode = peaks.calibration_mode()
+    key = None
+    if mode != "off":
+        try:
+            key = probe_key(backend, device, phase, optimizer, probe_name, batch)
+        except Exception:  # the framework does not import here: measure, keep nothing
+            key = None
+    kept = peaks.load_kept(key, subdir="memory-probes") if key is not None and mode == "reuse" else None
+    if kept is not None and "overhead" in kept.get("raw", {}):
+        stamp = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(float(kept["created"])))
+        _REUSED[probe_name] = stamp
+        value = kept["raw"]["overhead"]
+        return None if value is None else int(value)
+    overhead = _measure_probe_overhead(backend, device, phase, optimizer, probe_name, batch)
+    if key is not None and overhead is not None:
+        peaks.keep(key, {"overhead": float(overhead)}, subdir="memory-probes")
+    return overhead
+
+
+def _measure_probe_overhead(
+    backend: str, device: str, phase: str, optimizer: str, probe_name: str, batch: int
+) -> int | None:
     probe = Config(backend, str(_probe_path(probe_name)), phase, batch, device, "float32", optimizer)
     # One process: the probes' figures are a few MB and varied by at most 0.4 MB over 3 repeats (every framework,
     # both phases, quick-profile run on the 2-core CPU), while each repeat costs a build and, in TensorFlow, a
