@@ -83,6 +83,18 @@ PAGES: tuple[Page, ...] = (
         pair=True,
     ),
     Page(
+        "quick-issue23",
+        "Quick profile, two runs with the issue-23 code, no instruction-set cap",
+        "Two fresh `tox -m bench` runs back to back (quick profile, all three frameworks, scaling suite included). "
+        "Run 1 measured the memory probes (framework overhead) and kept them, run 2 reused them (both reused "
+        "the kept step-time calibration). No held-out specs in this pair.",
+        (
+            ("run 1", "cpu-amd-epyc-2core-issue23-run1.csv"),
+            ("run 2", "cpu-amd-epyc-2core-issue23-run2.csv"),
+        ),
+        pair=True,
+    ),
+    Page(
         "graphs",
         "Graph models: ResNet, Inception and held-out graph specs",
         "`pytest benchmarks --benchmark-only --profile quick --suite models --models "
@@ -152,12 +164,16 @@ PAGES: tuple[Page, ...] = (
         "workers; strong scaling at a global batch of 16, weak at 8 per worker; each configuration timed for at "
         "least 1 s). `before`: the scaling and all-reduce rows of run 1 of the uncapped pair (issue 20), the "
         "earlier prediction (the one-worker compute plus the fitted ring "
-        "all-reduce, 5 steps per configuration); `issue 23`: the prediction from the run's probes (compute-only "
+        "all-reduce, 5 steps per configuration); `issue 23`, `issue 23 run 1`, `issue 23 run 2`: three fresh "
+        "`tox -m bench` runs (the scaling and all-reduce rows of the last two are those of the pair on the "
+        "page quick-issue23) with the prediction from the run's probes (compute-only "
         "steps at N, the one-worker update, the overhead probe, the ring's bandwidth term; docs/scaling.md). "
         "Target: |predicted - measured efficiency| <= 5 points median per framework, none beyond 15.",
         (
             ("before", "cpu-amd-epyc-2core-scaling-before.csv"),
             ("issue 23", "cpu-amd-epyc-2core-issue23-bench.csv"),
+            ("issue 23 run 1", "cpu-amd-epyc-2core-scaling-run1.csv"),
+            ("issue 23 run 2", "cpu-amd-epyc-2core-scaling-run2.csv"),
         ),
         kind="scaling",
     ),
