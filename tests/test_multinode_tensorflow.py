@@ -141,7 +141,8 @@ def test_a_node_that_never_joins_ends_the_run(tmp_path: Path) -> None:
     assert "error" in box, "node 0 ran without node 1"
     assert box["elapsed"] < FAULT_BOUND_S, (box["elapsed"], str(box["error"]))
     message = str(box["error"])
-    assert "node 1" in message and "before every node joined" in message, message
+    # The worker gave up at the join timeout without joining: the runner names the node it waited for.
+    assert f"node 1 did not join within {FAULT_JOIN_S:g} s" in message, message
     assert box["error"].partial is None
 
 
