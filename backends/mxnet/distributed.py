@@ -65,6 +65,22 @@ THREADS_NOTE = (
 )
 
 
+def _gluon_optimizer(opt: Any) -> tuple[str, dict[str, float]]:
+    """``gluon.Trainer``'s optimizer name and parameters for the job's optimizer (both engines)."""
+    if opt.name == "adam":
+        return "adam", {"learning_rate": opt.lr}
+    return "sgd", {"learning_rate": opt.lr, "momentum": opt.momentum}
+
+
+def _labels(spec: Any, y: Any) -> Any:
+    """The batch's labels as the loss takes them (float32 for a regression head)."""
+    import numpy as np
+    from xfbench.analytics.weights import output_kind
+
+    y = np.asarray(y)
+    return y.astype(np.float32) if output_kind(spec) == "regression" else y
+
+
 def run_job(job: Job, workers: int) -> Result:
     """Runs the job (:class:`backends.distributed_loop.Job`) on ``workers`` contexts."""
     for key, value in THREAD_ENV.items():
@@ -110,15 +126,9 @@ def run_job(job: Job, workers: int) -> Result:
         forward and backward alone."""
         net = build_model(spec, seed=0)
         net.collect_params().reset_ctx(ctxs)
-        if opt.name == "adam":
-            params = {"learning_rate": opt.lr}
-        else:
-            params = {"learning_rate": opt.lr, "momentum": opt.momentum}
-        trainer = gluon.Trainer(net.collect_params(), "adam" if opt.name == "adam" else "sgd", params, kvstore=kv_type)
+        trainer = gluon.Trainer(net.collect_params(), *_gluon_optimizer(opt), kvstore=kv_type)
         loss_of = _loss_fn(output_kind(spec))
-        y = np.asarray(y)
-        if output_kind(spec) == "regression":
-            y = y.astype(np.float32)
+        y = _labels(spec, y)
         xs = gluon.utils.split_and_load(mx.nd.array(x, dtype=x.dtype), ctxs)
         ys = gluon.utils.split_and_load(mx.nd.array(y, dtype=y.dtype), ctxs)
 
@@ -357,14 +367,8 @@ def _dist_engine(job: Job, kv: Any, dog: _Watchdog, leader: bool) -> Engine:
         which rules out the sums of the all-reduce keys and of the step times."""
         net = build_model(spec, seed=0)
         net.collect_params().reset_ctx(ctx)
-        if opt.name == "adam":
-            params = {"learning_rate": opt.lr}
-        else:
-            params = {"learning_rate": opt.lr, "momentum": opt.momentum}
         view = key_range(kv, take_keys(len(list(net.collect_params().values()))))
-        trainer = gluon.Trainer(
-            net.collect_params(), "adam" if opt.name == "adam" else "sgd", params, kvstore=view, update_on_kvstore=False
-        )
+        trainer = gluon.Trainer(net.collect_params(), *_gluon_optimizer(opt), kvstore=view, update_on_kvstore=False)
         # Gluon creates the keys lazily, in the first step(): there its broadcast of the initial weights (rank 0's
         # init, then a pull into the weights) is not ordered against the push of the gradients to the same key (other
         # arrays), and with update_on_kvstore=False the key's value turns from the weights into the gradient sum once
@@ -375,9 +379,7 @@ def _dist_engine(job: Job, kv: Any, dog: _Watchdog, leader: bool) -> Engine:
         mx.nd.waitall()
         kv._barrier()
         loss_of = _loss_fn(output_kind(spec))
-        y = np.asarray(y)
-        if output_kind(spec) == "regression":
-            y = y.astype(np.float32)
+        y = _labels(spec, y)
         xs, ys = mx.nd.array(x, dtype=x.dtype, ctx=ctx), mx.nd.array(y, dtype=y.dtype, ctx=ctx)
 
         def step() -> None:

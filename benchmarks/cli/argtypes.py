@@ -39,6 +39,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers (``--workers 1,2,4``, ``--nodes 1,2,4,8``)."""
+    allowed = "allowed: comma-separated positive integers, e.g. 1,2,4"
+    try:
+        out = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; {allowed}") from None
+    if not out or any(v <= 0 for v in out):
+        raise argparse.ArgumentTypeError(f"{text!r}; {allowed}")
+    return out
+
+
 def tf32_arg(text: str) -> str:
     """``--tf32``: on or off."""
     from xfbench.benchmarks.cli.usage import tf32_value

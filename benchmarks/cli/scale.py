@@ -21,19 +21,9 @@ import sys
 from typing import Any
 
 from xfbench.analytics.vocab import DEFAULT_OPTIMIZER, OPTIMIZERS
-from xfbench.benchmarks.cli.argtypes import positive_int
+from xfbench.benchmarks.cli.argtypes import positive_int, positive_int_list
 from xfbench.benchmarks.cli.usage import EXIT_NOTHING_MEASURED
 from xfbench.benchmarks.harness.workload import parse_list
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}; allowed: comma-separated positive integers, e.g. 1,2,4") from None
-    if not out or any(v <= 0 for v in out):
-        raise argparse.ArgumentTypeError(f"{text!r}; allowed: comma-separated positive integers, e.g. 1,2,4")
-    return out
 
 
 def _node_of(args: argparse.Namespace, usage_error: type[Exception]) -> Any:
@@ -120,7 +110,9 @@ def register(sub: Any, usage_error: type[Exception]) -> None:
     p.add_argument(
         "--model", type=parse_list, help="comma-separated catalog names or spec files (default: lenet,mlp,cnn3)"
     )
-    p.add_argument("--workers", type=_ints, help="comma-separated worker counts including 1 (default: 1,2,.. cores)")
+    p.add_argument(
+        "--workers", type=positive_int_list, help="comma-separated worker counts including 1 (default: 1,2,.. cores)"
+    )
     p.add_argument("--batch", type=positive_int, default=8, help="per-worker batch of weak scaling (default 8)")
     p.add_argument("--global-batch", type=positive_int, help="global batch of strong scaling (default batch * max N)")
     p.add_argument("--mode", type=parse_list, default=("strong", "weak"), help="strong, weak or both (default both)")

@@ -16,19 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from xfbench.benchmarks.cli.argtypes import positive_int, positive_int_list
 from xfbench.benchmarks.cli.usage import UsageError, load_model, one_line
-
-_NODES_HELP = "allowed: comma-separated positive integers, e.g. 1,2,4,8"
-
-
-def _nodes(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--nodes {text!r}; {_NODES_HELP}") from None
-    if not out or any(v <= 0 for v in out):
-        raise argparse.ArgumentTypeError(f"--nodes {text!r}; {_NODES_HELP}")
-    return out
 
 
 def _positive_float(text: str) -> float:
@@ -51,16 +40,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: a positive integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value}; allowed: a positive integer")
-    return value
-
-
 def add_simulate_arguments(parser: argparse.ArgumentParser, *, model_options: bool = False) -> None:
     """Adds the ``--simulate`` options to ``parser`` (``xfbench scale``'s). ``model_options``: also add
     ``--model`` and ``--backend`` (``scale`` has its own; a standalone parser needs them)."""
@@ -68,8 +47,10 @@ def add_simulate_arguments(parser: argparse.ArgumentParser, *, model_options: bo
 
     g = parser.add_argument_group("simulation (--simulate: predict, run nothing)")
     g.add_argument("--simulate", action="store_true", help="predict step time/speedup/efficiency on N nodes")
-    g.add_argument("--nodes", type=_nodes, default=(1, 2, 4, 8, 16, 32, 64), help="node counts (default 1,2,..,64)")
-    g.add_argument("--gpus-per-node", type=_positive_int, default=8, help="devices per node (default 8)")
+    g.add_argument(
+        "--nodes", type=positive_int_list, default=(1, 2, 4, 8, 16, 32, 64), help="node counts (default 1,2,..,64)"
+    )
+    g.add_argument("--gpus-per-node", type=positive_int, default=8, help="devices per node (default 8)")
     g.add_argument("--network", default="25Gbit/s,5us", help="inter-node link BANDWIDTH,LATENCY (default 25Gbit/s,5us)")
     g.add_argument(
         "--intra-network",
@@ -78,7 +59,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser, *, model_options: bo
     )
     g.add_argument("--device-step-time", type=_positive_float, help="seconds of one step on ONE device")
     g.add_argument("--device-throughput", type=_positive_float, help="samples/s of ONE device at --per-device-batch")
-    g.add_argument("--per-device-batch", type=_positive_int, help="samples per device per step")
+    g.add_argument("--per-device-batch", type=positive_int, help="samples per device per step")
     g.add_argument("--from-report", metavar="CSV", help="take the device step time from a training row of this CSV")
     g.add_argument("--grad-bytes", type=_positive_float, help="bytes all-reduced per step (default: from --model)")
     g.add_argument("--fusion-mb", type=_positive_float, default=64.0, help="fusion buffer, MiB (Horovod: 64)")
