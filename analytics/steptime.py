@@ -33,6 +33,7 @@ misses (a kernel's real efficiency), the peak ratio per work item carries what c
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,6 +140,9 @@ class MachinePeaks:
       convolutions of im2col GEMM shape ``(M, K, N)``: ``forward``, ``backward`` (input and weight gradients
       together, FLOPs of both) and ``backward_first`` (a first layer's weight gradient only); a convolution
       is priced from these where present (interpolated like the GEMM table), from the GEMM table otherwise.
+    * ``exact``: ``{probe key: seconds}``, the framework's own op timed at a layer's exact shape (:func:`probe_key`:
+      convolutions and dense layers, forward and backward, net of one call's dispatch): an item with such a key is
+      priced from it instead of the tables (``{}``: the tables alone, as for a machine known only from a report).
     * ``basis``: ``measured-peaks`` or ``datasheet:<name>``.
     """
 
@@ -152,6 +156,7 @@ class MachinePeaks:
     threads: int | None = None
     fault_bw: float | None = None
     conv: Mapping[str, Mapping[tuple[int, int, int], float]] = field(default_factory=dict)
+    exact: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.gemm or not self.bandwidth:
@@ -353,6 +358,8 @@ class Work:
     inplace: bool = False
     written: float = 0.0
     fallback: str | None = None
+    probe: str = ""
+    probe_share: float = 1.0
 
 
 class _Builder:
@@ -377,6 +384,8 @@ class _Builder:
         ops: int | None = None,
         kernel: str = "",
         conv_shape: tuple[int, int, int] | None = None,
+        probe: str = "",
+        probe_share: float = 1.0,
     ) -> None:
         w = self.w
         self.items.append(
@@ -393,6 +402,8 @@ class _Builder:
                 written=float(m * n * w),
                 kernel=kernel,
                 conv_shape=conv_shape,
+                probe=probe,
+                probe_share=probe_share,
             )
         )
 
@@ -543,6 +554,78 @@ def layer_work(
     return b.items
 
 
+#: the kinds of an exact-shape probe: the forward op; forward + input and weight gradients (``backward``, the
+#: gradients' time net of the forward); forward + weight gradient only (``backward_first``: a first layer)
+PROBE_KINDS = ("forward", "backward", "backward_first")
+
+
+def probe_key(op: str, dims: Mapping[str, Any], kind: str) -> str:
+    """The exact-shape probe key of one framework op: ``conv:BxCxHxW>F:kKHxKW:sSHxSW:pT,B,L,R|kind`` (a batch of B
+    ``(C, H, W)`` inputs, F filters, kernel, stride, pads top, bottom, left, right) or ``dense:RxF>U|kind`` (R
+    rows of F features into U units); ``kind`` one of :data:`PROBE_KINDS`."""
+    if kind not in PROBE_KINDS:
+        raise ValueError(f"unknown probe kind {kind!r}; allowed: {', '.join(PROBE_KINDS)}")
+    if op == "conv":
+        d = dims
+        body = (
+            f"conv:{d['batch']}x{d['channels']}x{d['height']}x{d['width']}>{d['filters']}"
+            f":k{d['kernel'][0]}x{d['kernel'][1]}:s{d['stride'][0]}x{d['stride'][1]}:p{','.join(map(str, d['pads']))}"
+        )
+    elif op == "dense":
+        body = f"dense:{dims['rows']}x{dims['features']}>{dims['units']}"
+    else:
+        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
+    return f"{body}|{kind}"
+
+
+_CONV_KEY = re.compile(r"conv:(\d+)x(\d+)x(\d+)x(\d+)>(\d+):k(\d+)x(\d+):s(\d+)x(\d+):p(\d+),(\d+),(\d+),(\d+)")
+_DENSE_KEY = re.compile(r"dense:(\d+)x(\d+)>(\d+)")
+
+
+def parse_probe_key(key: str) -> tuple[str, dict[str, Any], str]:
+    """``(op, dims, kind)`` of a :func:`probe_key` (its inverse); a malformed key raises ``ValueError``."""
+    body, _, kind = key.partition("|")
+    if kind not in PROBE_KINDS:
+        raise ValueError(f"probe key {key!r}: unknown kind {kind!r}; allowed: {', '.join(PROBE_KINDS)}")
+    m = _CONV_KEY.fullmatch(body)
+    if m:
+        v = [int(g) for g in m.groups()]
+        dims = {
+            "batch": v[0],
+            "channels": v[1],
+            "height": v[2],
+            "width": v[3],
+            "filters": v[4],
+            "kernel": (v[5], v[6]),
+            "stride": (v[7], v[8]),
+            "pads": (v[9], v[10], v[11], v[12]),
+        }
+        return "conv", dims, kind
+    m = _DENSE_KEY.fullmatch(body)
+    if m:
+        rows, features, units = (int(g) for g in m.groups())
+        return "dense", {"rows": rows, "features": features, "units": units}, kind
+    raise ValueError(
+        f"malformed probe key {key!r}; expected conv:BxCxHxW>F:kKHxKW:sSHxSW:pT,B,L,R|kind or dense:RxF>U|kind"
+    )
+
+
+def probe_keys(
+    spec: ModelSpec,
+    batch_size: int,
+    phase: str = "training",
+    dtype: str = "float32",
+    framework: str = "torch",
+    optimizer: str = "sgd",
+) -> list[str]:
+    """The exact-shape probes one step of ``spec`` can be priced from, in layer order, each once."""
+    keys: dict[str, None] = {}
+    for item in layer_work(spec, batch_size, phase, dtype, framework, optimizer):
+        if item.probe:
+            keys[item.probe] = None
+    return list(keys)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Times
 # --------------------------------------------------------------------------------------------------------------
@@ -563,6 +646,17 @@ class WorkTime:
 def work_time(item: Work, peaks: MachinePeaks) -> WorkTime:
     """Seconds of one work item (module docstring); ``bound`` names the term that dominates."""
     overhead = item.ops * peaks.op_overhead_s
+    exact = peaks.exact.get(item.probe) if item.probe else None
+    if exact is not None:
+        # the framework's own op timed at this shape: its memory traffic and page faults are inside the time
+        compute = exact * item.probe_share
+        return WorkTime(
+            item,
+            item.repeat * compute + overhead,
+            "overhead" if overhead > compute else "compute",
+            item.repeat * compute,
+            overhead,
+        )
     if item.gemm is not None:
         rate = peaks.conv_rate(item.kernel, *item.conv_shape) if item.kernel and item.conv_shape else None
         compute = item.flops / (rate or peaks.gemm_rate(*item.gemm))
@@ -881,6 +975,7 @@ __all__ = [
     "GEMM_GRID",
     "MEASURED_BASIS",
     "PHASES",
+    "PROBE_KINDS",
     "Convention",
     "MachinePeaks",
     "StepPrediction",
@@ -893,9 +988,12 @@ __all__ = [
     "layer_names",
     "layer_work",
     "median_abs",
+    "parse_probe_key",
     "peaks_from_rows",
     "peaks_to_rows",
     "predict_step",
+    "probe_key",
+    "probe_keys",
     "rel_error",
     "work_time",
 ]

@@ -27,7 +27,7 @@ weight validation, the optimizer table and the TF32 policy are shared in :mod:`b
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -317,6 +317,14 @@ class Profiler(Protocol):
     def conv_callable(
         self, kind: str, channels: int, side: int, filters: int, device: str = "cpu"
     ) -> Callable[[], None]: ...
+
+    def layer_probe_callable(
+        self, op: str, dims: Mapping[str, Any], kind: str, device: str = "cpu"
+    ) -> Callable[[], None]:
+        """The model's own ``conv`` or ``dense`` op at one layer's exact shape (``analytics.steptime.probe_key``'s
+        ``dims``): ``forward``, ``backward`` (+ input and weight gradients) or ``backward_first`` (+ weight
+        gradients only); each call returns the op's output."""
+        ...
 
     def batchnorm_callable(self, kind: str, channels: int, side: int, device: str = "cpu") -> Callable[[], None]:
         """A training-mode BatchNorm of a ``(1, channels, side, side)`` input: ``forward`` or ``training``."""

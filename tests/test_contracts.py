@@ -577,9 +577,9 @@ def test_protocol_members_by_hand() -> None:
         "release_cached_memory",
     }
     assert len(protocol_members(MatmulOps)) == 2 + 8
-    # NAME + threads, 11 probes (batchnorm_callable: issue 19; softmax, layernorm, gelu: the transformer rates),
-    # profile_layers
-    assert len(protocol_members(Profiler)) == 1 + 13
+    # NAME + threads, 12 probes (batchnorm_callable: issue 19; softmax, layernorm, gelu: the transformer rates;
+    # layer_probe_callable: issue 20's exact-shape probes), profile_layers
+    assert len(protocol_members(Profiler)) == 1 + 14
     assert set(protocol_members(DistributedWorker)) == {"THREADS_NOTE", "main", "node_processes"}
 
 

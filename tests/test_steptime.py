@@ -338,6 +338,7 @@ def test_time_prediction_columns(monkeypatch: pytest.MonkeyPatch) -> None:
 
     peaks = synthetic_peaks()
     monkeypatch.setattr(peaks_mod, "_cached", lambda backend, device: (peaks, (("gemm:1x1x1", 1e-5),)))
+    monkeypatch.setenv("XFBENCH_EXACT_PROBES", "off")  # the tables alone (the probes need the framework)
     writer = _Writer()
     cfg = Config("torch", "mlp", "training", 64)
     expected = predict_step(resolve_model("mlp"), 64, "training", peaks, framework="torch").total_s
@@ -353,6 +354,17 @@ def test_time_prediction_columns(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def broken(backend: str, device: str) -> Any:
         raise RuntimeError("no probe")
+
+    # exact-shape probes that fail: the tables price the layers, and the message says so
+    monkeypatch.setenv("XFBENCH_EXACT_PROBES", "on")
+
+    def no_probes(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("probe broke")
+
+    monkeypatch.setattr(peaks_mod, "with_exact_probes", no_probes)
+    cols = peaks_mod.time_prediction_columns(cfg, {"time_median_s": 2 * expected}, _Writer())
+    assert cols["time_predicted_s"] == pytest.approx(expected, rel=1e-12)
+    assert "exact-shape probes failed (RuntimeError: probe broke)" in cols["message"]
 
     monkeypatch.setattr(peaks_mod, "_cached", broken)
     cols = peaks_mod.time_prediction_columns(cfg, {"time_median_s": 1.0, "message": "noisy"}, _Writer())
@@ -386,3 +398,81 @@ def test_transformer_kernels_priced_at_their_own_rates() -> None:
         assert work_time(w, new).compute_s == pytest.approx(w.elements / new.rates[w.rate], rel=1e-12)
         fallback = w.elements / 1e9 if forward and w.rate != "layernorm" else 0.0
         assert work_time(w, old).compute_s == pytest.approx(fallback, rel=1e-12)
+
+
+# --- exact-shape layer probes (issue 20: layers priced from the framework's own op at their shape) ----------------
+
+STRIDED = {
+    "input_shape": [3, 9, 10],
+    "layers": [
+        {"type": "Conv2D", "filters": 4, "kernel": 3, "stride": 2, "padding": "same"},
+        {"type": "Conv2D", "filters": 5, "kernel": 1, "padding": "valid"},
+    ],
+}
+
+
+def test_probe_keys_name_each_layer_op_at_its_shape() -> None:
+    from xfbench.analytics.steptime import parse_probe_key, probe_key, probe_keys
+
+    keys = probe_keys(spec_from_dict(STRIDED), 2, "training", framework="torch")
+    # same padding, stride 2, 3x3 on 9 x 10: outputs ceil(9/2) = 5, ceil(10/2) = 5; total pads (5-1)*2+3-9 = 2 and
+    # (5-1)*2+3-10 = 1, the odd one at the end (TensorFlow's rule, the spec's): top 1, bottom 1, left 0, right 1
+    assert keys == [
+        "conv:2x3x9x10>4:k3x3:s2x2:p1,1,0,1|forward",
+        "conv:2x3x9x10>4:k3x3:s2x2:p1,1,0,1|backward_first",
+        "conv:2x4x5x5>5:k1x1:s1x1:p0,0,0,0|forward",
+        "conv:2x4x5x5>5:k1x1:s1x1:p0,0,0,0|backward",
+    ]
+    for key in keys:
+        assert probe_key(*parse_probe_key(key)) == key
+    assert probe_keys(spec_from_dict(STRIDED), 2, "inference", framework="torch") == [keys[0], keys[2]]
+    with pytest.raises(ValueError, match="malformed probe key"):
+        parse_probe_key("conv:2x3|forward")
+    with pytest.raises(ValueError, match="unknown kind 'sideways'"):
+        parse_probe_key("dense:1x2>3|sideways")
+
+
+def test_a_probed_layer_costs_its_probe_time() -> None:
+    spec = spec_from_dict(STRIDED)
+    base = synthetic_peaks()
+    exact = {
+        "conv:2x3x9x10>4:k3x3:s2x2:p1,1,0,1|forward": 0.010,
+        "conv:2x3x9x10>4:k3x3:s2x2:p1,1,0,1|backward_first": 0.004,
+        "conv:2x4x5x5>5:k1x1:s1x1:p0,0,0,0|backward": 0.030,
+    }
+    probed = predict_step(spec, 2, "training", replace(base, exact=exact), framework="torch")
+    plain = predict_step(spec, 2, "training", base, framework="torch")
+    op = base.op_overhead_s
+    by = {(t.work.layer, t.work.what.split(" gemm")[0]): t.seconds for t in probed.items if t.work.gemm}
+    # torch: one op per convolution GEMM, its dX and dW in one backward op (the dX item carries 0 ops)
+    assert by[(0, "conv")] == pytest.approx(0.010 + op)
+    assert by[(0, "conv dW")] == pytest.approx(0.004 + op)  # a first layer: the weight gradient alone
+    assert by[(1, "conv dX")] == pytest.approx(0.015)  # half the backward probe each
+    assert by[(1, "conv dW")] == pytest.approx(0.015 + op)
+    # the second layer's forward was not probed: priced from the tables as before
+    plain_by = {(t.work.layer, t.work.what.split(" gemm")[0]): t.seconds for t in plain.items if t.work.gemm}
+    assert by[(1, "conv")] == pytest.approx(plain_by[(1, "conv")])
+    assert by[(0, "conv")] != pytest.approx(plain_by[(0, "conv")])
+
+
+def test_probe_batches_are_cut_to_the_flop_cap() -> None:
+    from xfbench.benchmarks.harness.peaks import probe_flops, probe_timed_dims
+
+    dims = {
+        "batch": 8,
+        "channels": 100,
+        "height": 100,
+        "width": 150,
+        "filters": 200,
+        "kernel": (3, 3),
+        "stride": (2, 2),
+        "pads": (0, 1, 0, 1),
+    }
+    # outputs (100 + 1 - 3) // 2 + 1 = 50 by (150 + 1 - 3) // 2 + 1 = 75; 2 x 50 x 75 x 100 x 9 x 200 FLOPs a sample
+    per_sample = 2 * 50 * 75 * 100 * 9 * 200
+    assert probe_flops("conv", dims) == 8 * per_sample
+    timed, scale = probe_timed_dims("conv", dims, cap=3 * per_sample + 1)
+    assert (timed["batch"], scale) == (3, 8 / 3)
+    assert probe_timed_dims("conv", dims, cap=1.0)[0]["batch"] == 1  # never below one sample
+    timed, scale = probe_timed_dims("dense", {"rows": 64, "features": 1000, "units": 500}, cap=2 * 1000 * 500 * 16)
+    assert (timed["rows"], scale) == (16, 4.0)

@@ -399,3 +399,22 @@ def _lenet() -> dict[str, Any]:
 
     spec = resolve_model("lenet")
     return {"input_shape": list(spec.input_shape), "layers": [layer.to_dict() for layer in spec.layers]}
+
+
+@pytest.mark.parametrize("framework", MARKED)
+def test_layer_probes_run_the_layer_at_its_shape(framework: str) -> None:
+    """The exact-shape probes compute the op the key names: output shapes by hand arithmetic (3x3 stride 2 on
+    9 x 10 with pads top 1, bottom 1, left 0, right 1: (9 + 2 - 3) // 2 + 1 = 5 by (10 + 1 - 3) // 2 + 1 = 5)."""
+    from xfbench.analytics.steptime import parse_probe_key
+
+    prof = _framework(framework)
+    _, conv, _ = parse_probe_key("conv:2x3x9x10>4:k3x3:s2x2:p1,1,0,1|forward")
+    _, dense, _ = parse_probe_key("dense:3x5>7|forward")
+    for kind in ("forward", "backward", "backward_first"):
+        y = prof.layer_probe_callable("conv", conv, kind, "cpu")()
+        assert tuple(y.shape) == ((2, 5, 5, 4) if framework == "tensorflow" else (2, 4, 5, 5))
+        assert tuple(prof.layer_probe_callable("dense", dense, kind, "cpu")().shape) == (3, 7)
+    with pytest.raises(ValueError, match="allowed: forward, backward, backward_first"):
+        prof.layer_probe_callable("conv", conv, "sideways", "cpu")
+    with pytest.raises(ValueError, match="allowed: conv, dense"):
+        prof.layer_probe_callable("pool", conv, "forward", "cpu")

@@ -97,7 +97,10 @@ class Conv2D(Layer):
     def work(self, b: Any, site: WorkSite) -> None:
         """im2col GEMMs: forward ``(B*Ho*Wo) x (C_in*kh*kw) x C_out``; input gradient (where needed) and weight
         gradient the same GEMM transposed; a pad op where the framework makes one; bias and activation passes where
-        the framework does not fuse them."""
+        the framework does not fuse them. Each GEMM names its exact-shape probe (:func:`analytics.steptime.probe_key`),
+        which prices it where the run timed that probe."""
+        from xfbench.analytics.steptime import probe_key
+
         assert isinstance(self.kernel, tuple) and isinstance(self.stride, tuple)
         fw, w, B = b.fw, b.w, site.batch
         in_shape = site.in_shapes[0]
@@ -108,7 +111,28 @@ class Conv2D(Layer):
         m, k, n = B * ho * wo, c_in * kh * kw, c_out
         pad_work(b, site.i, self.padding, (h, wd), (kh, kw), self.stride, B * c_in, in_elems, site.need_dx)
         shape = (m, k, n)
-        b.gemm(site.i, "forward", "conv", m, k, n, kernel="forward", conv_shape=shape)
+        dims = {
+            "batch": B,
+            "channels": c_in,
+            "height": h,
+            "width": wd,
+            "filters": c_out,
+            "kernel": (kh, kw),
+            "stride": self.stride,
+            "pads": hw_pads(self.padding, in_shape, (kh, kw), self.stride),
+        }
+        back = "backward" if site.need_dx else "backward_first"
+        b.gemm(
+            site.i,
+            "forward",
+            "conv",
+            m,
+            k,
+            n,
+            kernel="forward",
+            conv_shape=shape,
+            probe=probe_key("conv", dims, "forward"),
+        )
         if self.use_bias and not fw.bias_fused:
             b.mem(site.i, "forward", "bias", 2 * out_elems * w)
         b.activation(site.i, self.activation, out_elems, site.training, fw.act_fused)
@@ -124,6 +148,8 @@ class Conv2D(Layer):
                     ops=fw.conv_backward_ops - 1,
                     kernel="backward",
                     conv_shape=shape,
+                    probe=probe_key("conv", dims, back),
+                    probe_share=0.5,
                 )
             b.gemm(
                 site.i,
@@ -135,6 +161,8 @@ class Conv2D(Layer):
                 ops=1,
                 kernel="backward" if site.need_dx else "backward_first",
                 conv_shape=shape,
+                probe=probe_key("conv", dims, back),
+                probe_share=0.5 if site.need_dx else 1.0,
             )
             if self.use_bias:
                 b.mem(site.i, "weight_grad", "bias grad", out_elems * w, fw.conv_backward_ops - 1)

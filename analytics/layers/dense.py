@@ -108,7 +108,9 @@ class Dense(Layer):
 
     def work(self, b: Any, site: WorkSite) -> None:
         """GEMMs ``(B*rows) x F x units``: forward, input gradient (where needed), weight gradient; bias and
-        activation passes where the framework does not fuse them."""
+        activation passes where the framework does not fuse them; each GEMM names its exact-shape probe."""
+        from xfbench.analytics.steptime import probe_key
+
         fw, w, B = b.fw, b.w, site.batch
         in_shape = site.in_shapes[0]
         out_elems = B * math.prod(site.out_shape)
@@ -116,14 +118,35 @@ class Dense(Layer):
         f_in, units = in_shape[-1], self.units
         # a tied head (``tie``) is the same three GEMMs on the embedding's matrix; its weight gradient is added into
         # the embedding's (one more pass over the matrix)
-        b.gemm(site.i, "forward", "dense", rows, f_in, units)
+        dims = {"rows": rows, "features": f_in, "units": units}
+        back = "backward" if site.need_dx else "backward_first"
+        b.gemm(site.i, "forward", "dense", rows, f_in, units, probe=probe_key("dense", dims, "forward"))
         if self.use_bias and not fw.bias_fused:
             b.mem(site.i, "forward", "bias", 2 * out_elems * w)
         b.activation(site.i, self.activation, out_elems, site.training, fw.act_fused)
         if site.training:
             if site.need_dx:
-                b.gemm(site.i, "input_grad", "dense dX", rows, units, f_in)
-            b.gemm(site.i, "weight_grad", "dense dW", f_in, rows, units)
+                b.gemm(
+                    site.i,
+                    "input_grad",
+                    "dense dX",
+                    rows,
+                    units,
+                    f_in,
+                    probe=probe_key("dense", dims, back),
+                    probe_share=0.5,
+                )
+            dw_share = 0.5 if site.need_dx else 1.0
+            b.gemm(
+                site.i,
+                "weight_grad",
+                "dense dW",
+                f_in,
+                rows,
+                units,
+                probe=probe_key("dense", dims, back),
+                probe_share=dw_share,
+            )
             if self.tie:
                 table = f_in * units
                 b.mem(site.i, "weight_grad", "tied gradient accumulation", 3 * table * w, 1, inplace=True)

@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import mxnet as mx
@@ -250,6 +250,77 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
     return run
 
 
+def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: str = "cpu") -> Callable[[], None]:
+    """The model's own op at one layer's exact shape (``analytics.steptime.probe_key``'s ``dims``) in a hybridized
+    block with a static memory plan, as the models run: ``conv`` a ``Convolution`` with symmetric padding (an input
+    padded beforehand where the padding is asymmetric: the model's pad op, priced apart), ``dense`` a
+    ``FullyConnected``; ``kind`` ``forward``, ``backward`` (forward + input and weight gradients) or
+    ``backward_first`` (forward + weight gradients only)."""
+    from mxnet.gluon import nn
+
+    if kind not in ("forward", "backward", "backward_first"):
+        raise ValueError(f"unknown probe kind {kind!r}; allowed: forward, backward, backward_first")
+    ctx = resolve_device(device)
+    if op == "conv":
+        t, b_, left, r = dims["pads"]
+        h, w = dims["height"], dims["width"]
+        symmetric = t == b_ and left == r
+        if not symmetric:
+            h, w = h + t + b_, w + left + r
+        x = mx.nd.random.normal(shape=(dims["batch"], dims["channels"], h, w), ctx=ctx)
+        weight = mx.nd.random.normal(shape=(dims["filters"], dims["channels"], *dims["kernel"]), ctx=ctx)
+        bias = mx.nd.random.normal(shape=(dims["filters"],), ctx=ctx)
+        pad = (t, left) if symmetric else (0, 0)
+
+        def apply(F: Any, v: Any, wt: Any, bs: Any) -> Any:
+            return F.Convolution(
+                v,
+                wt,
+                bs,
+                kernel=tuple(dims["kernel"]),
+                stride=tuple(dims["stride"]),
+                pad=pad,
+                num_filter=dims["filters"],
+            )
+
+    elif op == "dense":
+        x = mx.nd.random.normal(shape=(dims["rows"], dims["features"]), ctx=ctx)
+        weight = mx.nd.random.normal(shape=(dims["units"], dims["features"]), ctx=ctx)
+        bias = mx.nd.random.normal(shape=(dims["units"],), ctx=ctx)
+
+        def apply(F: Any, v: Any, wt: Any, bs: Any) -> Any:
+            return F.FullyConnected(v, wt, bs, num_hidden=dims["units"], flatten=False)
+
+    else:
+        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
+    if kind != "forward":
+        weight.attach_grad()
+        bias.attach_grad()
+        if kind == "backward":
+            x.attach_grad()
+
+    class Probe(nn.HybridBlock):
+        def hybrid_forward(self, F: Any, v: Any, wt: Any, bs: Any) -> Any:
+            return apply(F, v, wt, bs)
+
+    block = Probe()
+    block.hybridize(static_alloc=True, static_shape=True)
+
+    def run() -> Any:
+        if kind == "forward":
+            y = block(x, weight, bias)
+            y.wait_to_read()
+            return y
+        with autograd.record():
+            y = block(x, weight, bias)
+        y.backward()
+        _wait()
+        return y
+
+    run()
+    return run
+
+
 # --- per-layer profile ----------------------------------------------------------------------------------------
 
 
@@ -431,6 +502,7 @@ __all__ = [
     "dispatch_callable",
     "elementwise_callable",
     "gelu_callable",
+    "layer_probe_callable",
     "layernorm_callable",
     "pool_callable",
     "profile_layers",

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from xfbench.backends.tensorflow._tf import tf
@@ -200,6 +200,73 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
     return run
 
 
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's ``SAME`` padding of one axis (the extra cell at the end)."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: str = "cpu") -> Callable[[], None]:
+    """The model's own op at one layer's exact shape (``analytics.steptime.probe_key``'s ``dims``), in a
+    ``tf.function`` as the model's step: ``conv`` NHWC with ``SAME`` where the pads are TensorFlow's ``SAME`` ones
+    (Keras ``padding="same"``), else ``VALID`` on an input padded beforehand (Keras' ``ZeroPadding2D`` + ``valid``;
+    the pad op is priced apart); ``dense`` a MatMul + BiasAdd; ``kind`` ``forward``, ``backward`` (forward + input
+    and weight gradients) or ``backward_first`` (forward + weight gradients only)."""
+    if kind not in ("forward", "backward", "backward_first"):
+        raise ValueError(f"unknown probe kind {kind!r}; allowed: forward, backward, backward_first")
+    with tf.device(resolve_device(device)):
+        if op == "conv":
+            t, b_, left, r = dims["pads"]
+            kh, kw = dims["kernel"]
+            sh, sw = dims["stride"]
+            h, w = dims["height"], dims["width"]
+            same = (t, b_) == _same_pads(h, kh, sh) and (left, r) == _same_pads(w, kw, sw) and t + b_ + left + r > 0
+            if not same:
+                h, w = h + t + b_, w + left + r
+            x = tf.random.normal([dims["batch"], h, w, dims["channels"]])
+            weight = tf.Variable(tf.random.normal([kh, kw, dims["channels"], dims["filters"]]))
+            bias = tf.Variable(tf.random.normal([dims["filters"]]))
+            padding = "SAME" if same else "VALID"
+
+            def apply(v: Any) -> Any:
+                return tf.nn.bias_add(tf.nn.conv2d(v, weight, (sh, sw), padding), bias)
+
+        elif op == "dense":
+            x = tf.random.normal([dims["rows"], dims["features"]])
+            weight = tf.Variable(tf.random.normal([dims["features"], dims["units"]]))
+            bias = tf.Variable(tf.random.normal([dims["units"]]))
+
+            def apply(v: Any) -> Any:
+                return tf.nn.bias_add(tf.matmul(v, weight), bias)
+
+        else:
+            raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
+
+        @tf.function
+        def forward(v: Any) -> Any:
+            return apply(v)
+
+        @tf.function
+        def backward(v: Any) -> Any:
+            with tf.GradientTape() as tape:
+                if kind == "backward":
+                    tape.watch(v)
+                y = apply(v)
+            sources = [v, weight, bias] if kind == "backward" else [weight, bias]
+            # returned, so that grappler keeps them (an unused gradient is pruned from the graph)
+            return y, tape.gradient(y, sources)
+
+        fn = forward if kind == "forward" else backward
+        fn(x)
+
+    def run() -> Any:
+        with tf.device(resolve_device(device)):
+            out = fn(x)
+        return out if kind == "forward" else out[0]
+
+    return run
+
+
 def batchnorm_callable(kind: str, channels: int, side: int, device: str = "cpu") -> Callable[[], None]:
     """Keras' ``BatchNormalization`` in training mode (``tf.function``, NHWC, as the model builds it) of a
     ``(1, side, side, channels)`` input: ``forward`` (the batch statistics, the moving-statistics update, the
@@ -337,6 +404,7 @@ __all__ = [
     "dispatch_callable",
     "elementwise_callable",
     "gelu_callable",
+    "layer_probe_callable",
     "layernorm_callable",
     "pool_callable",
     "profile_layers",

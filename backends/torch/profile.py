@@ -26,7 +26,7 @@ op; ``Optimizer.step#...`` is the update; forward ops outside every layer range 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -185,6 +185,57 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
     return run
 
 
+def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: str = "cpu") -> Callable[[], None]:
+    """The model's own op at one layer's exact shape (``analytics.steptime.probe_key``'s ``dims``): ``conv`` as
+    backends/torch/model.py runs it (``F.conv2d`` with symmetric padding, an ``F.pad`` copy first where the padding
+    is asymmetric, which is not timed: the model prices that pad apart), ``dense`` as ``F.linear``; ``kind``
+    ``forward`` (inference mode), ``backward`` (forward + input and weight gradients) or ``backward_first``
+    (forward + weight gradients only)."""
+    import torch.nn.functional as F
+
+    if kind not in ("forward", "backward", "backward_first"):
+        raise ValueError(f"unknown probe kind {kind!r}; allowed: forward, backward, backward_first")
+    dev = resolve_device(device)
+    grad = kind != "forward"
+    if op == "conv":
+        t, b_, left, r = dims["pads"]
+        h, w = dims["height"], dims["width"]
+        symmetric = t == b_ and left == r
+        if not symmetric:
+            h, w = h + t + b_, w + left + r
+        x = torch.randn(dims["batch"], dims["channels"], h, w, device=dev, requires_grad=kind == "backward")
+        weight = torch.randn(dims["filters"], dims["channels"], *dims["kernel"], device=dev, requires_grad=grad)
+        bias = torch.randn(dims["filters"], device=dev, requires_grad=grad)
+        padding = (t, left) if symmetric else (0, 0)
+
+        def apply() -> Any:
+            return F.conv2d(x, weight, bias, stride=tuple(dims["stride"]), padding=padding)
+
+    elif op == "dense":
+        x = torch.randn(dims["rows"], dims["features"], device=dev, requires_grad=kind == "backward")
+        weight = torch.randn(dims["units"], dims["features"], device=dev, requires_grad=grad)
+        bias = torch.randn(dims["units"], device=dev, requires_grad=grad)
+
+        def apply() -> Any:
+            return F.linear(x, weight, bias)
+
+    else:
+        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
+    wrt = [x, weight, bias] if kind == "backward" else [weight, bias]
+
+    def run() -> Any:
+        if kind == "forward":
+            with torch.inference_mode():
+                y = apply()
+        else:
+            y = apply()
+            torch.autograd.grad(y, wrt, torch.ones_like(y))
+        synchronize(dev)
+        return y
+
+    return run
+
+
 def batchnorm_callable(kind: str, channels: int, side: int, device: str = "cpu") -> Callable[[], None]:
     """A training-mode ``nn.BatchNorm2d`` of a ``(1, channels, side, side)`` input: ``forward`` (the batch
     statistics, the running-statistics update, the normalized output) or ``training`` (forward + the input, scale
@@ -335,6 +386,7 @@ __all__ = [
     "dispatch_callable",
     "elementwise_callable",
     "gelu_callable",
+    "layer_probe_callable",
     "layernorm_callable",
     "pool_callable",
     "profile_layers",

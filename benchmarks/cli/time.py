@@ -168,7 +168,7 @@ def cmd_time(args: argparse.Namespace) -> int:
     import importlib
 
     from xfbench.backends import get_backend
-    from xfbench.benchmarks.harness.peaks import measured_peaks
+    from xfbench.benchmarks.harness.peaks import measured_peaks, with_exact_probes
     from xfbench.benchmarks.harness.workload import Config, prepare
     from xfbench.benchmarks.matmul import time_callable
 
@@ -183,7 +183,10 @@ def cmd_time(args: argparse.Namespace) -> int:
         work = prepare(cfg)
         step_s = time_callable(work.step, min_time_s=0.3, min_rounds=3, max_rounds=50).median
         measured = profiler.profile_layers(work, args.steps)
-        pred = predict_step(spec, args.batch, ph, peaks, framework=backend, dtype=args.dtype, optimizer=args.optimizer)
+        ph_peaks = with_exact_probes(peaks, backend, args.device, spec, args.batch, ph, args.dtype, args.optimizer)
+        pred = predict_step(
+            spec, args.batch, ph, ph_peaks, framework=backend, dtype=args.dtype, optimizer=args.optimizer
+        )
         rows = compare_layers(pred, measured)
         results.append(
             {

@@ -64,8 +64,10 @@ from xfbench.analytics.steptime import (
     MEASURED_BASIS,
     MachinePeaks,
     calibrated_step_overhead,
+    parse_probe_key,
     peaks_to_rows,
     predict_step,
+    probe_keys,
 )
 from xfbench.benchmarks.matmul import load_ops, time_callable
 
@@ -662,13 +664,171 @@ def measured_peaks(backend: str, device: str = "cpu", writer: Any = None) -> Mac
     return peaks
 
 
+# --- exact-shape layer probes ---------------------------------------------------------------------------------
+
+#: Forward FLOPs of one exact-shape probe at most: a larger layer is timed on fewer samples (rows) and scaled.
+EXACT_FLOP_CAP = 1.6e10
+#: Where the exact-shape probes are kept (under :func:`cache_dir`, keyed as the calibration).
+EXACT_SUBDIR = "layer-probes"
+#: The probe that times the probe mechanism itself (a function call, a tape): every probe is net of it.
+NULL_PROBE = "dense:1x1>1"
+#: ``XFBENCH_EXACT_PROBES=off``: price every layer from the calibration's tables alone.
+EXACT_ENV = "XFBENCH_EXACT_PROBES"
+
+
+def probe_timed_dims(op: str, dims: Mapping[str, Any], cap: float = EXACT_FLOP_CAP) -> tuple[dict[str, Any], float]:
+    """The dims actually timed for a probe of ``dims`` (the batch or rows cut so the forward has at most ``cap``
+    FLOPs, not below one sample) and the factor its time is scaled by (samples asked / samples timed)."""
+    if op == "conv":
+        kh, kw = dims["kernel"]
+        sh, sw = dims["stride"]
+        t, b, left, r = dims["pads"]
+        ho = (dims["height"] + t + b - kh) // sh + 1
+        wo = (dims["width"] + left + r - kw) // sw + 1
+        per = 2.0 * ho * wo * dims["channels"] * kh * kw * dims["filters"]
+        field_name = "batch"
+    else:
+        per = 2.0 * dims["features"] * dims["units"]
+        field_name = "rows"
+    asked = int(dims[field_name])
+    timed = max(1, min(asked, int(cap // max(per, 1.0))))
+    return {**dims, field_name: timed}, asked / timed
+
+
+def probe_flops(op: str, dims: Mapping[str, Any]) -> float:
+    """Forward FLOPs of the op at ``dims`` (the matmul count, 2 per multiply-add)."""
+    if op == "conv":
+        kh, kw = dims["kernel"]
+        sh, sw = dims["stride"]
+        t, b, left, r = dims["pads"]
+        ho = (dims["height"] + t + b - kh) // sh + 1
+        wo = (dims["width"] + left + r - kw) // sw + 1
+        return 2.0 * dims["batch"] * ho * wo * dims["channels"] * kh * kw * dims["filters"]
+    return 2.0 * dims["rows"] * dims["features"] * dims["units"]
+
+
+def measure_probes(
+    backend: str, device: str, keys: list[str], call_s: float, threads: int | None, sweeps: int = 3
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Seconds of each exact-shape probe (``analytics.steptime.probe_key``): the framework's op at the layer's
+    shape (``profile.layer_probe_callable``), each callable made once, then ``sweeps`` passes taking each one's
+    fastest call (:func:`_best`), the median of the passes. ``forward`` = t(forward) - the call (the larger of
+    ``call_s`` and the forward of :data:`NULL_PROBE`, a 1 x 1 x 1 dense layer through the same mechanism: a
+    ``tf.function`` call costs about 0.3 ms, measured); ``backward`` and ``backward_first`` = t(forward + gradients)
+    - t(forward) - the null probe's gradient part; scaled from the timed batch (:func:`probe_timed_dims`).
+    A figure above the CPU's FLOP ceiling (:func:`out_of_bounds`'s) is refused: returned apart with why, so the
+    item falls back to the tables."""
+    prof = _profile_module(backend)
+    wanted: dict[str, tuple[str, dict[str, Any], float]] = {}  # body|kind -> (op, timed dims, scale)
+    for kind in ("forward", "backward"):  # the probe mechanism's own cost: a 1 x 1 x 1 dense layer
+        wanted[f"{NULL_PROBE}|{kind}"] = ("dense", {"rows": 1, "features": 1, "units": 1}, 1.0)
+    for key in keys:
+        op, dims, kind = parse_probe_key(key)
+        timed, scale = probe_timed_dims(op, dims)
+        body = key.partition("|")[0]
+        for k in {"forward", kind}:
+            wanted[f"{body}|{k}"] = (op, timed, scale)
+    fns = {k: prof.layer_probe_callable(op, dims, k.partition("|")[2], device) for k, (op, dims, _) in wanted.items()}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(1, sweeps)):
+        for k, fn in fns.items():
+            times[k].append(_best(fn))
+    fns.clear()
+    best = {k: statistics.median(v) for k, v in times.items()}
+    cap = max(threads or 1, 1) * FLOPS_PER_CYCLE * max_clock_hz() if device == "cpu" else float("inf")
+    out: dict[str, float] = {}
+    refused: dict[str, str] = {}
+    null_f, null_b = best[f"{NULL_PROBE}|forward"], best[f"{NULL_PROBE}|backward"]
+    call = max(null_f, call_s)
+    for key in keys:
+        op, _dims, kind = parse_probe_key(key)
+        body = key.partition("|")[0]
+        _, timed, scale = wanted[key]
+        fwd = best[f"{body}|forward"]
+        if kind == "forward":
+            net = max(fwd - call, 0.05 * fwd)
+            flops = probe_flops(op, timed)
+        else:
+            t = best[key]
+            net = max(t - fwd - max(null_b - null_f, 0.0), 0.05 * t)
+            flops = probe_flops(op, timed) * (2 if kind == "backward" else 1)
+        if flops / net > cap:
+            refused[key] = f"{flops / net / 1e9:.0f} GFLOP/s above {cap / 1e9:.0f} GFLOP/s"
+            continue
+        out[key] = net * scale
+    return out, refused
+
+
+def exact_probes_enabled() -> bool:
+    return os.environ.get(EXACT_ENV, "").strip().lower() not in ("off", "0", "no")
+
+
+_exact_kept: dict[tuple[str, str], dict[str, float]] = {}
+
+
+def with_exact_probes(
+    peaks: MachinePeaks,
+    backend: str,
+    device: str,
+    spec: Any,
+    batch: int,
+    phase: str,
+    dtype: str = "float32",
+    optimizer: str = "sgd",
+) -> MachinePeaks:
+    """``peaks`` with the exact-shape probes of one step of ``spec`` (:func:`analytics.steptime.probe_keys`) in
+    :attr:`MachinePeaks.exact`: kept ones reused (same key as the calibration, :data:`EXACT_SUBDIR`), the rest
+    measured now and kept. float32 only (the probes are float32); ``XFBENCH_EXACT_PROBES=off`` or
+    ``XFBENCH_CALIBRATION=off`` leaves ``peaks`` as it is. The basis says how many layer ops were probed."""
+    if dtype != "float32" or not exact_probes_enabled() or calibration_mode() == "off":
+        return peaks
+    keys = probe_keys(spec, batch, phase, dtype, backend, optimizer)
+    if not keys:
+        return peaks
+    from xfbench.backends import get_backend
+
+    prof = _profile_module(backend)
+    threads = prof.threads()
+    ckey = calibration_key(backend, device, threads, str(get_backend(backend).VERSION))
+    store = _exact_kept.get((backend, device))
+    if store is None:
+        kept = load_kept(ckey, subdir=EXACT_SUBDIR) if calibration_mode() == "reuse" else None
+        store = {str(k): float(v) for k, v in (kept or {}).get("raw", {}).items()}
+        _exact_kept[(backend, device)] = store
+    missing = [k for k in keys if k not in store and f"refused:{k}" not in store]
+    if missing:
+        raw = dict(_cached(backend, device)[1])
+        found, refused = measure_probes(backend, device, missing, raw.get("gemm:1x1x1", 0.0), threads)
+        store.update(found)
+        store.update({f"refused:{k}": 0.0 for k in refused})
+        keep(ckey, store, subdir=EXACT_SUBDIR)
+    exact = {k: store[k] for k in keys if k in store}
+    note = f"; {len(exact)} of {len(keys)} layer ops from exact-shape probes"
+    return replace(peaks, exact={**peaks.exact, **exact}, basis=peaks.basis + note)
+
+
 def time_prediction_columns(config: Any, row: Mapping[str, Any], writer: Any = None) -> dict[str, Any]:
     """What a model row adds: ``time_predicted_s`` (the roofline of :mod:`analytics.steptime` with this run's
     peaks, measured on the first row of each backend and device, whose calibration rows then go to ``writer``),
     ``time_rel_error`` against the row's ``time_median_s`` and ``prediction_basis``. A calibration or
-    prediction that fails leaves them out and says why in ``message``: the measured row is never lost."""
+    prediction that fails leaves them out and says why in ``message``: the measured row is never lost; exact-shape
+    probes that fail leave the layers to the tables, also said in ``message``."""
+    probe_note = ""
     try:
         peaks = measured_peaks(config.backend, config.device, writer)
+        try:
+            peaks = with_exact_probes(
+                peaks,
+                config.backend,
+                config.device,
+                config.spec(),
+                config.batch_size,
+                config.phase,
+                config.dtype,
+                config.optimizer,
+            )
+        except Exception as exc:  # the tables still price every layer
+            probe_note = f"exact-shape probes failed ({type(exc).__name__}: {exc}); layers priced from the tables"
         pred = predict_step(
             config.spec(),
             config.batch_size,
@@ -682,6 +842,8 @@ def time_prediction_columns(config: Any, row: Mapping[str, Any], writer: Any = N
         note = f"time prediction failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
         return {"message": (str(row.get("message") or "") + "; " + note).lstrip("; ")}
     out: dict[str, Any] = {"time_predicted_s": pred.total_s, "prediction_basis": peaks.basis}
+    if probe_note:
+        out["message"] = (str(row.get("message") or "") + "; " + probe_note.splitlines()[0][:300]).lstrip("; ")
     measured = row.get("time_median_s")
     if measured:
         out["time_rel_error"] = (pred.total_s - measured) / measured
@@ -697,4 +859,5 @@ __all__ = [
     "measured_peaks",
     "proxy_shape",
     "time_prediction_columns",
+    "with_exact_probes",
 ]
