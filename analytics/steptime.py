@@ -419,9 +419,12 @@ class _Builder:
         rate: str = "elementwise",
         inplace: bool = False,
         fallback: str | None = None,
+        probe: str = "",
+        probe_share: float = 1.0,
     ) -> None:
         """Memory-bound work moving ``nbytes`` (``elements`` compute operations priced at ``rate``, else at
-        ``fallback`` where ``rate`` was not measured); ``out``: bytes of the new output it allocates."""
+        ``fallback`` where ``rate`` was not measured); ``out``: bytes of the new output it allocates; ``probe``: as
+        for :meth:`gemm` (an item inside a layer probed whole)."""
         self.items.append(
             Work(
                 layer,
@@ -435,6 +438,8 @@ class _Builder:
                 inplace=inplace,
                 written=0.0 if inplace else float(out),
                 fallback=fallback,
+                probe=probe,
+                probe_share=probe_share,
             )
         )
 
@@ -561,8 +566,9 @@ PROBE_KINDS = ("forward", "backward", "backward_first")
 
 def probe_key(op: str, dims: Mapping[str, Any], kind: str) -> str:
     """The exact-shape probe key of one framework op: ``conv:BxCxHxW>F:kKHxKW:sSHxSW:pT,B,L,R|kind`` (a batch of B
-    ``(C, H, W)`` inputs, F filters, kernel, stride, pads top, bottom, left, right) or ``dense:RxF>U|kind`` (R
-    rows of F features into U units); ``kind`` one of :data:`PROBE_KINDS`."""
+    ``(C, H, W)`` inputs, F filters, kernel, stride, pads top, bottom, left, right), ``dense:RxF>U|kind`` (R
+    rows of F features into U units) or ``lstm:BxTxF>H:rS|kind`` (the framework's whole LSTM layer on B sequences
+    of T steps of F features, H units, S = 1 where it returns every step); ``kind`` one of :data:`PROBE_KINDS`."""
     if kind not in PROBE_KINDS:
         raise ValueError(f"unknown probe kind {kind!r}; allowed: {', '.join(PROBE_KINDS)}")
     if op == "conv":
@@ -573,13 +579,16 @@ def probe_key(op: str, dims: Mapping[str, Any], kind: str) -> str:
         )
     elif op == "dense":
         body = f"dense:{dims['rows']}x{dims['features']}>{dims['units']}"
+    elif op == "lstm":
+        body = f"lstm:{dims['batch']}x{dims['steps']}x{dims['features']}>{dims['units']}:r{int(dims['sequences'])}"
     else:
-        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
+        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense, lstm")
     return f"{body}|{kind}"
 
 
 _CONV_KEY = re.compile(r"conv:(\d+)x(\d+)x(\d+)x(\d+)>(\d+):k(\d+)x(\d+):s(\d+)x(\d+):p(\d+),(\d+),(\d+),(\d+)")
 _DENSE_KEY = re.compile(r"dense:(\d+)x(\d+)>(\d+)")
+_LSTM_KEY = re.compile(r"lstm:(\d+)x(\d+)x(\d+)>(\d+):r([01])")
 
 
 def parse_probe_key(key: str) -> tuple[str, dict[str, Any], str]:
@@ -605,6 +614,11 @@ def parse_probe_key(key: str) -> tuple[str, dict[str, Any], str]:
     if m:
         rows, features, units = (int(g) for g in m.groups())
         return "dense", {"rows": rows, "features": features, "units": units}, kind
+    m = _LSTM_KEY.fullmatch(body)
+    if m:
+        batch, steps, features, units, seqs = (int(g) for g in m.groups())
+        dims = {"batch": batch, "steps": steps, "features": features, "units": units, "sequences": bool(seqs)}
+        return "lstm", dims, kind
     raise ValueError(
         f"malformed probe key {key!r}; expected conv:BxCxHxW>F:kKHxKW:sSHxSW:pT,B,L,R|kind or dense:RxF>U|kind"
     )
@@ -648,15 +662,12 @@ def work_time(item: Work, peaks: MachinePeaks) -> WorkTime:
     overhead = item.ops * peaks.op_overhead_s
     exact = peaks.exact.get(item.probe) if item.probe else None
     if exact is not None:
-        # the framework's own op timed at this shape: its memory traffic and page faults are inside the time
+        # the framework's own op timed at this shape: its memory traffic, page faults and inner dispatches are inside
+        # the time, which is net of one call: one dispatch is added back, on the item that carries a share
         compute = exact * item.probe_share
-        return WorkTime(
-            item,
-            item.repeat * compute + overhead,
-            "overhead" if overhead > compute else "compute",
-            item.repeat * compute,
-            overhead,
-        )
+        overhead = peaks.op_overhead_s if item.ops and item.probe_share > 0 else 0.0
+        # (the probe times the whole op, all repetitions of a per-step item included)
+        return WorkTime(item, compute + overhead, "overhead" if overhead > compute else "compute", compute, overhead)
     if item.gemm is not None:
         rate = peaks.conv_rate(item.kernel, *item.conv_shape) if item.kernel and item.conv_shape else None
         compute = item.flops / (rate or peaks.gemm_rate(*item.gemm))

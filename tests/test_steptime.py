@@ -476,3 +476,17 @@ def test_probe_batches_are_cut_to_the_flop_cap() -> None:
     assert probe_timed_dims("conv", dims, cap=1.0)[0]["batch"] == 1  # never below one sample
     timed, scale = probe_timed_dims("dense", {"rows": 64, "features": 1000, "units": 500}, cap=2 * 1000 * 500 * 16)
     assert (timed["rows"], scale) == (16, 4.0)
+
+
+def test_a_probed_lstm_costs_its_probe_time_once() -> None:
+    # the whole LSTM layer is one probe: the forward phase costs the forward probe plus one dispatch, the backward
+    # phases (cell gradient, dh, dX, dW) together the backward probe (and at most one dispatch), whatever the per-step items would have cost
+    spec = spec_from_dict({"input_shape": [5, 3], "layers": [{"type": "LSTM", "units": 4}]})
+    base = synthetic_peaks()
+    exact = {"lstm:2x5x3>4:r0|forward": 0.002, "lstm:2x5x3>4:r0|backward_first": 0.006}  # a first layer
+    for framework in ("torch", "tensorflow", "mxnet"):
+        pred = predict_step(spec, 2, "training", replace(base, exact=exact), framework=framework)
+        by = pred.by_layer_phase()
+        assert by[(0, "forward")] == pytest.approx(0.002 + base.op_overhead_s), framework
+        backward = by[(0, "input_grad")] + by[(0, "weight_grad")]
+        assert 0.006 - 1e-12 <= backward <= 0.006 + base.op_overhead_s + 1e-12, framework  # one dispatch at most

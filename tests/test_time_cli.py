@@ -414,7 +414,11 @@ def test_layer_probes_run_the_layer_at_its_shape(framework: str) -> None:
         y = prof.layer_probe_callable("conv", conv, kind, "cpu")()
         assert tuple(y.shape) == ((2, 5, 5, 4) if framework == "tensorflow" else (2, 4, 5, 5))
         assert tuple(prof.layer_probe_callable("dense", dense, kind, "cpu")().shape) == (3, 7)
+        # 2 sequences of 4 steps of 5 features into 6 units: every step's output, or the last step's
+        for seqs, shape in ((True, (2, 4, 6)), (False, (2, 6))):
+            lstm = {"batch": 2, "steps": 4, "features": 5, "units": 6, "sequences": seqs}
+            assert tuple(prof.layer_probe_callable("lstm", lstm, kind, "cpu")().shape) == shape
     with pytest.raises(ValueError, match="allowed: forward, backward, backward_first"):
         prof.layer_probe_callable("conv", conv, "sideways", "cpu")
-    with pytest.raises(ValueError, match="allowed: conv, dense"):
+    with pytest.raises(ValueError, match="allowed: conv, dense, lstm"):
         prof.layer_probe_callable("pool", conv, "forward", "cpu")

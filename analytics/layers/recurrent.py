@@ -144,17 +144,26 @@ class LSTM(Layer):
         """``fused`` (oneDNN): the input projection of all steps as one GEMM, then per step the recurrent GEMM and
         the fused cell; ``per-step`` (Keras' While loop): two GEMMs and the cell's element-wise ops per step; the
         backward mirrors it (cell gradient, dh, dX where needed, dW_x and dW_h, the bias gradient)."""
+        from xfbench.analytics.steptime import probe_key
+
         fw, w, B = b.fw, b.w, site.batch
         steps, features = site.in_shapes[0]
         h = self.units
         g = 4 * h
         cell = B * g  # gate pre-activations per step
         per_step = fw.lstm == "per-step"
+        # the whole layer is one exact-shape probe: the first item of the forward and of the backward carries the time
+        # (and one dispatch), the others none
+        dims = {"batch": B, "steps": steps, "features": features, "units": h, "sequences": self.return_sequences}
+        fwd = {"probe": probe_key("lstm", dims, "forward")}
+        back = probe_key("lstm", dims, "backward" if site.need_dx else "backward_first")
+        bwd, rest = {"probe": back, "probe_share": 1.0}, {"probe": back, "probe_share": 0.0}
         if per_step:
-            b.gemm(site.i, "forward", "lstm x-proj", B, features, g, repeat=steps)
+            b.gemm(site.i, "forward", "lstm x-proj", B, features, g, repeat=steps, **fwd)
         else:
-            b.gemm(site.i, "forward", "lstm x-proj", steps * B, features, g, ops=fw.lstm_wrapper_ops + 1)
-        b.gemm(site.i, "forward", "lstm h-proj", B, h, g, repeat=steps, ops=steps if per_step else 0)
+            b.gemm(site.i, "forward", "lstm x-proj", steps * B, features, g, ops=fw.lstm_wrapper_ops + 1, **fwd)
+        fwd_rest = {"probe": fwd["probe"], "probe_share": 0.0}
+        b.gemm(site.i, "forward", "lstm h-proj", B, h, g, repeat=steps, ops=steps if per_step else 0, **fwd_rest)
         b.mem(
             site.i,
             "forward",
@@ -163,6 +172,7 @@ class LSTM(Layer):
             steps * fw.lstm_step_ops,
             steps * 5 * B * h,
             out=steps * 2 * B * h * w,
+            **fwd_rest,
         )
         if not site.training:
             return
@@ -173,20 +183,21 @@ class LSTM(Layer):
             steps * 6 * cell * w,
             steps * fw.lstm_step_bwd_ops,
             out=steps * cell * w,
+            **bwd,
         )
-        b.gemm(site.i, "input_grad", "lstm dh", B, g, h, repeat=steps, ops=steps if per_step else 1)
+        b.gemm(site.i, "input_grad", "lstm dh", B, g, h, repeat=steps, ops=steps if per_step else 1, **rest)
         if site.need_dx:
             if per_step:
-                b.gemm(site.i, "input_grad", "lstm dX", B, g, features, repeat=steps)
+                b.gemm(site.i, "input_grad", "lstm dX", B, g, features, repeat=steps, **rest)
             else:
-                b.gemm(site.i, "input_grad", "lstm dX", steps * B, g, features, ops=0)
+                b.gemm(site.i, "input_grad", "lstm dX", steps * B, g, features, ops=0, **rest)
         if per_step:
-            b.gemm(site.i, "weight_grad", "lstm dW_x", features, B, g, repeat=steps)
-            b.gemm(site.i, "weight_grad", "lstm dW_h", h, B, g, repeat=steps)
+            b.gemm(site.i, "weight_grad", "lstm dW_x", features, B, g, repeat=steps, **rest)
+            b.gemm(site.i, "weight_grad", "lstm dW_h", h, B, g, repeat=steps, **rest)
         else:
-            b.gemm(site.i, "weight_grad", "lstm dW_x", features, steps * B, g, ops=0)
-            b.gemm(site.i, "weight_grad", "lstm dW_h", h, steps * B, g, ops=0)
-        b.mem(site.i, "weight_grad", "bias grad", steps * cell * w, steps if per_step else 0)
+            b.gemm(site.i, "weight_grad", "lstm dW_x", features, steps * B, g, ops=0, **rest)
+            b.gemm(site.i, "weight_grad", "lstm dW_h", h, steps * B, g, ops=0, **rest)
+        b.mem(site.i, "weight_grad", "bias grad", steps * cell * w, steps if per_step else 0, **rest)
 
 
 @dataclass(frozen=True)

@@ -254,8 +254,8 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
     """The model's own op at one layer's exact shape (``analytics.steptime.probe_key``'s ``dims``) in a hybridized
     block with a static memory plan, as the models run: ``conv`` a ``Convolution`` with symmetric padding (an input
     padded beforehand where the padding is asymmetric: the model's pad op, priced apart), ``dense`` a
-    ``FullyConnected``; ``kind`` ``forward``, ``backward`` (forward + input and weight gradients) or
-    ``backward_first`` (forward + weight gradients only)."""
+    ``FullyConnected``, ``lstm`` Gluon's fused ``rnn.LSTM``; ``kind`` ``forward``, ``backward`` (forward + input
+    and weight gradients) or ``backward_first`` (forward + weight gradients only)."""
     from mxnet.gluon import nn
 
     if kind not in ("forward", "backward", "backward_first"):
@@ -291,8 +291,10 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
         def apply(F: Any, v: Any, wt: Any, bs: Any) -> Any:
             return F.FullyConnected(v, wt, bs, num_hidden=dims["units"], flatten=False)
 
+    elif op == "lstm":
+        return _lstm_probe(dims, kind, ctx)
     else:
-        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
+        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense, lstm")
     if kind != "forward":
         weight.attach_grad()
         bias.attach_grad()
@@ -313,6 +315,43 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
             return y
         with autograd.record():
             y = block(x, weight, bias)
+        y.backward()
+        _wait()
+        return y
+
+    run()
+    return run
+
+
+def _lstm_probe(dims: Mapping[str, Any], kind: str, ctx: Any) -> Callable[[], None]:
+    """Gluon's fused ``rnn.LSTM(layout="NTC")`` (the last step sliced where the layer returns one), hybridized with a
+    static memory plan as backends/mxnet/model.py builds it."""
+    from mxnet.gluon import nn, rnn
+
+    class Probe(nn.HybridBlock):
+        def __init__(self) -> None:
+            super().__init__()
+            with self.name_scope():
+                self.lstm = rnn.LSTM(dims["units"], layout="NTC", input_size=dims["features"])
+
+        def hybrid_forward(self, F: Any, v: Any) -> Any:
+            out = self.lstm(v)
+            return out if dims["sequences"] else F.squeeze(F.slice_axis(out, axis=1, begin=-1, end=None), axis=1)
+
+    block = Probe()
+    block.initialize(ctx=ctx)
+    block.hybridize(static_alloc=True, static_shape=True)
+    x = mx.nd.random.normal(shape=(dims["batch"], dims["steps"], dims["features"]), ctx=ctx)
+    if kind == "backward":
+        x.attach_grad()
+
+    def run() -> Any:
+        if kind == "forward":
+            y = block(x)
+            y.wait_to_read()
+            return y
+        with autograd.record():
+            y = block(x)
         y.backward()
         _wait()
         return y

@@ -210,7 +210,8 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
     """The model's own op at one layer's exact shape (``analytics.steptime.probe_key``'s ``dims``), in a
     ``tf.function`` as the model's step: ``conv`` NHWC with ``SAME`` where the pads are TensorFlow's ``SAME`` ones
     (Keras ``padding="same"``), else ``VALID`` on an input padded beforehand (Keras' ``ZeroPadding2D`` + ``valid``;
-    the pad op is priced apart); ``dense`` a MatMul + BiasAdd; ``kind`` ``forward``, ``backward`` (forward + input
+    the pad op is priced apart); ``dense`` a MatMul + BiasAdd; ``lstm`` Keras' ``LSTM`` layer (its While loop);
+    ``kind`` ``forward``, ``backward`` (forward + input
     and weight gradients) or ``backward_first`` (forward + weight gradients only)."""
     if kind not in ("forward", "backward", "backward_first"):
         raise ValueError(f"unknown probe kind {kind!r}; allowed: forward, backward, backward_first")
@@ -239,8 +240,20 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
             def apply(v: Any) -> Any:
                 return tf.nn.bias_add(tf.matmul(v, weight), bias)
 
+        elif op == "lstm":
+            keras = tf.keras
+            x = tf.random.normal([dims["batch"], dims["steps"], dims["features"]])
+            lstm = keras.layers.LSTM(dims["units"], return_sequences=dims["sequences"], unit_forget_bias=False)
+            lstm.build(x.shape)
+            variables = list(lstm.trainable_variables)
+
+            def apply(v: Any) -> Any:
+                return lstm(v)
+
         else:
-            raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
+            raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense, lstm")
+        if op != "lstm":
+            variables = [weight, bias]
 
         @tf.function
         def forward(v: Any) -> Any:
@@ -252,7 +265,7 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
                 if kind == "backward":
                     tape.watch(v)
                 y = apply(v)
-            sources = [v, weight, bias] if kind == "backward" else [weight, bias]
+            sources = [v, *variables] if kind == "backward" else variables
             # returned, so that grappler keeps them (an unused gradient is pruned from the graph)
             return y, tape.gradient(y, sources)
 

@@ -188,7 +188,8 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
 def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: str = "cpu") -> Callable[[], None]:
     """The model's own op at one layer's exact shape (``analytics.steptime.probe_key``'s ``dims``): ``conv`` as
     backends/torch/model.py runs it (``F.conv2d`` with symmetric padding, an ``F.pad`` copy first where the padding
-    is asymmetric, which is not timed: the model prices that pad apart), ``dense`` as ``F.linear``; ``kind``
+    is asymmetric, which is not timed: the model prices that pad apart), ``dense`` as ``F.linear``, ``lstm`` as
+    ``nn.LSTM(batch_first=True)`` (the last step where the layer returns one); ``kind``
     ``forward`` (inference mode), ``backward`` (forward + input and weight gradients) or ``backward_first``
     (forward + weight gradients only)."""
     import torch.nn.functional as F
@@ -219,9 +220,21 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
         def apply() -> Any:
             return F.linear(x, weight, bias)
 
+    elif op == "lstm":
+        lstm = torch.nn.LSTM(dims["features"], dims["units"], batch_first=True).to(dev)
+        x = torch.randn(dims["batch"], dims["steps"], dims["features"], device=dev, requires_grad=kind == "backward")
+        params = list(lstm.parameters())
+
+        def apply() -> Any:
+            out, _ = lstm(x)  # zero initial state, as backends/torch/model.py's LSTMLayer
+            return out if dims["sequences"] else out[:, -1]
+
     else:
-        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense")
-    wrt = [x, weight, bias] if kind == "backward" else [weight, bias]
+        raise ValueError(f"unknown probe op {op!r}; allowed: conv, dense, lstm")
+    if op == "lstm":
+        wrt = ([x] if kind == "backward" else []) + params
+    else:
+        wrt = [x, weight, bias] if kind == "backward" else [weight, bias]
 
     def run() -> Any:
         if kind == "forward":

@@ -687,6 +687,9 @@ def probe_timed_dims(op: str, dims: Mapping[str, Any], cap: float = EXACT_FLOP_C
         wo = (dims["width"] + left + r - kw) // sw + 1
         per = 2.0 * ho * wo * dims["channels"] * kh * kw * dims["filters"]
         field_name = "batch"
+    elif op == "lstm":
+        per = probe_flops(op, {**dims, "batch": 1})
+        field_name = "batch"
     else:
         per = 2.0 * dims["features"] * dims["units"]
         field_name = "rows"
@@ -704,6 +707,8 @@ def probe_flops(op: str, dims: Mapping[str, Any]) -> float:
         ho = (dims["height"] + t + b - kh) // sh + 1
         wo = (dims["width"] + left + r - kw) // sw + 1
         return 2.0 * dims["batch"] * ho * wo * dims["channels"] * kh * kw * dims["filters"]
+    if op == "lstm":  # per step the input and the recurrent projections into the 4 gates
+        return 2.0 * dims["batch"] * dims["steps"] * 4 * dims["units"] * (dims["features"] + dims["units"])
     return 2.0 * dims["rows"] * dims["features"] * dims["units"]
 
 
