@@ -480,7 +480,8 @@ def test_probe_batches_are_cut_to_the_flop_cap() -> None:
 
 def test_a_probed_lstm_costs_its_probe_time_once() -> None:
     # the whole LSTM layer is one probe: the forward phase costs the forward probe plus one dispatch, the backward
-    # phases (cell gradient, dh, dX, dW) together the backward probe (and at most one dispatch), whatever the per-step items would have cost
+    # phases (cell gradient, dh, dX, dW) together the backward probe (and at most one dispatch), whatever the
+    # per-step items would have cost
     spec = spec_from_dict({"input_shape": [5, 3], "layers": [{"type": "LSTM", "units": 4}]})
     base = synthetic_peaks()
     exact = {"lstm:2x5x3>4:r0|forward": 0.002, "lstm:2x5x3>4:r0|backward_first": 0.006}  # a first layer
