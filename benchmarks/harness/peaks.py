@@ -518,7 +518,7 @@ CALIBRATION_MODES = ("reuse", "fresh", "off")
 MAX_AGE_ENV = "XFBENCH_CALIBRATION_MAX_AGE_H"
 DEFAULT_MAX_AGE_H = 7 * 24.0
 #: Bumped whenever what a calibration times or how its raw figures are read changes (a kept one is then stale).
-CALIBRATION_VERSION = 3  # 3: the transformer kernels' rates (TRANSFORMER_RATES)
+CALIBRATION_VERSION = 4  # 3: the transformer kernels' rates (TRANSFORMER_RATES); 4: MXNet's sigmoid as Activation
 
 
 def calibration_mode() -> str:
