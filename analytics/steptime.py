@@ -143,6 +143,8 @@ class MachinePeaks:
     * ``exact``: ``{probe key: seconds}``, the framework's own op timed at a layer's exact shape (:func:`probe_key`:
       convolutions and dense layers, forward and backward, net of one call's dispatch): an item with such a key is
       priced from it instead of the tables (``{}``: the tables alone, as for a machine known only from a report).
+    * ``layer_overhead_s``: ``{"inference": s, "training": s}``, the framework's fixed cost per spec layer beyond its
+      ops' dispatch (a module call, a graph node's bookkeeping), from probe models of 1 and 9 dense layers.
     * ``basis``: ``measured-peaks`` or ``datasheet:<name>``.
     """
 
@@ -157,6 +159,7 @@ class MachinePeaks:
     fault_bw: float | None = None
     conv: Mapping[str, Mapping[tuple[int, int, int], float]] = field(default_factory=dict)
     exact: Mapping[str, float] = field(default_factory=dict)
+    layer_overhead_s: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.gemm or not self.bandwidth:
@@ -185,6 +188,9 @@ class MachinePeaks:
 
     def step_overhead(self, phase: str) -> float:
         return float(self.step_overhead_s.get(phase, 0.0))
+
+    def layer_overhead(self, phase: str) -> float:
+        return float(self.layer_overhead_s.get(phase, 0.0))
 
     @property
     def peak_flops(self) -> float:
@@ -766,8 +772,16 @@ def predict_step(
     dtype: str = "float32",
     optimizer: str = "sgd",
 ) -> StepPrediction:
-    """The predicted step time of ``spec`` with ``peaks`` (module docstring), per layer and phase."""
+    """The predicted step time of ``spec`` with ``peaks`` (module docstring), per layer and phase; each layer also
+    costs the framework's per-layer overhead of the phase (:attr:`MachinePeaks.layer_overhead_s`, put in the layer's
+    forward)."""
     items = tuple(work_time(wk, peaks) for wk in layer_work(spec, batch_size, phase, dtype, framework, optimizer))
+    per_layer = peaks.layer_overhead(phase)
+    if per_layer > 0:
+        items += tuple(
+            WorkTime(Work(i, "forward", "per-layer overhead"), per_layer, "overhead", 0.0, per_layer)
+            for i in range(len(spec.layers))
+        )
     return StepPrediction(
         model=spec.name,
         framework=canonical_framework(framework),
@@ -889,6 +903,10 @@ def peaks_to_rows(peaks: MachinePeaks, backend: str, device: str, raw: Mapping[s
         )
     for ph, s in sorted(peaks.step_overhead_s.items()):
         rows.append({**base, "shape": f"step:{ph}", "time_median_s": s, "message": note + ": fixed cost of one step"})
+    for ph, s in sorted(peaks.layer_overhead_s.items()):
+        rows.append(
+            {**base, "shape": f"layer:{ph}", "time_median_s": s, "message": note + ": fixed cost of one spec layer"}
+        )
     return rows
 
 
@@ -906,6 +924,7 @@ def peaks_from_rows(rows: Iterable[Mapping[str, Any]], backend: str, device: str
     gemm: dict[tuple[int, int, int], float] = {}
     bandwidth: dict[int, float] = {}
     steps: dict[str, float] = {}
+    layers: dict[str, float] = {}
     op: float | None = None
     rates: dict[str, float] = {}
     conv: dict[str, dict[tuple[int, int, int], float]] = {}
@@ -946,6 +965,8 @@ def peaks_from_rows(rows: Iterable[Mapping[str, Any]], backend: str, device: str
             fault = int(shape.split(":", 1)[1]) / t
         elif shape.startswith("step:") and t is not None:
             steps[shape[5:]] = t
+        elif shape.startswith("layer:") and t is not None:
+            layers[shape[6:]] = t
     missing = [
         what
         for what, ok in (("GEMM rates", gemm), ("stream bandwidth", bandwidth), ("dispatch", op is not None))
@@ -968,7 +989,16 @@ def peaks_from_rows(rows: Iterable[Mapping[str, Any]], backend: str, device: str
         threads=threads,
         fault_bw=fault,
         conv=conv,
+        layer_overhead_s=layers,
     )
+
+
+def layer_and_step_overhead(residual_shallow: float, residual_deep: float, extra_layers: int) -> tuple[float, float]:
+    """``(per-layer overhead, step overhead)`` from two probe models' residuals (measured step minus predicted work
+    items, no overheads), the deep one ``extra_layers`` layers longer: per layer = the residuals' difference over the
+    extra layers, floored at 0; the step's = the shallow residual less its one layer, floored at 0."""
+    per_layer = max((residual_deep - residual_shallow) / extra_layers, 0.0) if extra_layers > 0 else 0.0
+    return per_layer, max(residual_shallow - per_layer, 0.0)
 
 
 def calibrated_step_overhead(measured_s: float, probe: StepPrediction) -> float:
@@ -996,6 +1026,7 @@ __all__ = [
     "cross_machine",
     "datasheet_peaks",
     "interpolate_rate",
+    "layer_and_step_overhead",
     "layer_names",
     "layer_work",
     "median_abs",

@@ -491,3 +491,35 @@ def test_a_probed_lstm_costs_its_probe_time_once() -> None:
         assert by[(0, "forward")] == pytest.approx(0.002 + base.op_overhead_s), framework
         backward = by[(0, "input_grad")] + by[(0, "weight_grad")]
         assert 0.006 - 1e-12 <= backward <= 0.006 + base.op_overhead_s + 1e-12, framework  # one dispatch at most
+
+
+def test_per_layer_overhead_from_a_deep_probe() -> None:
+    from xfbench.analytics.steptime import layer_and_step_overhead
+
+    # residuals 100 us (1 layer) and 260 us (9 layers): 160 us over 8 extra layers = 20 us a layer; the step's own
+    # 100 - 20 = 80 us
+    per_layer, step = layer_and_step_overhead(100e-6, 260e-6, 8)
+    assert (per_layer, step) == (pytest.approx(20e-6), pytest.approx(80e-6))
+    assert layer_and_step_overhead(100e-6, 90e-6, 8) == (0.0, pytest.approx(100e-6))  # never negative
+    # a prediction carries it once per spec layer, in the layer's forward
+    spec = spec_from_dict(STRIDED)
+    base = synthetic_peaks()
+    with_layers = replace(base, layer_overhead_s={"inference": 30e-6, "training": 50e-6})
+    for phase, per in (("inference", 30e-6), ("training", 50e-6)):
+        a = predict_step(spec, 2, phase, base, framework="tensorflow")
+        b = predict_step(spec, 2, phase, with_layers, framework="tensorflow")
+        assert b.total_s - a.total_s == pytest.approx(2 * per)  # two layers
+        assert b.by_layer_phase()[(1, "forward")] - a.by_layer_phase()[(1, "forward")] == pytest.approx(per)
+
+
+def test_per_layer_overhead_round_trips_through_a_report(tmp_path: Any) -> None:
+    from xfbench.reports.writer import RunWriter, read_report
+
+    peaks = replace(synthetic_peaks(), layer_overhead_s={"inference": 30e-6, "training": 50e-6})
+    with RunWriter(tmp_path) as writer:
+        for row in peaks_to_rows(peaks, "torch", "cpu"):
+            writer.write_row(row)
+        path = writer.path
+    df = read_report(path)
+    back = peaks_from_rows(df.astype(object).where(df.notna(), None).to_dict(orient="records"), "torch", "cpu")
+    assert back.layer_overhead_s == pytest.approx({"inference": 30e-6, "training": 50e-6})
