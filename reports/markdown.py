@@ -83,6 +83,33 @@ PAGES: tuple[Page, ...] = (
         pair=True,
     ),
     Page(
+        "quick-exact-default",
+        "Quick profile and held-out specs, two runs: exact-shape probes and per-layer overhead, no ISA cap",
+        "Two fresh `tox -m bench` runs back to back (quick profile, all three frameworks, scaling suite included), "
+        "each followed by the held-out spec files `tiny`, `tinyres` and `widenet` at batch 1 "
+        "(`benchmarks/diagnostics/run_pairs.sh default`, kept calibrations cleared first). Run 1 calibrated the "
+        "step-time tables (with the per-layer overhead probe), timed the exact-shape layer probes (median calls) and "
+        "the memory probes and kept them; run 2 reused all three (docs/time.md).",
+        (
+            ("run 1", "cpu-amd-epyc-2core-issue20-exact-default-run1.csv"),
+            ("run 2", "cpu-amd-epyc-2core-issue20-exact-default-run2.csv"),
+        ),
+        pair=True,
+    ),
+    Page(
+        "quick-exact-fastest-default",
+        "Quick profile and held-out specs, two runs: exact-shape probes from the fastest call, no per-layer term",
+        "The pair before the last two changes (commit 0da10f9): exact-shape layer probes each priced from its "
+        "fastest call, no per-layer overhead (`benchmarks/diagnostics/run_pairs.sh default`, calibrations cleared "
+        "first; run 1 measured, run 2 reused). Kept for the comparison: its torch rows ran a median 24% slower "
+        "than predicted in both runs, and the held-out specs at batch 1 25-67% slower.",
+        (
+            ("run 1", "cpu-amd-epyc-2core-issue20-fastest-default-run1.csv"),
+            ("run 2", "cpu-amd-epyc-2core-issue20-fastest-default-run2.csv"),
+        ),
+        pair=True,
+    ),
+    Page(
         "quick-issue23",
         "Quick profile, two runs with the issue-23 code, no instruction-set cap",
         "Two fresh `tox -m bench` runs back to back (quick profile, all three frameworks, scaling suite included). "
