@@ -97,6 +97,16 @@ PAGES: tuple[Page, ...] = (
         pair=True,
     ),
     Page(
+        "quick-exact-avx2-single",
+        "One run under the AVX2 cap: exact-shape probes and per-layer overhead (time only)",
+        "After the uncapped pair, one run per framework under `ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` "
+        "(`xfbench run --suite models --no-memory`, the quick catalog, then the held-out specs tiny, tinyres and "
+        "widenet at batch 1), with a calibration, per-layer probe and exact-shape probes of its own (the cap is part "
+        "of their key), measured in the run: another CPU's first run, time only (no memory processes, one run, "
+        "not a pair).",
+        (("AVX2 cap", "cpu-amd-epyc-2core-issue20-exact-avx2-single.csv"),),
+    ),
+    Page(
         "quick-exact-fastest-default",
         "Quick profile and held-out specs, two runs: exact-shape probes from the fastest call, no per-layer term",
         "The pair before the last two changes (commit 0da10f9): exact-shape layer probes each priced from its "
