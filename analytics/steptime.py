@@ -626,7 +626,8 @@ def parse_probe_key(key: str) -> tuple[str, dict[str, Any], str]:
         dims = {"batch": batch, "steps": steps, "features": features, "units": units, "sequences": bool(seqs)}
         return "lstm", dims, kind
     raise ValueError(
-        f"malformed probe key {key!r}; expected conv:BxCxHxW>F:kKHxKW:sSHxSW:pT,B,L,R|kind or dense:RxF>U|kind"
+        f"malformed probe key {key!r}; expected conv:BxCxHxW>F:kKHxKW:sSHxSW:pT,B,L,R|kind, dense:RxF>U|kind or "
+        "lstm:BxTxF>H:rS|kind"
     )
 
 

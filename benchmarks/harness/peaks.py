@@ -703,20 +703,8 @@ EXACT_ENV = "XFBENCH_EXACT_PROBES"
 def probe_timed_dims(op: str, dims: Mapping[str, Any], cap: float = EXACT_FLOP_CAP) -> tuple[dict[str, Any], float]:
     """The dims actually timed for a probe of ``dims`` (the batch or rows cut so the forward has at most ``cap``
     FLOPs, not below one sample) and the factor its time is scaled by (samples asked / samples timed)."""
-    if op == "conv":
-        kh, kw = dims["kernel"]
-        sh, sw = dims["stride"]
-        t, b, left, r = dims["pads"]
-        ho = (dims["height"] + t + b - kh) // sh + 1
-        wo = (dims["width"] + left + r - kw) // sw + 1
-        per = 2.0 * ho * wo * dims["channels"] * kh * kw * dims["filters"]
-        field_name = "batch"
-    elif op == "lstm":
-        per = probe_flops(op, {**dims, "batch": 1})
-        field_name = "batch"
-    else:
-        per = 2.0 * dims["features"] * dims["units"]
-        field_name = "rows"
+    field_name = "rows" if op == "dense" else "batch"
+    per = probe_flops(op, {**dims, field_name: 1})  # one sample's (row's) forward FLOPs
     asked = int(dims[field_name])
     timed = max(1, min(asked, int(cap // max(per, 1.0))))
     return {**dims, field_name: timed}, asked / timed
