@@ -173,6 +173,16 @@ def is_oom_error(exc: BaseException) -> bool:
 MEMINFO = "/proc/meminfo"
 
 
+def probe_conv_padding(dims: Mapping[str, Any]) -> tuple[int, int, tuple[int, int]]:
+    """``(height, width, (pad_h, pad_w))`` of an exact-shape conv probe (``analytics.steptime.probe_key``'s dims) in
+    a framework whose convolution pads symmetrically (PyTorch, MXNet): symmetric pads go to the op; asymmetric ones
+    become an input padded beforehand and no op padding, as the models pad with an op of their own."""
+    t, b, left, r = dims["pads"]
+    if t == b and left == r:
+        return dims["height"], dims["width"], (t, left)
+    return dims["height"] + t + b, dims["width"] + left + r, (0, 0)
+
+
 def host_available_memory(meminfo: str = MEMINFO) -> int | None:
     """Bytes of host memory available to a new allocation: ``MemAvailable`` of ``/proc/meminfo`` (reported in
     kB); ``None`` where it cannot be read (no such file, e.g. not Linux)."""
@@ -270,6 +280,7 @@ __all__ = [
     "is_oom_message",
     "optimizer_settings",
     "prepare_framework_env",
+    "probe_conv_padding",
     "tf32_policy",
     "tf32_row_value",
 ]

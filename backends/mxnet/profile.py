@@ -23,6 +23,7 @@ from typing import Any
 
 import mxnet as mx
 from mxnet import autograd
+from xfbench.backends.common import probe_conv_padding
 from xfbench.backends.mxnet.device import resolve_device
 
 NAME = "mxnet"
@@ -258,15 +259,10 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
         raise ValueError(f"unknown probe kind {kind!r}; allowed: forward, backward, backward_first")
     ctx = resolve_device(device)
     if op == "conv":
-        t, b_, left, r = dims["pads"]
-        h, w = dims["height"], dims["width"]
-        symmetric = t == b_ and left == r
-        if not symmetric:
-            h, w = h + t + b_, w + left + r
+        h, w, pad = probe_conv_padding(dims)
         x = mx.nd.random.normal(shape=(dims["batch"], dims["channels"], h, w), ctx=ctx)
         weight = mx.nd.random.normal(shape=(dims["filters"], dims["channels"], *dims["kernel"]), ctx=ctx)
         bias = mx.nd.random.normal(shape=(dims["filters"],), ctx=ctx)
-        pad = (t, left) if symmetric else (0, 0)
 
         def apply(F: Any, v: Any, wt: Any, bs: Any) -> Any:
             return F.Convolution(

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from xfbench.backends.common import probe_conv_padding
 from xfbench.backends.torch.device import resolve_device, synchronize
 
 NAME = "torch"
@@ -199,15 +200,10 @@ def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: st
     dev = resolve_device(device)
     grad = kind != "forward"
     if op == "conv":
-        t, b_, left, r = dims["pads"]
-        h, w = dims["height"], dims["width"]
-        symmetric = t == b_ and left == r
-        if not symmetric:
-            h, w = h + t + b_, w + left + r
+        h, w, padding = probe_conv_padding(dims)
         x = torch.randn(dims["batch"], dims["channels"], h, w, device=dev, requires_grad=kind == "backward")
         weight = torch.randn(dims["filters"], dims["channels"], *dims["kernel"], device=dev, requires_grad=grad)
         bias = torch.randn(dims["filters"], device=dev, requires_grad=grad)
-        padding = (t, left) if symmetric else (0, 0)
 
         def apply() -> Any:
             return F.conv2d(x, weight, bias, stride=tuple(dims["stride"]), padding=padding)
