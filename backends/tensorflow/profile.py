@@ -166,38 +166,18 @@ def transpose_callable(elements: int, device: str = "cpu") -> Callable[[], None]
 def conv_callable(kind: str, channels: int, side: int, filters: int, device: str = "cpu") -> Callable[[], None]:
     """A 3x3 ``same`` convolution with bias (NHWC, ``tf.function``) of a ``(1, side, side, channels)`` input:
     ``forward``, ``backward`` (forward + input, weight and bias gradients) or ``backward_first`` (forward +
-    weight and bias gradients)."""
-    if kind not in ("forward", "backward", "backward_first"):
-        raise ValueError(f"unknown conv probe {kind!r}; allowed: forward, backward, backward_first")
-    with tf.device(resolve_device(device)):
-        x = tf.random.normal([1, side, side, channels])
-        w = tf.Variable(tf.random.normal([3, 3, channels, filters]))
-        b = tf.Variable(tf.random.normal([filters]))
-
-        def conv(v: Any) -> Any:
-            return tf.nn.bias_add(tf.nn.conv2d(v, w, 1, "SAME"), b)
-
-        @tf.function
-        def forward(v: Any) -> Any:
-            return conv(v)
-
-        @tf.function
-        def backward(v: Any) -> Any:
-            with tf.GradientTape() as tape:
-                if kind == "backward":
-                    tape.watch(v)
-                y = conv(v)
-            sources = [v, w, b] if kind == "backward" else [w, b]
-            return tape.gradient(y, sources)
-
-        fn = forward if kind == "forward" else backward
-        fn(x)
-
-    def run() -> None:
-        with tf.device(resolve_device(device)):
-            fn(x)
-
-    return run
+    weight and bias gradients): the calibration table's case of :func:`layer_probe_callable`."""
+    dims = {
+        "batch": 1,
+        "channels": channels,
+        "height": side,
+        "width": side,
+        "filters": filters,
+        "kernel": (3, 3),
+        "stride": (1, 1),
+        "pads": (1, 1, 1, 1),  # TensorFlow's SAME for a 3x3 stride-1 window
+    }
+    return layer_probe_callable("conv", dims, kind, device)
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:

@@ -162,28 +162,19 @@ def transpose_callable(elements: int, device: str = "cpu") -> Callable[[], None]
 def conv_callable(kind: str, channels: int, side: int, filters: int, device: str = "cpu") -> Callable[[], None]:
     """A 3x3 convolution (stride 1, padding 1, bias) of a ``(1, channels, side, side)`` input into ``filters``
     maps: ``forward`` (no autograd), ``backward`` (forward + input and weight gradients) or ``backward_first``
-    (forward + weight and bias gradients only, as for a model's first layer)."""
-    import torch.nn.functional as F
-
-    dev = resolve_device(device)
-    grad = kind != "forward"
-    x = torch.randn(1, channels, side, side, device=dev, requires_grad=kind == "backward")
-    w = torch.randn(filters, channels, 3, 3, device=dev, requires_grad=grad)
-    b = torch.randn(filters, device=dev, requires_grad=grad)
-    wrt = [x, w, b] if kind == "backward" else [w, b]
-
-    def run() -> None:
-        if kind == "forward":
-            with torch.inference_mode():
-                F.conv2d(x, w, b, padding=1)
-        else:
-            y = F.conv2d(x, w, b, padding=1)
-            torch.autograd.grad(y, wrt, torch.ones_like(y))
-        synchronize(dev)
-
-    if kind not in ("forward", "backward", "backward_first"):
-        raise ValueError(f"unknown conv probe {kind!r}; allowed: forward, backward, backward_first")
-    return run
+    (forward + weight and bias gradients only, as for a model's first layer): the calibration table's case of
+    :func:`layer_probe_callable`."""
+    dims = {
+        "batch": 1,
+        "channels": channels,
+        "height": side,
+        "width": side,
+        "filters": filters,
+        "kernel": (3, 3),
+        "stride": (1, 1),
+        "pads": (1, 1, 1, 1),
+    }
+    return layer_probe_callable("conv", dims, kind, device)
 
 
 def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: str = "cpu") -> Callable[[], None]:
