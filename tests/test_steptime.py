@@ -371,6 +371,41 @@ def test_time_prediction_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cols == {"message": "noisy; time prediction failed: RuntimeError: no probe"}
 
 
+def test_probes_in_fresh_process_routing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no fork is safe (a GPU) the probes are timed in this process; where the forked probe process fails,
+    too (and said on stderr); otherwise the timing server's answer is what comes back."""
+    from xfbench.benchmarks.harness import peaks as peaks_mod
+    from xfbench.benchmarks.harness import timing
+
+    here: list[str] = []
+
+    def in_process(backend: str, device: str, keys: list[str], call_s: float, threads: Any) -> Any:
+        here.append(device)
+        return {k: 1.0 for k in keys}, {}
+
+    class Server:
+        def __init__(self, reply: dict[str, Any]) -> None:
+            self.reply, self.requests = reply, []
+
+        def request(self, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+            self.requests.append(payload)
+            return self.reply
+
+    monkeypatch.setattr(peaks_mod, "measure_probes", in_process)
+    keys = ["dense:3x5>7|forward"]
+    assert peaks_mod.probes_in_fresh_process("torch", "gpu:0", keys, 0.0, 1) == ({keys[0]: 1.0}, {})
+    assert here == ["gpu:0"]
+    served = Server({"status": "ok", "found": {keys[0]: 2.5e-6}, "refused": {}})
+    monkeypatch.setattr(timing, "_SERVERS", {"torch": served})
+    assert peaks_mod.probes_in_fresh_process("torch", "cpu", keys, 1e-6, 2) == ({keys[0]: 2.5e-6}, {})
+    assert served.requests == [
+        {"probes": keys, "backend": "torch", "device": "cpu", "call_s": 1e-6, "threads": 2}
+    ] and here == ["gpu:0"]
+    monkeypatch.setattr(timing, "_SERVERS", {"torch": Server({"status": "error", "message": "boom"})})
+    assert peaks_mod.probes_in_fresh_process("torch", "cpu", keys, 0.0, 1) == ({keys[0]: 1.0}, {})
+    assert here == ["gpu:0", "cpu"]
+
+
 def test_transformer_kernels_priced_at_their_own_rates() -> None:
     # gpt2_tiny training under PyTorch: LayerNorm, attention's softmax and the GELU carry their elements at their
     # own rate names. With the bandwidth and dispatch free (1e15 B/s, no op cost), an item's time is its compute:

@@ -422,3 +422,25 @@ def test_layer_probes_run_the_layer_at_its_shape(framework: str) -> None:
         prof.layer_probe_callable("conv", conv, "sideways", "cpu")
     with pytest.raises(ValueError, match="allowed: conv, dense, lstm"):
         prof.layer_probe_callable("pool", conv, "forward", "cpu")
+
+
+@pytest.mark.parametrize("framework", MARKED)
+def test_layer_probes_are_timed_in_a_forked_process(framework: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench times exact-shape probes in a child of the timing server, not in its own process: with this
+    process's ``measure_probes`` made to fail, the probes still come back (the child imports its own copy), each
+    key a positive time below the 1 s the 3 x 5 -> 7 dense layer cannot take."""
+    _framework(framework)
+    from xfbench.benchmarks.harness import peaks as peaks_mod
+    from xfbench.benchmarks.harness import timing
+
+    def in_this_process(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("measured in the benchmark process")
+
+    monkeypatch.setattr(peaks_mod, "measure_probes", in_this_process)
+    keys = ["dense:3x5>7|forward", "dense:3x5>7|backward"]
+    try:
+        found, refused = peaks_mod.probes_in_fresh_process(framework, "cpu", keys, 0.0, 1)
+    finally:
+        timing.close_servers()
+    assert set(found) | set(refused) == set(keys)
+    assert all(0 < t < 1.0 for t in found.values())

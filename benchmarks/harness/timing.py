@@ -97,10 +97,31 @@ def _time_child(config: Any, arrays: Any, warmup: int, rounds: int) -> dict[str,
     return {"times": times}
 
 
+def _probe_child(request: dict[str, Any]) -> dict[str, Any]:
+    """In a forked child: :func:`benchmarks.harness.peaks.measure_probes` of the request's ``probes`` (keys)."""
+    from xfbench.benchmarks.harness.peaks import measure_probes
+
+    found, refused = measure_probes(
+        str(request["backend"]),
+        str(request["device"]),
+        [str(k) for k in request["probes"]],
+        float(request["call_s"]),
+        request.get("threads"),
+    )
+    return {"found": found, "refused": refused}
+
+
 def answer(request: dict[str, Any]) -> dict[str, Any]:
-    """The server's reply to one request: ``{"times": [[...], ...]}`` (one list per process) or a failure."""
+    """The server's reply to one request: ``{"times": [[...], ...]}`` (one list per process) or a failure; a
+    request naming ``probes`` (exact-shape probe keys) is answered ``{"found": ..., "refused": ...}`` from one
+    forked child (:func:`benchmarks.harness.peaks.probes_in_fresh_process`)."""
     from xfbench.benchmarks.harness.worker import Arrays, build_parser, config_from_args, in_child
 
+    if "probes" in request:
+        result = in_child(lambda: _probe_child(request), TIMING_TIMEOUT_S)
+        if result.get("status") != "ok":
+            return {"status": result.get("status", "error"), "message": result.get("message", "")}
+        return {"status": "ok", "found": result["found"], "refused": result["refused"]}
     args = build_parser().parse_args([str(a) for a in request["argv"]])
     config = config_from_args(args)
     arrays = Arrays(config)
