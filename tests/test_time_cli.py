@@ -444,3 +444,11 @@ def test_layer_probes_are_timed_in_a_forked_process(framework: str, monkeypatch:
         timing.close_servers()
     assert set(found) | set(refused) == set(keys)
     assert all(0 < t < 1.0 for t in found.values())
+
+
+def test_time_phase_both_means_inference_and_training() -> None:
+    from xfbench.benchmarks.cli.time import _phases
+
+    assert _phases("both") == ["inference", "training"]
+    assert _phases("training,both") == ["training", "inference"]
+    assert _phases("inference") == ["inference"]

@@ -212,6 +212,7 @@ def cmd_time(args: argparse.Namespace) -> int:
 
 def _phases(text: str) -> list[str]:
     items = [p.strip() for p in text.split(",") if p.strip()]
+    items = [ph for p in items for ph in (PHASES if p == "both" else (p,))]
     if not items or any(p not in PHASES for p in items):
         raise UsageError(f"--phase {text!r}: allowed: {', '.join(PHASES)} or both (comma-separated)")
     return list(dict.fromkeys(items))
