@@ -83,6 +83,32 @@ PAGES: tuple[Page, ...] = (
         pair=True,
     ),
     Page(
+        "quick-forked-default",
+        "Quick profile and held-out specs, two runs: exact-shape probes timed in a forked process, no ISA cap",
+        "Two fresh `tox -m bench` runs back to back (quick profile, all three frameworks, scaling suite included), "
+        "each followed by the held-out spec files `tiny`, `tinyres` and `widenet` at batch 1 "
+        "(`benchmarks/diagnostics/run_pairs.sh default`, kept calibrations cleared first), with the exact-shape "
+        "layer probes timed in a child of the backend's timing server instead of the benchmark process (commit "
+        "dcb863c). Run 1 calibrated and probed, run 2 reused (docs/time.md).",
+        (
+            ("run 1", "cpu-amd-epyc-2core-issue20-forked-default-run1.csv"),
+            ("run 2", "cpu-amd-epyc-2core-issue20-forked-default-run2.csv"),
+        ),
+        pair=True,
+    ),
+    Page(
+        "quick-forked-avx2",
+        "Quick profile and held-out specs, two runs under the AVX2 cap: exact-shape probes timed in a forked process",
+        "The same pair as quick-forked-default under `ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2` "
+        "(`benchmarks/diagnostics/run_pairs.sh avx2`, right after it): another CPU's calibration, layer probes and "
+        "memory probes (the cap is part of their key), measured in run 1 and reused in run 2 (docs/time.md).",
+        (
+            ("run 1", "cpu-amd-epyc-2core-issue20-forked-avx2-run1.csv"),
+            ("run 2", "cpu-amd-epyc-2core-issue20-forked-avx2-run2.csv"),
+        ),
+        pair=True,
+    ),
+    Page(
         "quick-exact-default",
         "Quick profile and held-out specs, two runs: exact-shape probes and per-layer overhead, no ISA cap",
         "Two fresh `tox -m bench` runs back to back (quick profile, all three frameworks, scaling suite included), "
