@@ -183,6 +183,22 @@ def probe_conv_padding(dims: Mapping[str, Any]) -> tuple[int, int, tuple[int, in
     return dims["height"] + t + b, dims["width"] + left + r, (0, 0)
 
 
+def calibration_conv_dims(channels: int, side: int, filters: int) -> dict[str, Any]:
+    """The exact-shape probe dims (``analytics.steptime.probe_key``'s) of the calibration table's convolution: a
+    3x3 stride-1 convolution of a ``(1, channels, side, side)`` input into ``filters`` maps, padded 1 on every side
+    (TensorFlow's ``SAME`` for that window)."""
+    return {
+        "batch": 1,
+        "channels": channels,
+        "height": side,
+        "width": side,
+        "filters": filters,
+        "kernel": (3, 3),
+        "stride": (1, 1),
+        "pads": (1, 1, 1, 1),
+    }
+
+
 def host_available_memory(meminfo: str = MEMINFO) -> int | None:
     """Bytes of host memory available to a new allocation: ``MemAvailable`` of ``/proc/meminfo`` (reported in
     kB); ``None`` where it cannot be read (no such file, e.g. not Linux)."""
@@ -270,6 +286,7 @@ __all__ = [
     "TF32_ENV",
     "TF32_POLICIES",
     "OptimizerSettings",
+    "calibration_conv_dims",
     "check_dtype",
     "check_weights",
     "effective_tf32",

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from xfbench.backends.common import calibration_conv_dims
 from xfbench.backends.tensorflow._tf import tf
 from xfbench.backends.tensorflow.device import resolve_device
 
@@ -167,17 +168,7 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
     """A 3x3 ``same`` convolution with bias (NHWC, ``tf.function``) of a ``(1, side, side, channels)`` input:
     ``forward``, ``backward`` (forward + input, weight and bias gradients) or ``backward_first`` (forward +
     weight and bias gradients): the calibration table's case of :func:`layer_probe_callable`."""
-    dims = {
-        "batch": 1,
-        "channels": channels,
-        "height": side,
-        "width": side,
-        "filters": filters,
-        "kernel": (3, 3),
-        "stride": (1, 1),
-        "pads": (1, 1, 1, 1),  # TensorFlow's SAME for a 3x3 stride-1 window
-    }
-    return layer_probe_callable("conv", dims, kind, device)
+    return layer_probe_callable("conv", calibration_conv_dims(channels, side, filters), kind, device)
 
 
 def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:

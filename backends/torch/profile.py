@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from xfbench.backends.common import probe_conv_padding
+from xfbench.backends.common import calibration_conv_dims, probe_conv_padding
 from xfbench.backends.torch.device import resolve_device, synchronize
 
 NAME = "torch"
@@ -164,17 +164,7 @@ def conv_callable(kind: str, channels: int, side: int, filters: int, device: str
     maps: ``forward`` (no autograd), ``backward`` (forward + input and weight gradients) or ``backward_first``
     (forward + weight and bias gradients only, as for a model's first layer): the calibration table's case of
     :func:`layer_probe_callable`."""
-    dims = {
-        "batch": 1,
-        "channels": channels,
-        "height": side,
-        "width": side,
-        "filters": filters,
-        "kernel": (3, 3),
-        "stride": (1, 1),
-        "pads": (1, 1, 1, 1),
-    }
-    return layer_probe_callable("conv", dims, kind, device)
+    return layer_probe_callable("conv", calibration_conv_dims(channels, side, filters), kind, device)
 
 
 def layer_probe_callable(op: str, dims: Mapping[str, Any], kind: str, device: str = "cpu") -> Callable[[], None]:

@@ -799,13 +799,9 @@ def probes_in_fresh_process(
     forked child, like the model rows' other processes, starts from a process that computed nothing."""
     from xfbench.benchmarks.harness import timing
 
-    if not (device == "cpu" and backend in _fork_backends() and hasattr(os, "fork")):
+    if not timing.can_fork_backend(backend, device):
         return measure_probes(backend, device, keys, call_s, threads)
-    if not timing._SERVERS:
-        import atexit
-
-        atexit.register(timing.close_servers)
-    server = timing._SERVERS.setdefault(backend, timing.TimingServer(backend))
+    server = timing.server_for(backend)
     request = {"probes": keys, "backend": backend, "device": device, "call_s": call_s, "threads": threads}
     reply = server.request(request, timing.TIMING_TIMEOUT_S)
     if reply.get("status") != "ok":
@@ -816,12 +812,6 @@ def probes_in_fresh_process(
         )
         return measure_probes(backend, device, keys, call_s, threads)
     return {str(k): float(v) for k, v in reply["found"].items()}, {str(k): str(v) for k, v in reply["refused"].items()}
-
-
-def _fork_backends() -> tuple[str, ...]:
-    from xfbench.benchmarks.harness.worker import FORK_AFTER_IMPORT
-
-    return tuple(FORK_AFTER_IMPORT)
 
 
 def exact_probes_enabled() -> bool:

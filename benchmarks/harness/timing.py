@@ -169,6 +169,17 @@ def TimingServer(backend: str) -> Any:
 _SERVERS: dict[str, Any] = {}
 
 
+def server_for(backend: str) -> Any:
+    """This process's timing server of ``backend`` (started on its first request; closed at exit)."""
+    if not _SERVERS:
+        import atexit
+
+        atexit.register(close_servers)
+    if backend not in _SERVERS:
+        _SERVERS[backend] = TimingServer(backend)
+    return _SERVERS[backend]
+
+
 def close_servers() -> None:
     for server in _SERVERS.values():
         server.close()
@@ -176,9 +187,14 @@ def close_servers() -> None:
 
 
 def can_fork(config: Any) -> bool:
+    return can_fork_backend(config.backend, config.device)
+
+
+def can_fork_backend(backend: str, device: str) -> bool:
+    """Whether ``backend`` on ``device`` can be timed in a child forked from its timing server (CPU only)."""
     from xfbench.benchmarks.harness.worker import FORK_AFTER_IMPORT
 
-    return config.device == "cpu" and config.backend in FORK_AFTER_IMPORT and hasattr(os, "fork")
+    return device == "cpu" and backend in FORK_AFTER_IMPORT and hasattr(os, "fork")
 
 
 def other_processes(config: Any, processes: int, warmup: int, rounds: int) -> dict[str, Any]:
@@ -188,11 +204,7 @@ def other_processes(config: Any, processes: int, warmup: int, rounds: int) -> di
         return {"status": "ok", "times": []}
     if not can_fork(config):
         return {"status": "skipped", "message": f"timed in one process ({config.device}: no fork-safe server)"}
-    if not _SERVERS:
-        import atexit
-
-        atexit.register(close_servers)
-    server = _SERVERS.setdefault(config.backend, TimingServer(config.backend))
+    server = server_for(config.backend)
     payload = {"argv": config.worker_args(), "processes": processes, "warmup": warmup, "rounds": rounds}
     return server.request(payload, TIMING_TIMEOUT_S * (processes + 1))
 
